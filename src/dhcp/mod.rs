@@ -1,0 +1,1 @@
+//! DHCP client (sans-IO state machine); filled in by the DHCP work.
