@@ -1,2 +1,16 @@
 //! sessiond: a network identity (netns, uplink, address, loopback) per login session.
+pub mod config;
 pub mod dhcp;
+pub mod loopback;
+pub mod mac;
+pub mod netlink;
+pub mod ns;
+pub mod pool;
+pub mod proto;
+pub mod sid;
+pub mod state;
+pub mod files;
+pub mod platform;
+pub mod session;
+#[cfg(test)]
+pub mod fake;

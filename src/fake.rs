@@ -1,0 +1,225 @@
+//! A recording fake of `Platform` for unit tests: logs every operation in order, keeps a model
+//! of what exists (namespaces, links, addresses, files), and fails on demand.
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+
+use crate::mac::format_mac;
+use crate::netlink::{Lifetimes, NetError, NetOps};
+use crate::platform::Platform;
+
+#[derive(Default)]
+struct World {
+    log: Vec<String>,
+    fail: Vec<String>,
+    objects: BTreeSet<String>,
+    host_links: BTreeSet<String>,
+}
+
+#[derive(Clone)]
+pub struct FakePlatform {
+    world: Arc<Mutex<World>>,
+    host: FakeNet,
+}
+
+#[derive(Clone)]
+pub struct FakeNet {
+    ns: String,
+    world: Arc<Mutex<World>>,
+}
+
+impl FakePlatform {
+    pub fn new() -> FakePlatform {
+        let world = Arc::new(Mutex::new(World::default()));
+        world.lock().unwrap().host_links.insert("br-lan".into());
+        FakePlatform { host: FakeNet { ns: "host".into(), world: world.clone() }, world }
+    }
+    pub fn log(&self) -> Vec<String> {
+        self.world.lock().unwrap().log.clone()
+    }
+    pub fn clear_log(&self) {
+        self.world.lock().unwrap().log.clear();
+    }
+    /// Every later operation whose log line starts with `prefix` fails.
+    pub fn fail_on(&self, prefix: &str) {
+        self.world.lock().unwrap().fail.push(prefix.into());
+    }
+    pub fn objects(&self) -> BTreeSet<String> {
+        self.world.lock().unwrap().objects.clone()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.world.lock().unwrap().objects.is_empty()
+    }
+    pub fn remove_host_link(&self, name: &str) {
+        self.world.lock().unwrap().host_links.remove(name);
+    }
+}
+
+impl Default for FakePlatform {
+    fn default() -> Self {
+        FakePlatform::new()
+    }
+}
+
+/// Logs `line`, fails if asked to, else applies `f` to the world.
+fn op<T>(world: &Mutex<World>, line: String, f: impl FnOnce(&mut World) -> Result<T, NetError>) -> Result<T, NetError> {
+    let mut w = world.lock().unwrap();
+    let fail = w.fail.iter().any(|p| line.starts_with(p.as_str()));
+    w.log.push(line.clone());
+    if fail {
+        return Err(NetError::Other(format!("injected failure: {line}")));
+    }
+    f(&mut w)
+}
+
+impl FakeNet {
+    fn line(&self, s: String) -> String {
+        format!("{}: {s}", self.ns)
+    }
+    fn link_key(&self, name: &str) -> String {
+        format!("link:{}/{name}", self.ns)
+    }
+    fn has_link(&self, w: &World, name: &str) -> bool {
+        if self.ns == "host" { w.host_links.contains(name) } else { name == "lo" || w.objects.contains(&self.link_key(name)) }
+    }
+}
+
+impl NetOps for FakeNet {
+    async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let w = self.world.lock().unwrap();
+        Ok(self.has_link(&w, name).then_some(1))
+    }
+    async fn link_is_up(&self, name: &str) -> Result<Option<bool>, NetError> {
+        let w = self.world.lock().unwrap();
+        Ok(self.has_link(&w, name).then_some(true))
+    }
+    async fn create_macvlan(&self, parent: &str, name: &str, mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("macvlan {name} on {parent} mac {} in {target_ns}", format_mac(&mac))), |w| {
+            if !w.host_links.contains(parent) {
+                return Err(NetError::NoSuchLink(parent.into()));
+            }
+            if !w.objects.contains(&format!("netns:{target_ns}")) {
+                return Err(NetError::Other(format!("no netns {target_ns}")));
+            }
+            w.objects.insert(format!("link:{target_ns}/{name}"));
+            Ok(())
+        })
+    }
+    async fn create_veth(&self, host: &str, bridge: &str, peer: &str, peer_mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("veth {host} on bridge {bridge} peer {peer} mac {} in {target_ns}", format_mac(&peer_mac))), |w| {
+            if !w.host_links.contains(bridge) {
+                return Err(NetError::NoSuchLink(bridge.into()));
+            }
+            w.host_links.insert(host.into());
+            w.objects.insert(format!("link:host/{host}"));
+            w.objects.insert(format!("link:{target_ns}/{peer}"));
+            Ok(())
+        })
+    }
+    async fn set_up(&self, name: &str) -> Result<(), NetError> {
+        let ok = { let w = self.world.lock().unwrap(); self.has_link(&w, name) };
+        op(&self.world, self.line(format!("up {name}")), |_| if ok { Ok(()) } else { Err(NetError::NoSuchLink(name.into())) })
+    }
+    async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("mtu {name} {mtu}")), |_| Ok(()))
+    }
+    async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
+        let scope = if host_scope { " scope host" } else { "" };
+        let life = life.map(|l| format!(" valid {} preferred {}", l.valid_secs, l.preferred_secs)).unwrap_or_default();
+        let key = format!("addr:{}/{name}/{addr}", self.ns);
+        op(&self.world, self.line(format!("addr add {addr} dev {name}{scope}{life}")), |w| {
+            if name != "lo" {
+                w.objects.insert(key);
+            }
+            Ok(())
+        })
+    }
+    async fn del_addr(&self, name: &str, addr: Ipv4Net) -> Result<(), NetError> {
+        let key = format!("addr:{}/{name}/{addr}", self.ns);
+        op(&self.world, self.line(format!("addr del {addr} dev {name}")), |w| {
+            w.objects.remove(&key);
+            Ok(())
+        })
+    }
+    async fn addrs(&self, name: &str) -> Result<Vec<Ipv4Net>, NetError> {
+        let prefix = format!("addr:{}/{name}/", self.ns);
+        let w = self.world.lock().unwrap();
+        Ok(w.objects.iter().filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()).collect())
+    }
+    async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        op(&self.world, self.line(format!("route {dest}{via} dev {name}")), |_| Ok(()))
+    }
+    async fn del_route(&self, name: &str, dest: Ipv4Net, _gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("route del {dest} dev {name}")), |_| Ok(()))
+    }
+    async fn del_link(&self, name: &str) -> Result<(), NetError> {
+        let ns = self.ns.clone();
+        op(&self.world, self.line(format!("link del {name}")), |w| {
+            let key = format!("link:{ns}/{name}");
+            w.objects.remove(&key);
+            let addr_prefix = format!("addr:{ns}/{name}/");
+            w.objects.retain(|o| !o.starts_with(&addr_prefix));
+            if ns == "host" {
+                w.host_links.remove(name);
+                // deleting one end of a veth deletes its peer
+                if let Some(sid) = name.strip_prefix("sdv") {
+                    let peer = format!("link:sessiond-{sid}/eth0");
+                    w.objects.remove(&peer);
+                }
+            } else if let Some(sid) = ns.strip_prefix("sessiond-") {
+                w.objects.remove(&format!("link:host/sdv{sid}"));
+                w.host_links.remove(&format!("sdv{sid}"));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Platform for FakePlatform {
+    type Net = FakeNet;
+    fn host(&self) -> &FakeNet {
+        &self.host
+    }
+    async fn inside(&self, netns: &str) -> Result<FakeNet, NetError> {
+        if !self.netns_exists(netns) {
+            return Err(NetError::Other(format!("no netns {netns}")));
+        }
+        Ok(FakeNet { ns: netns.into(), world: self.world.clone() })
+    }
+    fn create_netns(&self, name: &str) -> Result<(), NetError> {
+        op(&self.world, format!("netns add {name}"), |w| {
+            w.objects.insert(format!("netns:{name}"));
+            Ok(())
+        })
+    }
+    fn delete_netns(&self, name: &str) -> Result<(), NetError> {
+        op(&self.world, format!("netns del {name}"), |w| {
+            w.objects.remove(&format!("netns:{name}"));
+            // links and addresses inside die with the namespace
+            let inside = format!(":{name}/");
+            w.objects.retain(|o| !o.contains(&inside));
+            Ok(())
+        })
+    }
+    fn netns_exists(&self, name: &str) -> bool {
+        self.world.lock().unwrap().objects.contains(&format!("netns:{name}"))
+    }
+    fn list_netns(&self) -> Vec<String> {
+        self.world.lock().unwrap().objects.iter().filter_map(|o| o.strip_prefix("netns:").map(String::from)).collect()
+    }
+    fn write_netns_file(&self, netns: &str, file: &str, _contents: &str) -> Result<(), NetError> {
+        op(&self.world, format!("write {netns}/{file}"), |w| {
+            w.objects.insert(format!("files:{netns}"));
+            Ok(())
+        })
+    }
+    fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
+        op(&self.world, format!("rm {netns} files"), |w| {
+            w.objects.remove(&format!("files:{netns}"));
+            Ok(())
+        })
+    }
+}

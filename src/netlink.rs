@@ -1,0 +1,245 @@
+//! The narrow netlink facade the rest of sessiond calls (after netavark's): one `NetOps` per
+//! namespace, each operation one netlink request. Deleting something absent and adding
+//! something present are not errors, so every create and teardown step is idempotent.
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::{AddressAttribute, AddressScope, CacheInfo};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, MacVlanMode};
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{op}: {source}")]
+    Netlink { op: String, source: rtnetlink::Error },
+    #[error("{op}: {source}")]
+    Io { op: String, source: std::io::Error },
+    #[error("interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error("{0}")]
+    Ns(#[from] crate::ns::NsError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Address lifetimes; `None` means forever (static addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub valid_secs: u32,
+    pub preferred_secs: u32,
+}
+
+/// Link operations in one network namespace.
+pub trait NetOps: Send + Sync {
+    fn link_index(&self, name: &str) -> impl Future<Output = Result<Option<u32>, NetError>> + Send;
+    /// `None` when the link does not exist.
+    fn link_is_up(&self, name: &str) -> impl Future<Output = Result<Option<bool>, NetError>> + Send;
+    /// A bridge-mode macvlan on `parent`, created directly inside netns `target_ns`.
+    fn create_macvlan(&self, parent: &str, name: &str, mac: [u8; 6], target_ns: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// A veth pair: `host` here, enslaved to `bridge` and up; `peer` created inside `target_ns`.
+    fn create_veth(&self, host: &str, bridge: &str, peer: &str, peer_mac: [u8; 6], target_ns: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn set_up(&self, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn set_mtu(&self, name: &str, mtu: u32) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn del_addr(&self, name: &str, addr: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn addrs(&self, name: &str) -> impl Future<Output = Result<Vec<Ipv4Net>, NetError>> + Send;
+    /// `gateway` None: an on-link route. Replaces an existing route to `dest`.
+    fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn del_link(&self, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+}
+
+/// The positive errno of a netlink error reply, if it is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let op = op.into();
+    move |source| NetError::Netlink { op, source }
+}
+
+/// Real netlink, over an rtnetlink connection opened in the namespace it serves.
+#[derive(Clone)]
+pub struct RtNet {
+    handle: Handle,
+}
+
+impl RtNet {
+    /// Opens a connection in the calling thread's current namespace; needs a tokio runtime
+    /// (entered or current) to drive it.
+    pub fn connect_here() -> Result<RtNet, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io { op: "open netlink socket".into(), source })?;
+        tokio::spawn(conn);
+        Ok(RtNet { handle })
+    }
+
+    /// Opens a connection inside the named netns (the socket is made on a throwaway thread
+    /// that entered it; the connection task then runs on the runtime like any other).
+    pub async fn connect_in(netns: &str) -> Result<RtNet, NetError> {
+        let ns = crate::ns::open_netns(netns)?;
+        let rt = tokio::runtime::Handle::current();
+        crate::ns::run_in_netns_async(&ns, move || {
+            let _guard = rt.enter();
+            RtNet::connect_here()
+        })
+        .await?
+    }
+
+    async fn index_or_err(&self, name: &str) -> Result<u32, NetError> {
+        self.link_index(name).await?.ok_or_else(|| NetError::NoSuchLink(name.to_string()))
+    }
+}
+
+fn ns_fd(target_ns: &str) -> Result<std::fs::File, NetError> {
+    Ok(crate::ns::open_netns(target_ns)?)
+}
+
+impl NetOps for RtNet {
+    async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(m.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("look up link {name}"))(e)),
+        }
+    }
+
+    async fn link_is_up(&self, name: &str) -> Result<Option<bool>, NetError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(m.header.flags.contains(LinkFlags::Up))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("look up link {name}"))(e)),
+        }
+    }
+
+    async fn create_macvlan(&self, parent: &str, name: &str, mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
+        use std::os::fd::AsRawFd;
+        let parent_idx = self.index_or_err(parent).await?;
+        let fd = ns_fd(target_ns)?;
+        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge)
+            .address(mac.to_vec())
+            .setns_by_fd(fd.as_raw_fd())
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent} in {target_ns}")))
+    }
+
+    async fn create_veth(&self, host: &str, bridge: &str, peer: &str, peer_mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
+        use std::os::fd::AsRawFd;
+        let bridge_idx = self.index_or_err(bridge).await?;
+        let fd = ns_fd(target_ns)?;
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(peer_mac.to_vec())
+            .setns_by_fd(fd.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .controller(bridge_idx)
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(nl(format!("create veth {host} (peer {peer} in {target_ns}) on bridge {bridge}")))
+    }
+
+    async fn set_up(&self, name: &str) -> Result<(), NetError> {
+        let idx = self.index_or_err(name).await?;
+        let msg = LinkUnspec::new_with_index(idx).up().build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))
+    }
+
+    async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {
+        let idx = self.index_or_err(name).await?;
+        let msg = LinkUnspec::new_with_index(idx).mtu(mtu).build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} mtu {mtu}")))
+    }
+
+    async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
+        let idx = self.index_or_err(name).await?;
+        let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
+        if host_scope {
+            req.message_mut().header.scope = AddressScope::Host;
+        }
+        if let Some(l) = life {
+            let mut ci = CacheInfo::default();
+            ci.ifa_preferred = l.preferred_secs;
+            ci.ifa_valid = l.valid_secs;
+            req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
+        }
+        req.execute().await.map_err(nl(format!("add address {addr} to {name}")))
+    }
+
+    async fn del_addr(&self, name: &str, addr: Ipv4Net) -> Result<(), NetError> {
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let mut s = self.handle.address().get().set_link_index_filter(idx).execute();
+        while let Some(m) = s.try_next().await.map_err(nl(format!("list addresses of {name}")))? {
+            let matches = m.header.prefix_len == addr.prefix_len()
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(a)) if *a == addr.addr()));
+            if matches {
+                return match self.handle.address().del(m).execute().await {
+                    Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+                    r => r.map_err(nl(format!("delete address {addr} from {name}"))),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    async fn addrs(&self, name: &str) -> Result<Vec<Ipv4Net>, NetError> {
+        let idx = self.index_or_err(name).await?;
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().set_link_index_filter(idx).execute();
+        while let Some(m) = s.try_next().await.map_err(nl(format!("list addresses of {name}")))? {
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = a
+                    && let Ok(net) = Ipv4Net::new(*ip, m.header.prefix_len)
+                {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
+        let idx = self.index_or_err(name).await?;
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .output_interface(idx)
+            .protocol(RouteProtocol::Static);
+        b = match gateway {
+            Some(gw) => b.gateway(gw),
+            None => b.scope(RouteScope::Link),
+        };
+        self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} via {gateway:?} dev {name}")))
+    }
+
+    async fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx);
+        if let Some(gw) = gateway {
+            b = b.gateway(gw);
+        }
+        match self.handle.route().del(b.build()).execute().await {
+            Err(e) if errno(&e) == Some(libc::ESRCH) || errno(&e) == Some(libc::ENODEV) => Ok(()),
+            r => r.map_err(nl(format!("delete route {dest} dev {name}"))),
+        }
+    }
+
+    async fn del_link(&self, name: &str) -> Result<(), NetError> {
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        match self.handle.link().del(idx).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            r => r.map_err(nl(format!("delete link {name}"))),
+        }
+    }
+}

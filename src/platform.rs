@@ -1,0 +1,82 @@
+//! Everything a session is built from that touches the system, behind one small trait so the
+//! build/teardown order can be unit-tested with a recording fake (after youki).
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::netlink::{NetError, NetOps, RtNet};
+
+pub trait Platform: Send + Sync + 'static {
+    type Net: NetOps + 'static;
+    /// Netlink in the daemon's own (host) namespace.
+    fn host(&self) -> &Self::Net;
+    /// Netlink inside the named session namespace.
+    fn inside(&self, netns: &str) -> impl Future<Output = Result<Self::Net, NetError>> + Send;
+    fn create_netns(&self, name: &str) -> Result<(), NetError>;
+    fn delete_netns(&self, name: &str) -> Result<(), NetError>;
+    fn netns_exists(&self, name: &str) -> bool;
+    fn list_netns(&self) -> Vec<String>;
+    /// Writes /etc/netns/NETNS/FILE (creating the folder).
+    fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError>;
+    /// Removes /etc/netns/NETNS and what is in it; absent is fine.
+    fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
+}
+
+/// The real thing: rtnetlink, bind-mounted namespaces, files under /etc/netns.
+pub struct LinuxPlatform {
+    host: RtNet,
+    etc_netns: PathBuf,
+}
+
+impl LinuxPlatform {
+    /// Must be called on the runtime, in the host namespace.
+    pub fn new() -> Result<LinuxPlatform, NetError> {
+        Ok(LinuxPlatform { host: RtNet::connect_here()?, etc_netns: PathBuf::from(crate::files::ETC_NETNS) })
+    }
+}
+
+fn io_err(op: String) -> impl FnOnce(std::io::Error) -> NetError {
+    move |source| NetError::Io { op, source }
+}
+
+impl Platform for LinuxPlatform {
+    type Net = RtNet;
+
+    fn host(&self) -> &RtNet {
+        &self.host
+    }
+
+    async fn inside(&self, netns: &str) -> Result<RtNet, NetError> {
+        RtNet::connect_in(netns).await
+    }
+
+    fn create_netns(&self, name: &str) -> Result<(), NetError> {
+        Ok(crate::ns::create_netns(name)?)
+    }
+
+    fn delete_netns(&self, name: &str) -> Result<(), NetError> {
+        Ok(crate::ns::delete_netns(name)?)
+    }
+
+    fn netns_exists(&self, name: &str) -> bool {
+        crate::ns::netns_exists(name)
+    }
+
+    fn list_netns(&self) -> Vec<String> {
+        crate::ns::list_netns()
+    }
+
+    fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
+        let dir = self.etc_netns.join(netns);
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let path = dir.join(file);
+        crate::state::write_atomic(&path, contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
+    }
+
+    fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
+        let dir = self.etc_netns.join(netns);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(format!("remove {}", dir.display()))(e)),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The control-socket protocol: one JSON object per line each way.
+use serde::{Deserialize, Serialize};
+
+use crate::sid::Sid;
+use crate::state::SessionRecord;
+
+/// Longest request line the daemon reads; longer ones are refused without buffering them.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// `session` None: the daemon picks the lowest free sid.
+    Start { session: Option<Sid>, #[serde(default)] owner_uid: Option<u32> },
+    Status { session: Option<Sid> },
+    Stop { session: Sid },
+    StopAll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    PermissionDenied,
+    NotFound,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Sessions { sessions: Vec<SessionRecord> },
+    /// `stop`: what was stopped, and whether there was anything to stop.
+    Stopped { sessions: Vec<Sid>, absent: bool },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error { kind, message: message.into() }
+    }
+}
+
+/// Parses one request line, naming what was wrong.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000) },
+            Request::Start { session: None, owner_uid: None },
+            Request::Status { session: None },
+            Request::Stop { session: Sid::new(9).unwrap() },
+            Request::StopAll,
+        ] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert!(!line.contains('\n'));
+            assert_eq!(parse_request(&line).unwrap(), r);
+        }
+        assert_eq!(parse_request(r#"{"op":"start","session":4}"#).unwrap(), Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None });
+    }
+
+    #[test]
+    fn bad_requests_are_named() {
+        assert!(parse_request("{").unwrap_err().contains("malformed"));
+        assert!(parse_request(r#"{"op":"reboot"}"#).unwrap_err().contains("reboot"));
+        assert!(parse_request(r#"{"op":"stop","session":0}"#).unwrap_err().contains("session id 0"));
+        assert!(parse_request(r#"{"op":"stop","session":-1}"#).is_err());
+        assert!(parse_request(r#"{"op":"status","session":null,"x":1}"#).unwrap_err().contains('x'));
+    }
+}

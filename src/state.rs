@@ -1,0 +1,241 @@
+//! What the daemon knows about each session, persisted atomically (write, fsync, rename)
+//! so that a restarted daemon can re-adopt live sessions and clean up half-made ones.
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Addressing, LinkKind};
+use crate::sid::Sid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Being built; a record left in this state after a crash is torn down on restart.
+    Starting,
+    Up,
+    /// Being torn down; finished on restart if the daemon died meanwhile.
+    Stopping,
+}
+
+/// DHCP lease facts shown by `status` (absent for static sessions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub server: Ipv4Addr,
+    pub lease_start: u64,
+    pub expires: Option<u64>,
+    pub next_renewal: Option<u64>,
+    pub dhcp_state: String,
+}
+
+/// One session: the `status --json` object and the persisted record are the same thing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session: Sid,
+    pub netns: String,
+    pub interface: String,
+    pub mac: String,
+    pub address: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub loopback: Ipv4Addr,
+    pub addressing: Addressing,
+    pub state: SessionState,
+    pub link: LinkKind,
+    /// The host end of a veth pair (None for macvlan, which lives wholly inside the netns).
+    pub host_link: Option<String>,
+    pub owner_uid: Option<u32>,
+    #[serde(default)]
+    pub lease: Option<LeaseInfo>,
+    /// Set when the daemon notices a fault (e.g. the uplink went away).
+    #[serde(default)]
+    pub fault: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {path}: {op}: {source}")]
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("state file {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+/// The on-disk store: `<dir>/sessions/<sid>.json`, plus named JSON blobs like `pool.json`.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { path, op, source }
+}
+
+/// Atomic replace: a reader sees the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
+        f.write_all(bytes).map_err(io(&tmp, "write"))?;
+        f.sync_all().map_err(io(&tmp, "fsync"))?;
+        std::fs::rename(&tmp, path).map_err(io(path, "rename"))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync dir"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl StateDir {
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        let sessions = root.join("sessions");
+        std::fs::create_dir_all(&sessions).map_err(io(&sessions, "create"))?;
+        Ok(StateDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn session_path(&self, sid: Sid) -> PathBuf {
+        self.root.join("sessions").join(format!("{sid}.json"))
+    }
+
+    pub fn save(&self, rec: &SessionRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
+        write_atomic(&self.session_path(rec.session), &bytes)
+    }
+
+    /// Idempotent: removing an absent record is fine.
+    pub fn remove(&self, sid: Sid) -> Result<(), StateError> {
+        let p = self.session_path(sid);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// All records, plus the files that could not be read (reported, not fatal).
+    pub fn load_all(&self) -> (Vec<SessionRecord>, Vec<StateError>) {
+        let dir = self.root.join("sessions");
+        let mut recs = Vec::new();
+        let mut errs = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => return (recs, vec![io(&dir, "read")(e)]),
+        };
+        for ent in entries.flatten() {
+            let p = ent.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue; // temp files from an interrupted write
+            }
+            match std::fs::read(&p)
+                .map_err(io(&p, "read"))
+                .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).map_err(|e| StateError::Corrupt { path: p.clone(), message: e.to_string() }))
+            {
+                Ok(r) => recs.push(r),
+                Err(e) => errs.push(e),
+            }
+        }
+        recs.sort_by_key(|r| r.session);
+        (recs, errs)
+    }
+
+    pub fn load_blob<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StateError> {
+        let p = self.root.join(name);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt { path: p, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(io(&p, "read")(e)),
+        }
+    }
+
+    pub fn save_blob<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        write_atomic(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"))
+    }
+
+    /// Removes temp files an interrupted write left behind.
+    pub fn sweep_temp_files(&self) {
+        for dir in [self.root.clone(), self.root.join("sessions")] {
+            for ent in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp") {
+                    let _ = std::fs::remove_file(ent.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sample_record(n: u64) -> SessionRecord {
+    let sid = Sid::new(n).unwrap();
+    SessionRecord {
+        session: sid,
+        netns: sid.netns_name(),
+        interface: "eth0".into(),
+        mac: "02:00:00:00:00:01".into(),
+        address: Some("10.0.0.100/24".parse().unwrap()),
+        gateway: Some("10.0.0.1".parse().unwrap()),
+        dns: vec!["10.0.0.1".parse().unwrap()],
+        loopback: crate::loopback::loopback_for(sid),
+        addressing: Addressing::Static,
+        state: SessionState::Up,
+        link: LinkKind::Macvlan,
+        host_link: None,
+        owner_uid: Some(1000),
+        lease: None,
+        fault: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        s.save(&sample_record(2)).unwrap();
+        s.save(&sample_record(1)).unwrap();
+        std::fs::write(d.path().join("sessions/.3.json.tmp99"), b"{").unwrap();
+        std::fs::write(d.path().join("sessions/4.json"), b"{not json").unwrap();
+        let (recs, errs) = s.load_all();
+        assert_eq!(recs.iter().map(|r| r.session.get()).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(recs[0], sample_record(1));
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().contains("4.json"));
+        s.remove(Sid::new(1).unwrap()).unwrap();
+        s.remove(Sid::new(1).unwrap()).unwrap(); // idempotent
+        s.sweep_temp_files();
+        assert!(!d.path().join("sessions/.3.json.tmp99").exists());
+        assert_eq!(s.load_all().0.len(), 1);
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let v = serde_json::to_value(sample_record(7)).unwrap();
+        for k in ["session", "netns", "interface", "mac", "address", "gateway", "dns", "loopback", "addressing", "state"] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["loopback"], "127.0.0.8");
+        assert_eq!(v["address"], "10.0.0.100/24");
+        assert_eq!(v["state"], "up");
+    }
+
+    #[test]
+    fn unwritable_dir_is_a_clear_error() {
+        let e = write_atomic(Path::new("/nonexistent-dir/x.json"), b"{}").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-dir"), "{e}");
+    }
+}
