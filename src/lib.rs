@@ -14,3 +14,9 @@ pub mod platform;
 pub mod session;
 #[cfg(test)]
 pub mod fake;
+pub mod manager;
+pub mod daemon;
+pub mod client;
+pub mod enter;
+pub mod cli;
+pub mod logging;

@@ -1,0 +1,341 @@
+//! Command line: `sessiond daemon|start|status|exec|stop|loopback`. Exit status 2 for usage
+//! errors, 1 for refusals and failures.
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, ClientError};
+use crate::config::{self, Addressing, FileConfig, LinkKind, Settings};
+use crate::proto::{ErrorKind, Request, Response};
+use crate::sid::Sid;
+use crate::state::SessionRecord;
+
+#[derive(Parser, Debug)]
+#[command(name = "sessiond", version, about = "A network identity (netns, uplink, address, loopback) per login session")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SocketArg {
+    /// Control socket (default: $SESSIOND_SOCKET, else /run/sessiond/sessiond.sock)
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+fn parse_sid(s: &str) -> Result<Sid, String> {
+    s.parse::<Sid>().map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon (as root)
+    Daemon(DaemonArgs),
+    /// Start a session (or return it if running) and print it
+    Start {
+        /// Session id; omitted: the lowest free one
+        #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
+        session: Option<Sid>,
+        /// User the session belongs to (may read its status)
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Show all sessions, or one
+    Status {
+        #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
+        session: Option<Sid>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Run a command inside a session's namespace
+    Exec {
+        #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
+        session: Sid,
+        /// Run as this user
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop a session (or all of them)
+    Stop {
+        #[arg(long, value_parser = parse_sid, allow_hyphen_values = true, required_unless_present = "all", conflicts_with = "all")]
+        session: Option<Sid>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Print a session's loopback address (pure; needs no daemon)
+    Loopback {
+        #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
+        session: Sid,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Host NIC the sessions' uplinks attach to
+    #[arg(long)]
+    pub uplink: Option<String>,
+    #[arg(long, value_enum)]
+    pub link: Option<LinkKind>,
+    /// Bridge the host end of each veth joins (--link veth)
+    #[arg(long)]
+    pub bridge: Option<String>,
+    #[arg(long, value_enum)]
+    pub addressing: Option<Addressing>,
+    /// Static pool FIRST-LAST/PREFIX
+    #[arg(long)]
+    pub pool: Option<String>,
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS server for static sessions (repeatable; default: the gateway)
+    #[arg(long)]
+    pub dns: Vec<Ipv4Addr>,
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Config file (default /etc/sessiond/sessiond.toml, if present)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// An error with the exit status it should give.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit { code: 2, error: e.into() }
+}
+fn failed(e: impl Into<anyhow::Error>) -> Exit {
+    Exit { code: 1, error: e.into() }
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(Exit { code, error }) => {
+            // Print the cause chain, skipping causes already spelled out by their parent.
+            let mut msg = error.to_string();
+            for cause in error.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("sessiond: {msg}");
+            code
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Exit> {
+    match cli.cmd {
+        Cmd::Daemon(args) => run_daemon(args),
+        Cmd::Loopback { session } => {
+            println!("{}", crate::loopback::loopback_for(session));
+            Ok(())
+        }
+        Cmd::Start { session, owner, json, socket } => {
+            let owner_uid = match owner {
+                Some(name) => Some(
+                    nix::unistd::User::from_name(&name)
+                        .map_err(|e| failed(anyhow::anyhow!("looking up user {name}: {e}")))?
+                        .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))?
+                        .uid
+                        .as_raw(),
+                ),
+                None => None,
+            };
+            let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid }, Duration::from_secs(120))?)?;
+            print_sessions(&sessions, json, true);
+            Ok(())
+        }
+        Cmd::Status { session, json, socket } => {
+            let sessions = expect_sessions(call(&socket, &Request::Status { session }, Duration::from_secs(30))?)?;
+            print_sessions(&sessions, json, session.is_some());
+            Ok(())
+        }
+        Cmd::Stop { session, all, socket } => {
+            let req = if all { Request::StopAll } else { Request::Stop { session: session.expect("clap requires it") } };
+            match call(&socket, &req, Duration::from_secs(120))? {
+                Response::Stopped { absent: true, .. } if all => println!("no sessions were running"),
+                Response::Stopped { absent: true, .. } => println!("session {} was not running", session.unwrap()),
+                Response::Stopped { sessions, .. } => {
+                    for s in sessions {
+                        println!("session {s} stopped");
+                    }
+                }
+                other => return Err(reply_error(other)),
+            }
+            Ok(())
+        }
+        Cmd::Exec { session, user, socket, cmd } => exec(session, user, &socket, cmd),
+    }
+}
+
+fn call(socket: &SocketArg, req: &Request, timeout: Duration) -> Result<Response, Exit> {
+    let path = client::socket_path(socket.socket.as_deref());
+    client::call(&path, req, timeout).map_err(|e| match e {
+        ClientError::Connect { .. } => failed(e),
+        other => failed(other),
+    })
+}
+
+fn reply_error(r: Response) -> Exit {
+    match r {
+        Response::Error { kind: ErrorKind::BadRequest, message } => usage(anyhow::anyhow!(message)),
+        Response::Error { message, .. } => failed(anyhow::anyhow!(message)),
+        other => failed(anyhow::anyhow!("unexpected reply: {other:?}")),
+    }
+}
+
+fn expect_sessions(r: Response) -> Result<Vec<SessionRecord>, Exit> {
+    match r {
+        Response::Sessions { sessions } => Ok(sessions),
+        other => Err(reply_error(other)),
+    }
+}
+
+fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
+    if json {
+        let text = if single && sessions.len() == 1 { serde_json::to_string_pretty(&sessions[0]) } else { serde_json::to_string_pretty(sessions) };
+        println!("{}", text.expect("records serialize"));
+        return;
+    }
+    println!("{:<8} {:<18} {:<10} {:<19} {:<18} {:<15} {:<9} STATE", "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING");
+    for r in sessions {
+        let addr = r.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        let state = match &r.fault {
+            Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
+            None => format!("{:?}", r.state).to_lowercase(),
+        };
+        println!("{:<8} {:<18} {:<10} {:<19} {:<18} {:<15} {:<9} {}", r.session, r.netns, r.interface, r.mac, addr, r.loopback, r.addressing, state);
+    }
+}
+
+fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>) -> Result<(), Exit> {
+    use std::os::unix::process::CommandExt;
+    let rec = expect_sessions(call(socket, &Request::Status { session: Some(session) }, Duration::from_secs(30))?)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| failed(anyhow::anyhow!("session {session} is not running")))?;
+    let target = match &user {
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)
+                .map_err(|e| failed(anyhow::anyhow!("looking up user {name}: {e}")))?
+                .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))?,
+        ),
+        None => None,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(failed(anyhow::anyhow!("permission denied: exec into a session needs root")));
+    }
+    crate::enter::enter_session(&rec.netns).map_err(failed)?;
+    let mut c = std::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..]).env("SESSIOND_SESSION", session.to_string()).env("SESSIOND_LOOPBACK", rec.loopback.to_string());
+    if let Some(a) = rec.address {
+        c.env("SESSIOND_ADDRESS", a.addr().to_string());
+    }
+    if let Some(u) = target {
+        let cname = std::ffi::CString::new(u.name.clone()).map_err(|e| usage(anyhow::anyhow!("bad user name: {e}")))?;
+        nix::unistd::initgroups(&cname, u.gid).map_err(|e| failed(anyhow::anyhow!("initgroups for {}: {e}", u.name)))?;
+        c.uid(u.uid.as_raw()).gid(u.gid.as_raw()).env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
+    }
+    let e = c.exec();
+    Err(failed(anyhow::anyhow!("cannot run {}: {e}", cmd[0])))
+}
+
+fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
+    let (cfg_path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG), false),
+    };
+    let file = FileConfig::load(&cfg_path, explicit).map_err(|e| if e.is_usage() { usage(e) } else { failed(e) })?;
+    let flags = FileConfig {
+        uplink: args.uplink,
+        link: args.link,
+        bridge: args.bridge,
+        addressing: args.addressing,
+        pool: args.pool,
+        gateway: args.gateway,
+        dns: (!args.dns.is_empty()).then_some(args.dns),
+        // The daemon honours $SESSIOND_SOCKET like the clients, so both sides agree.
+        socket: args.socket.or_else(|| std::env::var_os(config::SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)),
+        state_dir: args.state_dir,
+        ..Default::default()
+    };
+    let settings = Settings::merge(flags, file).map_err(usage)?;
+    if settings.addressing == Addressing::Dhcp {
+        return Err(usage(anyhow::anyhow!(
+            "--addressing dhcp is not yet supported by this build; use --addressing static --pool FIRST-LAST/PREFIX --gateway IP"
+        )));
+    }
+    crate::logging::init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").map_err(failed)?;
+    rt.block_on(daemon_main(settings)).map_err(failed)
+}
+
+async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
+    use crate::netlink::NetOps;
+    use crate::platform::Platform;
+    let platform = crate::platform::LinuxPlatform::new().context("opening netlink")?;
+    match platform.host().link_is_up(&settings.uplink).await.context("checking the uplink")? {
+        Some(true) => {}
+        Some(false) => bail!("uplink {} is down", settings.uplink),
+        None => bail!("uplink {} does not exist", settings.uplink),
+    }
+    if settings.link == LinkKind::Veth {
+        let br = settings.bridge.as_deref().unwrap_or_default();
+        if platform.host().link_index(br).await?.is_none() {
+            bail!("bridge {br} does not exist");
+        }
+    }
+    let state = crate::state::StateDir::open(&settings.state_dir).context("opening the state dir")?;
+    let machine_id = crate::mac::read_machine_id().context("reading the machine-id")?;
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    let socket = settings.socket.clone();
+    let mgr = Arc::new(crate::manager::Manager::new(platform, settings, state, machine_id, hostname)?);
+    let report = mgr.recover().await;
+    tracing::info!(adopted = report.adopted.len(), cleaned = report.cleaned.len(), errors = report.errors.len(), "recovered state");
+    for e in &report.errors {
+        tracing::warn!("recovery: {e}");
+    }
+    let listener = crate::daemon::bind(&socket)?;
+    tracing::info!(socket = %socket.display(), "listening");
+    crate::daemon::notify_ready();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = crate::daemon::serve(listener, mgr) => {}
+        _ = term.recv() => tracing::info!("SIGTERM: exiting; sessions keep running"),
+        _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,534 @@
+//! The daemon's session table: start, stop, status and crash recovery, over any `Platform`.
+//! Each sid is serialised by its own lock, so different sessions start in parallel.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{Addressing, Settings};
+use crate::loopback::loopback_for;
+use crate::mac::{format_mac, stable_mac};
+use crate::netlink::NetOps;
+use crate::platform::Platform;
+use crate::pool::PoolHistory;
+use crate::session::{self, SESSION_IF, SessionPlan, TeardownSpec};
+use crate::sid::{MAX_SID, Sid};
+use crate::state::{SessionRecord, SessionState, StateDir};
+
+const POOL_FILE: &str = "pool.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("session {0} is not running")]
+    NotFound(Sid),
+    #[error("{0}")]
+    Failed(String),
+}
+
+struct Table {
+    sessions: BTreeMap<Sid, SessionRecord>,
+    /// sids whose start is under way (so automatic allocation skips them).
+    reserved: BTreeSet<Sid>,
+    history: PoolHistory,
+}
+
+pub struct Manager<P: Platform> {
+    platform: P,
+    settings: Settings,
+    state: StateDir,
+    machine_id: String,
+    hostname: String,
+    table: Mutex<Table>,
+    sid_locks: Mutex<HashMap<Sid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What `stop` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Stopped,
+    WasAbsent,
+}
+
+impl<P: Platform> Manager<P> {
+    pub fn new(platform: P, settings: Settings, state: StateDir, machine_id: String, hostname: String) -> Result<Self, ManagerError> {
+        let history = state.load_blob::<PoolHistory>(POOL_FILE).map_err(|e| ManagerError::Failed(e.to_string()))?;
+        Ok(Manager {
+            platform,
+            settings,
+            state,
+            machine_id,
+            hostname,
+            table: Mutex::new(Table { sessions: BTreeMap::new(), reserved: BTreeSet::new(), history }),
+            sid_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn sid_lock(&self, sid: Sid) -> Arc<tokio::sync::Mutex<()>> {
+        self.sid_locks.lock().unwrap().entry(sid).or_default().clone()
+    }
+
+    /// Lowest sid neither running nor being started.
+    fn pick_free_sid(&self) -> Result<Sid, ManagerError> {
+        let mut t = self.table.lock().unwrap();
+        let n = (1..=MAX_SID)
+            .find(|n| {
+                let s = Sid::new(u64::from(*n)).unwrap();
+                !t.sessions.contains_key(&s) && !t.reserved.contains(&s)
+            })
+            .ok_or_else(|| ManagerError::Failed("no free session id".into()))?;
+        let sid = Sid::new(u64::from(n)).unwrap();
+        t.reserved.insert(sid);
+        Ok(sid)
+    }
+
+    pub async fn start(&self, sid: Option<Sid>, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
+        let sid = match sid {
+            Some(s) => {
+                self.table.lock().unwrap().reserved.insert(s);
+                s
+            }
+            None => self.pick_free_sid()?,
+        };
+        let lock = self.sid_lock(sid);
+        let result = async {
+            let _held = lock.lock().await;
+            self.start_locked(sid, owner_uid).await
+        }
+        .instrument(info_span!("start", session = %sid))
+        .await;
+        self.table.lock().unwrap().reserved.remove(&sid);
+        result
+    }
+
+    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
+        if let Some(rec) = self.table.lock().unwrap().sessions.get(&sid)
+            && rec.state == SessionState::Up
+        {
+            return Ok(rec.clone()); // idempotent
+        }
+        self.check_uplink().await?;
+        if self.settings.addressing == Addressing::Dhcp {
+            return Err(ManagerError::BadRequest(
+                "--addressing dhcp is not yet supported by this build; run the daemon with --addressing static --pool FIRST-LAST/PREFIX --gateway IP".into(),
+            ));
+        }
+        let rec = self.reserve_static(sid, owner_uid)?;
+        // The intent is on disk before anything is made, so a crash can be cleaned up.
+        if let Err(e) = self.persist_new(&rec) {
+            self.forget(sid);
+            return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
+        }
+        let plan = self.plan_for(&rec);
+        if let Err(e) = session::build(&self.platform, &plan).await {
+            self.forget(sid);
+            let _ = self.state.remove(sid);
+            return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
+        }
+        let mut up = rec;
+        up.state = SessionState::Up;
+        if let Err(e) = self.state.save(&up) {
+            self.abandon(sid, &plan.teardown_spec()).await;
+            return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
+        }
+        self.table.lock().unwrap().sessions.insert(sid, up.clone());
+        info!(session = %sid, address = ?up.address, "session up");
+        Ok(up)
+    }
+
+    async fn check_uplink(&self) -> Result<(), ManagerError> {
+        let name = &self.settings.uplink;
+        match self.platform.host().link_is_up(name).await {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => return Err(ManagerError::Failed(format!("uplink {name} is down"))),
+            Ok(None) => return Err(ManagerError::Failed(format!("uplink {name} does not exist"))),
+            Err(e) => return Err(ManagerError::Failed(format!("cannot check uplink {name}: {e}"))),
+        }
+        if let Some(br) = &self.settings.bridge
+            && self.settings.link == crate::config::LinkKind::Veth
+            && !matches!(self.platform.host().link_index(br).await, Ok(Some(_)))
+        {
+            return Err(ManagerError::Failed(format!("bridge {br} does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Allocates the address and enters a `Starting` record in the table, atomically.
+    fn reserve_static(&self, sid: Sid, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
+        let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
+        let mut t = self.table.lock().unwrap();
+        let in_use: BTreeSet<Ipv4Addr> = t.sessions.values().filter_map(|r| r.address.map(|a| a.addr())).collect();
+        let addr = pool.allocate(sid, &in_use, &t.history).map_err(|e| ManagerError::Failed(format!("session {sid} not started: {e}")))?;
+        t.history.last_address.insert(sid.get(), addr);
+        let rec = SessionRecord {
+            session: sid,
+            netns: sid.netns_name(),
+            interface: SESSION_IF.into(),
+            mac: format_mac(&stable_mac(&self.machine_id, sid)),
+            address: Some(Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix")),
+            gateway: self.settings.gateway,
+            dns: self.settings.dns.clone(),
+            loopback: loopback_for(sid),
+            addressing: Addressing::Static,
+            state: SessionState::Starting,
+            link: self.settings.link,
+            host_link: (self.settings.link == crate::config::LinkKind::Veth).then(|| sid.veth_host_name()),
+            owner_uid,
+            lease: None,
+            fault: None,
+        };
+        t.sessions.insert(sid, rec.clone());
+        Ok(rec)
+    }
+
+    fn persist_new(&self, rec: &SessionRecord) -> Result<(), crate::state::StateError> {
+        self.state.save(rec)?;
+        let history = self.table.lock().unwrap().history.clone();
+        if let Err(e) = self.state.save_blob(POOL_FILE, &history) {
+            let _ = self.state.remove(rec.session);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn forget(&self, sid: Sid) {
+        self.table.lock().unwrap().sessions.remove(&sid);
+    }
+
+    /// Rolls a half-made session back completely.
+    async fn abandon(&self, sid: Sid, spec: &TeardownSpec) {
+        for e in session::teardown(&self.platform, spec).await {
+            warn!(session = %sid, "cleanup: {e}");
+        }
+        self.forget(sid);
+        if let Err(e) = self.state.remove(sid) {
+            warn!(session = %sid, "cleanup: {e}");
+        }
+    }
+
+    fn plan_for(&self, rec: &SessionRecord) -> SessionPlan {
+        let addr = rec.address.map(|a| a.addr());
+        SessionPlan {
+            sid: rec.session,
+            link: rec.link,
+            uplink: self.settings.uplink.clone(),
+            bridge: self.settings.bridge.clone(),
+            mac: stable_mac(&self.machine_id, rec.session),
+            loopback: rec.loopback,
+            address: rec.address,
+            gateway: rec.gateway,
+            resolv_conf: crate::files::resolv_conf(&rec.dns, None, &[]),
+            hosts: crate::files::hosts(&self.hostname, addr, rec.loopback),
+        }
+    }
+
+    pub async fn stop(&self, sid: Sid) -> Result<Stopped, ManagerError> {
+        let lock = self.sid_lock(sid);
+        let _held = lock.lock().await;
+        self.stop_locked(sid).instrument(info_span!("stop", session = %sid)).await
+    }
+
+    async fn stop_locked(&self, sid: Sid) -> Result<Stopped, ManagerError> {
+        let rec = self.table.lock().unwrap().sessions.get(&sid).cloned();
+        let Some(mut rec) = rec else {
+            // Nothing recorded; still sweep anything a crash may have left under this sid.
+            if self.platform.netns_exists(&sid.netns_name()) {
+                self.abandon(sid, &TeardownSpec::for_sid(sid, None, None)).await;
+            }
+            return Ok(Stopped::WasAbsent);
+        };
+        rec.state = SessionState::Stopping;
+        if let Err(e) = self.state.save(&rec) {
+            warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
+        }
+        self.table.lock().unwrap().sessions.insert(sid, rec.clone());
+        let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
+        let errors = session::teardown(&self.platform, &spec).await;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(ManagerError::Failed(format!("session {sid} stop incomplete ({} errors; run stop again): {}", list.len(), list.join("; "))));
+        }
+        self.forget(sid);
+        self.state.remove(sid).map_err(|e| ManagerError::Failed(format!("session {sid} torn down, but its state file remains: {e}")))?;
+        info!(session = %sid, "session stopped");
+        Ok(Stopped::Stopped)
+    }
+
+    /// Stops every session; reports each failure.
+    pub async fn stop_all(&self) -> Result<Vec<Sid>, ManagerError> {
+        let sids: Vec<Sid> = self.table.lock().unwrap().sessions.keys().copied().collect();
+        let results = futures::future::join_all(sids.iter().map(|s| self.stop(*s))).await;
+        let mut stopped = Vec::new();
+        let mut errors = Vec::new();
+        for (sid, r) in sids.into_iter().zip(results) {
+            match r {
+                Ok(_) => stopped.push(sid),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() { Ok(stopped) } else { Err(ManagerError::Failed(errors.join("; "))) }
+    }
+
+    pub fn status(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
+        let t = self.table.lock().unwrap();
+        match sid {
+            Some(s) => t.sessions.get(&s).filter(|r| r.state == SessionState::Up).map(|r| vec![r.clone()]).ok_or(ManagerError::NotFound(s)),
+            None => Ok(t.sessions.values().filter(|r| r.state == SessionState::Up).cloned().collect()),
+        }
+    }
+
+    /// After a (re)start: adopt what is live, finish what a crash interrupted, remove orphans.
+    pub async fn recover(&self) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        self.state.sweep_temp_files();
+        let (records, errors) = self.state.load_all();
+        for e in errors {
+            warn!("state: {e}");
+            report.errors.push(e.to_string());
+        }
+        let mut known = BTreeSet::new();
+        for rec in records {
+            let sid = rec.session;
+            known.insert(sid);
+            let span = info_span!("recover", session = %sid);
+            let _e = span.enter();
+            if rec.state == SessionState::Up && self.is_live(&rec).await {
+                // Re-apply the idempotent parts, so a half-lost address or file comes back.
+                let plan = self.plan_for(&rec);
+                if let Ok(inside) = self.platform.inside(&rec.netns).await
+                    && let Some(addr) = rec.address
+                    && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
+                {
+                    warn!("re-apply address: {e}");
+                }
+                let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
+                let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
+                if let Some(a) = rec.address {
+                    self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                }
+                self.table.lock().unwrap().sessions.insert(sid, rec);
+                report.adopted.push(sid);
+            } else {
+                info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
+                let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
+                let errs = session::teardown(&self.platform, &spec).await;
+                if errs.is_empty() {
+                    let _ = self.state.remove(sid);
+                    report.cleaned.push(sid);
+                } else {
+                    for e in &errs {
+                        report.errors.push(format!("session {sid}: {e}"));
+                    }
+                    // keep the record so the next stop or restart tries again
+                    let mut r = rec;
+                    r.state = SessionState::Stopping;
+                    self.table.lock().unwrap().sessions.insert(sid, r);
+                }
+            }
+        }
+        for name in self.platform.list_netns() {
+            if let Some(sid) = Sid::from_netns_name(&name)
+                && !known.contains(&sid)
+            {
+                info!(session = %sid, "removing an orphan namespace with no state");
+                let errs = session::teardown(&self.platform, &TeardownSpec::for_sid(sid, None, None)).await;
+                report.errors.extend(errs.iter().map(|e| format!("orphan {name}: {e}")));
+                report.cleaned.push(sid);
+            }
+        }
+        report
+    }
+
+    /// A session is live when its namespace and its interface still exist.
+    async fn is_live(&self, rec: &SessionRecord) -> bool {
+        if !self.platform.netns_exists(&rec.netns) {
+            return false;
+        }
+        match self.platform.inside(&rec.netns).await {
+            Ok(inside) => matches!(inside.link_index(SESSION_IF).await, Ok(Some(_))),
+            Err(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub adopted: Vec<Sid>,
+    pub cleaned: Vec<Sid>,
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, LinkKind};
+    use crate::fake::FakePlatform;
+
+    fn settings(pool: &str) -> Settings {
+        Settings::merge(
+            FileConfig {
+                uplink: Some("br-lan".into()),
+                addressing: Some(Addressing::Static),
+                pool: Some(pool.into()),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap()
+    }
+
+    fn manager(p: FakePlatform, dir: &std::path::Path, pool: &str) -> Manager<FakePlatform> {
+        Manager::new(p, settings(pool), StateDir::open(dir).unwrap(), "mid".into(), "host1".into()).unwrap()
+    }
+
+    fn sid(n: u64) -> Sid {
+        Sid::new(n).unwrap()
+    }
+
+    #[tokio::test]
+    async fn start_is_idempotent_and_stop_cleans_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.101/24");
+        let a = m.start(Some(sid(1)), Some(1000)).await.unwrap();
+        assert_eq!(a.address.unwrap().to_string(), "10.0.0.100/24");
+        assert_eq!(a.loopback.to_string(), "127.0.0.2");
+        assert_eq!(a.state, SessionState::Up);
+        let again = m.start(Some(sid(1)), None).await.unwrap();
+        assert_eq!(a, again);
+        assert_eq!(m.state.load_all().0, vec![a.clone()]);
+        assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::Stopped);
+        assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::WasAbsent);
+        assert!(p.is_empty(), "{:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn automatic_sids_and_exhaustion_leave_nothing_half_made() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.101/24");
+        assert_eq!(m.start(None, None).await.unwrap().session, sid(1));
+        assert_eq!(m.start(None, None).await.unwrap().session, sid(2));
+        let objects_before = p.objects();
+        let e = m.start(None, None).await.unwrap_err().to_string();
+        assert!(e.contains("exhausted"), "{e}");
+        assert_eq!(p.objects(), objects_before);
+        assert_eq!(m.status(None).unwrap().len(), 2);
+        assert_eq!(m.state.load_all().0.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sid_gets_its_address_back() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manager(FakePlatform::new(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let a5 = m.start(Some(sid(5)), None).await.unwrap().address;
+        let a6 = m.start(Some(sid(6)), None).await.unwrap().address;
+        m.stop(sid(5)).await.unwrap();
+        m.start(Some(sid(7)), None).await.unwrap();
+        assert_eq!(m.start(Some(sid(5)), None).await.unwrap().address, a5);
+        assert_ne!(a5, a6);
+        // and across a daemon restart (history is persisted)
+        m.stop(sid(5)).await.unwrap();
+        let m2 = manager(FakePlatform::new(), d.path(), "10.0.0.100-10.0.0.110/24");
+        assert_eq!(m2.start(Some(sid(5)), None).await.unwrap().address, a5);
+    }
+
+    #[tokio::test]
+    async fn failed_build_is_rolled_back_with_state() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.fail_on("sessiond-1: up eth0");
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains("bring the uplink up"), "{e}");
+        assert!(p.is_empty(), "{:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+        assert!(m.status(None).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_uplink_is_refused_before_anything_is_made() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.remove_host_link("br-lan");
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains("uplink br-lan does not exist"), "{e}");
+        assert!(p.log().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unwritable_state_dir_fails_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m.start(Some(sid(1)), None).await.unwrap();
+        // make the sessions dir unusable: replace it with a file
+        std::fs::remove_dir_all(d.path().join("sessions")).unwrap();
+        std::fs::write(d.path().join("sessions"), b"").unwrap();
+        let before = p.objects();
+        let e = m.start(Some(sid(2)), None).await.unwrap_err().to_string();
+        assert!(e.contains("cannot record its state"), "{e}");
+        assert_eq!(p.objects(), before, "nothing new was made");
+        assert_eq!(m.status(None).unwrap().len(), 1, "the running session is untouched");
+    }
+
+    #[tokio::test]
+    async fn recovery_adopts_live_and_cleans_half_made_and_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let live = m.start(Some(sid(1)), None).await.unwrap();
+        let dead = m.start(Some(sid(2)), None).await.unwrap();
+        // session 2 crashed mid-start: record says Starting
+        let mut starting = dead.clone();
+        starting.state = SessionState::Starting;
+        m.state.save(&starting).unwrap();
+        // an orphan namespace with no record
+        p.create_netns("sessiond-9").unwrap();
+        let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let r = m2.recover().await;
+        assert_eq!(r.adopted, vec![sid(1)]);
+        assert_eq!(r.cleaned, vec![sid(2), sid(9)]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(m2.status(None).unwrap(), vec![live]);
+        assert_eq!(p.list_netns(), vec!["sessiond-1".to_string()]);
+        assert_eq!(m2.state.load_all().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn hundred_concurrent_starts_get_distinct_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(manager(FakePlatform::new(), d.path(), "10.0.0.10-10.0.0.250/24"));
+        let tasks: Vec<_> = (1..=100).map(|n| {
+            let m = m.clone();
+            tokio::spawn(async move { m.start(Some(sid(n)), None).await })
+        }).collect();
+        let mut addrs = BTreeSet::new();
+        for t in tasks {
+            addrs.insert(t.await.unwrap().unwrap().address.unwrap());
+        }
+        assert_eq!(addrs.len(), 100);
+        assert_eq!(m.stop_all().await.unwrap().len(), 100);
+    }
+
+    #[test]
+    fn veth_records_name_the_host_end() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = settings("10.0.0.100-10.0.0.110/24");
+        s.link = LinkKind::Veth;
+        s.bridge = Some("br-lan".into());
+        let m = Manager::new(FakePlatform::new(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
+        let r = m.reserve_static(sid(4), None).unwrap();
+        assert_eq!(r.host_link.as_deref(), Some("sdv4"));
+    }
+}
