@@ -108,6 +108,9 @@ pub struct DaemonArgs {
     pub dns: Vec<Ipv4Addr>,
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Group allowed to connect to the control socket (users read their own sessions)
+    #[arg(long)]
+    pub socket_group: Option<String>,
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Config file (default /etc/sessiond/sessiond.toml, if present)
@@ -288,6 +291,7 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
         // The daemon honours $SESSIOND_SOCKET like the clients, so both sides agree.
         socket: args.socket.or_else(|| std::env::var_os(config::SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)),
         state_dir: args.state_dir,
+        socket_group: args.socket_group,
         ..Default::default()
     };
     let settings = Settings::merge(flags, file).map_err(usage)?;
@@ -326,7 +330,14 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
     for e in &report.errors {
         tracing::warn!("recovery: {e}");
     }
+    let group = match mgr.settings().socket_group.as_deref() {
+        Some(name) => Some(nix::unistd::Group::from_name(name)?.with_context(|| format!("socket group {name} does not exist"))?.gid),
+        None => None,
+    };
     let listener = crate::daemon::bind(&socket)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
+    }
     tracing::info!(socket = %socket.display(), "listening");
     crate::daemon::notify_ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -55,6 +55,8 @@ pub struct FileConfig {
     pub gateway: Option<Ipv4Addr>,
     pub dns: Option<Vec<Ipv4Addr>>,
     pub socket: Option<PathBuf>,
+    /// Group that may connect to the control socket (to read its own sessions' status).
+    pub socket_group: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub dhcp_timeout_secs: Option<u64>,
     pub hostname_template: Option<String>,
@@ -118,6 +120,7 @@ pub struct Settings {
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub socket: PathBuf,
+    pub socket_group: Option<String>,
     pub state_dir: PathBuf,
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
@@ -171,6 +174,7 @@ impl Settings {
             gateway,
             dns,
             socket: flags.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket_group: flags.socket_group.or(file.socket_group),
             state_dir: flags.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dhcp_timeout_secs,
             hostname_template: flags

@@ -17,8 +17,6 @@ use crate::session::{self, SESSION_IF, SessionPlan, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
 use crate::state::{SessionRecord, SessionState, StateDir};
 
-const POOL_FILE: &str = "pool.json";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("{0}")]
@@ -55,7 +53,7 @@ pub enum Stopped {
 
 impl<P: Platform> Manager<P> {
     pub fn new(platform: P, settings: Settings, state: StateDir, machine_id: String, hostname: String) -> Result<Self, ManagerError> {
-        let history = state.load_blob::<PoolHistory>(POOL_FILE).map_err(|e| ManagerError::Failed(e.to_string()))?;
+        let history = state.load_last_addresses();
         Ok(Manager {
             platform,
             settings,
@@ -189,13 +187,10 @@ impl<P: Platform> Manager<P> {
     }
 
     fn persist_new(&self, rec: &SessionRecord) -> Result<(), crate::state::StateError> {
-        self.state.save(rec)?;
-        let history = self.table.lock().unwrap().history.clone();
-        if let Err(e) = self.state.save_blob(POOL_FILE, &history) {
-            let _ = self.state.remove(rec.session);
-            return Err(e);
+        if let Some(a) = rec.address {
+            self.state.save_last_address(rec.session, a.addr())?;
         }
-        Ok(())
+        self.state.save(rec)
     }
 
     fn forget(&self, sid: Sid) {

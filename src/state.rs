@@ -76,10 +76,13 @@ fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StateErro
 /// Atomic replace: a reader sees the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per call: concurrent writers of the same file must not share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
@@ -149,6 +152,26 @@ impl StateDir {
         (recs, errs)
     }
 
+    /// Remembers the static address a sid last had (one file per sid: concurrent starts of
+    /// different sids never overwrite each other's history).
+    pub fn save_last_address(&self, sid: Sid, addr: Ipv4Addr) -> Result<(), StateError> {
+        let dir = self.root.join("addresses");
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create"))?;
+        write_atomic(&dir.join(sid.to_string()), addr.to_string().as_bytes())
+    }
+
+    pub fn load_last_addresses(&self) -> crate::pool::PoolHistory {
+        let mut h = crate::pool::PoolHistory::default();
+        for ent in std::fs::read_dir(self.root.join("addresses")).into_iter().flatten().flatten() {
+            let sid = ent.file_name().to_str().and_then(|n| n.parse::<Sid>().ok());
+            let addr = std::fs::read_to_string(ent.path()).ok().and_then(|t| t.trim().parse::<Ipv4Addr>().ok());
+            if let (Some(sid), Some(addr)) = (sid, addr) {
+                h.last_address.insert(sid.get(), addr);
+            }
+        }
+        h
+    }
+
     pub fn load_blob<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StateError> {
         let p = self.root.join(name);
         match std::fs::read(&p) {
@@ -164,7 +187,7 @@ impl StateDir {
 
     /// Removes temp files an interrupted write left behind.
     pub fn sweep_temp_files(&self) {
-        for dir in [self.root.clone(), self.root.join("sessions")] {
+        for dir in [self.root.clone(), self.root.join("sessions"), self.root.join("addresses")] {
             for ent in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = ent.file_name();
                 let name = name.to_string_lossy();

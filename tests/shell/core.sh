@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Root integration tests for the session core (issue 2), run in a private sandbox.
+# Usage: tests/shell/core.sh [macvlan|veth]   (default: both)
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"
+
+KINDS=("${@:-macvlan}")
+[[ $# -eq 0 ]] && KINDS=(macvlan veth)
+POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/24"
+STATE=/var/lib/sessiond
+
+daemon_args() { # $1 kind
+    local a=(--uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" --state-dir "$STATE")
+    [[ $1 == veth ]] && a+=(--link veth --bridge "$SBX_BRIDGE")
+    echo "${a[@]}"
+}
+
+# Holds 0.0.0.0:9000 and 127.0.0.1:8080 (and the session loopback :8080) until killed.
+BINDER='
+import socket, sys, time, os
+socks = []
+for host, port in (("0.0.0.0", 9000), ("127.0.0.1", 8080), (os.environ["SESSIOND_LOOPBACK"], 8081)):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    s.bind((host, port)); s.listen(8); socks.append(s)
+print("bound", flush=True)
+time.sleep(60)
+'
+CONNECT='
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+print("connected")
+'
+
+two_sessions_distinct() {
+    S1=$("$SESSIOND" start --session 1 --json) || return 1
+    S2=$("$SESSIOND" start --session 2 --json) || return 1
+    A1=$(json .address <<<"$S1"); A2=$(json .address <<<"$S2")
+    L1=$(json .loopback <<<"$S1"); L2=$(json .loopback <<<"$S2")
+    echo "s1 $A1 $L1, s2 $A2 $L2"
+    [[ $A1 != "$A2" && $L1 == 127.0.0.2 && $L2 == 127.0.0.3 && $A1 == 10.77.0.* && $A2 == 10.77.0.* ]]
+}
+
+json_has_all_fields() {
+    for f in session netns interface mac address gateway dns loopback addressing state; do
+        json "has(\"$f\")" <<<"$S1" | grep -qx true || { echo "missing $f"; return 1; }
+    done
+    [[ $(json .netns <<<"$S1") == sessiond-1 && $(json .interface <<<"$S1") == eth0 && $(json .state <<<"$S1") == up ]]
+}
+
+ip_netns_sees_address() {
+    ip netns list | grep -qw sessiond-1 &&
+    ip netns exec sessiond-1 ip -4 addr show dev eth0 | grep -q "inet ${A1%/*}/" &&
+    ip netns exec sessiond-1 ip -4 addr show dev lo | grep -q "inet 127.0.0.2/32"
+}
+
+both_bind_same_ports() {
+    local o1=/run/bind1.out o2=/run/bind2.out
+    "$SESSIOND" exec --session 1 -- python3 -c "$BINDER" >"$o1" 2>&1 & B1=$!
+    "$SESSIOND" exec --session 2 -- python3 -c "$BINDER" >"$o2" 2>&1 & B2=$!
+    wait_for 5 grep -q bound "$o1" && wait_for 5 grep -q bound "$o2"
+    local r=$?
+    cat "$o1" "$o2"
+    return $r
+}
+
+lan_reach_and_loopback_isolation() {
+    # session 1 reaches session 2's LAN address on the port both hold
+    "$SESSIOND" exec --session 1 -- python3 -c "$CONNECT" "${A2%/*}" 9000 || { echo "s1 cannot reach s2 over the LAN"; return 1; }
+    # session 1 reaches its own loopback service...
+    "$SESSIOND" exec --session 1 -- python3 -c "$CONNECT" 127.0.0.2 8081 || { echo "s1 cannot reach its own loopback"; return 1; }
+    # ...session 2 cannot reach it (127.0.0.2 in s2 is s2's own lo, with nothing on 8081... but
+    # s2 holds 127.0.0.3:8081, so 127.0.0.2:8081 is refused there)
+    if "$SESSIOND" exec --session 2 -- python3 -c "$CONNECT" 127.0.0.2 8081; then echo "s2 reached s1's loopback service"; return 1; fi
+    # and the host cannot either
+    if python3 -c "$CONNECT" 127.0.0.2 8081 2>/dev/null; then echo "host reached s1's loopback service"; return 1; fi
+    return 0
+}
+
+files_written() {
+    grep -q "^nameserver $SBX_GATEWAY" /etc/netns/sessiond-1/resolv.conf &&
+    grep -qP "^${A1%/*}\t$(hostname)" /etc/netns/sessiond-1/hosts &&
+    "$SESSIOND" exec --session 1 -- getent hosts "$(hostname)" | grep -q "^${A1%/*} " &&
+    ip netns exec sessiond-1 getent ahostsv4 localhost | grep -q "^127.0.0.1 "
+}
+
+start_is_idempotent() {
+    local again; again=$("$SESSIOND" start --session 1 --json) || return 1
+    [[ $(json .address <<<"$again") == "$A1" && $(json .mac <<<"$again") == $(json .mac <<<"$S1") ]]
+}
+
+restart_readopts() {
+    local before after
+    before=$("$SESSIOND" status --json | jq -c 'map({session, address, mac, loopback})')
+    kill_daemon 9
+    ip netns list | grep -qw sessiond-1 || { echo "netns died with the daemon"; return 1; }
+    start_daemon $(daemon_args "$KIND") || return 1
+    after=$("$SESSIOND" status --json | jq -c 'map({session, address, mac, loopback})')
+    echo "before $before"; echo "after  $after"
+    [[ "$before" == "$after" && $(jq length <<<"$after") == 2 ]] &&
+    ip netns exec sessiond-2 ip -4 addr show dev eth0 | grep -q "inet ${A2%/*}/"
+}
+
+sigterm_leaves_sessions_running() {
+    kill_daemon TERM
+    ip netns exec sessiond-1 ip -4 addr show dev eth0 | grep -q "inet ${A1%/*}/" || return 1
+    start_daemon $(daemon_args "$KIND") && [[ $("$SESSIOND" status --json | jq length) == 2 ]]
+}
+
+stop_leaves_nothing() {
+    kill "$B1" "$B2" 2>/dev/null; wait "$B1" "$B2" 2>/dev/null
+    "$SESSIOND" stop --session 1 | grep -q "session 1 stopped" || return 1
+    "$SESSIOND" stop --session 1 | grep -q "not running" || return 1
+    "$SESSIOND" stop --all || return 1
+    local left=""
+    ip netns list | grep -q sessiond- && left+=" netns:$(ip netns list | grep sessiond- | tr '\n' ' ')"
+    ip -o link show | grep -q ' sdv' && left+=" links:$(ip -o link show | grep -o ' sdv[0-9]*')"
+    ls /run/netns | grep -q sessiond- && left+=" /run/netns files"
+    [[ -z "$(ls -A /etc/netns 2>/dev/null)" ]] || left+=" /etc/netns:$(ls /etc/netns)"
+    [[ -z "$(ls -A $STATE/sessions)" ]] || left+=" state:$(ls $STATE/sessions)"
+    [[ -z "$left" ]] || { echo "left behind:$left"; return 1; }
+}
+
+hundred_concurrent_starts() {
+    local pids=() i fail=0
+    for i in $(seq 10 109); do "$SESSIOND" start --session "$i" --json >/run/c$i.json 2>&1 & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || fail=$((fail + 1)); done
+    local n addrs
+    n=$("$SESSIOND" status --json | jq length)
+    addrs=$(cat /run/c*.json | jq -r .address | sort -u | wc -l)
+    echo "failed=$fail sessions=$n distinct_addresses=$addrs"
+    "$SESSIOND" stop --all >/dev/null
+    [[ $fail == 0 && $n == 100 && $addrs == 100 && -z "$(ip netns list | grep sessiond-)" ]]
+}
+
+for KIND in "${KINDS[@]}"; do
+    echo "--- link kind: $KIND"
+    rm -rf "$STATE"
+    check "$KIND: daemon starts" start_daemon $(daemon_args "$KIND")
+    check "$KIND: two sessions get distinct addresses and loopbacks" two_sessions_distinct
+    check "$KIND: start --json carries every documented field" json_has_all_fields
+    check "$KIND: ip netns exec sees the address and loopback" ip_netns_sees_address
+    check "$KIND: both sessions bind 0.0.0.0:9000 and 127.0.0.1:8080 at once" both_bind_same_ports
+    check "$KIND: LAN reachable between sessions, loopback isolated" lan_reach_and_loopback_isolation
+    check "$KIND: resolv.conf and hosts (hostname -> session address)" files_written
+    check "$KIND: start is idempotent" start_is_idempotent
+    check "$KIND: kill -9 and restart re-adopt both sessions unchanged" restart_readopts
+    check "$KIND: SIGTERM leaves sessions running" sigterm_leaves_sessions_running
+    check "$KIND: stop leaves no netns, link, file or state" stop_leaves_nothing
+    check "$KIND: 100 concurrent starts" hundred_concurrent_starts
+    kill_daemon TERM
+done
+finish
