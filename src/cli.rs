@@ -113,6 +113,12 @@ pub struct DaemonArgs {
     pub socket_group: Option<String>,
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Give up a DHCP start after this many seconds (default 30)
+    #[arg(long)]
+    pub dhcp_timeout: Option<u64>,
+    /// DHCP host name (option 12) template: {hostname} and {sid} (default {hostname}-s{sid})
+    #[arg(long)]
+    pub hostname_template: Option<String>,
     /// Config file (default /etc/sessiond/sessiond.toml, if present)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -292,17 +298,26 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
         socket: args.socket.or_else(|| std::env::var_os(config::SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)),
         state_dir: args.state_dir,
         socket_group: args.socket_group,
-        ..Default::default()
+        dhcp_timeout_secs: args.dhcp_timeout,
+        hostname_template: args.hostname_template,
     };
     let settings = Settings::merge(flags, file).map_err(usage)?;
-    if settings.addressing == Addressing::Dhcp {
-        return Err(usage(anyhow::anyhow!(
-            "--addressing dhcp is not yet supported by this build; use --addressing static --pool FIRST-LAST/PREFIX --gateway IP"
-        )));
-    }
     crate::logging::init();
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").map_err(failed)?;
     rt.block_on(daemon_main(settings)).map_err(failed)
+}
+
+/// Each client connection and each session's netlink and DHCP sockets take a descriptor;
+/// the usual soft limit of 1024 is far too low for a terminal server.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
 }
 
 async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
@@ -325,19 +340,21 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
     let socket = settings.socket.clone();
     let mgr = Arc::new(crate::manager::Manager::new(platform, settings, state, machine_id, hostname)?);
+    let group = match mgr.settings().socket_group.as_deref() {
+        Some(name) => Some(nix::unistd::Group::from_name(name)?.with_context(|| format!("socket group {name} does not exist"))?.gid),
+        None => None,
+    };
+    // Bind before recovery: a second daemon must be refused before it touches any session.
+    let listener = crate::daemon::bind(&socket)?;
+    if let Some(gid) = group {
+        nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
+    }
     let report = mgr.recover().await;
     tracing::info!(adopted = report.adopted.len(), cleaned = report.cleaned.len(), errors = report.errors.len(), "recovered state");
     for e in &report.errors {
         tracing::warn!("recovery: {e}");
     }
-    let group = match mgr.settings().socket_group.as_deref() {
-        Some(name) => Some(nix::unistd::Group::from_name(name)?.with_context(|| format!("socket group {name} does not exist"))?.gid),
-        None => None,
-    };
-    let listener = crate::daemon::bind(&socket)?;
-    if let Some(gid) = group {
-        nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
-    }
+
     tracing::info!(socket = %socket.display(), "listening");
     crate::daemon::notify_ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -12,8 +12,11 @@ use crate::manager::{Manager, ManagerError, Stopped};
 use crate::platform::Platform;
 use crate::proto::{ErrorKind, MAX_LINE, Request, Response, parse_request};
 
-/// More simultaneous connections than this are answered with an error and closed.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// More simultaneous non-root connections than this are answered with an error and closed;
+/// root's connections are never refused, so users cannot lock the admin out.
+pub const MAX_USER_CONNECTIONS: usize = 1024;
+/// A non-root connection idle this long is closed.
+pub const USER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -41,7 +44,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 }
 
 pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_USER_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -52,10 +55,21 @@ pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
             }
         };
         let mgr = mgr.clone();
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                warn!("cannot read peer credentials, closing: {e}");
+                continue;
+            }
+        };
+        if uid == 0 {
+            tokio::spawn(connection(stream, mgr, uid));
+            continue;
+        }
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 tokio::spawn(async move {
-                    connection(stream, mgr).await;
+                    connection(stream, mgr, uid).await;
                     drop(permit);
                 });
             }
@@ -75,21 +89,24 @@ async fn write_response(s: &mut UnixStream, r: &Response) -> std::io::Result<()>
     s.write_all(&line).await
 }
 
-async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>) {
-    let uid = match stream.peer_cred() {
-        Ok(c) => c.uid(),
-        Err(e) => {
-            warn!("cannot read peer credentials, closing: {e}");
-            return;
-        }
-    };
+async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: u32) {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd);
     let mut buf = Vec::new();
     loop {
         buf.clear();
         // Read at most MAX_LINE+1 bytes so an endless line cannot grow memory.
-        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await {
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let read = limited.read_until(b'\n', &mut buf);
+        let read = if uid == 0 {
+            read.await
+        } else {
+            match tokio::time::timeout(USER_IDLE_TIMEOUT, read).await {
+                Ok(r) => r,
+                Err(_) => return, // idle non-root client: free its slot
+            }
+        };
+        let n = match read {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) => {

@@ -216,6 +216,13 @@ impl Platform for FakePlatform {
             Ok(())
         })
     }
+    async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+        Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
+    }
+    fn file_writer(&self) -> crate::platform::FileWriter {
+        let p = self.clone();
+        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| p.write_netns_file(netns, file, contents))
+    }
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
         op(&self.world, format!("rm {netns} files"), |w| {
             w.objects.remove(&format!("files:{netns}"));

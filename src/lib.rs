@@ -20,3 +20,4 @@ pub mod client;
 pub mod enter;
 pub mod cli;
 pub mod logging;
+pub mod lease_driver;

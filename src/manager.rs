@@ -8,6 +8,9 @@ use ipnet::Ipv4Net;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Addressing, Settings};
+use crate::dhcp::{ClientConfig, Lease};
+use crate::lease_driver::{DriverContext, LeaseDriver, lease_file};
+use crate::state::LeaseInfo;
 use crate::loopback::loopback_for;
 use crate::mac::{format_mac, stable_mac};
 use crate::netlink::NetOps;
@@ -42,6 +45,8 @@ pub struct Manager<P: Platform> {
     hostname: String,
     table: Mutex<Table>,
     sid_locks: Mutex<HashMap<Sid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The DHCP task of each bound DHCP session.
+    drivers: Mutex<HashMap<Sid, LeaseDriver>>,
 }
 
 /// What `stop` did.
@@ -62,6 +67,7 @@ impl<P: Platform> Manager<P> {
             hostname,
             table: Mutex::new(Table { sessions: BTreeMap::new(), reserved: BTreeSet::new(), history }),
             sid_locks: Mutex::new(HashMap::new()),
+            drivers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -113,12 +119,10 @@ impl<P: Platform> Manager<P> {
             return Ok(rec.clone()); // idempotent
         }
         self.check_uplink().await?;
-        if self.settings.addressing == Addressing::Dhcp {
-            return Err(ManagerError::BadRequest(
-                "--addressing dhcp is not yet supported by this build; run the daemon with --addressing static --pool FIRST-LAST/PREFIX --gateway IP".into(),
-            ));
-        }
-        let rec = self.reserve_static(sid, owner_uid)?;
+        let rec = match self.settings.addressing {
+            Addressing::Static => self.reserve_static(sid, owner_uid)?,
+            Addressing::Dhcp => self.reserve_dhcp(sid, owner_uid),
+        };
         // The intent is on disk before anything is made, so a crash can be cleaned up.
         if let Err(e) = self.persist_new(&rec) {
             self.forget(sid);
@@ -131,8 +135,24 @@ impl<P: Platform> Manager<P> {
             return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
         }
         let mut up = rec;
+        if up.addressing == Addressing::Dhcp {
+            match self.lease_session(&up, None).await {
+                Ok((driver, lease)) => {
+                    fill_from_lease(&mut up, &lease);
+                    self.drivers.lock().unwrap().insert(sid, driver);
+                }
+                Err(e) => {
+                    self.abandon(sid, &plan.teardown_spec()).await;
+                    return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
+                }
+            }
+        }
         up.state = SessionState::Up;
         if let Err(e) = self.state.save(&up) {
+            let driver = self.drivers.lock().unwrap().remove(&sid);
+            if let Some(d) = driver {
+                d.release().await;
+            }
             self.abandon(sid, &plan.teardown_spec()).await;
             return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
         }
@@ -184,6 +204,69 @@ impl<P: Platform> Manager<P> {
         };
         t.sessions.insert(sid, rec.clone());
         Ok(rec)
+    }
+
+    fn reserve_dhcp(&self, sid: Sid, owner_uid: Option<u32>) -> SessionRecord {
+        let rec = SessionRecord {
+            session: sid,
+            netns: sid.netns_name(),
+            interface: SESSION_IF.into(),
+            mac: format_mac(&stable_mac(&self.machine_id, sid)),
+            address: None,
+            gateway: None,
+            dns: Vec::new(),
+            loopback: loopback_for(sid),
+            addressing: Addressing::Dhcp,
+            state: SessionState::Starting,
+            link: self.settings.link,
+            host_link: (self.settings.link == crate::config::LinkKind::Veth).then(|| sid.veth_host_name()),
+            owner_uid,
+            lease: None,
+            fault: None,
+        };
+        self.table.lock().unwrap().sessions.insert(sid, rec.clone());
+        rec
+    }
+
+    fn dhcp_config(&self, sid: Sid) -> ClientConfig {
+        let short = self.hostname.split('.').next().unwrap_or(&self.hostname);
+        let hostname = self.settings.hostname_template.replace("{hostname}", short).replace("{sid}", &sid.to_string());
+        ClientConfig {
+            mac: stable_mac(&self.machine_id, sid),
+            client_id: crate::dhcp::client_identifier(&self.machine_id, sid.get()),
+            hostname: Some(hostname),
+            request_timeout_ms: self.settings.dhcp_timeout_secs * 1000,
+            seed: 0, // the driver seeds it from the OS
+        }
+    }
+
+    /// Starts the session's DHCP task. With `wait`, returns once bound (or fails after the
+    /// configured timeout); `persisted` asks for that lease again first (INIT-REBOOT).
+    async fn spawn_driver(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<LeaseDriver, String> {
+        let socket = self.platform.dhcp_socket(&rec.netns).await.map_err(|e| e.to_string())?;
+        let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
+        let ctx = DriverContext {
+            sid: rec.session,
+            netns: rec.netns.clone(),
+            inside,
+            state: self.state.clone(),
+            hostname: self.hostname.clone(),
+            loopback: rec.loopback,
+            write_file: self.platform.file_writer(),
+        };
+        Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
+    }
+
+    async fn lease_session(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<(LeaseDriver, Lease), String> {
+        let mut driver = self.spawn_driver(rec, persisted).await?;
+        let timeout = std::time::Duration::from_secs(self.settings.dhcp_timeout_secs);
+        match driver.wait_bound(timeout).await {
+            Ok(lease) => Ok((driver, lease)),
+            Err(why) => {
+                driver.abandon();
+                Err(format!("no DHCP lease on uplink {} within {} s: {why}", self.settings.uplink, self.settings.dhcp_timeout_secs))
+            }
+        }
     }
 
     fn persist_new(&self, rec: &SessionRecord) -> Result<(), crate::state::StateError> {
@@ -244,8 +327,15 @@ impl<P: Platform> Manager<P> {
             warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
         }
         self.table.lock().unwrap().sessions.insert(sid, rec.clone());
+        let driver = self.drivers.lock().unwrap().remove(&sid);
+        if let Some(d) = driver {
+            d.release().await; // DHCPRELEASE from the bound address, before the link goes
+        }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let errors = session::teardown(&self.platform, &spec).await;
+        if let Err(e) = self.state.remove_blob(&lease_file(sid)) {
+            warn!(session = %sid, "removing lease file: {e}");
+        }
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             return Err(ManagerError::Failed(format!("session {sid} stop incomplete ({} errors; run stop again): {}", list.len(), list.join("; "))));
@@ -272,11 +362,33 @@ impl<P: Platform> Manager<P> {
     }
 
     pub fn status(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
-        let t = self.table.lock().unwrap();
-        match sid {
-            Some(s) => t.sessions.get(&s).filter(|r| r.state == SessionState::Up).map(|r| vec![r.clone()]).ok_or(ManagerError::NotFound(s)),
-            None => Ok(t.sessions.values().filter(|r| r.state == SessionState::Up).cloned().collect()),
+        let mut list: Vec<SessionRecord> = {
+            let t = self.table.lock().unwrap();
+            match sid {
+                Some(s) => t.sessions.get(&s).filter(|r| r.state == SessionState::Up).map(|r| vec![r.clone()]).ok_or(ManagerError::NotFound(s))?,
+                None => t.sessions.values().filter(|r| r.state == SessionState::Up).cloned().collect(),
+            }
+        };
+        // DHCP sessions: what the lease task knows now (renewals may have changed it).
+        let drivers = self.drivers.lock().unwrap();
+        for r in &mut list {
+            if let Some(d) = drivers.get(&r.session) {
+                let st = d.status.borrow().clone();
+                match &st.lease {
+                    Some(l) => fill_from_lease(r, l),
+                    None => {
+                        r.address = None;
+                        r.lease = None;
+                    }
+                }
+                if let Some(info) = &mut r.lease {
+                    info.dhcp_state = st.state.clone();
+                } else {
+                    r.lease = Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state: st.state.clone() });
+                }
+            }
         }
+        Ok(list)
     }
 
     /// After a (re)start: adopt what is live, finish what a crash interrupted, remove orphans.
@@ -305,8 +417,20 @@ impl<P: Platform> Manager<P> {
                 }
                 let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
                 let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
-                if let Some(a) = rec.address {
+                if rec.addressing == Addressing::Static
+                    && let Some(a) = rec.address
+                {
                     self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                }
+                if rec.addressing == Addressing::Dhcp {
+                    // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
+                    let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                    match self.spawn_driver(&rec, persisted).await {
+                        Ok(d) => {
+                            self.drivers.lock().unwrap().insert(sid, d);
+                        }
+                        Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
+                    }
                 }
                 self.table.lock().unwrap().sessions.insert(sid, rec);
                 report.adopted.push(sid);
@@ -314,6 +438,7 @@ impl<P: Platform> Manager<P> {
                 info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
                 let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
                 let errs = session::teardown(&self.platform, &spec).await;
+                let _ = self.state.remove_blob(&lease_file(sid));
                 if errs.is_empty() {
                     let _ = self.state.remove(sid);
                     report.cleaned.push(sid);
@@ -351,6 +476,20 @@ impl<P: Platform> Manager<P> {
             Err(_) => false,
         }
     }
+}
+
+/// Copies what a lease says into the session record.
+fn fill_from_lease(r: &mut SessionRecord, l: &Lease) {
+    r.address = Some(l.network());
+    r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
+    r.dns = l.dns.clone();
+    r.lease = Some(LeaseInfo {
+        server: l.server_id,
+        lease_start: l.acquired_at,
+        expires: l.expires_at(),
+        next_renewal: l.renew_at(),
+        dhcp_state: "bound".into(),
+    });
 }
 
 #[derive(Debug, Default)]

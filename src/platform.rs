@@ -19,6 +19,19 @@ pub trait Platform: Send + Sync + 'static {
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError>;
     /// Removes /etc/netns/NETNS and what is in it; absent is fine.
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
+    /// The DHCP client socket inside the session namespace (port 68 on its interface).
+    fn dhcp_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
+    /// A writer for /etc/netns files that the DHCP task can keep.
+    fn file_writer(&self) -> FileWriter;
+}
+
+pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
+
+/// Writes /etc/netns/NETNS/FILE atomically under `etc_netns`.
+pub fn write_netns_file_in(etc_netns: &std::path::Path, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
+    let dir = etc_netns.join(netns);
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    crate::state::write_atomic(&dir.join(file), contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
 }
 
 /// The real thing: rtnetlink, bind-mounted namespaces, files under /etc/netns.
@@ -66,10 +79,16 @@ impl Platform for LinuxPlatform {
     }
 
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
-        let dir = self.etc_netns.join(netns);
-        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let path = dir.join(file);
-        crate::state::write_atomic(&path, contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
+        write_netns_file_in(&self.etc_netns, netns, file, contents)
+    }
+
+    async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+        crate::lease_driver::client_socket(netns).await
+    }
+
+    fn file_writer(&self) -> FileWriter {
+        let dir = self.etc_netns.clone();
+        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&dir, netns, file, contents))
     }
 
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {

@@ -17,7 +17,7 @@ pub enum SidError {
     #[error("session id 0 is the host's own loopback, not a session (valid: 1..={MAX_SID})")]
     Zero,
     #[error("session id {0} is out of range (valid: 1..={MAX_SID})")]
-    TooLarge(u64),
+    TooLarge(String),
     #[error("session id {0:?} is not a number (valid: 1..={MAX_SID})")]
     NotANumber(String),
     #[error("session id {0} is negative (valid: 1..={MAX_SID})")]
@@ -28,7 +28,7 @@ impl Sid {
     pub fn new(n: u64) -> Result<Sid, SidError> {
         match n {
             0 => Err(SidError::Zero),
-            n if n > MAX_SID as u64 => Err(SidError::TooLarge(n)),
+            n if n > MAX_SID as u64 => Err(SidError::TooLarge(n.to_string())),
             n => Ok(Sid(n as u32)),
         }
     }
@@ -79,7 +79,7 @@ impl FromStr for Sid {
         match t.parse::<u64>() {
             Ok(n) => Sid::new(n),
             // All digits but does not fit in u64: certainly out of range.
-            Err(_) => Err(SidError::TooLarge(u64::MAX)),
+            Err(_) => Err(SidError::TooLarge(t.to_string())),
         }
     }
 }
@@ -104,12 +104,12 @@ mod tests {
     #[test]
     fn rejects_bad_input_with_named_reason() {
         assert_eq!("0".parse::<Sid>(), Err(SidError::Zero));
-        assert_eq!("16777215".parse::<Sid>(), Err(SidError::TooLarge(16_777_215)));
+        assert_eq!("16777215".parse::<Sid>(), Err(SidError::TooLarge("16777215".into())));
         assert_eq!("-3".parse::<Sid>(), Err(SidError::Negative("-3".into())));
         assert!(matches!("abc".parse::<Sid>(), Err(SidError::NotANumber(_))));
         assert!(matches!("".parse::<Sid>(), Err(SidError::NotANumber(_))));
         assert!(matches!("1e3".parse::<Sid>(), Err(SidError::NotANumber(_))));
-        assert!(matches!("99999999999999999999999".parse::<Sid>(), Err(SidError::TooLarge(_))));
+        assert_eq!("99999999999999999999999".parse::<Sid>(), Err(SidError::TooLarge("99999999999999999999999".into())));
         let msg = "0".parse::<Sid>().unwrap_err().to_string();
         assert!(msg.contains("session id 0"), "{msg}");
     }

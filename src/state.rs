@@ -99,8 +99,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 
 impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
-        let sessions = root.join("sessions");
-        std::fs::create_dir_all(&sessions).map_err(io(&sessions, "create"))?;
+        for sub in ["sessions", "leases"] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d).map_err(io(&d, "create"))?;
+        }
         Ok(StateDir { root: root.to_path_buf() })
     }
 
@@ -181,13 +183,21 @@ impl StateDir {
         }
     }
 
+    pub fn remove_blob(&self, name: &str) -> Result<(), StateError> {
+        let p = self.root.join(name);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn save_blob<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         write_atomic(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"))
     }
 
     /// Removes temp files an interrupted write left behind.
     pub fn sweep_temp_files(&self) {
-        for dir in [self.root.clone(), self.root.join("sessions"), self.root.join("addresses")] {
+        for dir in [self.root.clone(), self.root.join("sessions"), self.root.join("addresses"), self.root.join("leases")] {
             for ent in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = ent.file_name();
                 let name = name.to_string_lossy();

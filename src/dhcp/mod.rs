@@ -1,1 +1,50 @@
-//! DHCP client (sans-IO state machine); filled in by the DHCP work.
+//! Sans-IO DHCPv4 client (RFC 2131) for a session's macvlan `eth0`.
+//!
+//! [`Client`] is a pure state machine: the driver feeds it [`Event`]s with the
+//! current wall-clock time and executes the returned [`Action`]s in order. It
+//! opens no sockets, reads no clock and draws randomness only from its seed.
+//!
+//! Driver contract:
+//! - Execute actions in order (a RELEASE `Send` precedes its `RemoveLease`;
+//!   `ApplyLease` precedes `PersistLease`).
+//! - One timer: each `SetTimer` replaces the previous deadline; when
+//!   [`Client::next_timer`] is `None` nothing is pending. Early or stale `Timer`
+//!   events are harmless (an early one re-emits the same `SetTimer`).
+//! - `Dest::Broadcast` is 255.255.255.255:67, `Dest::Unicast(ip)` is ip:67, from
+//!   a UDP socket on 0.0.0.0:68 bound to the session's `eth0`, created before
+//!   `Start`. `broadcast_flag` is already set in the bytes; it is true exactly
+//!   while we have no configured address, so the server's replies are
+//!   broadcast and reach that socket.
+//! - `ApplyLease.previous` and `RemoveLease` may name an address that is not
+//!   configured (an unconfirmed persisted lease): treat removal of a missing
+//!   address or route as success.
+//! - `Reject` is routine on a shared LAN (other clients' broadcast replies);
+//!   log it at debug level.
+//! - Seed [`ClientConfig::seed`] from the OS RNG: the xid is what stops
+//!   off-path spoofed replies.
+
+mod backoff;
+mod client_id;
+mod decode;
+mod encode;
+mod lease;
+mod machine;
+mod options;
+mod reject;
+mod rng;
+
+#[cfg(test)]
+mod tests;
+
+/// Wall-clock milliseconds since the UNIX epoch, injected by the caller.
+pub type Millis = u64;
+
+pub use backoff::{INITIAL_RETRY_MS, JITTER_MS, MAX_RETRY_MS, MIN_LEASE_RETRY_MS};
+pub use client_id::client_identifier;
+pub use decode::MAX_PACKET;
+pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
+pub use lease::{INFINITE, Lease};
+pub use machine::{
+    Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State,
+};
+pub use reject::RejectReason;

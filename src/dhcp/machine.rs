@@ -1,0 +1,481 @@
+//! The RFC 2131 client state machine: events in, actions out; no I/O, no clock,
+//! no hidden randomness.
+
+use std::net::Ipv4Addr;
+
+use super::Millis;
+use super::backoff::{lease_retry_at, retransmit_delay};
+use super::decode::{self, ACK, NAK, OFFER, Reply};
+use super::encode::{self, Kind, Outgoing};
+use super::lease::Lease;
+use super::reject::RejectReason;
+use super::rng::SplitMix64;
+
+/// REQUESTs sent in REQUESTING before falling back to INIT.
+pub const MAX_SELECTING_REQUESTS: u32 = 4;
+/// REQUESTs sent in REBOOTING before falling back to INIT.
+pub const MAX_REBOOT_REQUESTS: u32 = 3;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub mac: [u8; 6],
+    /// Option 61 payload (see [`super::client_identifier`]); omitted if shorter than 2 bytes.
+    pub client_id: Vec<u8>,
+    /// Option 12; omitted if `None` or empty.
+    pub hostname: Option<String>,
+    /// Not used by the machine: give-up policy belongs to the driver
+    /// (see [`Client::discovers_sent`]).
+    pub request_timeout_ms: u64,
+    /// Seeds xids and jitter. Seed it from the OS RNG: xids are the only
+    /// defence against off-path spoofed replies.
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not started, or waiting out the short delay after a DHCPNAK.
+    Init,
+    Selecting,
+    Requesting,
+    Bound,
+    Renewing,
+    Rebinding,
+    /// Transient: `StartWithLease` passes straight through to `Rebooting`.
+    InitReboot,
+    Rebooting,
+    Released,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Begin from INIT (fresh DISCOVER). Ignored while a lease is held.
+    Start,
+    /// INIT-REBOOT with a persisted lease. An expired or invalid lease is
+    /// deleted (`PersistLease(None)`) and the client starts from INIT.
+    StartWithLease(Lease),
+    /// A UDP payload received on port 68.
+    Packet { bytes: Vec<u8> },
+    /// The last `SetTimer` deadline has passed; early or stale calls are harmless.
+    Timer,
+    /// Stop: release a held lease, then `Released`.
+    Release,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// 255.255.255.255:67
+    Broadcast,
+    /// The server's address, port 67.
+    Unicast(Ipv4Addr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send to UDP port 67. `broadcast_flag` mirrors the BOOTP flag in `bytes`:
+    /// when true the server will broadcast its reply because we have no address.
+    Send { bytes: Vec<u8>, dest: Dest, broadcast_flag: bool },
+    /// Configure `lease`. `previous` is a lease that may currently be configured
+    /// (the one being renewed, or an unconfirmed persisted one); if its address
+    /// differs, add the new address before removing the old one.
+    ApplyLease { lease: Lease, previous: Option<Lease> },
+    /// Drop the lease's address and routes.
+    RemoveLease(Lease),
+    /// Save (`Some`) or delete (`None`) the persisted lease.
+    PersistLease(Option<Lease>),
+    /// Absolute deadline, never before `now`; replaces any earlier one.
+    SetTimer(Millis),
+    /// A received packet was ignored; the driver logs `reason`.
+    Reject { reason: String },
+}
+
+/// Sans-IO DHCPv4 client. Feed it events with the current time and execute the
+/// returned actions in order.
+#[derive(Debug, Clone)]
+pub struct Client {
+    cfg: ClientConfig,
+    rng: SplitMix64,
+    state: State,
+    /// Transaction whose replies we accept; `None` when none is in flight.
+    xid: Option<u32>,
+    /// When the current exchange began (for the `secs` field).
+    exchange_start: Millis,
+    /// When its first REQUEST went out (becomes `Lease::acquired_at`).
+    first_request_at: Millis,
+    /// Messages sent in the current exchange.
+    attempts: u32,
+    /// (address, server id) chosen from the first valid OFFER.
+    offer: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The applied lease (BOUND, RENEWING, REBINDING).
+    lease: Option<Lease>,
+    /// A persisted lease that was never confirmed (INIT-REBOOT). Possibly still
+    /// configured by an earlier daemon, so it becomes `previous` of the next
+    /// `ApplyLease` instead of being removed behind the driver's back.
+    unconfirmed: Option<Lease>,
+    /// Option 50 hint for DISCOVER after an unanswered INIT-REBOOT.
+    hint: Option<Ipv4Addr>,
+    timer: Option<Millis>,
+    discovers: u32,
+    naks: u32,
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Self {
+        let rng = SplitMix64::new(cfg.seed);
+        Self {
+            cfg,
+            rng,
+            state: State::Init,
+            xid: None,
+            exchange_start: 0,
+            first_request_at: 0,
+            attempts: 0,
+            offer: None,
+            lease: None,
+            unconfirmed: None,
+            hint: None,
+            timer: None,
+            discovers: 0,
+            naks: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The applied lease, if any (not an unconfirmed one being INIT-REBOOTed).
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// The server we are talking to: the chosen one while REQUESTING, the
+    /// lease's while holding one, the persisted one while REBOOTING.
+    pub fn server(&self) -> Option<Ipv4Addr> {
+        match self.state {
+            State::Requesting => self.offer.map(|(_, s)| s),
+            State::Rebooting => self.unconfirmed.as_ref().map(|l| l.server_id),
+            _ => self.lease.as_ref().map(|l| l.server_id),
+        }
+    }
+
+    /// Consecutive DISCOVERs not answered by a usable OFFER: reset by `Start`,
+    /// `StartWithLease`, an accepted OFFER and a bound lease.
+    pub fn discovers_sent(&self) -> u32 {
+        self.discovers
+    }
+
+    pub fn next_timer(&self) -> Option<Millis> {
+        self.timer
+    }
+
+    pub fn on_event(&mut self, ev: Event, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        match ev {
+            Event::Start => self.start(now, &mut out),
+            Event::StartWithLease(lease) => self.start_with_lease(lease, now, &mut out),
+            Event::Packet { bytes } => {
+                if let Err(r) = self.on_packet(&bytes, now, &mut out) {
+                    out.push(Action::Reject { reason: r.to_string() });
+                }
+            }
+            Event::Timer => self.on_timer(now, &mut out),
+            Event::Release => self.release(&mut out),
+        }
+        out
+    }
+
+    fn holds_lease(&self) -> bool {
+        matches!(self.state, State::Bound | State::Renewing | State::Rebinding)
+    }
+
+    fn start(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if self.holds_lease() {
+            return;
+        }
+        self.discovers = 0;
+        self.naks = 0;
+        self.begin_discover(now, out);
+    }
+
+    fn start_with_lease(&mut self, lease: Lease, now: Millis, out: &mut Vec<Action>) {
+        if self.holds_lease() {
+            return;
+        }
+        self.discovers = 0;
+        self.naks = 0;
+        self.hint = None;
+        let usable = lease.validate().is_ok() && lease.expires_at().is_none_or(|t| t > now);
+        if !usable {
+            self.unconfirmed = None;
+            out.push(Action::PersistLease(None));
+            self.begin_discover(now, out);
+            return;
+        }
+        self.state = State::InitReboot;
+        self.unconfirmed = Some(lease);
+        self.new_exchange(now);
+        self.state = State::Rebooting;
+        self.send_request(now, out);
+        self.arm_backoff(now, out);
+    }
+
+    fn new_exchange(&mut self, now: Millis) {
+        self.xid = Some(self.rng.next_u32());
+        self.exchange_start = now;
+        self.attempts = 0;
+    }
+
+    fn begin_discover(&mut self, now: Millis, out: &mut Vec<Action>) {
+        self.state = State::Selecting;
+        self.offer = None;
+        self.new_exchange(now);
+        self.send_discover(now, out);
+    }
+
+    fn send_discover(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let msg = Outgoing {
+            kind: Kind::Discover,
+            xid: self.xid.unwrap_or_default(),
+            secs: self.secs(now),
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            broadcast_flag: true,
+            requested: self.hint,
+            server_id: None,
+        };
+        out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest: Dest::Broadcast, broadcast_flag: true });
+        self.discovers = self.discovers.saturating_add(1);
+        self.attempts = self.attempts.saturating_add(1);
+        self.arm_backoff(now, out);
+    }
+
+    /// REQUEST shaped per RFC 2131 table 4 for the current state.
+    fn send_request(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let zero = Ipv4Addr::UNSPECIFIED;
+        let held = self.lease.as_ref().map(|l| (l.address, l.server_id));
+        let (ciaddr, requested, server_id, dest, flag) = match (self.state, held) {
+            (State::Requesting, _) => {
+                let (addr, server) = self.offer.unwrap_or((zero, zero));
+                (zero, Some(addr), Some(server), Dest::Broadcast, true)
+            }
+            (State::Rebooting, _) => {
+                let addr = self.unconfirmed.as_ref().map_or(zero, |l| l.address);
+                (zero, Some(addr), None, Dest::Broadcast, true)
+            }
+            (State::Renewing, Some((addr, server))) => (addr, None, None, Dest::Unicast(server), false),
+            (State::Rebinding, Some((addr, _))) => (addr, None, None, Dest::Broadcast, false),
+            _ => return,
+        };
+        if self.attempts == 0 {
+            self.first_request_at = now;
+        }
+        let msg = Outgoing {
+            kind: Kind::Request,
+            xid: self.xid.unwrap_or_default(),
+            secs: self.secs(now),
+            ciaddr,
+            broadcast_flag: flag,
+            requested,
+            server_id,
+        };
+        out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest, broadcast_flag: flag });
+        self.attempts = self.attempts.saturating_add(1);
+    }
+
+    fn secs(&self, now: Millis) -> u16 {
+        (now.saturating_sub(self.exchange_start) / 1000).min(u64::from(u16::MAX)) as u16
+    }
+
+    fn arm(&mut self, at: Millis, now: Millis, out: &mut Vec<Action>) {
+        let at = at.max(now);
+        self.timer = Some(at);
+        out.push(Action::SetTimer(at));
+    }
+
+    fn arm_backoff(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let delay = retransmit_delay(self.attempts.saturating_sub(1), &mut self.rng);
+        self.arm(now.saturating_add(delay), now, out);
+    }
+
+    fn on_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let Some(deadline) = self.timer else { return };
+        if now < deadline {
+            // Early wake-up (or wall-clock step back): re-arm the same deadline.
+            out.push(Action::SetTimer(deadline));
+            return;
+        }
+        self.timer = None;
+        match self.state {
+            State::Init => self.begin_discover(now, out),
+            State::Selecting => self.send_discover(now, out),
+            State::Requesting if self.attempts >= MAX_SELECTING_REQUESTS => self.begin_discover(now, out),
+            State::Rebooting if self.attempts >= MAX_REBOOT_REQUESTS => {
+                // Unanswered INIT-REBOOT: fall back to INIT, asking for the same
+                // address. The lease stays persisted and is not removed: it was
+                // never applied by us (see `unconfirmed`).
+                self.hint = self.unconfirmed.as_ref().map(|l| l.address);
+                self.begin_discover(now, out);
+            }
+            State::Requesting | State::Rebooting => {
+                self.send_request(now, out);
+                self.arm_backoff(now, out);
+            }
+            State::Bound | State::Renewing | State::Rebinding => self.lease_timer(now, out),
+            State::InitReboot | State::Released => {}
+        }
+    }
+
+    /// T1/T2/expiry handling; works out the phase from `now` so a wall-clock
+    /// jump past several deadlines lands in the right state.
+    fn lease_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let Some(lease) = self.lease.as_ref() else { return };
+        let (Some(renew), Some(rebind), Some(expiry)) = (lease.renew_at(), lease.rebind_at(), lease.expires_at())
+        else {
+            return; // infinite lease: nothing to do
+        };
+        if now >= expiry {
+            self.expire(now, out);
+        } else if now >= rebind {
+            if self.state != State::Rebinding {
+                // Keep the RENEWING xid so a late unicast ACK is still accepted.
+                if self.state != State::Renewing {
+                    self.new_exchange(now);
+                }
+                self.state = State::Rebinding;
+            }
+            self.send_request(now, out);
+            self.arm(lease_retry_at(now, expiry), now, out);
+        } else if now >= renew {
+            if self.state != State::Renewing {
+                self.new_exchange(now);
+                self.state = State::Renewing;
+            }
+            self.send_request(now, out);
+            self.arm(lease_retry_at(now, rebind), now, out);
+        } else {
+            self.arm(renew, now, out);
+        }
+    }
+
+    fn expire(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if let Some(old) = self.lease.take() {
+            out.push(Action::RemoveLease(old));
+            out.push(Action::PersistLease(None));
+        }
+        self.discovers = 0;
+        self.begin_discover(now, out);
+    }
+
+    fn on_packet(&mut self, bytes: &[u8], now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
+        let reply = decode::parse(bytes)?;
+        let expected = self.xid.ok_or(RejectReason::NoTransaction(self.state))?;
+        if reply.xid != expected {
+            return Err(RejectReason::XidMismatch { got: reply.xid, expected });
+        }
+        if !reply.chaddr_is(&self.cfg.mac) {
+            return Err(RejectReason::ChaddrMismatch);
+        }
+        let expected_type = matches!(
+            (self.state, reply.msg_type),
+            (State::Selecting, OFFER) | (State::Requesting | State::Rebooting | State::Renewing | State::Rebinding, ACK | NAK)
+        );
+        if !expected_type {
+            return Err(RejectReason::UnexpectedMessageType { got: reply.msg_type, state: self.state });
+        }
+        let server_id = reply.server_id()?;
+        match (self.state, reply.msg_type) {
+            (State::Selecting, OFFER) => self.on_offer(&reply, server_id, now, out),
+            (State::Requesting, ACK | NAK) if Some(server_id) != self.offer.map(|(_, s)| s) => {
+                let expected = self.offer.map_or(Ipv4Addr::UNSPECIFIED, |(_, s)| s);
+                Err(RejectReason::ServerIdMismatch { got: server_id, expected })
+            }
+            (State::Requesting | State::Rebooting | State::Renewing | State::Rebinding, ACK) => {
+                let lease = decode::lease_from_reply(&reply, self.first_request_at)?;
+                self.bind(lease, now, out);
+                Ok(())
+            }
+            (State::Requesting | State::Rebooting | State::Renewing | State::Rebinding, NAK) => {
+                self.on_nak(now, out);
+                Ok(())
+            }
+            _ => Err(RejectReason::UnexpectedMessageType { got: reply.msg_type, state: self.state }),
+        }
+    }
+
+    fn on_offer(&mut self, reply: &Reply, server_id: Ipv4Addr, now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
+        // Validate the whole lease now so we never REQUEST an unusable offer.
+        let offered = decode::lease_from_reply(reply, now)?;
+        self.offer = Some((offered.address, server_id));
+        self.discovers = 0;
+        self.state = State::Requesting;
+        self.attempts = 0;
+        self.send_request(now, out);
+        self.arm_backoff(now, out);
+        Ok(())
+    }
+
+    fn bind(&mut self, lease: Lease, now: Millis, out: &mut Vec<Action>) {
+        let previous = self.lease.take().or_else(|| self.unconfirmed.take());
+        self.unconfirmed = None;
+        self.hint = None;
+        self.offer = None;
+        self.xid = None;
+        self.discovers = 0;
+        self.naks = 0;
+        self.state = State::Bound;
+        out.push(Action::ApplyLease { lease: lease.clone(), previous });
+        out.push(Action::PersistLease(Some(lease.clone())));
+        match lease.renew_at() {
+            Some(t) => self.arm(t, now, out),
+            None => self.timer = None,
+        }
+        self.lease = Some(lease);
+    }
+
+    fn on_nak(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if let Some(old) = self.lease.take() {
+            out.push(Action::RemoveLease(old));
+            out.push(Action::PersistLease(None));
+        } else if self.state == State::Rebooting {
+            // The persisted lease is dead; keep it only as `previous` for the
+            // next ApplyLease in case an earlier daemon left it configured.
+            out.push(Action::PersistLease(None));
+        }
+        self.hint = None;
+        self.offer = None;
+        self.xid = None;
+        self.state = State::Init;
+        // Short, growing pause so a NAK-happy server cannot make us spin.
+        let delay = retransmit_delay(self.naks, &mut self.rng);
+        self.naks = self.naks.saturating_add(1);
+        self.arm(now.saturating_add(delay), now, out);
+    }
+
+    fn release(&mut self, out: &mut Vec<Action>) {
+        if self.holds_lease()
+            && let Some(lease) = self.lease.take()
+        {
+            let msg = Outgoing {
+                kind: Kind::Release,
+                xid: self.rng.next_u32(),
+                secs: 0,
+                ciaddr: lease.address,
+                broadcast_flag: false,
+                requested: None,
+                server_id: Some(lease.server_id),
+            };
+            out.push(Action::Send {
+                bytes: encode::encode(&msg, &self.cfg),
+                dest: Dest::Unicast(lease.server_id),
+                broadcast_flag: false,
+            });
+            out.push(Action::RemoveLease(lease));
+            out.push(Action::PersistLease(None));
+        }
+        self.state = State::Released;
+        self.xid = None;
+        self.offer = None;
+        self.unconfirmed = None;
+        self.hint = None;
+        self.timer = None;
+    }
+}
