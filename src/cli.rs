@@ -237,15 +237,29 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         println!("{}", text.expect("records serialize"));
         return;
     }
-    println!("{:<8} {:<18} {:<10} {:<19} {:<18} {:<15} {:<9} STATE", "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING");
+    println!("{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} LEASE", "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE");
+    let now = crate::lease_driver::now_ms();
     for r in sessions {
         let addr = r.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
         let state = match &r.fault {
             Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
             None => format!("{:?}", r.state).to_lowercase(),
         };
-        println!("{:<8} {:<18} {:<10} {:<19} {:<18} {:<15} {:<9} {}", r.session, r.netns, r.interface, r.mac, addr, r.loopback, r.addressing, state);
+        println!("{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {}", r.session, r.netns, r.interface, r.mac, addr, r.loopback, r.addressing, state, lease_summary(r, now));
     }
+}
+
+/// "bound, server 10.0.0.1, renew in 290 s, expires in 590 s" (or "-" for static sessions).
+fn lease_summary(r: &SessionRecord, now: u64) -> String {
+    let Some(l) = &r.lease else { return "-".into() };
+    let secs = |t: Option<u64>| match t {
+        Some(t) => format!("{} s", t.saturating_sub(now) / 1000),
+        None => "never".into(),
+    };
+    if l.server.is_unspecified() {
+        return l.dhcp_state.clone();
+    }
+    format!("{}, server {}, renew in {}, expires in {}", l.dhcp_state, l.server, secs(l.next_renewal), secs(l.expires))
 }
 
 fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>) -> Result<(), Exit> {

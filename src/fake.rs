@@ -219,6 +219,9 @@ impl Platform for FakePlatform {
     async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
     }
+    fn hold_netns(&self, _name: &str) -> Option<std::fs::File> {
+        None
+    }
     fn file_writer(&self) -> crate::platform::FileWriter {
         let p = self.clone();
         std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| p.write_netns_file(netns, file, contents))

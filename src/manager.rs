@@ -47,6 +47,8 @@ pub struct Manager<P: Platform> {
     sid_locks: Mutex<HashMap<Sid, Arc<tokio::sync::Mutex<()>>>>,
     /// The DHCP task of each bound DHCP session.
     drivers: Mutex<HashMap<Sid, LeaseDriver>>,
+    /// Each live session's namespace, held open by fd.
+    held: Mutex<HashMap<Sid, std::fs::File>>,
 }
 
 /// What `stop` did.
@@ -68,6 +70,7 @@ impl<P: Platform> Manager<P> {
             table: Mutex::new(Table { sessions: BTreeMap::new(), reserved: BTreeSet::new(), history }),
             sid_locks: Mutex::new(HashMap::new()),
             drivers: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -156,6 +159,7 @@ impl<P: Platform> Manager<P> {
             self.abandon(sid, &plan.teardown_spec()).await;
             return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
         }
+        self.hold(sid, &up.netns);
         self.table.lock().unwrap().sessions.insert(sid, up.clone());
         info!(session = %sid, address = ?up.address, "session up");
         Ok(up)
@@ -278,6 +282,13 @@ impl<P: Platform> Manager<P> {
 
     fn forget(&self, sid: Sid) {
         self.table.lock().unwrap().sessions.remove(&sid);
+        self.held.lock().unwrap().remove(&sid);
+    }
+
+    fn hold(&self, sid: Sid, netns: &str) {
+        if let Some(f) = self.platform.hold_netns(netns) {
+            self.held.lock().unwrap().insert(sid, f);
+        }
     }
 
     /// Rolls a half-made session back completely.
@@ -432,6 +443,7 @@ impl<P: Platform> Manager<P> {
                         Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
                     }
                 }
+                self.hold(sid, &rec.netns);
                 self.table.lock().unwrap().sessions.insert(sid, rec);
                 report.adopted.push(sid);
             } else {

@@ -23,6 +23,8 @@ pub trait Platform: Send + Sync + 'static {
     fn dhcp_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
+    /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
+    fn hold_netns(&self, name: &str) -> Option<std::fs::File>;
 }
 
 pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
@@ -84,6 +86,10 @@ impl Platform for LinuxPlatform {
 
     async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         crate::lease_driver::client_socket(netns).await
+    }
+
+    fn hold_netns(&self, name: &str) -> Option<std::fs::File> {
+        crate::ns::open_netns(name).ok()
     }
 
     fn file_writer(&self) -> FileWriter {
