@@ -153,8 +153,10 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
             Request::Status { session } => match mgr.status(session) {
                 Ok(list) => {
                     let mine: Vec<_> = list.into_iter().filter(|r| r.owner_uid == Some(uid)).collect();
-                    if session.is_some() && mine.is_empty() {
-                        Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {} does not belong to uid {uid}", session.unwrap()))
+                    if let Some(s) = session
+                        && mine.is_empty()
+                    {
+                        Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"))
                     } else {
                         Response::Sessions { sessions: mine }
                     }

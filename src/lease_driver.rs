@@ -1,7 +1,6 @@
 //! The thin async driver around the sans-IO DHCP client: one tokio task per session (no thread
 //! per session), a UDP socket made inside the session's namespace, netlink to apply leases.
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
@@ -49,7 +48,7 @@ pub struct DriverContext<N: NetOps> {
     pub state: StateDir,
     pub hostname: String,
     pub loopback: Ipv4Addr,
-    pub write_file: Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>,
+    pub write_file: crate::platform::FileWriter,
 }
 
 pub fn lease_file(sid: Sid) -> String {
@@ -189,7 +188,7 @@ async fn run<N: NetOps>(
                 actions = client.on_event(Event::Timer, now_ms());
             }
             cmd = rx.recv() => {
-                let done = match cmd { Some(Command::Release(done)) => Some(done), None => None };
+                let done = cmd.map(|Command::Release(done)| done);
                 actions = client.on_event(Event::Release, now_ms());
                 release_done = Some(done);
             }

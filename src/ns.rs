@@ -36,7 +36,7 @@ pub fn netns_path(name: &str) -> PathBuf {
 
 /// True when `path` is a live namespace bind mount (not just a leftover empty file).
 pub fn is_ns_mount(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == NSFS_MAGIC).unwrap_or(false)
 }
 
 pub fn netns_exists(name: &str) -> bool {
