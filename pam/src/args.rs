@@ -1,0 +1,226 @@
+//! Module arguments (`session required pam_sessiond.so ARG...`) and who gets a session.
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Groups whose members are left on the host unless `exclude_groups=` says otherwise:
+/// administrators keep the host's own identity so they can manage it.
+pub const DEFAULT_EXCLUDE_GROUPS: &[&str] = &["sudo", "wheel", "adm"];
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REFDIR: &str = "/run/sessiond/pam";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidMode {
+    /// `XDG_SESSION_ID` when it is a valid sid, else let the daemon pick.
+    Default,
+    /// Always `XDG_SESSION_ID`; refuse the session without one.
+    Xdg,
+    /// Always let the daemon pick the lowest free sid.
+    Auto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fail {
+    /// Daemon unreachable or refusing: log loudly, let the login through on the host's network.
+    Open,
+    /// Daemon unreachable or refusing: refuse the session (PAM_SESSION_ERR).
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// `users=a,b`: only these users (or members of `groups=`) are virtualized.
+    pub users: Option<Vec<String>>,
+    /// `groups=g1,g2`: only members of these groups (or `users=`) are virtualized.
+    pub groups: Option<Vec<String>>,
+    /// `exclude_users=x,y`: never virtualized.
+    pub exclude_users: Vec<String>,
+    /// `exclude_groups=...`: members never virtualized (default sudo,wheel,adm; empty: none).
+    pub exclude_groups: Vec<String>,
+    /// `include_root`: virtualize uid 0 too (excluded by default).
+    pub include_root: bool,
+    pub sid: SidMode,
+    pub timeout: Duration,
+    pub fail: Fail,
+    pub socket: PathBuf,
+    /// `refdir=`: where the per-sid holder counts live (default /run/sessiond/pam).
+    pub refdir: PathBuf,
+    /// `debug`: also log to stderr, and log skipped users.
+    pub debug: bool,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            users: None,
+            groups: None,
+            exclude_users: Vec::new(),
+            exclude_groups: DEFAULT_EXCLUDE_GROUPS.iter().map(|s| s.to_string()).collect(),
+            include_root: false,
+            sid: SidMode::Default,
+            timeout: DEFAULT_TIMEOUT,
+            fail: Fail::Closed,
+            socket: PathBuf::from(sessiond::config::DEFAULT_SOCKET),
+            refdir: PathBuf::from(DEFAULT_REFDIR),
+            debug: false,
+        }
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+impl Args {
+    /// Parses the module arguments. Unknown or malformed ones are errors: a mistyped policy
+    /// argument must not silently widen or narrow who is isolated.
+    pub fn parse<S: AsRef<str>>(argv: &[S]) -> Result<Args, String> {
+        let mut a = Args::default();
+        for arg in argv {
+            let arg = arg.as_ref();
+            let (k, v) = match arg.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (arg, None),
+            };
+            let need = || v.ok_or_else(|| format!("argument {k} needs a value ({k}=...)"));
+            match k {
+                "users" => a.users = Some(list(need()?)),
+                "groups" => a.groups = Some(list(need()?)),
+                "exclude_users" => a.exclude_users = list(need()?),
+                "exclude_groups" => a.exclude_groups = list(need()?),
+                "include_root" if v.is_none() => a.include_root = true,
+                "debug" if v.is_none() => a.debug = true,
+                "sid" => {
+                    a.sid = match need()? {
+                        "xdg" => SidMode::Xdg,
+                        "auto" => SidMode::Auto,
+                        o => return Err(format!("sid={o}: expected sid=xdg or sid=auto")),
+                    }
+                }
+                "fail" => {
+                    a.fail = match need()? {
+                        "open" => Fail::Open,
+                        "closed" => Fail::Closed,
+                        o => return Err(format!("fail={o}: expected fail=open or fail=closed")),
+                    }
+                }
+                "timeout" => {
+                    let t = need()?;
+                    let secs: f64 = t.parse().map_err(|_| format!("timeout={t}: expected seconds"))?;
+                    if !(secs > 0.0 && secs <= 3600.0) {
+                        return Err(format!("timeout={t}: expected 0 < seconds <= 3600"));
+                    }
+                    a.timeout = Duration::from_secs_f64(secs);
+                }
+                "socket" => {
+                    let p = need()?;
+                    if !p.starts_with('/') {
+                        return Err(format!("socket={p}: expected an absolute path"));
+                    }
+                    a.socket = PathBuf::from(p);
+                }
+                "refdir" => {
+                    let p = need()?;
+                    if !p.starts_with('/') {
+                        return Err(format!("refdir={p}: expected an absolute path"));
+                    }
+                    a.refdir = PathBuf::from(p);
+                }
+                _ => return Err(format!("unknown argument {arg:?}")),
+            }
+        }
+        Ok(a)
+    }
+
+    /// None: virtualize. Some(reason): leave this user on the host.
+    /// Exclusions win over `users=`/`groups=`.
+    pub fn skip_reason(&self, name: &str, uid: u32, groups: &[String]) -> Option<String> {
+        if uid == 0 && !self.include_root {
+            return Some("root is not virtualized (add include_root to change that)".into());
+        }
+        if self.exclude_users.iter().any(|u| u == name) {
+            return Some(format!("user {name} is in exclude_users"));
+        }
+        if let Some(g) = groups.iter().find(|g| self.exclude_groups.contains(g)) {
+            return Some(format!("user {name} is in excluded group {g}"));
+        }
+        if self.users.is_none() && self.groups.is_none() {
+            return None;
+        }
+        let by_user = self.users.as_ref().is_some_and(|us| us.iter().any(|u| u == name));
+        let by_group = self.groups.as_ref().is_some_and(|gs| groups.iter().any(|g| gs.contains(g)));
+        if by_user || by_group { None } else { Some(format!("user {name} is not selected by users=/groups=")) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::parse::<&str>(&[]).unwrap();
+        assert_eq!(a, Args::default());
+        assert_eq!(a.fail, Fail::Closed);
+        assert_eq!(a.timeout, Duration::from_secs(10));
+        assert_eq!(a.socket, PathBuf::from("/run/sessiond/sessiond.sock"));
+        assert_eq!(a.exclude_groups, g(&["sudo", "wheel", "adm"]));
+    }
+
+    #[test]
+    fn parses_every_argument() {
+        let a = Args::parse(&[
+            "users=alice, bob",
+            "groups=remote",
+            "exclude_users=carol",
+            "exclude_groups=",
+            "include_root",
+            "sid=auto",
+            "fail=open",
+            "timeout=2.5",
+            "socket=/run/x.sock",
+            "refdir=/run/refs",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(a.users, Some(g(&["alice", "bob"])));
+        assert_eq!(a.groups, Some(g(&["remote"])));
+        assert_eq!(a.exclude_users, g(&["carol"]));
+        assert!(a.exclude_groups.is_empty());
+        assert!(a.include_root && a.debug);
+        assert_eq!((a.sid, a.fail), (SidMode::Auto, Fail::Open));
+        assert_eq!(a.timeout, Duration::from_millis(2500));
+        assert_eq!(a.socket, PathBuf::from("/run/x.sock"));
+        assert_eq!(a.refdir, PathBuf::from("/run/refs"));
+        assert_eq!(Args::parse(&["sid=xdg"]).unwrap().sid, SidMode::Xdg);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for bad in ["fail=opne", "sid=7", "timeout=0", "timeout=x", "socket=rel.sock", "users", "debug=1", "exclude_user=x", "nonsense"] {
+            assert!(Args::parse(&[bad]).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn who_is_virtualized() {
+        let a = Args::default();
+        assert!(a.skip_reason("alice", 1000, &g(&["alice"])).is_none());
+        assert!(a.skip_reason("root", 0, &g(&["root"])).unwrap().contains("root"));
+        assert!(a.skip_reason("admin", 1001, &g(&["admin", "sudo"])).unwrap().contains("sudo"));
+        assert!(a.skip_reason("ops", 1002, &g(&["wheel"])).is_some());
+        assert!(a.skip_reason("log", 1003, &g(&["adm"])).is_some());
+
+        let a = Args::parse(&["users=alice", "groups=remote", "exclude_users=bob", "exclude_groups=staff", "include_root"]).unwrap();
+        assert!(a.skip_reason("alice", 1000, &[]).is_none());
+        assert!(a.skip_reason("dave", 1004, &g(&["remote"])).is_none());
+        assert!(a.skip_reason("erin", 1005, &g(&["users"])).unwrap().contains("not selected"));
+        assert!(a.skip_reason("bob", 1001, &g(&["remote"])).unwrap().contains("exclude_users"), "exclusions win");
+        assert!(a.skip_reason("alice", 1000, &g(&["staff"])).is_some(), "exclusions win over users=");
+        assert!(a.skip_reason("admin", 1006, &g(&["sudo", "remote"])).is_none(), "sudo no longer excluded");
+        assert!(a.skip_reason("root", 0, &g(&["remote"])).is_none(), "include_root");
+    }
+}

@@ -1,0 +1,124 @@
+//! pam_sessiond.so: a PAM `session` module that gives each login session its own sessiond
+//! network namespace (address, loopback, /etc/hosts and resolv.conf).
+//!
+//! open_session asks the daemon (blocking, over its Unix control socket; no tokio in the
+//! host process) to start a session for the user, then moves the calling process into it:
+//! sshd's privileged session process calls this before it forks the user's shell, so the
+//! shell inherits the netns and the private mount namespace. close_session drops this
+//! login's hold and stops the session when the last holder leaves.
+//!
+//! Every entry point catches panics and turns them into a PAM error: a bug here must
+//! never take sshd down.
+use std::ffi::{c_char, c_int};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub mod args;
+pub mod ffi;
+pub mod module;
+pub mod refcount;
+
+use args::Args;
+use ffi::{Handle, PAM_IGNORE, PAM_SESSION_ERR, PamHandle};
+use module::{Env, Level};
+
+struct Real<'a> {
+    h: &'a Handle,
+    debug: bool,
+}
+
+impl Env for Real<'_> {
+    fn user(&self) -> Option<String> {
+        self.h.user()
+    }
+    fn lookup_user(&self, name: &str) -> Result<Option<(u32, Vec<String>)>, String> {
+        use nix::unistd::{Group, User, getgrouplist};
+        let Some(u) = User::from_name(name).map_err(|e| e.to_string())? else { return Ok(None) };
+        let cname = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+        let gids = getgrouplist(&cname, u.gid).map_err(|e| format!("getgrouplist: {e}"))?;
+        let mut names = Vec::new();
+        for gid in gids {
+            if let Ok(Some(g)) = Group::from_gid(gid) {
+                names.push(g.name);
+            }
+        }
+        Ok(Some((u.uid.as_raw(), names)))
+    }
+    fn getenv(&self, name: &str) -> Option<String> {
+        self.h.getenv(name)
+    }
+    fn putenv(&self, name: &str, value: &str) -> Result<(), String> {
+        self.h.putenv(name, value)
+    }
+    fn log(&self, level: Level, msg: &str) {
+        if level == Level::Debug && !self.debug {
+            return;
+        }
+        self.h.syslog(level.syslog(), msg);
+        if self.debug {
+            eprintln!("pam_sessiond: {msg}");
+        }
+    }
+    fn tell(&self, error: bool, msg: &str) {
+        self.h.tell(error, msg)
+    }
+    fn set_sid(&self, sid: Option<u32>) -> Result<(), String> {
+        self.h.set_sid(sid)
+    }
+    fn sid(&self) -> Option<u32> {
+        self.h.sid()
+    }
+    fn enter(&self, netns: &str) -> Result<(), String> {
+        sessiond::enter::enter_session(netns).map_err(|e| e.to_string())
+    }
+}
+
+type Entry = fn(&dyn Env, &Args) -> c_int;
+
+/// Parses the arguments and runs `f`, turning a panic into PAM_SESSION_ERR.
+fn run(name: &str, pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char, f: Entry) -> c_int {
+    if pamh.is_null() {
+        return PAM_SESSION_ERR;
+    }
+    let h = unsafe { Handle::new(pamh, flags) };
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let argv = unsafe { ffi::args(argc, argv) };
+        match Args::parse(&argv) {
+            Ok(a) => f(&Real { h: &h, debug: a.debug }, &a),
+            Err(e) => {
+                h.syslog(libc::LOG_ERR, &format!("{name}: bad module arguments: {e}; refusing the session (service {:?})", h.service()));
+                PAM_SESSION_ERR
+            }
+        }
+    }));
+    match r {
+        Ok(code) => code,
+        Err(p) => {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let _ = catch_unwind(AssertUnwindSafe(|| h.syslog(libc::LOG_CRIT, &format!("{name}: internal error (panic: {what}); refusing"))));
+            PAM_SESSION_ERR
+        }
+    }
+}
+
+/// # Safety
+/// Called by libpam with a valid handle and argv.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_open_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
+    run("open_session", pamh, flags, argc, argv, module::open_session)
+}
+
+/// # Safety
+/// Called by libpam with a valid handle and argv.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_close_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
+    run("close_session", pamh, flags, argc, argv, module::close_session)
+}
+
+/// Not an auth module: ignore in `auth` stacks rather than fail if listed there by mistake.
+///
+/// # Safety
+/// Called by libpam.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_setcred(_pamh: *mut PamHandle, _flags: c_int, _argc: c_int, _argv: *const *const c_char) -> c_int {
+    PAM_IGNORE
+}

@@ -1,0 +1,259 @@
+//! What open_session and close_session do, behind a small trait so it can be tested
+//! without libpam, root or a real daemon.
+use std::ffi::c_int;
+
+use sessiond::client::{self, ClientError};
+use sessiond::proto::{ErrorKind, Request, Response};
+use sessiond::sid::Sid;
+use sessiond::state::SessionRecord;
+
+use crate::args::{Args, Fail, SidMode};
+use crate::ffi::{PAM_IGNORE, PAM_SESSION_ERR, PAM_SUCCESS};
+use crate::refcount;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Err,
+    Warning,
+    Notice,
+    Debug,
+}
+
+impl Level {
+    pub fn syslog(self) -> c_int {
+        match self {
+            Level::Err => libc::LOG_ERR,
+            Level::Warning => libc::LOG_WARNING,
+            Level::Notice => libc::LOG_NOTICE,
+            Level::Debug => libc::LOG_DEBUG,
+        }
+    }
+}
+
+/// Everything the module needs from libpam and the system.
+pub trait Env {
+    fn user(&self) -> Option<String>;
+    /// uid and the names of all groups (primary and supplementary) of `name`.
+    fn lookup_user(&self, name: &str) -> Result<Option<(u32, Vec<String>)>, String>;
+    fn getenv(&self, name: &str) -> Option<String>;
+    fn putenv(&self, name: &str, value: &str) -> Result<(), String>;
+    fn log(&self, level: Level, msg: &str);
+    /// A message for the user (the application's conversation).
+    fn tell(&self, error: bool, msg: &str);
+    fn set_sid(&self, sid: Option<u32>) -> Result<(), String>;
+    fn sid(&self) -> Option<u32>;
+    /// Moves the calling process into the session (netns + private mount ns).
+    fn enter(&self, netns: &str) -> Result<(), String>;
+}
+
+/// Why a session could not be had.
+enum Trouble {
+    /// The daemon: unreachable, timed out, or said no. Handled per `fail=`.
+    Daemon(String),
+    /// Something here (the holder count, a bad XDG_SESSION_ID with sid=xdg): always refused.
+    Local(String),
+}
+
+fn call(args: &Args, req: &Request) -> Result<Response, Trouble> {
+    client::call(&args.socket, req, args.timeout).map_err(|e| {
+        Trouble::Daemon(match e {
+            ClientError::Io { source, .. } if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                format!("sessiond at {} did not answer within {:?}", args.socket.display(), args.timeout)
+            }
+            other => other.to_string(),
+        })
+    })
+}
+
+fn start(args: &Args, session: Option<Sid>, uid: u32) -> Result<SessionRecord, Trouble> {
+    match call(args, &Request::Start { session, owner_uid: Some(uid) })? {
+        Response::Sessions { sessions } if sessions.len() == 1 => Ok(sessions.into_iter().next().unwrap()),
+        Response::Error { message, .. } => Err(Trouble::Daemon(format!("sessiond refused to start the session: {message}"))),
+        other => Err(Trouble::Daemon(format!("unexpected reply from sessiond: {other:?}"))),
+    }
+}
+
+/// Whether the daemon has session `sid` (of anyone).
+fn exists(args: &Args, sid: Sid) -> Result<bool, Trouble> {
+    match call(args, &Request::Status { session: Some(sid) })? {
+        Response::Sessions { sessions } => Ok(sessions.iter().any(|r| r.session == sid)),
+        Response::Error { kind: ErrorKind::NotFound, .. } => Ok(false),
+        Response::Error { message, .. } => Err(Trouble::Daemon(format!("sessiond status: {message}"))),
+        other => Err(Trouble::Daemon(format!("unexpected reply from sessiond: {other:?}"))),
+    }
+}
+
+fn stop(args: &Args, sid: Sid) -> Result<(), String> {
+    match call(args, &Request::Stop { session: sid }) {
+        Ok(Response::Stopped { .. }) => Ok(()),
+        Ok(Response::Error { message, .. }) => Err(message),
+        Ok(other) => Err(format!("unexpected reply from sessiond: {other:?}")),
+        Err(Trouble::Daemon(m) | Trouble::Local(m)) => Err(m),
+    }
+}
+
+fn local(what: &str) -> impl FnOnce(std::io::Error) -> Trouble + '_ {
+    move |e| Trouble::Local(format!("{what}: {e}"))
+}
+
+/// Starts (or joins) the session and counts this handle as one of its holders.
+fn acquire(env: &dyn Env, args: &Args, wanted: Option<Sid>, uid: u32) -> Result<SessionRecord, Trouble> {
+    if let Some(sid) = wanted {
+        let mut held = refcount::lock(&args.refdir, sid.get(), args.timeout).map_err(local("locking the holder count"))?;
+        let count = held.count().map_err(local("reading the holder count"))?;
+        // Join only sessions that PAM logins of the same user hold; anything else with this
+        // sid (made by `sessiond start`, a unit, or another user's login) is not ours.
+        if count == 0 && exists(args, sid)? {
+            env.log(Level::Notice, &format!("session {sid} already exists and is not held by a PAM login; letting sessiond pick a free sid"));
+            drop(held);
+            return acquire(env, args, None, uid);
+        }
+        let rec = start(args, Some(sid), uid)?;
+        if rec.owner_uid != Some(uid) {
+            env.log(Level::Notice, &format!("session {sid} belongs to uid {:?}, not {uid}; letting sessiond pick a free sid", rec.owner_uid));
+            drop(held);
+            return acquire(env, args, None, uid);
+        }
+        if let Err(e) = held.set(count + 1) {
+            if count == 0 {
+                let _ = stop(args, sid);
+            }
+            return Err(Trouble::Local(format!("recording the holder count: {e}")));
+        }
+        return Ok(rec);
+    }
+    let rec = start(args, None, uid)?;
+    let sid = rec.session;
+    let counted = refcount::lock(&args.refdir, sid.get(), args.timeout).and_then(|mut h| {
+        let n = h.count()?;
+        h.set(n + 1)
+    });
+    if let Err(e) = counted {
+        let _ = stop(args, sid);
+        return Err(Trouble::Local(format!("recording the holder count of session {sid}: {e}")));
+    }
+    Ok(rec)
+}
+
+/// Drops this handle's hold on `sid`; the last holder stops the session.
+fn release(env: &dyn Env, args: &Args, sid: Sid) -> Result<(), String> {
+    let mut held = refcount::lock(&args.refdir, sid.get(), args.timeout).map_err(|e| format!("locking the holder count of session {sid}: {e}"))?;
+    let count = held.count().map_err(|e| e.to_string())?;
+    if count > 1 {
+        env.log(Level::Debug, &format!("session {sid}: {} holder(s) left", count - 1));
+        return held.set(count - 1).map_err(|e| e.to_string());
+    }
+    let stopped = stop(args, sid);
+    // Not a holder any more either way; a failed stop leaves the session to the admin.
+    held.set(0).map_err(|e| e.to_string())?;
+    stopped.map_err(|e| format!("stopping session {sid} (left running): {e}"))
+}
+
+/// The sid to ask for: `XDG_SESSION_ID` when numeric (and allowed), else the daemon's pick.
+fn wanted_sid(env: &dyn Env, mode: SidMode) -> Result<Option<Sid>, String> {
+    let xdg = env.getenv("XDG_SESSION_ID");
+    let parsed = xdg.as_deref().and_then(|v| v.parse::<Sid>().ok());
+    match mode {
+        SidMode::Auto => Ok(None),
+        SidMode::Default => Ok(parsed),
+        SidMode::Xdg => parsed.map(Some).ok_or_else(|| match xdg {
+            Some(v) => format!("sid=xdg, but XDG_SESSION_ID={v:?} is not a valid session id"),
+            None => "sid=xdg, but XDG_SESSION_ID is not set (is pam_systemd.so before pam_sessiond.so?)".into(),
+        }),
+    }
+}
+
+pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
+    let Some(user) = env.user() else {
+        env.log(Level::Err, "no PAM_USER: refusing the session");
+        return PAM_SESSION_ERR;
+    };
+    let (uid, groups) = match env.lookup_user(&user) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            env.log(Level::Err, &format!("no such user {user:?}: refusing the session"));
+            return PAM_SESSION_ERR;
+        }
+        Err(e) => {
+            env.log(Level::Err, &format!("looking up user {user:?}: {e}: refusing the session"));
+            return PAM_SESSION_ERR;
+        }
+    };
+    if let Some(reason) = args.skip_reason(&user, uid, &groups) {
+        if args.debug {
+            env.log(Level::Debug, &format!("not isolating: {reason}"));
+        }
+        return PAM_IGNORE;
+    }
+    let wanted = match wanted_sid(env, args.sid) {
+        Ok(w) => w,
+        Err(e) => {
+            env.log(Level::Err, &format!("user {user}: {e}: refusing the session"));
+            env.tell(true, "sessiond: cannot set up this session's network; the login is refused.");
+            return PAM_SESSION_ERR;
+        }
+    };
+    let rec = match acquire(env, args, wanted, uid) {
+        Ok(r) => r,
+        Err(Trouble::Daemon(e)) if args.fail == Fail::Open => {
+            env.log(Level::Err, &format!("user {user}: {e}; fail=open: allowing the login WITHOUT network isolation (it shares the host's address and loopback)"));
+            env.tell(true, "sessiond: WARNING: this session is NOT network-isolated (the session daemon is unavailable).");
+            return PAM_SUCCESS;
+        }
+        Err(Trouble::Daemon(e) | Trouble::Local(e)) => {
+            env.log(Level::Err, &format!("user {user}: {e}; refusing the session (fail=closed)"));
+            env.tell(true, "sessiond: cannot set up this session's network; the login is refused.");
+            return PAM_SESSION_ERR;
+        }
+    };
+    let sid = rec.session;
+    // Remember the hold before entering: if this fails nothing has changed in this process yet.
+    if let Err(e) = env.set_sid(Some(sid.get())) {
+        let _ = release(env, args, sid);
+        env.log(Level::Err, &format!("user {user}: session {sid}: {e}; refusing the session"));
+        return PAM_SESSION_ERR;
+    }
+    if let Err(e) = env.enter(&rec.netns) {
+        // A half-entered process must not go on to run the user's shell: always refuse.
+        let _ = env.set_sid(None);
+        if let Err(r) = release(env, args, sid) {
+            env.log(Level::Err, &r);
+        }
+        env.log(Level::Err, &format!("user {user}: session {sid}: {e}; refusing the session"));
+        env.tell(true, "sessiond: cannot enter this session's network; the login is refused.");
+        return PAM_SESSION_ERR;
+    }
+    let mut vars = vec![("SESSIOND_SESSION", sid.to_string()), ("SESSIOND_LOOPBACK", rec.loopback.to_string())];
+    if let Some(a) = rec.address {
+        vars.push(("SESSIOND_ADDRESS", a.addr().to_string()));
+    }
+    for (k, v) in vars {
+        if let Err(e) = env.putenv(k, &v) {
+            env.log(Level::Warning, &format!("session {sid}: {e}"));
+        }
+    }
+    let addr = rec.address.map(|a| a.addr().to_string()).unwrap_or_else(|| "-".into());
+    env.log(Level::Notice, &format!("user {user} (uid {uid}): session {sid} netns {} address {addr} loopback {}", rec.netns, rec.loopback));
+    PAM_SUCCESS
+}
+
+pub fn close_session(env: &dyn Env, args: &Args) -> c_int {
+    let Some(n) = env.sid() else { return PAM_IGNORE };
+    let _ = env.set_sid(None); // a second close_session on this handle must not count twice
+    let Ok(sid) = Sid::new(u64::from(n)) else { return PAM_SESSION_ERR };
+    match release(env, args, sid) {
+        Ok(()) => {
+            if args.debug {
+                env.log(Level::Debug, &format!("session {sid}: released"));
+            }
+            PAM_SUCCESS
+        }
+        Err(e) => {
+            env.log(Level::Err, &e);
+            PAM_SESSION_ERR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+//! open/close against a fake daemon on a temporary socket and a fake PAM handle.
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sessiond::config::{Addressing, LinkKind};
+use sessiond::loopback::loopback_for;
+use sessiond::proto::{ErrorKind, Request, Response};
+use sessiond::sid::Sid;
+use sessiond::state::{SessionRecord, SessionState};
+
+use super::*;
+
+#[derive(Default)]
+struct Fake {
+    user: Option<String>,
+    users: BTreeMap<String, (u32, Vec<String>)>,
+    env: RefCell<BTreeMap<String, String>>,
+    logs: RefCell<Vec<(Level, String)>>,
+    told: RefCell<Vec<String>>,
+    sid: RefCell<Option<u32>>,
+    entered: RefCell<Vec<String>>,
+    enter_fails: bool,
+}
+
+impl Fake {
+    fn new(user: &str) -> Fake {
+        let mut users = BTreeMap::new();
+        users.insert("alice".into(), (1000, vec!["alice".into()]));
+        users.insert("bob".into(), (1001, vec!["bob".into(), "remote".into()]));
+        users.insert("admin".into(), (1002, vec!["admin".into(), "sudo".into()]));
+        users.insert("root".into(), (0, vec!["root".into()]));
+        Fake { user: Some(user.into()), users, ..Default::default() }
+    }
+    fn with_env(self, k: &str, v: &str) -> Fake {
+        self.env.borrow_mut().insert(k.into(), v.into());
+        self
+    }
+    fn var(&self, k: &str) -> Option<String> {
+        self.env.borrow().get(k).cloned()
+    }
+    fn logged(&self, needle: &str) -> bool {
+        self.logs.borrow().iter().any(|(_, m)| m.contains(needle))
+    }
+}
+
+impl Env for Fake {
+    fn user(&self) -> Option<String> {
+        self.user.clone()
+    }
+    fn lookup_user(&self, name: &str) -> Result<Option<(u32, Vec<String>)>, String> {
+        Ok(self.users.get(name).cloned())
+    }
+    fn getenv(&self, name: &str) -> Option<String> {
+        self.var(name)
+    }
+    fn putenv(&self, name: &str, value: &str) -> Result<(), String> {
+        self.env.borrow_mut().insert(name.into(), value.into());
+        Ok(())
+    }
+    fn log(&self, level: Level, msg: &str) {
+        self.logs.borrow_mut().push((level, msg.into()));
+    }
+    fn tell(&self, _error: bool, msg: &str) {
+        self.told.borrow_mut().push(msg.into());
+    }
+    fn set_sid(&self, sid: Option<u32>) -> Result<(), String> {
+        *self.sid.borrow_mut() = sid;
+        Ok(())
+    }
+    fn sid(&self) -> Option<u32> {
+        *self.sid.borrow()
+    }
+    fn enter(&self, netns: &str) -> Result<(), String> {
+        if self.enter_fails {
+            return Err(format!("entering netns {netns}: setns: EPERM"));
+        }
+        self.entered.borrow_mut().push(netns.into());
+        Ok(())
+    }
+}
+
+/// A daemon that keeps sessions in a map and answers like the real one.
+#[derive(Clone, Default)]
+struct Daemon {
+    sessions: Arc<Mutex<BTreeMap<u32, SessionRecord>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
+    /// Refuse every start, like a daemon whose pool is exhausted.
+    refuse: Arc<Mutex<bool>>,
+}
+
+fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
+    SessionRecord {
+        session: sid,
+        netns: sid.netns_name(),
+        interface: "eth0".into(),
+        mac: "02:00:00:00:00:01".into(),
+        address: Some(format!("10.77.0.{}/24", 99 + sid.get()).parse().unwrap()),
+        gateway: Some("10.77.0.1".parse().unwrap()),
+        dns: vec![],
+        loopback: loopback_for(sid),
+        addressing: Addressing::Static,
+        state: SessionState::Up,
+        link: LinkKind::Macvlan,
+        host_link: None,
+        owner_uid: owner,
+        lease: None,
+        fault: None,
+    }
+}
+
+impl Daemon {
+    fn answer(&self, req: Request) -> Response {
+        self.requests.lock().unwrap().push(req.clone());
+        let mut s = self.sessions.lock().unwrap();
+        match req {
+            Request::Start { .. } if *self.refuse.lock().unwrap() => Response::error(ErrorKind::Failed, "session 1 not started: the pool is exhausted"),
+            Request::Start { session, owner_uid } => {
+                let sid = session.unwrap_or_else(|| Sid::new((1..).find(|n| !s.contains_key(n)).unwrap() as u64).unwrap());
+                let rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
+                Response::Sessions { sessions: vec![rec] }
+            }
+            Request::Status { session: Some(sid) } => match s.get(&sid.get()) {
+                Some(r) => Response::Sessions { sessions: vec![r.clone()] },
+                None => Response::error(ErrorKind::NotFound, format!("session {sid} is not running")),
+            },
+            Request::Stop { session } => {
+                let was = s.remove(&session.get()).is_some();
+                Response::Stopped { sessions: if was { vec![session] } else { vec![] }, absent: !was }
+            }
+            _ => Response::error(ErrorKind::BadRequest, "not in the fake"),
+        }
+    }
+    fn has(&self, sid: u32) -> bool {
+        self.sessions.lock().unwrap().contains_key(&sid)
+    }
+    fn count(&self) -> usize {
+        self.sessions.lock().unwrap().len()
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    daemon: Daemon,
+    args: Args,
+}
+
+/// `answer`: false makes a daemon that accepts but never replies.
+fn rig_with(answer: bool, extra: &[&str]) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let daemon = Daemon::default();
+    let l = UnixListener::bind(&sock).unwrap();
+    let d = daemon.clone();
+    std::thread::spawn(move || {
+        let mut idle = Vec::new();
+        for s in l.incoming().flatten() {
+            if !answer {
+                idle.push(s);
+                continue;
+            }
+            let mut line = String::new();
+            let mut r = BufReader::new(&s);
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let resp = d.answer(sessiond::proto::parse_request(&line).unwrap());
+            let mut out = serde_json::to_vec(&resp).unwrap();
+            out.push(b'\n');
+            let _ = (&s).write_all(&out);
+        }
+    });
+    let mut argv = vec![format!("socket={}", sock.display()), format!("refdir={}", dir.path().join("pam").display())];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Args::parse(&argv).unwrap();
+    Rig { _dir: dir, daemon, args }
+}
+
+fn rig(extra: &[&str]) -> Rig {
+    rig_with(true, extra)
+}
+
+fn refcount(r: &Rig, sid: u32) -> Option<String> {
+    std::fs::read_to_string(r.args.refdir.join(sid.to_string())).ok().map(|s| s.trim().to_string())
+}
+
+#[test]
+fn open_enters_and_exports_close_stops() {
+    let r = rig(&[]);
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(*f.entered.borrow(), vec!["sessiond-1".to_string()]);
+    assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
+    assert_eq!(f.var("SESSIOND_ADDRESS").as_deref(), Some("10.77.0.100"), "no prefix length");
+    assert_eq!(f.var("SESSIOND_LOOPBACK").as_deref(), Some("127.0.0.2"));
+    assert_eq!(r.daemon.requests.lock().unwrap()[0], Request::Start { session: None, owner_uid: Some(1000) });
+    assert_eq!(refcount(&r, 1).as_deref(), Some("1"));
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    assert!(!r.daemon.has(1));
+    assert_eq!(refcount(&r, 1), None);
+    assert_eq!(close_session(&f, &r.args), PAM_IGNORE, "a second close does nothing");
+}
+
+#[test]
+fn excluded_users_are_ignored_without_asking_the_daemon() {
+    let r = rig(&["exclude_users=bob"]);
+    for user in ["root", "admin", "bob"] {
+        let f = Fake::new(user);
+        assert_eq!(open_session(&f, &r.args), PAM_IGNORE, "{user}");
+        assert!(f.entered.borrow().is_empty() && f.var("SESSIOND_SESSION").is_none());
+        assert_eq!(close_session(&f, &r.args), PAM_IGNORE);
+    }
+    assert!(r.daemon.requests.lock().unwrap().is_empty());
+    let r = rig(&["groups=remote"]);
+    assert_eq!(open_session(&Fake::new("alice"), &r.args), PAM_IGNORE);
+    assert_eq!(open_session(&Fake::new("bob"), &r.args), PAM_SUCCESS);
+}
+
+#[test]
+fn unknown_user_is_refused() {
+    let r = rig(&[]);
+    assert_eq!(open_session(&Fake::new("nobody-here"), &r.args), PAM_SESSION_ERR);
+    let mut f = Fake::new("alice");
+    f.user = None;
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+}
+
+#[test]
+fn fail_open_and_closed_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [format!("socket={}", dir.path().join("absent.sock").display()), format!("refdir={}", dir.path().join("pam").display())];
+    let closed = Args::parse(&base).unwrap();
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &closed), PAM_SESSION_ERR);
+    assert!(f.logged("refusing the session (fail=closed)"), "{:?}", f.logs.borrow());
+    assert!(f.entered.borrow().is_empty());
+
+    let mut open = base.to_vec();
+    open.push("fail=open".into());
+    let open = Args::parse(&open).unwrap();
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &open), PAM_SUCCESS);
+    assert!(f.logged("WITHOUT network isolation"));
+    assert!(f.told.borrow()[0].contains("NOT network-isolated"));
+    assert!(f.entered.borrow().is_empty() && f.var("SESSIOND_SESSION").is_none());
+    assert_eq!(close_session(&f, &open), PAM_IGNORE);
+}
+
+#[test]
+fn a_silent_daemon_times_out_within_the_limit() {
+    let r = rig_with(false, &["timeout=0.3"]);
+    let f = Fake::new("alice");
+    let t = Instant::now();
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(f.logged("did not answer"), "{:?}", f.logs.borrow());
+}
+
+#[test]
+fn xdg_session_id_is_used_and_shared_holders_are_counted() {
+    let r = rig(&[]);
+    let a = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
+    let b = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
+    assert_eq!(open_session(&a, &r.args), PAM_SUCCESS);
+    assert_eq!(open_session(&b, &r.args), PAM_SUCCESS);
+    assert_eq!(*b.entered.borrow(), vec!["sessiond-42".to_string()]);
+    assert_eq!(refcount(&r, 42).as_deref(), Some("2"));
+    assert_eq!(close_session(&a, &r.args), PAM_SUCCESS);
+    assert!(r.daemon.has(42), "one holder left");
+    assert_eq!(close_session(&b, &r.args), PAM_SUCCESS);
+    assert!(!r.daemon.has(42));
+    // Non-numeric ids (logind's "c1") and 0 fall back to the daemon's pick.
+    for v in ["c1", "0", ""] {
+        let f = Fake::new("alice").with_env("XDG_SESSION_ID", v);
+        assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+        assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"), "{v:?}");
+        assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    }
+}
+
+#[test]
+fn sid_modes_are_forced() {
+    let r = rig(&["sid=auto"]);
+    let f = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
+    let r = rig(&["sid=xdg", "fail=open"]);
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR, "no XDG_SESSION_ID: refused even with fail=open");
+    assert!(f.logged("XDG_SESSION_ID is not set"));
+    assert_eq!(r.daemon.count(), 0);
+}
+
+#[test]
+fn never_joins_another_users_or_a_foreign_session() {
+    let r = rig(&[]);
+    let bob = Fake::new("bob").with_env("XDG_SESSION_ID", "5");
+    assert_eq!(open_session(&bob, &r.args), PAM_SUCCESS);
+    // alice's login with the same XDG id (e.g. su inside bob's session) gets her own.
+    let alice = Fake::new("alice").with_env("XDG_SESSION_ID", "5");
+    assert_eq!(open_session(&alice, &r.args), PAM_SUCCESS);
+    assert_eq!(alice.var("SESSIOND_SESSION").as_deref(), Some("1"));
+    assert!(alice.logged("belongs to uid Some(1001)"));
+    assert_eq!(refcount(&r, 5).as_deref(), Some("1"));
+    // A session made outside PAM (sessiond start --session 7) is not joined, nor stopped.
+    r.daemon.sessions.lock().unwrap().insert(7, record(Sid::new(7).unwrap(), Some(1000)));
+    let again = Fake::new("alice").with_env("XDG_SESSION_ID", "7");
+    assert_eq!(open_session(&again, &r.args), PAM_SUCCESS);
+    assert_eq!(again.var("SESSIOND_SESSION").as_deref(), Some("2"));
+    assert_eq!(close_session(&again, &r.args), PAM_SUCCESS);
+    assert!(r.daemon.has(7) && !r.daemon.has(2));
+}
+
+#[test]
+fn failing_to_enter_refuses_and_stops_the_session() {
+    let r = rig(&["fail=open"]);
+    let mut f = Fake::new("alice");
+    f.enter_fails = true;
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+    assert_eq!(r.daemon.count(), 0);
+    assert_eq!(refcount(&r, 1), None);
+    assert_eq!(f.sid(), None);
+    assert!(f.var("SESSIOND_SESSION").is_none());
+}
+
+#[test]
+fn daemon_refusals_follow_the_fail_mode() {
+    let r = rig(&[]);
+    *r.daemon.refuse.lock().unwrap() = true;
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+    assert!(f.logged("pool is exhausted"), "{:?}", f.logs.borrow());
+    let r = rig(&["fail=open"]);
+    *r.daemon.refuse.lock().unwrap() = true;
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert!(f.entered.borrow().is_empty());
+    assert_eq!(refcount(&r, 1), None);
+}
