@@ -119,7 +119,13 @@ impl<P: Platform> Manager<P> {
         if let Some(rec) = self.table.lock().unwrap().sessions.get(&sid)
             && rec.state == SessionState::Up
         {
-            return Ok(rec.clone()); // idempotent
+            // Idempotent, but never hands one user's running session to another.
+            if let (Some(want), Some(have)) = (owner_uid, rec.owner_uid)
+                && want != have
+            {
+                return Err(ManagerError::Failed(format!("session {sid} is running for another user (uid {have})")));
+            }
+            return Ok(rec.clone());
         }
         self.check_uplink().await?;
         let rec = match self.settings.addressing {
@@ -550,6 +556,9 @@ mod tests {
         assert_eq!(a.state, SessionState::Up);
         let again = m.start(Some(sid(1)), None).await.unwrap();
         assert_eq!(a, again);
+        assert_eq!(m.start(Some(sid(1)), Some(1000)).await.unwrap(), a);
+        let e = m.start(Some(sid(1)), Some(1001)).await.unwrap_err().to_string();
+        assert!(e.contains("another user"), "{e}");
         assert_eq!(m.state.load_all().0, vec![a.clone()]);
         assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::Stopped);
         assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::WasAbsent);

@@ -326,7 +326,7 @@ install_round_trip() {
     local want got
     want=$(printf '%s\n' /etc/sessiond/sessiond.toml.sample /etc/systemd/system/sessiond.service /etc/systemd/system/sessiond@.service \
         "$(pkg-config --variable=libdir pam 2>/dev/null || echo /lib/x86_64-linux-gnu)/security/pam_sessiond.so" \
-        /usr/local/sbin/sessiond /usr/local/share/doc/sessiond/login.md | sort)
+        /usr/local/sbin/sessiond /usr/local/share/doc/sessiond/README.md | sort)
     got=$(cd "$d" && find . -type f | sed 's/^\.//' | sort)
     [[ $want == "$got" ]] || { echo "want:"; echo "$want"; echo "got:"; echo "$got"; return 1; }
     [[ $(stat -c %a "$d/usr/local/sbin/sessiond") == 755 ]] || return 1
