@@ -371,6 +371,7 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
 
     tracing::info!(socket = %socket.display(), "listening");
     crate::daemon::notify_ready();
+    tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {

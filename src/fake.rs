@@ -52,8 +52,15 @@ impl FakePlatform {
     pub fn is_empty(&self) -> bool {
         self.world.lock().unwrap().objects.is_empty()
     }
+    /// Deletes a host link as the kernel would: macvlans on it go with it.
     pub fn remove_host_link(&self, name: &str) {
-        self.world.lock().unwrap().host_links.remove(name);
+        let mut w = self.world.lock().unwrap();
+        w.host_links.remove(name);
+        w.objects.retain(|o| !(o.starts_with("link:sessiond-") && o.ends_with("/eth0") && !o.contains("veth")));
+        w.objects.retain(|o| !(o.starts_with("addr:sessiond-") && o.contains("/eth0/")));
+    }
+    pub fn add_host_link(&self, name: &str) {
+        self.world.lock().unwrap().host_links.insert(name.into());
     }
 }
 
@@ -154,6 +161,9 @@ impl NetOps for FakeNet {
     }
     async fn del_route(&self, name: &str, dest: Ipv4Net, _gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         op(&self.world, self.line(format!("route del {dest} dev {name}")), |_| Ok(()))
+    }
+    async fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("master {name} {bridge}")), |_| Ok(()))
     }
     async fn del_link(&self, name: &str) -> Result<(), NetError> {
         let ns = self.ns.clone();

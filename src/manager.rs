@@ -408,6 +408,75 @@ impl<P: Platform> Manager<P> {
         Ok(list)
     }
 
+    /// Watches the uplink: when it goes away or down, every session shows the fault in
+    /// `status`; when it is back, each session's link is restored (DHCP sessions ask for their
+    /// lease again) and the fault clears. Polling once a second costs one netlink request.
+    pub async fn watch_uplink(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.check_uplink().await {
+                Err(e) => self.mark_fault(&e.to_string()),
+                Ok(()) => {
+                    let faulted: Vec<Sid> = self.table.lock().unwrap().sessions.values().filter(|r| r.fault.is_some()).map(|r| r.session).collect();
+                    for sid in faulted {
+                        self.repair(sid).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_fault(&self, why: &str) {
+        let mut t = self.table.lock().unwrap();
+        for r in t.sessions.values_mut().filter(|r| r.state == SessionState::Up && r.fault.is_none()) {
+            warn!(session = %r.session, "fault: {why}");
+            r.fault = Some(why.to_string());
+        }
+    }
+
+    async fn repair(&self, sid: Sid) {
+        let lock = self.sid_lock(sid);
+        let _held = lock.lock().await;
+        let Some(rec) = self.table.lock().unwrap().sessions.get(&sid).filter(|r| r.fault.is_some() && r.state == SessionState::Up).cloned() else {
+            return;
+        };
+        let span = info_span!("repair", session = %sid);
+        async {
+            let old = self.drivers.lock().unwrap().remove(&sid);
+            if let Some(d) = old {
+                d.abandon(); // keep the lease: the new task asks for it again
+            }
+            let result = match session::restore_uplink(&self.platform, &self.plan_for(&rec)).await {
+                Err(e) => Err(format!("uplink is back but the session could not be restored: {e}")),
+                Ok(()) if rec.addressing == Addressing::Dhcp => {
+                    let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                    match self.spawn_driver(&rec, persisted).await {
+                        Ok(d) => {
+                            self.drivers.lock().unwrap().insert(sid, d);
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("uplink is back but DHCP could not restart: {e}")),
+                    }
+                }
+                Ok(()) => Ok(()),
+            };
+            if let Some(r) = self.table.lock().unwrap().sessions.get_mut(&sid) {
+                match result {
+                    Ok(()) => {
+                        info!("uplink back: session restored");
+                        r.fault = None;
+                    }
+                    Err(e) => {
+                        warn!("{e}");
+                        r.fault = Some(e);
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// After a (re)start: adopt what is live, finish what a crash interrupted, remove orphans.
     pub async fn recover(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
@@ -674,6 +743,28 @@ mod tests {
         }
         assert_eq!(addrs.len(), 100);
         assert_eq!(m.stop_all().await.unwrap().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn uplink_loss_is_reported_and_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = Arc::new(manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24"));
+        m.start(Some(sid(1)), None).await.unwrap();
+        tokio::spawn(m.clone().watch_uplink(std::time::Duration::from_millis(5)));
+        p.remove_host_link("br-lan");
+        assert!(!p.objects().contains("link:sessiond-1/eth0"), "the fake deletes the macvlan with its parent");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let st = m.status(None).unwrap();
+        assert!(st[0].fault.as_deref().unwrap_or("").contains("uplink br-lan does not exist"), "{:?}", st[0].fault);
+        p.clear_log();
+        p.add_host_link("br-lan");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(m.status(None).unwrap()[0].fault, None);
+        let log = p.log();
+        assert!(log.iter().any(|l| l.starts_with("host: macvlan eth0 on br-lan") && l.ends_with("in sessiond-1")), "{log:?}");
+        assert!(log.contains(&"sessiond-1: addr add 10.0.0.100/24 dev eth0".to_string()), "{log:?}");
+        assert!(p.objects().contains("link:sessiond-1/eth0"));
     }
 
     #[test]

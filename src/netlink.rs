@@ -50,6 +50,8 @@ pub trait NetOps: Send + Sync {
     fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_link(&self, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Enslaves `name` to `bridge` (idempotent).
+    fn set_master(&self, name: &str, bridge: &str) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
 /// The positive errno of a netlink error reply, if it is one.
@@ -249,6 +251,13 @@ impl NetOps for RtNet {
             Err(e) if errno(&e) == Some(libc::ESRCH) || errno(&e) == Some(libc::ENODEV) => Ok(()),
             r => r.map_err(nl(format!("delete route {dest} dev {name}"))),
         }
+    }
+
+    async fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetError> {
+        let idx = self.index_or_err(name).await?;
+        let br = self.index_or_err(bridge).await?;
+        let msg = LinkUnspec::new_with_index(idx).controller(br).build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("enslave {name} to {bridge}")))
     }
 
     async fn del_link(&self, name: &str) -> Result<(), NetError> {

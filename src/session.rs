@@ -108,6 +108,33 @@ async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepE
     Ok(())
 }
 
+/// Brings the session's uplink back after the host NIC returned (the kernel deletes a macvlan
+/// together with its parent; a veth's host end loses its bridge). Idempotent.
+pub async fn restore_uplink<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
+    let netns = plan.netns();
+    let inside = step("open netlink in the session namespace", p.inside(&netns).await)?;
+    let present = matches!(inside.link_index(SESSION_IF).await, Ok(Some(_)));
+    match plan.link {
+        LinkKind::Macvlan if !present => step("re-create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
+        LinkKind::Macvlan => {}
+        LinkKind::Veth => {
+            let bridge = plan.bridge.as_deref().unwrap_or(&plan.uplink);
+            let host = plan.sid.veth_host_name();
+            if present {
+                step("re-attach the veth to the bridge", p.host().set_master(&host, bridge).await)?;
+            } else {
+                step("remove the stale veth end", p.host().del_link(&host).await)?;
+                step("re-create veth", p.host().create_veth(&host, bridge, SESSION_IF, plan.mac, &netns).await)?;
+            }
+        }
+    }
+    step("bring the uplink up", inside.set_up(SESSION_IF).await)?;
+    if let Some(addr) = plan.address {
+        apply_address(&inside, addr, plan.gateway, None).await?;
+    }
+    Ok(())
+}
+
 /// Puts an address and its default route on the session interface (idempotent).
 pub async fn apply_address<N: NetOps>(inside: &N, addr: Ipv4Net, gateway: Option<Ipv4Addr>, life: Option<Lifetimes>) -> Result<(), StepError> {
     step("add the session address", inside.add_addr(SESSION_IF, addr, false, life).await)?;
