@@ -252,7 +252,9 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action)
 
 fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
     let exp = lease.expires_at()?;
-    let secs = (exp.saturating_sub(now_ms()) / 1000).clamp(1, u64::from(u32::MAX - 1)) as u32;
+    // Round up and add a second: the kernel must never drop the address before the lease
+    // ends (the task removes it at expiry itself); it only matters if the daemon is dead.
+    let secs = (exp.saturating_sub(now_ms()).div_ceil(1000) + 1).clamp(1, u64::from(u32::MAX - 1)) as u32;
     Some(Lifetimes { valid_secs: secs, preferred_secs: secs })
 }
 

@@ -493,20 +493,22 @@ impl<P: Platform> Manager<P> {
             let span = info_span!("recover", session = %sid);
             let _e = span.enter();
             if rec.state == SessionState::Up && self.is_live(&rec).await {
-                // Re-apply the idempotent parts, so a half-lost address or file comes back.
-                let plan = self.plan_for(&rec);
-                if let Ok(inside) = self.platform.inside(&rec.netns).await
-                    && let Some(addr) = rec.address
-                    && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
-                {
-                    warn!("re-apply address: {e}");
-                }
-                let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
-                let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
-                if rec.addressing == Addressing::Static
-                    && let Some(a) = rec.address
-                {
-                    self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                if rec.addressing == Addressing::Static {
+                    // Re-apply the idempotent parts, so a half-lost address or file comes back.
+                    // (DHCP sessions are left alone: the lease task's INIT-REBOOT owns their
+                    // address, lifetimes and files; the record may be older than the lease.)
+                    let plan = self.plan_for(&rec);
+                    if let Ok(inside) = self.platform.inside(&rec.netns).await
+                        && let Some(addr) = rec.address
+                        && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
+                    {
+                        warn!("re-apply address: {e}");
+                    }
+                    let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
+                    let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
+                    if let Some(a) = rec.address {
+                        self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                    }
                 }
                 if rec.addressing == Addressing::Dhcp {
                     // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
