@@ -119,6 +119,9 @@ pub struct DaemonArgs {
     /// DHCP host name (option 12) template: {hostname} and {sid} (default {hostname}-s{sid})
     #[arg(long)]
     pub hostname_template: Option<String>,
+    /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
+    #[arg(long)]
+    pub dhcp_fqdn: bool,
     /// Config file (default /etc/sessiond/sessiond.toml, if present)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -314,6 +317,7 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
         socket_group: args.socket_group,
         dhcp_timeout_secs: args.dhcp_timeout,
         hostname_template: args.hostname_template,
+        dhcp_fqdn: args.dhcp_fqdn.then_some(true),
     };
     let settings = Settings::merge(flags, file).map_err(usage)?;
     crate::logging::init();

@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub dhcp_timeout_secs: Option<u64>,
     pub hostname_template: Option<String>,
+    /// Send the DHCP host name as option 81 (FQDN) instead of option 12.
+    pub dhcp_fqdn: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
+    pub dhcp_fqdn: bool,
 }
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
@@ -181,6 +184,7 @@ impl Settings {
                 .hostname_template
                 .or(file.hostname_template)
                 .unwrap_or_else(|| "{hostname}-s{sid}".into()),
+            dhcp_fqdn: flags.dhcp_fqdn.or(file.dhcp_fqdn).unwrap_or(false),
         })
     }
 }

@@ -245,6 +245,7 @@ impl<P: Platform> Manager<P> {
             mac: stable_mac(&self.machine_id, sid),
             client_id: crate::dhcp::client_identifier(&self.machine_id, sid.get()),
             hostname: Some(hostname),
+            fqdn: self.settings.dhcp_fqdn,
             request_timeout_ms: self.settings.dhcp_timeout_secs * 1000,
             seed: 0, // the driver seeds it from the OS
         }

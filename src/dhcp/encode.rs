@@ -80,7 +80,17 @@ pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
     // RFC 2131 table 5: DHCPRELEASE carries no hostname, PRL or size options.
     if o.kind != Kind::Release {
         if let Some(h) = cfg.hostname.as_deref().filter(|h| !h.is_empty()) {
-            opts.insert(v4::DhcpOption::Hostname(h.to_owned()));
+            match cfg.fqdn.then(|| <dhcproto::Name as std::str::FromStr>::from_str(h)) {
+                // S: ask the server to register the A record; E: canonical wire encoding.
+                Some(Ok(name)) => {
+                    let flags = v4::fqdn::FqdnFlags::default().set_s(true).set_e(true);
+                    opts.insert(v4::DhcpOption::ClientFQDN(v4::fqdn::ClientFQDN::new(flags, name)));
+                }
+                // Not a valid domain name: fall back to option 12, which takes any text.
+                _ => {
+                    opts.insert(v4::DhcpOption::Hostname(h.to_owned()));
+                }
+            }
         }
         opts.insert(v4::DhcpOption::ParameterRequestList(PARAMETER_REQUEST_LIST.to_vec()));
         opts.insert(v4::DhcpOption::MaxMessageSize(MAX_MESSAGE_SIZE));
@@ -93,4 +103,27 @@ pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
         buf.resize(MIN_LEN, 0); // PAD options after END
     }
     buf
+}
+
+#[cfg(test)]
+mod name_option_tests {
+    use dhcproto::{Decodable, Decoder, v4};
+
+    use crate::dhcp::tests_support::discover_bytes;
+
+    #[test]
+    fn hostname_or_fqdn_never_both() {
+        let plain = v4::Message::decode(&mut Decoder::new(&discover_bytes(false))).unwrap();
+        assert!(plain.opts().get(v4::OptionCode::Hostname).is_some());
+        assert!(plain.opts().get(v4::OptionCode::ClientFQDN).is_none());
+        let fqdn = v4::Message::decode(&mut Decoder::new(&discover_bytes(true))).unwrap();
+        assert!(fqdn.opts().get(v4::OptionCode::Hostname).is_none());
+        match fqdn.opts().get(v4::OptionCode::ClientFQDN) {
+            Some(v4::DhcpOption::ClientFQDN(f)) => {
+                assert_eq!(f.domain().to_string().trim_end_matches('.'), "ts1-s7");
+                assert!(f.flags().s() && f.flags().e());
+            }
+            other => panic!("no option 81: {other:?}"),
+        }
+    }
 }

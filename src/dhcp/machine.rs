@@ -23,6 +23,8 @@ pub struct ClientConfig {
     pub client_id: Vec<u8>,
     /// Option 12; omitted if `None` or empty.
     pub hostname: Option<String>,
+    /// Send the name as option 81 (client FQDN, RFC 4702) instead of option 12 (never both).
+    pub fqdn: bool,
     /// Not used by the machine: give-up policy belongs to the driver
     /// (see [`Client::discovers_sent`]).
     pub request_timeout_ms: u64,
