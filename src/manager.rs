@@ -492,56 +492,59 @@ impl<P: Platform> Manager<P> {
             let sid = rec.session;
             known.insert(sid);
             let span = info_span!("recover", session = %sid);
-            let _e = span.enter();
-            if rec.state == SessionState::Up && self.is_live(&rec).await {
-                if rec.addressing == Addressing::Static {
-                    // Re-apply the idempotent parts, so a half-lost address or file comes back.
-                    // (DHCP sessions are left alone: the lease task's INIT-REBOOT owns their
-                    // address, lifetimes and files; the record may be older than the lease.)
-                    let plan = self.plan_for(&rec);
-                    if let Ok(inside) = self.platform.inside(&rec.netns).await
-                        && let Some(addr) = rec.address
-                        && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
-                    {
-                        warn!("re-apply address: {e}");
-                    }
-                    let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
-                    let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
-                    if let Some(a) = rec.address {
-                        self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
-                    }
-                }
-                if rec.addressing == Addressing::Dhcp {
-                    // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
-                    let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
-                    match self.spawn_driver(&rec, persisted).await {
-                        Ok(d) => {
-                            self.drivers.lock().unwrap().insert(sid, d);
+            async {
+                if rec.state == SessionState::Up && self.is_live(&rec).await {
+                    if rec.addressing == Addressing::Static {
+                        // Re-apply the idempotent parts, so a half-lost address or file comes back.
+                        // (DHCP sessions are left alone: the lease task's INIT-REBOOT owns their
+                        // address, lifetimes and files; the record may be older than the lease.)
+                        let plan = self.plan_for(&rec);
+                        if let Ok(inside) = self.platform.inside(&rec.netns).await
+                            && let Some(addr) = rec.address
+                            && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
+                        {
+                            warn!("re-apply address: {e}");
                         }
-                        Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
+                        let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
+                        let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
+                        if let Some(a) = rec.address {
+                            self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                        }
                     }
-                }
-                self.hold(sid, &rec.netns);
-                self.table.lock().unwrap().sessions.insert(sid, rec);
-                report.adopted.push(sid);
-            } else {
-                info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
-                let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
-                let errs = session::teardown(&self.platform, &spec).await;
-                let _ = self.state.remove_blob(&lease_file(sid));
-                if errs.is_empty() {
-                    let _ = self.state.remove(sid);
-                    report.cleaned.push(sid);
+                    if rec.addressing == Addressing::Dhcp {
+                        // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
+                        let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                        match self.spawn_driver(&rec, persisted).await {
+                            Ok(d) => {
+                                self.drivers.lock().unwrap().insert(sid, d);
+                            }
+                            Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
+                        }
+                    }
+                    self.hold(sid, &rec.netns);
+                    self.table.lock().unwrap().sessions.insert(sid, rec);
+                    report.adopted.push(sid);
                 } else {
-                    for e in &errs {
-                        report.errors.push(format!("session {sid}: {e}"));
+                    info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
+                    let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
+                    let errs = session::teardown(&self.platform, &spec).await;
+                    let _ = self.state.remove_blob(&lease_file(sid));
+                    if errs.is_empty() {
+                        let _ = self.state.remove(sid);
+                        report.cleaned.push(sid);
+                    } else {
+                        for e in &errs {
+                            report.errors.push(format!("session {sid}: {e}"));
+                        }
+                        // keep the record so the next stop or restart tries again
+                        let mut r = rec;
+                        r.state = SessionState::Stopping;
+                        self.table.lock().unwrap().sessions.insert(sid, r);
                     }
-                    // keep the record so the next stop or restart tries again
-                    let mut r = rec;
-                    r.state = SessionState::Stopping;
-                    self.table.lock().unwrap().sessions.insert(sid, r);
                 }
             }
+            .instrument(span)
+            .await;
         }
         for name in self.platform.list_netns() {
             if let Some(sid) = Sid::from_netns_name(&name)
