@@ -248,7 +248,18 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
             None => format!("{:?}", r.state).to_lowercase(),
         };
-        println!("{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {}", r.session, r.netns, r.interface, r.mac, addr, r.loopback, r.addressing, state, lease_summary(r, now));
+        println!(
+            "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {}",
+            r.session,
+            r.netns,
+            r.interface,
+            r.mac,
+            addr,
+            r.loopback,
+            r.addressing,
+            state,
+            lease_summary(r, now)
+        );
     }
 }
 

@@ -35,5 +35,6 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     s.write_all(&line).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).map_err(io)?;
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply { path: path.into(), message: format!("{e}: {:?}", reply.chars().take(200).collect::<String>()) })
+    serde_json::from_str(&reply)
+        .map_err(|e| ClientError::BadReply { path: path.into(), message: format!("{e}: {:?}", reply.chars().take(200).collect::<String>()) })
 }

@@ -104,10 +104,7 @@ impl FileConfig {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().replace('\n', " "),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().replace('\n', " ") })
     }
 }
 
@@ -130,11 +127,7 @@ pub struct Settings {
 }
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok { Ok(()) } else { Err(ConfigError::BadIfName(name.to_string())) }
 }
 
@@ -180,10 +173,7 @@ impl Settings {
             socket_group: flags.socket_group.or(file.socket_group),
             state_dir: flags.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dhcp_timeout_secs,
-            hostname_template: flags
-                .hostname_template
-                .or(file.hostname_template)
-                .unwrap_or_else(|| "{hostname}-s{sid}".into()),
+            hostname_template: flags.hostname_template.or(file.hostname_template).unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: flags.dhcp_fqdn.or(file.dhcp_fqdn).unwrap_or(false),
         })
     }

@@ -161,7 +161,9 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
                         Response::Sessions { sessions: mine }
                     }
                 }
-                Err(ManagerError::NotFound(s)) => Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}")),
+                Err(ManagerError::NotFound(s)) => {
+                    Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"))
+                }
                 Err(e) => from_manager(e),
             },
             other => Response::error(ErrorKind::PermissionDenied, format!("permission denied: {} needs root (caller uid {uid})", op_name(&other))),
@@ -252,7 +254,13 @@ mod tests {
             Response::Sessions { sessions } => assert_eq!(sessions.iter().map(|r| r.session).collect::<Vec<_>>(), vec![s1]),
             r => panic!("{r:?}"),
         }
-        for req in [Request::Status { session: Some(s2) }, Request::Status { session: Some(Sid::new(77).unwrap()) }, Request::Stop { session: s1 }, Request::Start { session: None, owner_uid: Some(1000) }, Request::StopAll] {
+        for req in [
+            Request::Status { session: Some(s2) },
+            Request::Status { session: Some(Sid::new(77).unwrap()) },
+            Request::Stop { session: s1 },
+            Request::Start { session: None, owner_uid: Some(1000) },
+            Request::StopAll,
+        ] {
             match handle(&m, req.clone(), 1000).await {
                 Response::Error { kind: ErrorKind::PermissionDenied, message } => assert!(message.contains("permission denied"), "{message}"),
                 r => panic!("{req:?} -> {r:?}"),

@@ -126,7 +126,10 @@ impl NetOps for FakeNet {
         })
     }
     async fn set_up(&self, name: &str) -> Result<(), NetError> {
-        let ok = { let w = self.world.lock().unwrap(); self.has_link(&w, name) };
+        let ok = {
+            let w = self.world.lock().unwrap();
+            self.has_link(&w, name)
+        };
         op(&self.world, self.line(format!("up {name}")), |_| if ok { Ok(()) } else { Err(NetError::NoSuchLink(name.into())) })
     }
     async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {

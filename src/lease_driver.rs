@@ -245,7 +245,9 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action)
         }
         Action::SetTimer(_) => {}
         // Replies to other clients reach every session on a broadcast LAN: not worth more than debug.
-        Action::Reject { reason } if reason.starts_with("xid") || reason.starts_with("chaddr") || reason.starts_with("no transaction") => debug!("ignored a DHCP packet: {reason}"),
+        Action::Reject { reason } if reason.starts_with("xid") || reason.starts_with("chaddr") || reason.starts_with("no transaction") => {
+            debug!("ignored a DHCP packet: {reason}")
+        }
         Action::Reject { reason } => warn!("ignored a DHCP packet: {reason}"),
     }
 }

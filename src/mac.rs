@@ -23,8 +23,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 /// The machine-id (systemd's /etc/machine-id, else D-Bus's), which keys every stable identity.
 pub fn read_machine_id() -> std::io::Result<String> {
-    let id = std::fs::read_to_string("/etc/machine-id")
-        .or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))?;
+    let id = std::fs::read_to_string("/etc/machine-id").or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))?;
     let id = id.trim().to_string();
     if id.is_empty() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "machine-id is empty"));

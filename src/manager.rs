@@ -10,7 +10,6 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::{Addressing, Settings};
 use crate::dhcp::{ClientConfig, Lease};
 use crate::lease_driver::{DriverContext, LeaseDriver, lease_file};
-use crate::state::LeaseInfo;
 use crate::loopback::loopback_for;
 use crate::mac::{format_mac, stable_mac};
 use crate::netlink::NetOps;
@@ -18,6 +17,7 @@ use crate::platform::Platform;
 use crate::pool::PoolHistory;
 use crate::session::{self, SESSION_IF, SessionPlan, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
+use crate::state::LeaseInfo;
 use crate::state::{SessionRecord, SessionState, StateDir};
 
 #[derive(Debug, thiserror::Error)]
@@ -402,7 +402,8 @@ impl<P: Platform> Manager<P> {
                 if let Some(info) = &mut r.lease {
                     info.dhcp_state = st.state.clone();
                 } else {
-                    r.lease = Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state: st.state.clone() });
+                    r.lease =
+                        Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state: st.state.clone() });
                 }
             }
         }
@@ -576,13 +577,8 @@ fn fill_from_lease(r: &mut SessionRecord, l: &Lease) {
     r.address = Some(l.network());
     r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
     r.dns = l.dns.clone();
-    r.lease = Some(LeaseInfo {
-        server: l.server_id,
-        lease_start: l.acquired_at,
-        expires: l.expires_at(),
-        next_renewal: l.renew_at(),
-        dhcp_state: "bound".into(),
-    });
+    r.lease =
+        Some(LeaseInfo { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at(), dhcp_state: "bound".into() });
 }
 
 #[derive(Debug, Default)]
@@ -739,10 +735,12 @@ mod tests {
     async fn hundred_concurrent_starts_get_distinct_addresses() {
         let d = tempfile::tempdir().unwrap();
         let m = Arc::new(manager(FakePlatform::new(), d.path(), "10.0.0.10-10.0.0.250/24"));
-        let tasks: Vec<_> = (1..=100).map(|n| {
-            let m = m.clone();
-            tokio::spawn(async move { m.start(Some(sid(n)), None).await })
-        }).collect();
+        let tasks: Vec<_> = (1..=100)
+            .map(|n| {
+                let m = m.clone();
+                tokio::spawn(async move { m.start(Some(sid(n)), None).await })
+            })
+            .collect();
         let mut addrs = BTreeSet::new();
         for t in tasks {
             addrs.insert(t.await.unwrap().unwrap().address.unwrap());

@@ -144,10 +144,7 @@ impl NetOps for RtNet {
         use std::os::fd::AsRawFd;
         let parent_idx = self.index_or_err(parent).await?;
         let fd = ns_fd(target_ns)?;
-        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge)
-            .address(mac.to_vec())
-            .setns_by_fd(fd.as_raw_fd())
-            .build();
+        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge).address(mac.to_vec()).setns_by_fd(fd.as_raw_fd()).build();
         self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent} in {target_ns}")))
     }
 
@@ -155,11 +152,7 @@ impl NetOps for RtNet {
         use std::os::fd::AsRawFd;
         let bridge_idx = self.index_or_err(bridge).await?;
         let fd = ns_fd(target_ns)?;
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .address(peer_mac.to_vec())
-            .setns_by_fd(fd.as_raw_fd())
-            .build();
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec()).setns_by_fd(fd.as_raw_fd()).build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
@@ -230,10 +223,8 @@ impl NetOps for RtNet {
 
     async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         let idx = self.index_or_err(name).await?;
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dest.network(), dest.prefix_len())
-            .output_interface(idx)
-            .protocol(RouteProtocol::Static);
+        let mut b =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).protocol(RouteProtocol::Static);
         b = match gateway {
             Some(gw) => b.gateway(gw),
             None => b.scope(RouteScope::Link),

@@ -45,12 +45,7 @@ pub fn netns_exists(name: &str) -> bool {
 
 /// Names under /run/netns (whatever made them).
 pub fn list_netns() -> Vec<String> {
-    std::fs::read_dir(netns_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect()
+    std::fs::read_dir(netns_dir()).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
 }
 
 pub fn open_netns(name: &str) -> Result<File, NsError> {
@@ -86,9 +81,7 @@ where
     let fd = ns.try_clone().map_err(|source| NsError::Io { name: "(fd)".into(), op: "dup", source })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let r = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map(|_| f())
-            .map_err(|source| NsError::Sys { name: "(fd)".into(), op: "setns", source });
+        let r = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map(|_| f()).map_err(|source| NsError::Sys { name: "(fd)".into(), op: "setns", source });
         let _ = tx.send(r);
     });
     rx.await.map_err(|_| NsError::ThreadPanicked)?
@@ -120,17 +113,20 @@ pub fn create_netns(name: &str) -> Result<(), NsError> {
     ensure_netns_dir()?;
     // A plain file left by a crash between create and mount is replaced.
     let _ = std::fs::remove_file(&path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|source| NsError::Io { name: name.into(), op: "create mount point", source })?;
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|source| NsError::Io {
+        name: name.into(),
+        op: "create mount point",
+        source,
+    })?;
     let target = path.clone();
     let owned = name.to_string();
     let made = std::thread::spawn(move || -> Result<(), NsError> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NsError::Sys { name: owned.clone(), op: "unshare", source })?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|source| NsError::Sys { name: owned, op: "bind mount", source })
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|source| NsError::Sys {
+            name: owned,
+            op: "bind mount",
+            source,
+        })
     })
     .join()
     .map_err(|_| NsError::ThreadPanicked)?;

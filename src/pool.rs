@@ -95,12 +95,7 @@ impl Pool {
     /// Picks an address for `sid` given the addresses live sessions hold.
     /// Order: the sid's previous address if free; else the lowest address nobody remembers;
     /// else the lowest free one (taking over another sid's old, unused address).
-    pub fn allocate(
-        &self,
-        sid: Sid,
-        in_use: &BTreeSet<Ipv4Addr>,
-        history: &PoolHistory,
-    ) -> Result<Ipv4Addr, PoolError> {
+    pub fn allocate(&self, sid: Sid, in_use: &BTreeSet<Ipv4Addr>, history: &PoolHistory) -> Result<Ipv4Addr, PoolError> {
         if let Some(prev) = history.last_address.get(&sid.get())
             && self.contains(*prev)
             && !in_use.contains(prev)
@@ -108,15 +103,8 @@ impl Pool {
             return Ok(*prev);
         }
         let remembered: BTreeSet<Ipv4Addr> = history.last_address.values().copied().collect();
-        let free = || {
-            (u32::from(self.first)..=u32::from(self.last))
-                .map(Ipv4Addr::from)
-                .filter(|a| !in_use.contains(a))
-        };
-        free()
-            .find(|a| !remembered.contains(a))
-            .or_else(|| free().next())
-            .ok_or(PoolError::Exhausted { first: self.first, last: self.last, size: self.size() })
+        let free = || (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from).filter(|a| !in_use.contains(a));
+        free().find(|a| !remembered.contains(a)).or_else(|| free().next()).ok_or(PoolError::Exhausted { first: self.first, last: self.last, size: self.size() })
     }
 }
 

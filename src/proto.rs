@@ -11,9 +11,17 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// `session` None: the daemon picks the lowest free sid.
-    Start { session: Option<Sid>, #[serde(default)] owner_uid: Option<u32> },
-    Status { session: Option<Sid> },
-    Stop { session: Sid },
+    Start {
+        session: Option<Sid>,
+        #[serde(default)]
+        owner_uid: Option<u32>,
+    },
+    Status {
+        session: Option<Sid>,
+    },
+    Stop {
+        session: Sid,
+    },
     StopAll,
 }
 
@@ -29,10 +37,18 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Sessions { sessions: Vec<SessionRecord> },
+    Sessions {
+        sessions: Vec<SessionRecord>,
+    },
     /// `stop`: what was stopped, and whether there was anything to stop.
-    Stopped { sessions: Vec<Sid>, absent: bool },
-    Error { kind: ErrorKind, message: String },
+    Stopped {
+        sessions: Vec<Sid>,
+        absent: bool,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Response {

@@ -215,15 +215,7 @@ mod tests {
         p.clear_log();
         let errs = teardown(&p, &plan(LinkKind::Macvlan).teardown_spec()).await;
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(
-            p.log(),
-            vec![
-                "sessiond-3: addr del 10.0.0.100/24 dev eth0",
-                "sessiond-3: link del eth0",
-                "netns del sessiond-3",
-                "rm sessiond-3 files",
-            ]
-        );
+        assert_eq!(p.log(), vec!["sessiond-3: addr del 10.0.0.100/24 dev eth0", "sessiond-3: link del eth0", "netns del sessiond-3", "rm sessiond-3 files",]);
         assert!(p.is_empty(), "fake still holds {:?}", p.objects());
     }
 

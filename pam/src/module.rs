@@ -196,7 +196,10 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
     let rec = match acquire(env, args, wanted, uid) {
         Ok(r) => r,
         Err(Trouble::Daemon(e)) if args.fail == Fail::Open => {
-            env.log(Level::Err, &format!("user {user}: {e}; fail=open: allowing the login WITHOUT network isolation (it shares the host's address and loopback)"));
+            env.log(
+                Level::Err,
+                &format!("user {user}: {e}; fail=open: allowing the login WITHOUT network isolation (it shares the host's address and loopback)"),
+            );
             env.tell(true, "sessiond: WARNING: this session is NOT network-isolated (the session daemon is unavailable).");
             return PAM_SUCCESS;
         }

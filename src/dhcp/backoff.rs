@@ -17,11 +17,7 @@ pub const MIN_LEASE_RETRY_MS: u64 = 60_000;
 /// Base is 1 s, 2 s, 4 s, … capped at 64 s, plus ±1 s jitter. The result never
 /// drops below half the base so a retry is never immediate (no busy loop).
 pub fn retransmit_delay(attempt: u32, rng: &mut SplitMix64) -> u64 {
-    let base = if attempt >= 7 {
-        MAX_RETRY_MS
-    } else {
-        (INITIAL_RETRY_MS << attempt).min(MAX_RETRY_MS)
-    };
+    let base = if attempt >= 7 { MAX_RETRY_MS } else { (INITIAL_RETRY_MS << attempt).min(MAX_RETRY_MS) };
     let jittered = base as i64 + rng.jitter(JITTER_MS);
     (jittered.max((base / 2) as i64)) as u64
 }

@@ -15,10 +15,7 @@ const HASH_CONTEXT: &[u8] = b"sessiond dhcp duid v1\0";
 /// SHA-256(context || trimmed, lower-cased machine-id) with RFC 9562 version 8
 /// and variant bits set, so any string works and the result is stable.
 pub fn client_identifier(machine_id: &str, sid: u32) -> Vec<u8> {
-    let digest = Sha256::new()
-        .chain_update(HASH_CONTEXT)
-        .chain_update(machine_id.trim().to_ascii_lowercase().as_bytes())
-        .finalize();
+    let digest = Sha256::new().chain_update(HASH_CONTEXT).chain_update(machine_id.trim().to_ascii_lowercase().as_bytes()).finalize();
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&digest[..16]);
     uuid[6] = (uuid[6] & 0x0f) | 0x80; // version 8 (custom)

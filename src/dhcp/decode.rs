@@ -51,8 +51,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Reply, RejectReason> {
     }
     // Header only: options are read strictly by `RawOptions`, and this keeps
     // dhcproto's lenient option decoder off untrusted bytes.
-    let msg = v4::Message::decode(&mut Decoder::new(&bytes[..HEADER_LEN]))
-        .map_err(|e| RejectReason::Undecodable(e.to_string()))?;
+    let msg = v4::Message::decode(&mut Decoder::new(&bytes[..HEADER_LEN])).map_err(|e| RejectReason::Undecodable(e.to_string()))?;
     if msg.opcode() != v4::Opcode::BootReply {
         return Err(RejectReason::NotBootReply(bytes[0]));
     }

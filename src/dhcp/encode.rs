@@ -49,14 +49,7 @@ pub(crate) struct Outgoing {
 }
 
 pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
-    let mut msg = v4::Message::new_with_id(
-        o.xid,
-        o.ciaddr,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &cfg.mac,
-    );
+    let mut msg = v4::Message::new_with_id(o.xid, o.ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &cfg.mac);
     msg.set_secs(o.secs);
     if o.broadcast_flag {
         msg.set_flags(v4::Flags::default().set_broadcast());

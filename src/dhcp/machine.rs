@@ -270,15 +270,7 @@ impl Client {
         if self.attempts == 0 {
             self.first_request_at = now;
         }
-        let msg = Outgoing {
-            kind: Kind::Request,
-            xid: self.xid.unwrap_or_default(),
-            secs: self.secs(now),
-            ciaddr,
-            broadcast_flag: flag,
-            requested,
-            server_id,
-        };
+        let msg = Outgoing { kind: Kind::Request, xid: self.xid.unwrap_or_default(), secs: self.secs(now), ciaddr, broadcast_flag: flag, requested, server_id };
         out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest, broadcast_flag: flag });
         self.attempts = self.attempts.saturating_add(1);
     }
@@ -330,8 +322,7 @@ impl Client {
     /// jump past several deadlines lands in the right state.
     fn lease_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
         let Some(lease) = self.lease.as_ref() else { return };
-        let (Some(renew), Some(rebind), Some(expiry)) = (lease.renew_at(), lease.rebind_at(), lease.expires_at())
-        else {
+        let (Some(renew), Some(rebind), Some(expiry)) = (lease.renew_at(), lease.rebind_at(), lease.expires_at()) else {
             return; // infinite lease: nothing to do
         };
         if now >= expiry {
@@ -465,11 +456,7 @@ impl Client {
                 requested: None,
                 server_id: Some(lease.server_id),
             };
-            out.push(Action::Send {
-                bytes: encode::encode(&msg, &self.cfg),
-                dest: Dest::Unicast(lease.server_id),
-                broadcast_flag: false,
-            });
+            out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest: Dest::Unicast(lease.server_id), broadcast_flag: false });
             out.push(Action::RemoveLease(lease));
             out.push(Action::PersistLease(None));
         }

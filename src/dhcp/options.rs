@@ -85,18 +85,14 @@ impl RawOptions {
     /// UTF-8 string; trailing NULs (sent by some servers) are dropped.
     pub(crate) fn string(&self, code: u8) -> Result<Option<String>, RejectReason> {
         let Some(data) = self.get(code) else { return Ok(None) };
-        let s = std::str::from_utf8(data)
-            .map_err(|_| RejectReason::MalformedOption { code, why: "not valid UTF-8" })?
-            .trim_end_matches('\0');
+        let s = std::str::from_utf8(data).map_err(|_| RejectReason::MalformedOption { code, why: "not valid UTF-8" })?.trim_end_matches('\0');
         Ok((!s.is_empty()).then(|| s.to_owned()))
     }
 
     fn fixed<const N: usize>(&self, code: u8) -> Result<Option<[u8; N]>, RejectReason> {
         match self.get(code) {
             None => Ok(None),
-            Some(d) => <[u8; N]>::try_from(d)
-                .map(Some)
-                .map_err(|_| RejectReason::MalformedOption { code, why: "wrong length" }),
+            Some(d) => <[u8; N]>::try_from(d).map(Some).map_err(|_| RejectReason::MalformedOption { code, why: "wrong length" }),
         }
     }
 }
@@ -146,11 +142,7 @@ pub(crate) fn domain_search(data: &[u8]) -> Vec<String> {
     }
     buf.push(255);
     match v4::DhcpOption::decode(&mut Decoder::new(&buf)) {
-        Ok(v4::DhcpOption::DomainSearch(names)) => names
-            .iter()
-            .map(|n| n.to_string().trim_end_matches('.').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        Ok(v4::DhcpOption::DomainSearch(names)) => names.iter().map(|n| n.to_string().trim_end_matches('.').to_owned()).filter(|s| !s.is_empty()).collect(),
         _ => Vec::new(),
     }
 }
@@ -169,14 +161,8 @@ mod tests {
 
     #[test]
     fn scan_rejects_overrun() {
-        assert_eq!(
-            RawOptions::scan(&[53, 1, 2, 3, 9, 1], 240).unwrap_err(),
-            RejectReason::MalformedOptions { offset: 243 }
-        );
-        assert_eq!(
-            RawOptions::scan(&[53], 240).unwrap_err(),
-            RejectReason::MalformedOptions { offset: 240 }
-        );
+        assert_eq!(RawOptions::scan(&[53, 1, 2, 3, 9, 1], 240).unwrap_err(), RejectReason::MalformedOptions { offset: 243 });
+        assert_eq!(RawOptions::scan(&[53], 240).unwrap_err(), RejectReason::MalformedOptions { offset: 240 });
     }
 
     #[test]

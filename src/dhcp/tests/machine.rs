@@ -16,9 +16,7 @@ fn assert_common_options(m: &v4::Message, with_prl: bool) {
     if with_prl {
         assert_eq!(m.opts().get(OptionCode::Hostname), Some(&v4::DhcpOption::Hostname("session7".into())));
         assert_eq!(m.opts().get(OptionCode::MaxMessageSize), Some(&v4::DhcpOption::MaxMessageSize(1500)));
-        let Some(v4::DhcpOption::ParameterRequestList(prl)) = m.opts().get(OptionCode::ParameterRequestList) else {
-            panic!("no PRL")
-        };
+        let Some(v4::DhcpOption::ParameterRequestList(prl)) = m.opts().get(OptionCode::ParameterRequestList) else { panic!("no PRL") };
         for code in [1u8, 3, 6, 15, 26, 28, 51, 54, 58, 59, 119, 121] {
             assert!(prl.contains(&OptionCode::from(code)), "PRL lacks {code}");
         }
@@ -136,11 +134,7 @@ fn ack_binds_with_exact_lease_and_t1_timer() {
     let lease = expected_lease(T0 + 100);
     assert_eq!(
         a,
-        vec![
-            Action::ApplyLease { lease: lease.clone(), previous: None },
-            Action::PersistLease(Some(lease.clone())),
-            Action::SetTimer(T0 + 100 + 1_800_000),
-        ]
+        vec![Action::ApplyLease { lease: lease.clone(), previous: None }, Action::PersistLease(Some(lease.clone())), Action::SetTimer(T0 + 100 + 1_800_000),]
     );
     assert_eq!(c.state(), State::Bound);
     assert_eq!(c.lease(), Some(&lease));
@@ -169,10 +163,7 @@ fn ack_with_all_optional_data() {
     assert_eq!((l.t1_secs, l.t2_secs, l.lease_secs), (100, 200, 300));
     assert_eq!(
         l.classless_routes,
-        vec![
-            ("0.0.0.0/0".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 1)),
-            ("192.168.7.0/24".parse().unwrap(), Ipv4Addr::UNSPECIFIED)
-        ]
+        vec![("0.0.0.0/0".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 1)), ("192.168.7.0/24".parse().unwrap(), Ipv4Addr::UNSPECIFIED)]
     );
     assert_eq!(l.routes(), l.classless_routes, "option 121 overrides routers");
     assert_eq!((l.mtu, l.domain.clone(), l.search.len(), l.broadcast), (None, None, 0, None));
@@ -372,11 +363,7 @@ fn renew_ack_rebinds_with_previous_and_new_timers() {
     let new = expected_lease(t1);
     assert_eq!(
         a,
-        vec![
-            Action::ApplyLease { lease: new.clone(), previous: Some(old) },
-            Action::PersistLease(Some(new.clone())),
-            Action::SetTimer(t1 + 1_800_000),
-        ]
+        vec![Action::ApplyLease { lease: new.clone(), previous: Some(old) }, Action::PersistLease(Some(new.clone())), Action::SetTimer(t1 + 1_800_000),]
     );
     assert_eq!(c.state(), State::Bound);
 }
@@ -463,11 +450,7 @@ fn init_reboot_success() {
     let new = expected_lease(T0);
     assert_eq!(
         a,
-        vec![
-            Action::ApplyLease { lease: new.clone(), previous: Some(persisted) },
-            Action::PersistLease(Some(new)),
-            Action::SetTimer(T0 + 1_800_000),
-        ]
+        vec![Action::ApplyLease { lease: new.clone(), previous: Some(persisted) }, Action::PersistLease(Some(new)), Action::SetTimer(T0 + 1_800_000),]
     );
     assert_eq!(c.state(), State::Bound);
 }

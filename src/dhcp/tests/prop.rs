@@ -71,8 +71,8 @@ fn params() -> impl Strategy<Value = ServerParams> {
     let classless = prop_oneof![3 => Just(None), 1 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Some)];
     let yiaddr = prop_oneof![6 => (1u8..=254).prop_map(|h| Ipv4Addr::new(192, 168, 1, h)), 4 => addr()];
     let lease = prop_oneof![4 => (1u32..20_000).prop_map(Some), 2 => secs()];
-    (server, yiaddr, mask, lease, secs(), secs(), classless, proptest::collection::vec(addr(), 0..3), any::<Option<u16>>())
-        .prop_map(|(server_id, yiaddr, mask, lease_secs, t1, t2, classless, routers, mtu)| ServerParams {
+    (server, yiaddr, mask, lease, secs(), secs(), classless, proptest::collection::vec(addr(), 0..3), any::<Option<u16>>()).prop_map(
+        |(server_id, yiaddr, mask, lease_secs, t1, t2, classless, routers, mtu)| ServerParams {
             server_id,
             yiaddr,
             mask,
@@ -83,26 +83,18 @@ fn params() -> impl Strategy<Value = ServerParams> {
             routers,
             mtu,
             ..Default::default()
-        })
+        },
+    )
 }
 
 fn persisted() -> impl Strategy<Value = Lease> {
-    (addr(), 0u8..=40, any::<u32>(), any::<u32>(), any::<u32>(), 0u64..20_000_000_000)
-        .prop_map(|(address, prefix_len, a, b, c, back)| {
-            let mut t = [a, b, c];
-            if a % 3 != 0 {
-                t.sort(); // mostly consistent timers, sometimes not
-            }
-            Lease {
-                address,
-                prefix_len,
-                lease_secs: t[2],
-                t1_secs: t[0],
-                t2_secs: t[1],
-                acquired_at: T0.saturating_sub(back),
-                ..expected_lease(T0)
-            }
-        })
+    (addr(), 0u8..=40, any::<u32>(), any::<u32>(), any::<u32>(), 0u64..20_000_000_000).prop_map(|(address, prefix_len, a, b, c, back)| {
+        let mut t = [a, b, c];
+        if a % 3 != 0 {
+            t.sort(); // mostly consistent timers, sometimes not
+        }
+        Lease { address, prefix_len, lease_secs: t[2], t1_secs: t[0], t2_secs: t[1], acquired_at: T0.saturating_sub(back), ..expected_lease(T0) }
+    })
 }
 
 fn kind() -> impl Strategy<Value = Kind> {

@@ -185,9 +185,8 @@ fn lease_time_missing_or_zero() {
 
 #[test]
 fn malformed_typed_options() {
-    let bad = |code: u8, data: Vec<u8>, why| {
-        check_offer(ServerParams { raw: vec![(code, data)], ..Default::default() }, RejectReason::MalformedOption { code, why })
-    };
+    let bad =
+        |code: u8, data: Vec<u8>, why| check_offer(ServerParams { raw: vec![(code, data)], ..Default::default() }, RejectReason::MalformedOption { code, why });
     bad(1, vec![255, 255, 255], "wrong length");
     bad(51, vec![0, 0, 1], "wrong length");
     bad(54, vec![192, 168, 1, 1, 0], "wrong length");
@@ -228,9 +227,7 @@ fn empty_options() {
 
 #[test]
 fn malformed_classless_routes() {
-    let bad = |data: Vec<u8>, why| {
-        check_offer(ServerParams { classless: Some(data), ..Default::default() }, RejectReason::MalformedClasslessRoutes(why))
-    };
+    let bad = |data: Vec<u8>, why| check_offer(ServerParams { classless: Some(data), ..Default::default() }, RejectReason::MalformedClasslessRoutes(why));
     bad(vec![33, 10, 0, 0, 0, 0, 1, 2, 3, 4], "prefix length > 32");
     bad(vec![24, 10, 0, 0, 1, 2, 3], "truncated route");
     bad(vec![0, 10, 0, 0, 1, 8], "truncated route");
