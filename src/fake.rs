@@ -232,6 +232,9 @@ impl Platform for FakePlatform {
     async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
     }
+    fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
+        op(&self.world, format!("{netns}: sysctl {key}={value}"), |_| Ok(()))
+    }
     fn hold_netns(&self, _name: &str) -> Option<std::fs::File> {
         None
     }

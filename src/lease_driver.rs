@@ -147,6 +147,10 @@ async fn run<N: NetOps>(
     mut rx: mpsc::Receiver<Command>,
     status: watch::Sender<LeaseStatus>,
 ) {
+    // A persisted lease that INIT-REBOOT has not confirmed yet may still be on the interface:
+    // if no server confirms it, its address must go when the lease ends (RFC 2131 §4.4.5).
+    let mut unconfirmed = persisted.clone();
+    let mut rejects = RejectLog::default();
     let first = match persisted {
         Some(l) => Event::StartWithLease(l),
         None => Event::Start,
@@ -158,7 +162,10 @@ async fn run<N: NetOps>(
     loop {
         let mut release_done = None;
         for a in actions.drain(..) {
-            execute(&ctx, &sock, a).await;
+            execute(&ctx, &sock, a, &mut rejects).await;
+        }
+        if client.lease().is_some() {
+            unconfirmed = None;
         }
         if client.state() != last_state {
             info!("DHCP state {} -> {}", state_name(last_state), state_name(client.state()));
@@ -170,7 +177,9 @@ async fn run<N: NetOps>(
             discovers: client.discovers_sent(),
             failed: None,
         });
-        let sleep_for = client.next_timer().map(|t| Duration::from_millis(t.saturating_sub(now_ms()))).unwrap_or(Duration::from_secs(3600));
+        let machine_at = client.next_timer();
+        let wake = [machine_at, unconfirmed.as_ref().and_then(Lease::expires_at)].into_iter().flatten().min();
+        let sleep_for = wake.map(|t| Duration::from_millis(t.saturating_sub(now_ms()))).unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
@@ -185,7 +194,16 @@ async fn run<N: NetOps>(
                 }
             },
             _ = tokio::time::sleep(sleep_for) => {
-                actions = client.on_event(Event::Timer, now_ms());
+                let now = now_ms();
+                actions = Vec::new();
+                if let Some(l) = unconfirmed.take_if(|l| l.expires_at().is_some_and(|e| e <= now)) {
+                    info!(address = %l.address, "the persisted lease expired unconfirmed: removing its address");
+                    actions.push(Action::RemoveLease(l));
+                    actions.push(Action::PersistLease(None));
+                }
+                if machine_at.is_some_and(|t| t <= now) || actions.is_empty() {
+                    actions.extend(client.on_event(Event::Timer, now));
+                }
             }
             cmd = rx.recv() => {
                 let done = cmd.map(|Command::Release(done)| done);
@@ -195,7 +213,7 @@ async fn run<N: NetOps>(
         }
         if let Some(done) = release_done {
             for a in actions.drain(..) {
-                execute(&ctx, &sock, a).await;
+                execute(&ctx, &sock, a, &mut rejects).await;
             }
             let _ = status.send(LeaseStatus { state: "released".into(), ..Default::default() });
             if let Some(d) = done {
@@ -206,7 +224,42 @@ async fn run<N: NetOps>(
     }
 }
 
-async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action) {
+/// Rate limit for rejected-packet warnings: a hostile or chatty LAN must not flood the journal
+/// from every session. Replies meant for other clients are only ever logged at debug.
+#[derive(Default)]
+struct RejectLog {
+    window_start: Millis,
+    shown: u32,
+    suppressed: u32,
+}
+
+const REJECT_WINDOW_MS: Millis = 60_000;
+const REJECTS_PER_WINDOW: u32 = 10;
+
+impl RejectLog {
+    fn log(&mut self, reason: &str) {
+        if reason.starts_with("xid") || reason.starts_with("chaddr") || reason.starts_with("no transaction") {
+            debug!("ignored a DHCP packet: {reason}");
+            return;
+        }
+        let now = now_ms();
+        if now.saturating_sub(self.window_start) >= REJECT_WINDOW_MS {
+            if self.suppressed > 0 {
+                warn!("{} more DHCP packets were ignored in the last minute (not logged)", self.suppressed);
+            }
+            *self = RejectLog { window_start: now, shown: 0, suppressed: 0 };
+        }
+        if self.shown < REJECTS_PER_WINDOW {
+            self.shown += 1;
+            warn!("ignored a DHCP packet: {reason}");
+        } else {
+            self.suppressed += 1;
+            debug!("ignored a DHCP packet: {reason}");
+        }
+    }
+}
+
+async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action, rejects: &mut RejectLog) {
     match a {
         Action::Send { bytes, dest, .. } => {
             let to = match dest {
@@ -244,19 +297,15 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action)
             }
         }
         Action::SetTimer(_) => {}
-        // Replies to other clients reach every session on a broadcast LAN: not worth more than debug.
-        Action::Reject { reason } if reason.starts_with("xid") || reason.starts_with("chaddr") || reason.starts_with("no transaction") => {
-            debug!("ignored a DHCP packet: {reason}")
-        }
-        Action::Reject { reason } => warn!("ignored a DHCP packet: {reason}"),
+        Action::Reject { reason } => rejects.log(&reason),
     }
 }
 
-fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
+pub fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
     let exp = lease.expires_at()?;
-    // Round up and add a second: the kernel must never drop the address before the lease
-    // ends (the task removes it at expiry itself); it only matters if the daemon is dead.
-    let secs = (exp.saturating_sub(now_ms()).div_ceil(1000) + 1).clamp(1, u64::from(u32::MAX - 1)) as u32;
+    // Rounded up: the kernel must never drop the address before the lease ends (the task
+    // removes it at expiry itself); the kernel's copy only matters if the daemon is dead.
+    let secs = exp.saturating_sub(now_ms()).div_ceil(1000).clamp(1, u64::from(u32::MAX - 1)) as u32;
     Some(Lifetimes { valid_secs: secs, preferred_secs: secs })
 }
 
@@ -282,6 +331,12 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
         }
         if prev.address != lease.address {
             ctx.inside.del_addr(SESSION_IF, prev.network()).await?;
+            // Sessions built before promote_secondaries was set lose the new address with the
+            // old one: put it and its routes back (both idempotent).
+            ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
+            for (dest, gw) in &routes {
+                ctx.inside.add_route(SESSION_IF, *dest, Some(*gw).filter(|g| !g.is_unspecified())).await?;
+            }
         }
     }
     (ctx.write_file)(&ctx.netns, "resolv.conf", &crate::files::resolv_conf(&lease.dns, lease.domain.as_deref(), &lease.search))?;

@@ -268,6 +268,32 @@ impl<P: Platform> Manager<P> {
         Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
     }
 
+    /// Puts a lease's address (with its remaining lifetime) and routes on the session interface.
+    async fn put_lease_on_link(&self, rec: &SessionRecord, lease: &Lease) -> Result<(), String> {
+        let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
+        inside.set_up(SESSION_IF).await.map_err(|e| e.to_string())?;
+        inside.add_addr(SESSION_IF, lease.network(), false, crate::lease_driver::lifetimes(lease)).await.map_err(|e| e.to_string())?;
+        for (dest, gw) in lease.routes() {
+            inside.add_route(SESSION_IF, dest, Some(gw).filter(|g| !g.is_unspecified())).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A crash left a half-made or half-stopped DHCP session whose lease is on disk: release it
+    /// as `stop` would, so the server does not hold the address until it expires.
+    async fn release_orphan_lease(&self, rec: &SessionRecord) -> Result<bool, String> {
+        let Some(lease) = self.state.load_blob::<Option<Lease>>(&lease_file(rec.session)).map_err(|e| e.to_string())? else { return Ok(false) };
+        if lease.expires_at().is_some_and(|e| e <= crate::lease_driver::now_ms()) || !self.is_live(rec).await {
+            return Ok(false);
+        }
+        self.put_lease_on_link(rec, &lease).await?;
+        let sock = self.platform.dhcp_socket(&rec.netns).await.map_err(|e| e.to_string())?;
+        let xid = crate::lease_driver::now_ms() as u32 ^ rec.session.get().rotate_left(16);
+        let bytes = crate::dhcp::release_packet(&self.dhcp_config(rec.session), &lease, xid);
+        sock.send_to(&bytes, (lease.server_id, 67)).await.map_err(|e| format!("sending DHCPRELEASE to {}: {e}", lease.server_id))?;
+        Ok(true)
+    }
+
     async fn lease_session(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<(LeaseDriver, Lease), String> {
         let mut driver = self.spawn_driver(rec, persisted).await?;
         let timeout = std::time::Duration::from_secs(self.settings.dhcp_timeout_secs);
@@ -448,10 +474,21 @@ impl<P: Platform> Manager<P> {
             if let Some(d) = old {
                 d.abandon(); // keep the lease: the new task asks for it again
             }
-            let result = match session::restore_uplink(&self.platform, &self.plan_for(&rec)).await {
+            let mut plan = self.plan_for(&rec);
+            if rec.addressing == Addressing::Dhcp {
+                plan.address = None; // the lease, not the record, says what the address is
+            }
+            let result = match session::restore_uplink(&self.platform, &plan).await {
                 Err(e) => Err(format!("uplink is back but the session could not be restored: {e}")),
                 Ok(()) if rec.addressing == Addressing::Dhcp => {
                     let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                    // Keep using a still-valid lease while INIT-REBOOT confirms it; the kernel
+                    // drops the address at the lease's end if nobody does.
+                    if let Some(l) = persisted.as_ref().filter(|l| l.expires_at().is_none_or(|e| e > crate::lease_driver::now_ms()))
+                        && let Err(e) = self.put_lease_on_link(&rec, l).await
+                    {
+                        warn!("re-applying the lease after the uplink came back: {e}");
+                    }
                     match self.spawn_driver(&rec, persisted).await {
                         Ok(d) => {
                             self.drivers.lock().unwrap().insert(sid, d);
@@ -513,6 +550,8 @@ impl<P: Platform> Manager<P> {
                         }
                     }
                     if rec.addressing == Addressing::Dhcp {
+                        // Sessions built by an older daemon may lack it (see session::build).
+                        let _ = self.platform.set_sysctl(&rec.netns, "net.ipv4.conf.all.promote_secondaries", "1");
                         // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
                         let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
                         match self.spawn_driver(&rec, persisted).await {
@@ -527,6 +566,13 @@ impl<P: Platform> Manager<P> {
                     report.adopted.push(sid);
                 } else {
                     info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
+                    if rec.addressing == Addressing::Dhcp {
+                        match self.release_orphan_lease(&rec).await {
+                            Ok(true) => info!("released its lease"),
+                            Ok(false) => {}
+                            Err(e) => warn!("could not release its lease: {e}"),
+                        }
+                    }
                     let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
                     let errs = session::teardown(&self.platform, &spec).await;
                     let _ = self.state.remove_blob(&lease_file(sid));

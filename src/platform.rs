@@ -23,6 +23,8 @@ pub trait Platform: Send + Sync + 'static {
     fn dhcp_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
+    /// Sets /proc/sys/KEY inside the namespace.
+    fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError>;
     /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
     fn hold_netns(&self, name: &str) -> Option<std::fs::File>;
 }
@@ -86,6 +88,14 @@ impl Platform for LinuxPlatform {
 
     async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         crate::lease_driver::client_socket(netns).await
+    }
+
+    fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
+        let ns = crate::ns::open_netns(netns)?;
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_string();
+        // /proc/sys/net shows the netns of the thread that opens it: open it in there.
+        crate::ns::run_in_netns(&ns, move || std::fs::write(&path, value))?.map_err(io_err(format!("sysctl {key} in {netns}")))
     }
 
     fn hold_netns(&self, name: &str) -> Option<std::fs::File> {

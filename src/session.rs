@@ -86,6 +86,9 @@ pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepErr
 async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
     let netns = plan.netns();
     step("create network namespace", p.create_netns(&netns))?;
+    // A DHCP address change adds the new address (a secondary in the same subnet) before
+    // removing the old primary; without promotion the kernel would delete both.
+    step("enable promote_secondaries", p.set_sysctl(&netns, "net.ipv4.conf.all.promote_secondaries", "1"))?;
     match plan.link {
         // Created directly inside the namespace: moving a link afterwards costs ~40x more.
         LinkKind::Macvlan => step("create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
@@ -114,6 +117,7 @@ pub async fn restore_uplink<P: Platform>(p: &P, plan: &SessionPlan) -> Result<()
     let netns = plan.netns();
     let inside = step("open netlink in the session namespace", p.inside(&netns).await)?;
     let present = matches!(inside.link_index(SESSION_IF).await, Ok(Some(_)));
+    let _ = p.set_sysctl(&netns, "net.ipv4.conf.all.promote_secondaries", "1");
     match plan.link {
         LinkKind::Macvlan if !present => step("re-create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
         LinkKind::Macvlan => {}
@@ -201,6 +205,7 @@ mod tests {
             p.log(),
             vec![
                 "netns add sessiond-3",
+                "sessiond-3: sysctl net.ipv4.conf.all.promote_secondaries=1",
                 "host: macvlan eth0 on br-lan mac 02:00:00:00:00:03 in sessiond-3",
                 "sessiond-3: up lo",
                 "sessiond-3: addr add 127.0.0.1/8 dev lo scope host",
