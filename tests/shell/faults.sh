@@ -1,0 +1,1145 @@
+#!/usr/bin/env bash
+# Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9 (default: all)
+#
+#   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
+#      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
+#   2  kill -9 in the middle of 50 concurrent stops, restart
+#   3  DHCP server (Kea, 16 s leases) down for longer than a lease, then back
+#   4  a rogue DHCP server answering garbage next to the good one (dnsmasq)
+#   5  NAK on renew; a different address on renew (scripted server, and Kea with a new pool);
+#      a daemon restart across a server-side pool change; address conflict (known gap: no
+#      ARP probe / DHCPDECLINE)
+#   6  state dir on a full, then a read-only file system
+#   7  control-socket abuse while root keeps being served
+#   8  the uplink (br-lan) deleted under live sessions, then re-created (+8b: while the DHCP
+#      server is down)
+#   9  500 sessions, daemon restarted 5 times (kill -9 / SIGTERM alternating)
+#
+# Each scenario is one or more rows of docs/reliability.md: a full run (no arguments) rewrites
+# that file from its own results, so the table cannot drift from what the suite checks. A run of
+# some scenarios only prints the table (FAULTS_WRITE_DOC=1 writes it anyway).
+# FAULTS_LOGDIR=DIR keeps the daemon and server logs of the run there.
+# A daemon defect makes its row FAIL with the reason; assertions are never loosened to pass.
+# Every wait is bounded in time and count; only processes this suite started are signalled,
+# by PID. Runtime: about 4-5 minutes.
+# shellcheck source-path=SCRIPTDIR disable=SC2317  # SC2317: scenario functions are called by name
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"
+[[ -n "${SBX_MARKER:-}" && -e "$SBX_MARKER" ]] || { echo "refusing: not inside scripts/sandbox"; exit 1; }
+
+HERE=$REPO/tests/shell/faults
+DOC=$REPO/docs/reliability.md
+DHCP=$SBX_DHCP_SERVER
+W=/run/faults                    # scratch (the sandbox's tmpfs)
+mkdir -p "$W"
+SUITE_T0=$(date +%s)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9)
+SELECTED=("$@")
+[[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}")
+for s in "${SELECTED[@]}"; do
+    [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || { echo "unknown scenario '$s' (want: ${ALL_SCENARIOS[*]})"; exit 2; }
+done
+
+now_ms() { date +%s%3N; }
+ms_to_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+# sleep_until_ms T: sleep until wall-clock T (ms), at most 120 s.
+sleep_until_ms() {
+    local d=$(($1 - $(now_ms)))
+    ((d > 120000)) && d=120000
+    ((d > 0)) && sleep "$(ms_to_s "$d")"
+    return 0
+}
+# poll SECS CMD...: CMD every 50 ms until it succeeds, at most SECS seconds (and 20*SECS tries).
+poll() {
+    local secs=$1 n deadline; shift
+    n=$((secs * 20)); deadline=$(($(now_ms) + secs * 1000))
+    while ((n-- > 0)); do
+        "$@" >/dev/null 2>&1 && return 0
+        (($(now_ms) > deadline)) && return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# ------------------------------------------------------------------ result rows
+
+ROW_ID=() ROW_NAME=() ROW_INJ=() ROW_CHK=() ROW_RES=() ROW_NOTES=()
+R_FAILS=() R_NOTES=() R_T0=0
+row_begin() { # ID NAME INJECTED CHECKED
+    R_ID=$1 R_NAME=$2 R_INJ=$3 R_CHK=$4 R_FAILS=() R_NOTES=() R_T0=$(now_ms)
+    echo "=== [$R_ID] $R_NAME"
+}
+fail() { R_FAILS+=("$*"); echo "  FAIL: $*"; }
+note() { R_NOTES+=("$*"); echo "  note: $*"; }
+# expect DESC CMD...: CMD must succeed; its output is shown only when it does not.
+expect() {
+    local desc=$1; shift
+    local out=$W/expect.out
+    if "$@" >"$out" 2>&1; then
+        echo "  ok: $desc"
+    else
+        fail "$desc"
+        sed 's/^/      /' "$out" | tail -15
+    fi
+}
+row_end() { # [KNOWN_GAP]
+    local res secs
+    secs=$(( ($(now_ms) - R_T0 + 500) / 1000 ))
+    if [[ "${1:-}" == KNOWN_GAP ]]; then res="KNOWN GAP"
+    elif ((${#R_FAILS[@]})); then res=FAIL; FAILS=$((FAILS + 1)); FAILED_NAMES+=("[$R_ID] $R_NAME")
+    else res=PASS; PASSES=$((PASSES + 1)); fi
+    local notes="" x
+    if ((${#R_FAILS[@]})); then
+        notes+="**Failed:**"
+        for x in "${R_FAILS[@]}"; do notes+=" $x;"; done
+        notes="${notes%;}. "
+    fi
+    for x in "${R_NOTES[@]}"; do notes+="$x. "; done
+    notes+="(${secs} s)"
+    ROW_ID+=("$R_ID") ROW_NAME+=("$R_NAME") ROW_INJ+=("$R_INJ") ROW_CHK+=("$R_CHK") ROW_RES+=("$res") ROW_NOTES+=("$notes")
+    echo "  => $res (${secs} s)"
+}
+
+md_cell() { local s=$1; s=${s//|/\\|}; s=${s//$'\n'/ }; printf '%s' "$s"; }
+write_table() { # FILE
+    local f=$1 i rev dirty="" pass=0 failn=0 gap=0
+    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [[ -n "$(git -C "$REPO" status --porcelain -- src 2>/dev/null)" ]] && dirty=" (with uncommitted changes under src/)"
+    for i in "${!ROW_RES[@]}"; do
+        case ${ROW_RES[$i]} in PASS) pass=$((pass + 1)) ;; FAIL) failn=$((failn + 1)) ;; *) gap=$((gap + 1)) ;; esac
+    done
+    {
+        echo "# Reliability: fault and abuse scenarios"
+        echo
+        echo "Generated by \`tests/shell/faults.sh\` (root, inside \`scripts/sandbox\`); every run rewrites"
+        echo "this file from its own results. Do not edit by hand: change the suite and re-run it."
+        echo
+        echo "Last run: tree $rev$dirty, $(date -u +%Y-%m-%d), $(( $(date +%s) - SUITE_T0 )) s;"
+        echo "$pass PASS, $failn FAIL, $gap known gap. A FAIL is a daemon defect the suite found (the"
+        echo "reason is in the notes); assertions are never loosened to make a row pass."
+        echo
+        echo "| scenario | what was injected | what was checked | result | notes |"
+        echo "| --- | --- | --- | --- | --- |"
+        for i in "${!ROW_ID[@]}"; do
+            printf '| %s. %s | %s | %s | %s | %s |\n' "${ROW_ID[$i]}" "$(md_cell "${ROW_NAME[$i]}")" "$(md_cell "${ROW_INJ[$i]}")" \
+                "$(md_cell "${ROW_CHK[$i]}")" "**${ROW_RES[$i]}**" "$(md_cell "${ROW_NOTES[$i]}")"
+        done
+    } >"$f"
+}
+
+# ------------------------------------------------------------------ processes we start
+
+BG_PIDS=()
+bg_track() { BG_PIDS+=("$1"); }
+# stop_pid PID: TERM, then KILL after 5 s; only PIDs this suite started.
+stop_pid() {
+    local pid=$1 i
+    [[ -n "$pid" ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+cleanup_all() {
+    local p
+    for p in "${BG_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    [[ -n "$DAEMON_PID" ]] && kill -KILL "$DAEMON_PID" 2>/dev/null
+    return 0
+}
+trap cleanup_all EXIT
+
+# ------------------------------------------------------------------ daemon and state
+
+STATE=
+SCEN_LOG=
+# begin_daemon TAG ARGS...: fresh state dir /var/lib/sessiond-TAG, its own log, the daemon.
+begin_daemon() {
+    local tag=$1; shift
+    STATE=/var/lib/sessiond-$tag
+    rm -rf "$STATE"
+    DAEMON_LOG=$W/daemon-$tag.log
+    SCEN_LOG=$DAEMON_LOG
+    start_daemon --uplink "$SBX_UPLINK" --state-dir "$STATE" "$@"
+}
+restart_daemon() { # ARGS... (same state dir)
+    start_daemon --uplink "$SBX_UPLINK" --state-dir "$STATE" "$@"
+}
+# end_daemon: stop every session, stop the daemon, and make sure nothing is left for the
+# next scenario (leftovers are removed by hand and reported).
+end_daemon() {
+    [[ -n "$DAEMON_PID" ]] && timeout 120 "$SESSIOND" stop --all >/dev/null 2>&1
+    kill_daemon TERM
+    local ns left=""
+    for ns in $(ip netns list | awk '/^sessiond-/ {print $1}'); do
+        left+=" $ns"; ip netns del "$ns" 2>/dev/null
+    done
+    rm -rf /etc/netns/sessiond-*
+    [[ -z "$left" ]] || echo "  (cleanup removed leftover namespaces:$left)"
+}
+status_json() { timeout 30 "$SESSIOND" status --json; }
+st_field() { # SID JQ
+    status_json | jq -r ".[] | select(.session == $1) | $2"
+}
+eth0_addrs() { ip -n "sessiond-$1" -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}'; }
+log_mark() { wc -l <"$SCEN_LOG"; }
+log_since() { tail -n "+$(($1 + 1))" "$SCEN_LOG"; }
+
+# sid_macs FIRST LAST: "SID MAC" per line, the daemon's stable MAC (src/mac.rs).
+sid_macs() {
+    python3 - "$1" "$2" <<'EOF'
+import hashlib, sys
+try:
+    mid = open("/etc/machine-id").read().strip()
+except OSError:
+    mid = open("/var/lib/dbus/machine-id").read().strip()
+for s in range(int(sys.argv[1]), int(sys.argv[2]) + 1):
+    d = hashlib.sha256(b"sessiond-mac\0" + mid.encode() + s.to_bytes(4, "big")).digest()[:6]
+    print(s, (bytes([(d[0] & 0xFC) | 2]) + d[1:]).hex(":"))
+EOF
+}
+
+# Wait until every session in status is bound (DHCP) -- after a restart they INIT-REBOOT.
+all_bound() { [[ $(status_json | jq '[.[] | select(.addressing == "dhcp" and (.lease.dhcp_state // "") != "bound")] | length') == 0 ]]; }
+
+# consistency MODE FIRST LAST [SERVER_CMD...]
+# Every sid in FIRST..LAST, and every sid anything of sessiond's exists for, must be either
+# fully up (in status as up; netns mounted; eth0 holds exactly status's address; lo holds the
+# loopback; /etc/netns files present and hosts names the address; state record says up; for
+# DHCP the lease file) or fully absent (none of: status entry, /run/netns file or mount,
+# /etc/netns folder, state record, lease file). Also: no host link but the LAN's (ALLOWED_LINKS),
+# no temp file in the state dir, no address twice. With SERVER_CMD ("IP MAC" lines of active
+# leases), leases of absent sids are C_LEAK and must match status for up sids.
+ALLOWED_LINKS="lo br-lan lan0"
+C_UP=() C_ABSENT=() C_BAD=() C_LEAK=()
+consistency() {
+    local mode=$1 first=$2 last=$3; shift 3
+    C_UP=() C_ABSENT=() C_BAD=() C_LEAK=()
+    local js
+    js=$(status_json) || { C_BAD+=("status failed"); return 1; }
+    local -A st_addr=() st_lo=() mnt=() cand=() mac_sid=()
+    local s a l m
+    while read -r s a l; do [[ -n "$s" ]] && st_addr[$s]=$a st_lo[$s]=$l; done < <(jq -r '.[] | select(.state == "up") | "\(.session) \(.address) \(.loopback)"' <<<"$js")
+    while read -r m; do [[ -n "$m" ]] && mnt[${m##*/sessiond-}]=1; done < <(awk '$5 ~ /^\/run\/netns\/sessiond-/ {print $5}' /proc/self/mountinfo)
+    for ((s = first; s <= last; s++)); do cand[$s]=1; done
+    for s in "${!st_addr[@]}" "${!mnt[@]}"; do cand[$s]=1; done
+    for m in /run/netns/sessiond-* /etc/netns/sessiond-*; do [[ -e $m ]] && cand[${m##*/sessiond-}]=1; done
+    for m in "$STATE"/sessions/*.json "$STATE"/leases/*.json; do [[ -e $m ]] && { m=${m##*/}; cand[${m%.json}]=1; }; done
+    local sid why addrs n ns nsf etcd etcf rec recup lease st
+    for sid in "${!cand[@]}"; do
+        [[ $sid =~ ^[0-9]+$ ]] || { C_BAD+=("odd name sessiond-$sid"); continue; }
+        st=${st_addr[$sid]+x}; ns=${mnt[$sid]+x}
+        nsf=""; [[ -e /run/netns/sessiond-$sid ]] && nsf=x
+        etcd=""; [[ -d /etc/netns/sessiond-$sid ]] && etcd=x
+        etcf=""; [[ -s /etc/netns/sessiond-$sid/resolv.conf && -s /etc/netns/sessiond-$sid/hosts ]] && etcf=x
+        rec=""; [[ -e $STATE/sessions/$sid.json ]] && rec=x
+        recup=""; [[ -n $rec && $(jq -r .state "$STATE/sessions/$sid.json" 2>/dev/null) == up ]] && recup=x
+        lease=""; [[ -e $STATE/leases/$sid.json ]] && lease=x
+        if [[ -z "$st$ns$nsf$etcd$rec$lease" ]]; then C_ABSENT+=("$sid"); continue; fi
+        why=""
+        [[ -n $st ]] || why+=" not-in-status"
+        [[ -n $ns && -n $nsf ]] || why+=" no-netns-mount"
+        [[ -n $etcf ]] || why+=" no-/etc/netns-files"
+        [[ -n $recup ]] || why+=" state-record:$( [[ -n $rec ]] && jq -r .state "$STATE/sessions/$sid.json" 2>/dev/null || echo missing)"
+        [[ $mode != dhcp || -n $lease ]] || why+=" no-lease-file"
+        if [[ -n $ns && -n $st ]]; then
+            addrs=$(eth0_addrs "$sid" | tr '\n' ' ')
+            [[ "$addrs" == "${st_addr[$sid]} " ]] || why+=" eth0-has:[${addrs% }]-status-says:${st_addr[$sid]}"
+            ip -n "sessiond-$sid" -4 -o addr show dev lo 2>/dev/null | grep -q "inet ${st_lo[$sid]}/32" || why+=" no-loopback-${st_lo[$sid]}"
+            [[ -n $etcf ]] && ! grep -q "^${st_addr[$sid]%/*}[[:space:]]" "/etc/netns/sessiond-$sid/hosts" && why+=" hosts-lacks-address"
+        fi
+        if [[ -z "$why" ]]; then C_UP+=("$sid"); else C_BAD+=("sid $sid:$why"); fi
+    done
+    # no address twice (status, and what eth0s really hold)
+    local dup
+    dup=$(for s in "${C_UP[@]}"; do echo "${st_addr[$s]%/*}"; done | sort | uniq -d | tr '\n' ' ')
+    [[ -z "$dup" ]] || C_BAD+=("address held twice: $dup")
+    # host links: only the LAN's
+    local extra
+    extra=$(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | while read -r l; do [[ " $ALLOWED_LINKS " == *" $l "* ]] || echo "$l"; done | tr '\n' ' ')
+    [[ -z "$extra" ]] || C_BAD+=("orphan host links: $extra")
+    local tmp
+    tmp=$(find "$STATE" -name '.*.tmp*' 2>/dev/null | tr '\n' ' ')
+    [[ -z "$tmp" ]] || C_BAD+=("temp files left: $tmp")
+    # the server's view
+    if (($# > 0)); then
+        local lo_sid=$first hi_sid=$last
+        for s in "${!cand[@]}"; do ((s < lo_sid)) && lo_sid=$s; ((s > hi_sid)) && hi_sid=$s; done
+        while read -r s m; do mac_sid[$m]=$s; done < <(sid_macs "$lo_sid" "$hi_sid")
+        # the derivation must agree with the daemon, or the leak check would pass vacuously
+        local smac
+        while read -r s smac; do
+            [[ "${mac_sid[$smac]:-}" == "$s" ]] || C_BAD+=("sid $s: the suite derives another MAC than the daemon's $smac (fix sid_macs)")
+        done < <(jq -r '.[] | "\(.session) \(.mac)"' <<<"$js")
+        local ip mac
+        while read -r ip mac; do
+            [[ -n "$ip" ]] || continue
+            s=${mac_sid[$mac]:-}
+            [[ -n "$s" ]] || continue   # not one of ours (another scenario's, or foreign)
+            if [[ -n "${st_addr[$s]+x}" ]]; then
+                [[ "${st_addr[$s]%/*}" == "$ip" ]] || C_BAD+=("sid $s: server leases $ip, status says ${st_addr[$s]}")
+            elif [[ " ${C_ABSENT[*]} " == *" $s "* ]]; then
+                C_LEAK+=("$s:$ip")
+            fi
+        done < <("$@")
+    fi
+    return 0
+}
+# sids with a persisted lease (leases/N.json) now
+lease_sids() { local f; for f in "$STATE"/leases/*.json; do [[ -e $f ]] && { f=${f##*/}; echo "${f%.json}"; }; done | tr '\n' ' '; }
+# C_LEAK split by whether the daemon had the lease on disk at the crash (LEASES_AT_KILL)
+LEASES_AT_KILL="" LEAK_KNOWN="" LEAK_UNKNOWN=""
+split_leaks() {
+    local x
+    LEAK_KNOWN="" LEAK_UNKNOWN=""
+    for x in "${C_LEAK[@]}"; do
+        if [[ "$LEASES_AT_KILL" == *" ${x%%:*} "* ]]; then LEAK_KNOWN+=" $x"; else LEAK_UNKNOWN+=" $x"; fi
+    done
+}
+show_consistency() {
+    echo "up=${#C_UP[@]} absent=${#C_ABSENT[@]} bad=${#C_BAD[@]} leaked=${#C_LEAK[@]}"
+    ((${#C_BAD[@]})) && printf '  %s\n' "${C_BAD[@]}" | head -20
+    ((${#C_LEAK[@]})) && echo "  leaked server leases (sid:ip): ${C_LEAK[*]}"
+    return 0
+}
+# eq ACTUAL WANTED: string equality that says what it got.
+eq() { [[ "$1" == "$2" ]] || { echo "got '$1', wanted '$2'"; return 1; }; }
+no_bad() { ((${#C_BAD[@]} == 0)) || { show_consistency; return 1; }; }
+no_leak() { ((${#C_LEAK[@]} == 0)) || { show_consistency; return 1; }; }
+
+# ------------------------------------------------------------------ DHCP servers
+
+srv() { "$DHCP" "$@"; }
+# A dnsmasq of our own (same settings as scripts/dhcp-server's) that also sends T1/T2, so
+# renewals happen every few seconds despite dnsmasq's 120 s minimum lease.
+OWN_DNSMASQ_PID="" OWN_DNSMASQ_DIR=$W/dnsmasq-own
+own_dnsmasq_start() { # T1 T2
+    rm -rf "$OWN_DNSMASQ_DIR"; mkdir -p "$OWN_DNSMASQ_DIR"; : >"$OWN_DNSMASQ_DIR/leases"
+    ip netns exec "$SBX_SERVER_NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+        --port=0 --user=root --group=root --interface="$SBX_SERVER_IF" --bind-interfaces \
+        --pid-file="$OWN_DNSMASQ_DIR/pid" --dhcp-leasefile="$OWN_DNSMASQ_DIR/leases" \
+        --log-facility=- --log-dhcp --no-ping --dhcp-authoritative \
+        --dhcp-range="$SBX_POOL_FIRST,$SBX_POOL_LAST,255.255.255.0,120" --domain="$SBX_DOMAIN" \
+        --dhcp-option=option:router,"$SBX_GATEWAY" --dhcp-option=option:dns-server,"$SBX_SERVER_IP" \
+        --dhcp-option=option:T1,"$1" --dhcp-option=option:T2,"$2" \
+        </dev/null >"$OWN_DNSMASQ_DIR/log" 2>&1 &
+    OWN_DNSMASQ_PID=$!; bg_track "$OWN_DNSMASQ_PID"
+    poll 10 udp67_pid "$OWN_DNSMASQ_PID"
+}
+own_dnsmasq_stop() { stop_pid "$OWN_DNSMASQ_PID"; OWN_DNSMASQ_PID=; }
+own_dnsmasq_leases() {
+    awk -v now="$(date +%s)" '$1 != "duid" && NF >= 3 && ($1 == 0 || $1 > now) { print $3, tolower($2) }' "$OWN_DNSMASQ_DIR/leases"
+}
+udp67_pid() { ip netns exec "$SBX_SERVER_NS" ss -Hlunp 'sport = :67' 2>/dev/null | grep -q "pid=$1,"; }
+
+# A Kea of our own with another pool (scripts/dhcp-server's serves 10.77.0.100-199 only).
+OWN_KEA_PID="" OWN_KEA_DIR=$W/kea-own
+own_kea_start() { # FIRST LAST LEASE
+    rm -rf "$OWN_KEA_DIR"; mkdir -p "$OWN_KEA_DIR"
+    cat >"$OWN_KEA_DIR/kea.conf" <<EOF
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": [ "$SBX_SERVER_IF" ], "dhcp-socket-type": "raw" },
+    "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0, "name": "$OWN_KEA_DIR/leases4.csv" },
+    "authoritative": true, "valid-lifetime": $3, "min-valid-lifetime": $3, "max-valid-lifetime": $3,
+    "calculate-tee-times": true,
+    "option-data": [ { "name": "domain-name-servers", "data": "$SBX_SERVER_IP" }, { "name": "domain-name", "data": "$SBX_DOMAIN" } ],
+    "subnet4": [ { "id": 1, "subnet": "$SBX_SUBNET", "pools": [ { "pool": "$1 - $2" } ],
+                   "option-data": [ { "name": "routers", "data": "$SBX_GATEWAY" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "output_options": [ { "output": "stdout" } ], "severity": "INFO" } ]
+} }
+EOF
+    ip netns exec "$SBX_SERVER_NS" env KEA_PIDFILE_DIR="$OWN_KEA_DIR" KEA_LOCKFILE_DIR="$OWN_KEA_DIR" \
+        kea-dhcp4 -c "$OWN_KEA_DIR/kea.conf" </dev/null >"$OWN_KEA_DIR/log" 2>&1 &
+    OWN_KEA_PID=$!; bg_track "$OWN_KEA_PID"
+    poll 10 udp67_pid "$OWN_KEA_PID"
+}
+own_kea_stop() { stop_pid "$OWN_KEA_PID"; OWN_KEA_PID=; }
+
+# The scripted server (tests/shell/faults/dhcp_fake.py) in netns NS.
+FAKE_PID=
+fake_start() { # NS LOG ARGS...
+    local ns=$1 log=$2; shift 2
+    ip netns exec "$ns" python3 "$HERE/dhcp_fake.py" "$@" </dev/null >"$log" 2>&1 &
+    FAKE_PID=$!; bg_track "$FAKE_PID"
+    poll 10 grep -q listening "$log"
+}
+fake_stop() { stop_pid "$FAKE_PID"; FAKE_PID=; }
+
+# An extra host on the LAN: netns NAME with veth HOSTSIDE (in br-lan) / PEER (inside) at ADDR.
+lan_host_add() { # NAME HOSTSIDE PEER ADDR
+    ip netns add "$1" && ip -n "$1" link set lo up &&
+    ip link add "$2" type veth peer name "$3" netns "$1" &&
+    ip link set "$2" master "$SBX_BRIDGE" up &&
+    ip -n "$1" addr add "$4/24" dev "$3" && ip -n "$1" link set "$3" up &&
+    poll 5 port_forwarding "$2"
+}
+lan_host_del() { ip link del "$2" 2>/dev/null; ip netns del "$1" 2>/dev/null; return 0; }
+port_forwarding() { bridge link show dev "$1" 2>/dev/null | grep -q 'state forwarding'; }
+
+# ================================================================== 1: kill -9 during starts
+
+N1=80
+scenario_1() {
+    row_begin 1 "kill -9 in the middle of $N1 concurrent DHCP starts, then restart" \
+        "$N1 concurrent \`start\` (sids 1-$N1, DHCP from dnsmasq, pool of 100); SIGKILL of the daemon once about a third of the state records say up; the \`start\` clients die with it; daemon restarted on the same state dir" \
+        "each sid fully up (status up, netns, eth0 = status address, lo loopback, /etc/netns files naming the address, state + lease file) or fully absent (none of them); no orphan netns/link/folder/state/temp file; no address twice; server lease matches for up sids; no server lease left for absent sids"
+    srv dnsmasq start >/dev/null || fail "dnsmasq did not start"
+    begin_daemon f1 || { fail "daemon did not start"; row_end; return; }
+    local pids=() i p
+    for ((i = 1; i <= N1; i++)); do
+        timeout 60 "$SESSIOND" start --session "$i" --json >"$W/s1-start-$i.out" 2>&1 &
+        pids+=($!)
+    done
+    local t0 up=0 n=0
+    t0=$(now_ms)
+    while ((n++ < 1500)); do       # <= 15 s at 10 ms
+        up=$(grep -l '"state": "up"' "$STATE"/sessions/*.json 2>/dev/null | wc -l)
+        ((up >= N1 / 3)) && break
+        sleep 0.01
+    done
+    kill -KILL "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; DAEMON_PID=
+    local at_kill_up at_kill_rec
+    at_kill_up=$(grep -l '"state": "up"' "$STATE"/sessions/*.json 2>/dev/null | wc -l)
+    at_kill_rec=$(find "$STATE/sessions" -name '*.json' | wc -l)
+    LEASES_AT_KILL=" $(lease_sids) "
+    note "killed $(( $(now_ms) - t0 )) ms after the starts began: $at_kill_up records up, $((at_kill_rec - at_kill_up)) starting ($(( $(wc -w <<<"$LEASES_AT_KILL") - at_kill_up )) of them with a persisted lease), $((N1 - at_kill_rec)) not yet recorded"
+    local ok=0 bad=0
+    for p in "${pids[@]}"; do if wait "$p"; then ok=$((ok + 1)); else bad=$((bad + 1)); fi; done
+    note "clients: $ok got their session, $bad got an error"
+    restart_daemon || { fail "daemon did not restart"; row_end; return; }
+    expect "every adopted DHCP session bound again (INIT-REBOOT) within 15 s" poll 15 all_bound
+    consistency dhcp 1 "$N1" srv dnsmasq leases
+    note "after restart: ${#C_UP[@]} up, ${#C_ABSENT[@]} absent"
+    expect "every sid fully up or fully absent; no orphan, no duplicate address" no_bad
+    expect "up + absent = $N1" test $(( ${#C_UP[@]} + ${#C_ABSENT[@]} )) -eq "$N1"
+    local told_up=() lost=""
+    for ((i = 1; i <= N1; i++)); do
+        [[ $(jq -r .state "$W/s1-start-$i.out" 2>/dev/null) == up ]] && told_up+=("$i")
+    done
+    for i in "${told_up[@]}"; do [[ " ${C_UP[*]} " == *" $i "* ]] || lost+=" $i"; done
+    expect "every sid whose client was answered 'up' is still up after recovery (${#told_up[@]} answered)" test -z "$lost"
+    split_leaks
+    expect "no server lease left for an absent sid whose lease the daemon had persisted (recovery releases it)" test -z "$LEAK_KNOWN"
+    if [[ -n "$LEAK_KNOWN" ]]; then
+        note "leases the daemon had on disk but left on dnsmasq (sid:ip):$LEAK_KNOWN -- they stay until expiry (600 s here); the kill landed in the crash window that 1b reproduces deterministically"
+    else
+        note "the kill caught no session between its persisted lease and \"up\" this run, so this row cannot show the 1b defect (it fails only when it does)"
+    fi
+    [[ -n "$LEAK_UNKNOWN" ]] && note "leases granted after the kill or before the daemon persisted them (no client can release those; the sid gets the address back on its next start):$LEAK_UNKNOWN"
+    # clean up (stop releases the up ones)
+    timeout 120 "$SESSIOND" stop --all >/dev/null 2>&1
+    consistency dhcp 1 "$N1"
+    expect "stop --all afterwards leaves nothing" test ${#C_UP[@]} -eq 0 -a ${#C_BAD[@]} -eq 0
+    end_daemon
+    row_end
+}
+
+# The two crash windows of a DHCP session, made deterministic: a crash after the ACK but
+# before the record says up leaves a "starting" record with no address in it (the lease is
+# in leases/N.json); a crash in stop after the record says "stopping" but before DHCPRELEASE
+# leaves the up record with state "stopping". Written while the daemon is dead, exactly so.
+scenario_1b() {
+    row_begin 1b "crash windows: after the DHCP ACK before the record says up; during stop before DHCPRELEASE" \
+        "2 DHCP sessions (sids 91, 92) up; daemon SIGKILLed; 91's record rewritten to what a crash between ACK and \"up\" leaves (state starting, no address), 92's to what a crash between \"stopping\" and the RELEASE leaves (state stopping); daemon restarted" \
+        "both fully absent after recovery; the server holds no lease for either (the daemon knows it from leases/N.json and can release it); a new start of sid 91 gets the same address back (stable client-id)"
+    srv dnsmasq stop >/dev/null; srv dnsmasq start >/dev/null || fail "dnsmasq did not start"
+    begin_daemon f1b || { fail "daemon did not start"; row_end; return; }
+    local a91 a92 m91 m92
+    a91=$("$SESSIOND" start --session 91 --json | jq -r .address) || fail "start 91"
+    a92=$("$SESSIOND" start --session 92 --json | jq -r .address) || fail "start 92"
+    m91=$(st_field 91 .mac); m92=$(st_field 92 .mac)
+    expect "dnsmasq holds a lease for each before the crash" bash -c "'$DHCP' dnsmasq wait --mac '$m91' --timeout 3 && '$DHCP' dnsmasq wait --mac '$m92' --timeout 3"
+    kill_daemon 9
+    jq '.state = "starting" | .address = null | .gateway = null | .dns = [] | .lease = null' "$STATE/sessions/91.json" >"$W/91.json" && mv "$W/91.json" "$STATE/sessions/91.json"
+    jq '.state = "stopping"' "$STATE/sessions/92.json" >"$W/92.json" && mv "$W/92.json" "$STATE/sessions/92.json"
+    restart_daemon || { fail "daemon did not restart"; row_end; return; }
+    consistency dhcp 91 92 srv dnsmasq leases
+    expect "sids 91 and 92 fully absent after recovery" test ${#C_ABSENT[@]} -eq 2 -a ${#C_BAD[@]} -eq 0
+    local gone91=yes gone92=yes mac91 mac92
+    mac91=$(sid_macs 91 91 | cut -d' ' -f2); mac92=$(sid_macs 92 92 | cut -d' ' -f2)
+    expect "the suite's MAC derivation matches the daemon's (sids 91, 92)" eq "$mac91 $mac92" "$m91 $m92"
+    srv dnsmasq wait --gone "$mac91" --timeout 3 2>/dev/null || gone91=no
+    srv dnsmasq wait --gone "$mac92" --timeout 1 2>/dev/null || gone92=no
+    expect "crash after ACK (starting record): the server's lease of ${a91%/*} is released on recovery" test $gone91 = yes
+    expect "crash during stop (stopping record): the server's lease of ${a92%/*} is released on recovery" test $gone92 = yes
+    [[ $gone91 == no || $gone92 == no ]] && note "recovery tears the namespace down without a DHCPRELEASE (src/manager.rs recover(), the not-live/not-up branch): the address stays leased on the server until the lease expires"
+    local again
+    again=$("$SESSIOND" start --session 91 --json | jq -r .address)
+    expect "sid 91 started again gets its address back (${a91%/*})" eq "$again" "$a91"
+    note "decision: a lease the daemon has on disk (leases/N.json) must be released when recovery undoes the session, as stop does -- leaving it is a defect (the address is withheld from every other client until expiry; only the same sid gets it back, through its stable client-id); a lease the server granted but the daemon never recorded cannot be released by any client and is only noted (row 1)"
+    end_daemon
+    srv dnsmasq stop >/dev/null
+    row_end
+}
+
+# ================================================================== 2: kill -9 during stops
+
+N2=50
+scenario_2() {
+    row_begin 2 "kill -9 in the middle of $N2 concurrent stops, then restart" \
+        "$N2 DHCP sessions up (sids 101-150, dnsmasq); $N2 concurrent \`stop\` (launched 10 ms apart); SIGKILL of the daemon once a third of the state records are gone; daemon restarted" \
+        "each sid fully up or fully absent (as in 1); no orphan netns/link/folder/state/temp file; no address twice; no server lease left for absent sids"
+    srv dnsmasq start >/dev/null || fail "dnsmasq did not start"
+    begin_daemon f2 || { fail "daemon did not start"; row_end; return; }
+    local pids=() i p first=101 last=$((100 + N2))
+    for ((i = first; i <= last; i++)); do timeout 60 "$SESSIOND" start --session "$i" >/dev/null 2>&1 & pids+=($!); done
+    local bad=0
+    for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+    expect "$N2 sessions up before the stops" test "$bad" -eq 0 -a "$(status_json | jq length)" -eq "$N2"
+    # launched 10 ms apart (all 50 overlap), so the kill finds some stopped, some mid-stop, some untouched
+    local t0 left n=0 launcher
+    t0=$(now_ms)
+    (
+        for ((i = first; i <= last; i++)); do timeout 60 "$SESSIOND" stop --session "$i" >"$W/s2-stop-$i.out" 2>&1 & sleep 0.01; done
+        wait
+    ) &
+    launcher=$!
+    while ((n++ < 1500)); do
+        left=$(find "$STATE/sessions" -name '*.json' | wc -l)
+        ((left <= N2 * 2 / 3)) && break
+        sleep 0.01
+    done
+    kill -KILL "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; DAEMON_PID=
+    local recs stopping
+    recs=$(find "$STATE/sessions" -name '*.json' | wc -l)
+    stopping=$(grep -l '"state": "stopping"' "$STATE"/sessions/*.json 2>/dev/null | wc -l)
+    LEASES_AT_KILL=" $(lease_sids) "
+    note "killed $(( $(now_ms) - t0 )) ms after the first stop: $((N2 - recs)) stopped, $stopping stopping ($(grep -l '"state": "stopping"' "$STATE"/sessions/*.json 2>/dev/null | while read -r f; do f=${f##*/}; [[ -e $STATE/leases/$f ]] && echo x; done | wc -l) of them with their lease file still there), $((recs - stopping)) untouched"
+    wait "$launcher"
+    restart_daemon || { fail "daemon did not restart"; row_end; return; }
+    expect "every adopted DHCP session bound again within 15 s" poll 15 all_bound
+    consistency dhcp "$first" "$last" srv dnsmasq leases
+    note "after restart: ${#C_UP[@]} up, ${#C_ABSENT[@]} absent"
+    expect "every sid fully up or fully absent; no orphan, no duplicate address" no_bad
+    expect "up + absent = $N2" test $(( ${#C_UP[@]} + ${#C_ABSENT[@]} )) -eq "$N2"
+    local told_stopped="" back=""
+    for ((i = first; i <= last; i++)); do
+        grep -q "session $i stopped" "$W/s2-stop-$i.out" 2>/dev/null || continue
+        told_stopped+=" $i"
+        [[ " ${C_ABSENT[*]} " == *" $i "* ]] || back+=" $i"
+    done
+    expect "every sid whose client was answered 'stopped' is absent after recovery ($(wc -w <<<"$told_stopped") answered)" test -z "$back"
+    split_leaks
+    expect "no server lease left for an absent sid whose lease the daemon had persisted (an interrupted stop's RELEASE is sent on recovery)" test -z "$LEAK_KNOWN"
+    [[ -n "$LEAK_KNOWN" ]] && note "leases the daemon had on disk but left on dnsmasq (sid:ip):$LEAK_KNOWN"
+    [[ -n "$LEAK_UNKNOWN" ]] && note "other leases left (sid:ip):$LEAK_UNKNOWN"
+    timeout 120 "$SESSIOND" stop --all >/dev/null 2>&1
+    consistency dhcp "$first" "$last"
+    expect "stop --all afterwards leaves nothing" test ${#C_UP[@]} -eq 0 -a ${#C_BAD[@]} -eq 0
+    end_daemon
+    srv dnsmasq stop >/dev/null
+    row_end
+}
+
+# ================================================================== 3: server outage
+
+# Upper bound on the DISCOVER retransmission interval in effect D ms after expiry
+# (src/dhcp/backoff.rs: send k is followed by base_k +-1 s, base_k = 1, 2, 4 ... 64 s, never
+# under base_k/2). Send k goes out at the earliest at c_k = 0.5 + sum_{1<=j<k} (2^j - 1) s;
+# the interval running at D is at most base_K + 1 s for the largest K with c_K <= D.
+discover_interval_bound_ms() {
+    local d=$1 k=0 c=0 base=1000
+    while true; do
+        local next_c
+        if ((k == 0)); then next_c=500; else next_c=$((c + base - 1000)); fi
+        ((next_c > d || k >= 12)) && break
+        c=$next_c; k=$((k + 1)); base=$((base * 2)); ((base > 64000)) && base=64000
+    done
+    echo $((base + 1000))
+}
+
+N3=6 LEASE3=16
+scenario_3() {
+    row_begin 3 "DHCP server down for longer than a lease, then back" \
+        "$N3 DHCP sessions bound to Kea (${LEASE3} s leases: T1 8 s, T2 14 s); Kea stopped right after, for lease + about 2 s; then started again (empty lease DB)" \
+        "1.2 s before each session's expiry: address still on eth0, status rebinding; 1.5 s after the last expiry: no address on eth0, status has none; after Kea returns: every session bound again within one DISCOVER retransmission interval (src/dhcp/backoff.rs, bound computed from the outage) + 1 s"
+    srv kea start --lease "$LEASE3" >/dev/null || fail "kea did not start"
+    begin_daemon f3 || { fail "daemon did not start"; row_end; return; }
+    local pids=() i p
+    for ((i = 1; i <= N3; i++)); do timeout 60 "$SESSIOND" start --session "$i" >/dev/null 2>&1 & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p" || fail "start of a session failed"; done
+    local -A orig=()
+    while read -r s a; do orig[$s]=$a; done < <(status_json | jq -r '.[] | "\(.session) \(.address)"')
+    srv kea stop >/dev/null
+    local stopped_at emin emax
+    stopped_at=$(now_ms)
+    # After the server is gone no ACK can move the expiry any more.
+    sleep 0.3
+    local exps; exps=$(status_json | jq -r '.[].lease.expires' | sort -n)
+    emin=$(head -1 <<<"$exps"); emax=$(tail -1 <<<"$exps")
+    note "expiries $((emin - stopped_at)) to $((emax - stopped_at)) ms after Kea stopped"
+    sleep_until_ms $((emin - 1200))
+    local s before_ok=0 before_bad=""
+    for s in "${!orig[@]}"; do
+        if [[ "$(eth0_addrs "$s")" == "${orig[$s]}" ]]; then before_ok=$((before_ok + 1)); else before_bad+=" $s"; fi
+    done
+    local states; states=$(status_json | jq -r '[.[].lease.dhcp_state] | unique | join(",")')
+    expect "1.2 s before expiry every session still has its address" test -z "$before_bad"
+    expect "1.2 s before expiry every session is rebinding (past T2)" test "$states" = rebinding
+    sleep_until_ms $((emax + 1500))
+    local after_bad=""
+    for s in "${!orig[@]}"; do [[ -z "$(eth0_addrs "$s")" ]] || after_bad+=" $s:$(eth0_addrs "$s")"; done
+    expect "1.5 s after expiry no session has an address on eth0" test -z "$after_bad"
+    expect "status shows no address and state selecting" test "$(status_json | jq -r '[.[] | "\(.address)/\(.lease.dhcp_state)"] | unique | join(",")')" = "null/selecting"
+    sleep_until_ms $((emax + 2000))
+    srv kea start --lease "$LEASE3" >/dev/null || fail "kea did not restart"
+    local back; back=$(now_ms)
+    note "Kea was down $(( (back - stopped_at) / 1000 )) s (lease ${LEASE3} s)"
+    local bound_ms; bound_ms=$(discover_interval_bound_ms $((back - emin)))
+    local deadline=$((back + bound_ms + 1000)) n=0 latest=0
+    local -A t_bound=()
+    while (($(now_ms) <= deadline && n++ < 400)); do
+        while read -r s st; do
+            [[ $st == bound && -z "${t_bound[$s]:-}" ]] && t_bound[$s]=$(( $(now_ms) - back ))
+        done < <(status_json | jq -r '.[] | "\(.session) \(.lease.dhcp_state)"')
+        ((${#t_bound[@]} == N3)) && break
+        sleep 0.05
+    done
+    for s in "${t_bound[@]}"; do ((s > latest)) && latest=$s; done
+    note "bound again $(printf '%s ' "${t_bound[@]}" | tr ' ' '\n' | sort -n | head -1)-$latest ms after Kea was back; bound: $((bound_ms + 1000)) ms (server back $((back - emin)) ms after the first expiry: retransmission interval <= $bound_ms ms, + 1 s)"
+    expect "all $N3 sessions bound again within $((bound_ms + 1000)) ms of the server's return" test ${#t_bound[@]} -eq "$N3"
+    consistency dhcp 1 "$N3" srv kea leases
+    expect "afterwards every session fully up, distinct addresses, server leases match" test ${#C_UP[@]} -eq "$N3" -a ${#C_BAD[@]} -eq 0
+    end_daemon
+    srv kea stop >/dev/null
+    row_end
+}
+
+# ================================================================== 4: rogue DHCP server
+
+ROGUE_IP=10.77.0.66 BAIT=10.77.0.250
+REASONS4=(
+    "xid mismatch"
+    "chaddr mismatch"
+    "invalid offered address 127.0.0.1: loopback"
+    "invalid offered address 0.0.0.0: in 0.0.0.0/8"
+    "invalid offered address 255.255.255.255: limited broadcast"
+    "offered address $ROGUE_IP equals the server identifier"
+    "invalid netmask 255.0.255.0"
+    "lease time is zero"
+    "missing server identifier (option 54)"
+    "truncated packet: 100 bytes"
+    "oversize packet: 1600 bytes > 1500"
+    "malformed options area at offset"
+    "bad magic cookie"
+    "not a BOOTREPLY"
+    "missing DHCP message type (option 53)"
+)
+scenario_4() {
+    row_begin 4 "rogue DHCP server answering garbage next to the good one" \
+        "netns rogue on br-lan ($ROGUE_IP, faults/dhcp_fake.py --mode rogue) answering every DISCOVER/REQUEST with ${#REASONS4[@]} bad replies (wrong xid, wrong chaddr, yiaddr 127.0.0.1/0.0.0.0/255.255.255.255/its own, netmask 255.0.255.0, lease 0, no server id, 100-byte, 1600-byte, option 51 overrunning the packet, bad cookie, op BOOTREQUEST, no type) and spraying unsolicited garbage every second; br-lan made a hub (ageing_time 0) and the rogue sniffing promiscuously, so it also races the real server's ACK to every unicast renewal; good server dnsmasq with T1 4 s, T2 10 s, frozen (SIGSTOP) for 5 s so every session's renewal meets the rogue's garbage first; SESSIOND_LOG=debug" \
+        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason; no lease from the rogue is ever applied; same daemon PID throughout"
+    lan_host_add rogue rgh0 rg1 "$ROGUE_IP" || fail "rogue host on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 rgh0"
+    # a hub: the bridge floods every frame, so the rogue also sees the unicast renewals
+    local ageing; ageing=$(ip -d link show "$SBX_BRIDGE" | grep -o 'ageing_time [0-9]*' | cut -d' ' -f2)
+    ip link set "$SBX_BRIDGE" type bridge ageing_time 0
+    ip -n rogue link set rg1 promisc on
+    fake_start rogue "$W/rogue.log" --mode rogue --iface rg1 --server-ip "$ROGUE_IP" --bait "$BAIT" --spray 1 --sniff || fail "rogue server did not start"
+    SESSIOND_LOG=debug begin_daemon f4 || { fail "daemon did not start"; row_end; return; }
+    local pid0=$DAEMON_PID
+    timeout 60 "$SESSIOND" start --session 1 --json >"$W/s4-1.json" 2>&1 &
+    local sp=$!
+    sleep 3.5
+    expect "with only the rogue answering, session 1 is not up after 3.5 s" bash -c "! kill -0 $sp 2>/dev/null && exit 1; [[ \$(timeout 10 '$SESSIOND' status --json | jq length) == 0 ]]"
+    own_dnsmasq_start 4 10 || fail "dnsmasq did not start"
+    wait "$sp"; local rc=$?
+    expect "session 1 binds once dnsmasq is there (start exits 0)" test "$rc" -eq 0
+    for i in 2 3 4; do expect "session $i starts with the rogue present" timeout 60 "$SESSIOND" start --session "$i"; done
+    local before; before=$(status_json | jq -c 'map({session, address, server: .lease.server}) | sort_by(.session)')
+    expect "all 4 bound to 10.77.0.1 with pool addresses" bash -c "jq -e 'length == 4 and all(.[]; .server == \"$SBX_SERVER_IP\" and (.address | test(\"^10\\\\.77\\\\.0\\\\.1[0-9][0-9]/24$\")))' <<<'$before'"
+    local starts0; starts0=$(status_json | jq -c 'map(.lease.lease_start)')
+    # dnsmasq frozen for 5 s (T1 4 s, T2 10 s): every session's unicast renewal meets only the
+    # rogue's garbage; dnsmasq's ACK to the queued REQUEST arrives when it resumes.
+    local mark_w i
+    mark_w=$(log_mark)
+    kill -STOP "$OWN_DNSMASQ_PID"
+    sleep 5
+    kill -CONT "$OWN_DNSMASQ_PID"
+    expect "within 3 s of dnsmasq resuming, all 4 bound with their addresses" poll 3 bash -c "
+        [[ \$(timeout 5 '$SESSIOND' status --json | jq -c 'map({session, address, server: .lease.server}) | sort_by(.session)') == '$before' ]] &&
+        [[ \$(timeout 5 '$SESSIOND' status --json | jq -r '[.[].lease.dhcp_state] | unique | join(\",\")') == bound ]]"
+    local renew_rej="" wlog
+    wlog=$(log_since "$mark_w")   # (grep on a pipe from tail would SIGPIPE it: pipefail)
+    for i in 1 2 3 4; do
+        # Which bad reply each renewal meets is a race between the rogue's kinds; any
+        # content-level rejection (not a reply for another client) shows the check worked.
+        grep -qP "dhcp\{session=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
+    done
+    expect "while dnsmasq was frozen each renewing session rejected the rogue's bad ACKs" test -z "$renew_rej"
+    note "while dnsmasq was frozen the 4 sessions logged $(grep -c 'ignored a DHCP packet' <<<"$wlog") rejections, $(grep -cE 'WARN.*ignored a DHCP packet: (invalid|offered|lease time|missing server|bad magic|not a BOOT|missing DHCP)' <<<"$wlog") of them of the rogue's ACKs to their renewals"
+    sleep 7
+    local after; after=$(status_json | jq -c 'map({session, address, server: .lease.server}) | sort_by(.session)')
+    expect "after 12 s of renewals: same addresses, same server" test "$before" = "$after"
+    expect "every session renewed (lease start moved) and is bound" bash -c "
+        s1='$starts0'; s2=\$(timeout 10 '$SESSIOND' status --json | jq -c 'map(.lease.lease_start)')
+        jq -e -n --argjson a \"\$s1\" --argjson b \"\$s2\" '[range(0; \$a | length)] | all(\$b[.] > \$a[.])' &&
+        [[ \$(timeout 10 '$SESSIOND' status --json | jq -r '[.[].lease.dhcp_state] | unique | join(\",\")') == bound ]]"
+    local renews; renews=$(grep -cE 'sniffed type 3 .* ciaddr 10\.77\.0\.1[0-9][0-9] to 10\.77\.0\.1$' "$W/rogue.log")
+    note "the rogue sniffed and answered $renews unicast renewals"
+    expect "the rogue saw and answered the sessions' unicast renewals (>= 8)" test "$renews" -ge 8
+    expect "dnsmasq's lease DB lists each session's address and MAC" bash -c "
+        want=\$(timeout 10 '$SESSIOND' status --json | jq -r '.[] | \"\(.address | sub(\"/.*\"; \"\")) \(.mac)\"' | sort)
+        have=\$(awk -v now=\$(date +%s) '\$1 != \"duid\" && NF >= 3 && \$1 > now { print \$3, tolower(\$2) }' '$OWN_DNSMASQ_DIR/leases' | sort)
+        [[ \"\$want\" == \"\$have\" ]] || { echo \"status: \$want\"; echo \"dnsmasq: \$have\"; exit 1; }"
+    local r missing=()
+    for r in "${REASONS4[@]}"; do grep -qF "ignored a DHCP packet: $r" "$SCEN_LOG" || missing+=("$r"); done
+    expect "the log names all ${#REASONS4[@]} rejection reasons" test ${#missing[@]} -eq 0
+    ((${#missing[@]})) && note "reasons never logged: ${missing[*]}"
+    expect "no lease other than dnsmasq's was ever applied" bash -c "! grep 'lease applied' '$SCEN_LOG' | grep -v 'server=$SBX_SERVER_IP'"
+    expect "no panic in the log" bash -c "! grep -qi 'panick' '$SCEN_LOG'"
+    expect "same daemon PID ($pid0) throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
+    local warns sprays
+    warns=$(grep -c 'WARN.*ignored a DHCP packet' "$SCEN_LOG"); sprays=$(grep -c 'sent spray' "$W/rogue.log")
+    note "$(grep -c 'ignored a DHCP packet' "$SCEN_LOG") rejections logged ($warns at WARN) for $(grep -c '^.* sent ' "$W/rogue.log") rogue packets ($sprays sprayed); parse-level rejects are logged at WARN by every session with no rate limit"
+    end_daemon
+    fake_stop; own_dnsmasq_stop
+    ip link set "$SBX_BRIDGE" type bridge ageing_time "${ageing:-30000}"
+    lan_host_del rogue rgh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+# ================================================================== 5: NAK, moved address, conflict
+
+MON_PID=
+monitor_start() { # SID FILE
+    ip -n "sessiond-$1" -ts monitor address >"$2" 2>&1 &
+    MON_PID=$!; bg_track "$MON_PID"
+    sleep 0.2
+}
+monitor_stop() { stop_pid "$MON_PID"; MON_PID=; }
+# first line number in FILE matching an ERE (0 if none)
+first_line() { grep -nE "$2" "$1" | head -1 | cut -d: -f1 | grep . || echo 0; }
+
+scenario_5a() {
+    row_begin 5a "DHCPNAK on renew" \
+        "faults/dhcp_fake.py --mode nak-renew as the LAN's server (10.77.0.1; lease 8 s, T1 2 s): the first renewal of each client is NAKed and the client is then offered another address" \
+        "the address is dropped on the NAK (ip monitor: deleted before the new one is added), the client goes back to INIT (log: renewing -> init) and binds again; final: exactly one address on eth0, the new one; status, leases/N.json, hosts and resolv.conf agree"
+    fake_start "$SBX_SERVER_NS" "$W/fake5a.log" --mode nak-renew --iface "$SBX_SERVER_IF" --server-ip "$SBX_SERVER_IP" \
+        --pool-start 10.77.0.150 --move-offset 20 --lease 8 --t1 2 --t2 6 || fail "scripted server did not start"
+    begin_daemon f5a || { fail "daemon did not start"; row_end; return; }
+    local a b mark
+    mark=$(log_mark)
+    a=$("$SESSIOND" start --session 1 --json | jq -r .address)
+    monitor_start 1 "$W/mon5a.log"
+    expect "bound first to ${a:-?} (10.77.0.150)" test "$a" = 10.77.0.150/24
+    expect "rebound to another address within 10 s of the start" poll 10 bash -c "[[ \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0] | \"\(.address) \(.lease.dhcp_state)\"') =~ ^10\.77\.0\.1[0-9][0-9]/24\ bound$ && \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0].address') != '$a' ]]"
+    sleep 0.3
+    monitor_stop
+    b=$(st_field 1 .address)
+    note "address ${a%/*} -> ${b%/*}"
+    expect "the server NAKed the renewal" grep -q "NAK renew of ${a%/*}" "$W/fake5a.log"
+    expect "log: renewing -> init after the NAK, then bound" bash -c "log_since() { tail -n +$((mark + 1)) '$SCEN_LOG'; }; log_since | grep -q 'DHCP state renewing -> init' && log_since | grep -A20 'renewing -> init' | grep -q -- '-> bound'"
+    local del add
+    del=$(first_line "$W/mon5a.log" "^\[.*\] Deleted .*inet ${a%/*}/"); add=$(first_line "$W/mon5a.log" "^\[.*\] [0-9]+: eth0 +inet ${b%/*}/")
+    expect "ip monitor: ${a%/*} deleted (line $del) before ${b%/*} added (line $add)" test "$del" -gt 0 -a "$add" -gt "$del"
+    expect "eth0 holds exactly ${b}" test "$(eth0_addrs 1 | tr '\n' ' ')" = "$b "
+    expect "leases/1.json, hosts and resolv.conf name the new address" bash -c "
+        [[ \$(jq -r .address '$STATE/leases/1.json') == '${b%/*}' ]] && grep -q '^${b%/*}[[:space:]]' /etc/netns/sessiond-1/hosts && grep -q '^nameserver $SBX_SERVER_IP' /etc/netns/sessiond-1/resolv.conf"
+    end_daemon
+    fake_stop
+    row_end
+}
+
+scenario_5b() {
+    row_begin 5b "the server hands out a different address on renew" \
+        "faults/dhcp_fake.py --mode move-on-renew as the LAN's server (lease 8 s, T1 2 s): the first renewal is ACKed with another address, DNS server 10.77.0.53 and domain moved.test" \
+        "ip monitor: the new address is added before the old one is deleted (no gap); final: exactly one address on eth0, the new one, default route kept; status, leases/N.json, hosts (new address) and resolv.conf (nameserver 10.77.0.53, search moved.test) updated"
+    fake_start "$SBX_SERVER_NS" "$W/fake5b.log" --mode move-on-renew --iface "$SBX_SERVER_IF" --server-ip "$SBX_SERVER_IP" \
+        --pool-start 10.77.0.150 --move-offset 20 --lease 8 --t1 2 --t2 6 || fail "scripted server did not start"
+    begin_daemon f5b || { fail "daemon did not start"; row_end; return; }
+    local a b
+    a=$("$SESSIOND" start --session 2 --json | jq -r .address)
+    monitor_start 2 "$W/mon5b.log"
+    expect "bound first to ${a:-?}" test "$a" = 10.77.0.150/24
+    expect "moved to another address within 8 s" poll 8 bash -c "[[ \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0].address') != '$a' ]]"
+    sleep 0.5
+    monitor_stop
+    b=$(st_field 2 .address)
+    note "address ${a%/*} -> ${b%/*}"
+    expect "the server moved the client on its renewal" grep -q "ACK-MOVED ${a%/*} -> ${b%/*}" "$W/fake5b.log"
+    local add del
+    add=$(first_line "$W/mon5b.log" "^\[.*\] [0-9]+: eth0 +inet ${b%/*}/"); del=$(first_line "$W/mon5b.log" "^\[.*\] Deleted .*inet ${a%/*}/")
+    expect "ip monitor: ${b%/*} added (line $add) before ${a%/*} deleted (line $del)" test "$add" -gt 0 -a "$del" -gt "$add"
+    local held; held=$(eth0_addrs 2 | tr '\n' ' ')
+    expect "eth0 holds exactly $b" eq "$held" "$b "
+    expect "default route via $SBX_GATEWAY kept" bash -c "ip -n sessiond-2 route show default | grep -q 'via $SBX_GATEWAY dev eth0'"
+    if [[ "$held" != "$b " ]]; then
+        note "after the move eth0 holds [${held% }] and routes [$(ip -n sessiond-2 -4 route | tr '\n' ';')] while status says $b; ip monitor: $(grep -E 'inet ' "$W/mon5b.log" | sed -E 's/^\[[^]]*\] //; s/ brd .*(secondary)?.*//' | tr '\n' ';' | sed 's/  */ /g'); promote_secondaries in the session netns: $(ip netns exec sessiond-2 sysctl -n net.ipv4.conf.eth0.promote_secondaries) (the new address, same subnet, was added as a secondary of the old one, and deleting the old primary deletes its secondaries: src/lease_driver.rs apply(), add new / delete old)"
+    fi
+    expect "status: new address, DNS 10.77.0.53" test "$(status_json | jq -r '.[0] | "\(.address) \(.dns | join(","))"')" = "$b 10.77.0.53"
+    expect "leases/2.json has the new address" test "$(jq -r .address "$STATE/leases/2.json")" = "${b%/*}"
+    expect "hosts maps the host name to the new address" grep -q "^${b%/*}[[:space:]]" /etc/netns/sessiond-2/hosts
+    expect "resolv.conf: nameserver 10.77.0.53, search moved.test" bash -c "grep -q '^nameserver 10.77.0.53' /etc/netns/sessiond-2/resolv.conf && grep -q '^search moved.test' /etc/netns/sessiond-2/resolv.conf && ! grep -q '^nameserver $SBX_SERVER_IP' /etc/netns/sessiond-2/resolv.conf"
+    end_daemon
+    fake_stop
+    row_end
+}
+
+scenario_5c() {
+    row_begin 5c "Kea restarted with a different pool while a short lease is held" \
+        "session bound by Kea (pool 10.77.0.100-199, lease 8 s: T1 4 s); Kea replaced (same server id) by one serving 10.77.0.200-220 only, with an empty lease DB" \
+        "the session ends with exactly one address on eth0, from the new pool; status bound; leases/N.json, hosts updated; the path it took is noted"
+    srv kea start --lease 8 >/dev/null || fail "kea did not start"
+    begin_daemon f5c || { fail "daemon did not start"; row_end; return; }
+    local a b mark
+    a=$("$SESSIOND" start --session 3 --json | jq -r .address)
+    srv kea stop >/dev/null
+    own_kea_start 10.77.0.200 10.77.0.220 8 || fail "second kea did not start"
+    mark=$(log_mark)
+    expect "within 20 s: bound to an address from 10.77.0.200-220" poll 20 bash -c "[[ \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0] | \"\(.address) \(.lease.dhcp_state)\"') =~ ^10\.77\.0\.2(0[0-9]|1[0-9]|20)/24\ bound$ ]]"
+    b=$(st_field 3 .address)
+    local path
+    path=$(log_since "$mark" | grep -oE 'DHCP state [a-z-]+ -> [a-z-]+' | sed 's/DHCP state //' | tr '\n' ',' | sed 's/,$//; s/,/, /g')
+    note "${a%/*} -> ${b%/*} via: $path"
+    expect "eth0 holds exactly $b" test "$(eth0_addrs 3 | tr '\n' ' ')" = "$b "
+    expect "leases/3.json and hosts name the new address" bash -c "[[ \$(jq -r .address '$STATE/leases/3.json') == '${b%/*}' ]] && grep -q '^${b%/*}[[:space:]]' /etc/netns/sessiond-3/hosts"
+    expect "resolv.conf names Kea's DNS server" grep -q "^nameserver $SBX_SERVER_IP" /etc/netns/sessiond-3/resolv.conf
+    end_daemon
+    own_kea_stop
+    row_end
+}
+
+scenario_5d() {
+    row_begin 5d "daemon restart while the server changed its pool: INIT-REBOOT NAKed, new address" \
+        "session bound by Kea (10.77.0.100-199); daemon SIGKILLed; Kea replaced by one serving 10.77.0.200-220 only (empty lease DB); daemon restarted (INIT-REBOOT of the old address)" \
+        "within 15 s the session is bound to an address from the new pool and eth0 holds exactly that one address (the old one, left by the killed daemon, gone); default route present; status, hosts and leases/N.json agree"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f5e || { fail "daemon did not start"; row_end; return; }
+    local a b mark
+    a=$("$SESSIOND" start --session 5 --json | jq -r .address)
+    kill_daemon 9
+    srv kea stop >/dev/null
+    own_kea_start 10.77.0.200 10.77.0.220 600 || fail "second kea did not start"
+    mark=$(log_mark)
+    restart_daemon || { fail "daemon did not restart"; row_end; return; }
+    expect "within 15 s: bound to an address from 10.77.0.200-220" poll 15 bash -c "[[ \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0] | \"\(.address) \(.lease.dhcp_state)\"') =~ ^10\.77\.0\.2(0[0-9]|1[0-9]|20)/24\ bound$ ]]"
+    sleep 0.5
+    b=$(st_field 5 .address)
+    note "${a%/*} -> ${b%/*} via: $(log_since "$mark" | grep -oE 'DHCP (client started state="[a-z-]+"|state [a-z-]+ -> [a-z-]+)' | sed 's/DHCP state //; s/DHCP client started state=/start /' | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+    local held; held=$(eth0_addrs 5 | tr '\n' ' ')
+    expect "eth0 holds exactly $b" eq "$held" "$b "
+    expect "default route via $SBX_GATEWAY present" bash -c "ip -n sessiond-5 route show default | grep -q 'via $SBX_GATEWAY dev eth0'"
+    [[ "$held" != "$b " ]] && note "eth0 holds [${held% }] and routes [$(ip -n sessiond-5 -4 route | tr '\n' ';')] while status says $b (same cause as 5b: the new address joins as a secondary of the unconfirmed old one, which is then deleted with it)"
+    expect "leases/5.json and hosts name the new address" bash -c "[[ \$(jq -r .address '$STATE/leases/5.json') == '${b%/*}' ]] && grep -q '^${b%/*}[[:space:]]' /etc/netns/sessiond-5/hosts"
+    end_daemon
+    own_kea_stop
+    row_end
+}
+
+scenario_5e() {
+    row_begin 5e "address taken by another host (no ARP conflict detection)" \
+        "host squat on br-lan holds 10.77.0.100 (Kea's first address) without a lease; a session leases from Kea" \
+        "documents the gap: sessiond does no ARP probe before using a lease and never sends DHCPDECLINE (RFC 2131 §4.4.1 SHOULD); recorded as a known gap, not a failure"
+    lan_host_add squat sqh0 sq1 10.77.0.100 || fail "squatter on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 sqh0"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f5d || { fail "daemon did not start"; row_end; return; }
+    local a
+    a=$("$SESSIOND" start --session 4 --json | jq -r .address)
+    if [[ "$a" == 10.77.0.100/24 ]]; then
+        local declines; declines=$(awk 'tolower($0) ~ /decline/ {n++} END {print n + 0}' /run/sbx-dhcp/kea/log)
+        note "confirmed: session 4 bound 10.77.0.100 (eth0: $(eth0_addrs 4)) while squat holds it too (sq1: $(ip -n squat -4 -o addr show dev sq1 | awk '{print $4}')); Kea's lease DB gives it to the session ($(srv kea leases | grep -c '^10.77.0.100 ') lease); no DHCPDECLINE reached Kea ($declines log lines mention one)"
+    else
+        note "not reproduced this run: Kea gave ${a:-nothing} (expected 10.77.0.100)"
+    fi
+    end_daemon
+    srv kea stop >/dev/null
+    lan_host_del squat sqh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end KNOWN_GAP
+}
+
+scenario_5() { scenario_5a; scenario_5b; scenario_5c; scenario_5d; scenario_5e; }
+
+# ================================================================== 6: full / read-only state dir
+
+TINY=$W/tiny
+nothing_for_sid() { # SID
+    local sid=$1 left=""
+    [[ -e /run/netns/sessiond-$sid ]] && left+=" /run/netns/sessiond-$sid"
+    grep -qE "^sessiond-$sid( |$)" <<<"$(ip netns list)" && left+=" netns"
+    [[ -e /etc/netns/sessiond-$sid ]] && left+=" /etc/netns/sessiond-$sid"
+    [[ -e $STATE/sessions/$sid.json ]] && left+=" state record"
+    [[ -n "$(find "$STATE" -name ".*tmp*" 2>/dev/null)" ]] && left+=" temp files"
+    [[ -z "$left" ]] || { echo "left behind for sid $sid:$left"; return 1; }
+}
+sessions_alive() { # SID:ADDR...
+    local x sid addr
+    [[ "$(status_json | jq -c '[.[] | select(.state == "up") | .session]')" == "[1,2]" ]] || { echo "status: $(status_json | jq -c 'map(.session)')"; return 1; }
+    for x in "$@"; do
+        sid=${x%%:*} addr=${x#*:}
+        [[ "$(eth0_addrs "$sid")" == "$addr" ]] || { echo "sid $sid: eth0 has '$(eth0_addrs "$sid")', want $addr"; return 1; }
+    done
+}
+scenario_6() {
+    row_begin 6 "state dir on a full, then a read-only file system" \
+        "--state-dir on a 64 KiB tmpfs; sessions 1 and 2 up (static); the tmpfs filled to ENOSPC, start of session 3; space freed and the tmpfs remounted read-only, start of session 3; remounted read-write, start of session 3" \
+        "full and read-only: start exits 1 with an error naming the state dir and the cause; nothing of sid 3 exists (netns, /run/netns file, /etc/netns folder, state record, temp file); sessions 1 and 2 still up with their addresses; same daemon PID; read-write again: start of 3 works"
+    mkdir -p "$TINY"
+    mount -t tmpfs -o size=64k,mode=0755 faults-tiny "$TINY" || { fail "cannot mount the tmpfs"; row_end; return; }
+    STATE=$TINY/state DAEMON_LOG=$W/daemon-f6.log SCEN_LOG=$W/daemon-f6.log
+    start_daemon --uplink "$SBX_UPLINK" --state-dir "$STATE" --addressing static --pool "$SBX_POOL_FIRST-$SBX_POOL_LAST/24" --gateway "$SBX_GATEWAY" ||
+        { fail "daemon did not start"; umount "$TINY"; row_end; return; }
+    local pid0=$DAEMON_PID a1 a2 out rc
+    a1=$("$SESSIOND" start --session 1 --json | jq -r .address); a2=$("$SESSIOND" start --session 2 --json | jq -r .address)
+    dd if=/dev/zero of="$TINY/filler" bs=4k 2>/dev/null
+    note "tmpfs: $(df -k --output=used,size "$TINY" | tail -1 | awk '{print $1 " of " $2 " KiB used"}') after filling"
+    out=$(timeout 30 "$SESSIOND" start --session 3 2>&1); rc=$?
+    note "full: \`start --session 3\` -> exit $rc: $out"
+    expect "full: start exits 1" test "$rc" -eq 1
+    expect "full: the error names the state dir and 'No space left on device'" bash -c "grep -qF '$STATE' <<<'$out' && grep -qi 'no space left' <<<'$out'"
+    expect "full: nothing of sid 3 was made" nothing_for_sid 3
+    expect "full: sessions 1 and 2 still up with their addresses" sessions_alive "1:$a1" "2:$a2"
+    rm -f "$TINY/filler"
+    mount -o remount,ro "$TINY" || fail "cannot remount read-only"
+    out=$(timeout 30 "$SESSIOND" start --session 3 2>&1); rc=$?
+    note "read-only: \`start --session 3\` -> exit $rc: $out"
+    expect "read-only: start exits 1" test "$rc" -eq 1
+    expect "read-only: the error names the state dir and 'Read-only file system'" bash -c "grep -qF '$STATE' <<<'$out' && grep -qi 'read-only file system' <<<'$out'"
+    expect "read-only: nothing of sid 3 was made" nothing_for_sid 3
+    expect "read-only: sessions 1 and 2 still up with their addresses" sessions_alive "1:$a1" "2:$a2"
+    mount -o remount,rw "$TINY"
+    expect "read-write again: start of session 3 works" timeout 30 "$SESSIOND" start --session 3
+    expect "same daemon PID throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
+    end_daemon
+    umount "$TINY" 2>/dev/null || umount -l "$TINY"
+    row_end
+}
+
+# ================================================================== 7: control socket
+
+RAWC() { (ulimit -n 8192 2>/dev/null; exec timeout --kill-after=2 60 python3 "$HERE/sock_abuse.py" "$@"); }
+PROBE_PID=
+probe_start() {
+    rm -f "$W/probe.stop" "$W/probe.log"
+    (
+        for ((i = 0; i < 3000; i++)); do
+            [[ -e $W/probe.stop ]] && break
+            t0=$(date +%s%N)
+            if timeout 10 "$SESSIOND" status >/dev/null 2>&1; then echo "ok $(( ($(date +%s%N) - t0) / 1000000 ))"; else echo "fail $?"; fi
+            sleep 0.1
+        done
+    ) >"$W/probe.log" 2>&1 &
+    PROBE_PID=$!; bg_track "$PROBE_PID"
+}
+probe_stop() { touch "$W/probe.stop"; local i; for ((i = 0; i < 150; i++)); do kill -0 "$PROBE_PID" 2>/dev/null || break; sleep 0.1; done; stop_pid "$PROBE_PID"; }
+FUSER=faultuser FGROUP=sdfault
+scenario_7() {
+    row_begin 7 "control socket abuse; root is served throughout" \
+        "raw AF_UNIX clients: malformed JSON; one 100 MB line; 1000 idle connections of a non-root user, then 40 more; 1000 concurrent status requests; a start request whose client disconnects before the reply; half a request then disconnect. Meanwhile a root \`status\` every 0.1 s" \
+        "malformed: bad_request 'malformed'; 100 MB: 'longer than' error, connection closed, daemon RSS +<20 MB; 1000 idle non-root held, the next 24 accepted and 16 refused (MAX_USER_CONNECTIONS 1024), while root \`start\` succeeds; 1000 concurrent all answered; vanished client's start completes (session fully up); every root probe answered (none failed, none > 5 s); same daemon PID"
+    getent group "$FGROUP" >/dev/null || groupadd "$FGROUP"
+    id "$FUSER" >/dev/null 2>&1 || useradd -M -G "$FGROUP" "$FUSER"
+    begin_daemon f7 --addressing static --pool "$SBX_POOL_FIRST-$SBX_POOL_LAST/24" --gateway "$SBX_GATEWAY" --socket-group "$FGROUP" ||
+        { fail "daemon did not start"; row_end; return; }
+    local pid0=$DAEMON_PID r
+    probe_start
+    r=$(RAWC line '{nope'); echo "$r" >"$W/s7-malformed"
+    expect "malformed JSON: bad_request naming 'malformed'" bash -c "jq -e '.result == \"error\" and .kind == \"bad_request\" and (.message | test(\"malformed\"))' <<<'$r'"
+    local rss0 rss1
+    rss0=$(awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status")
+    r=$(RAWC huge $((100 << 20)))
+    rss1=$(awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status")
+    note "100 MB line: $(jq -c '{sent, "end": .["end"], write_error}' <<<"$r"), RSS ${rss0} -> ${rss1} kB"
+    expect "100 MB line: 'longer than' error and the connection closed" bash -c "jq -e '(.reply | fromjson | .kind == \"bad_request\" and (.message | test(\"longer than\"))) and .end != null' <<<'$r'"
+    expect "100 MB line: RSS grew by < 20 MB" test $((rss1 - rss0)) -lt 20480
+    # non-root idle connections
+    local uid gid
+    uid=$(id -u "$FUSER"); gid=$(id -g "$FUSER")
+    (ulimit -n 8192; exec setpriv --reuid="$uid" --regid="$gid" --init-groups -- timeout 90 python3 "$HERE/sock_abuse.py" idle 1000 60) >"$W/idle1.out" 2>&1 &
+    local idle1=$!; bg_track "$idle1"
+    expect "1000 idle non-root connections all held" poll 20 bash -c "jq -e '.held == 1000 and .refused == 0' '$W/idle1.out'"
+    local t0; t0=$(now_ms)
+    expect "root start --session 1 succeeds while they are held" timeout 10 "$SESSIOND" start --session 1
+    note "root start took $(( $(now_ms) - t0 )) ms with 1000 idle non-root connections open"
+    (ulimit -n 8192; exec setpriv --reuid="$uid" --regid="$gid" --init-groups -- timeout 90 python3 "$HERE/sock_abuse.py" idle 40 60) >"$W/idle2.out" 2>&1 &
+    local idle2=$!; bg_track "$idle2"
+    expect "40 more: 24 held, 16 refused with 'too many connections'" poll 20 bash -c "jq -e '.held == 24 and .refused == 16 and (.refusal | test(\"too many connections\"))' '$W/idle2.out'"
+    [[ -s $W/idle2.out ]] && note "40 more non-root: $(cat "$W/idle2.out")"
+    expect "root start --session 2 still succeeds at the limit" timeout 10 "$SESSIOND" start --session 2
+    stop_pid "$idle1"; stop_pid "$idle2"
+    r=$(RAWC concurrent 1000)
+    note "1000 concurrent: $(jq -c '{ok, errors, secs}' <<<"$r")"
+    expect "1000 concurrent status requests all answered" bash -c "jq -e '.ok == 1000 and .errors == 0' <<<'$r'"
+    RAWC start-and-vanish 3 >/dev/null
+    expect "the vanished client's start completes: session 3 up within 10 s" poll 10 bash -c "timeout 5 '$SESSIOND' status --session 3 --json | jq -e '.state == \"up\"'"
+    expect "session 3 is fully made (eth0 address, /etc/netns files)" bash -c "ip -n sessiond-3 -4 -o addr show dev eth0 | grep -q 'inet 10.77.0.' && [[ -s /etc/netns/sessiond-3/hosts ]]"
+    RAWC half >/dev/null
+    sleep 0.3
+    probe_stop
+    local probes fails maxms
+    probes=$(grep -c . "$W/probe.log"); fails=$(grep -c '^fail' "$W/probe.log"); maxms=$(awk '$1 == "ok" && $2 > m {m = $2} END {print m + 0}' "$W/probe.log")
+    note "root status probes: $probes, failed $fails, slowest $maxms ms"
+    expect "every root status probe answered, none slower than 5 s" test "$fails" -eq 0 -a "$maxms" -lt 5000 -a "$probes" -gt 10
+    expect "same daemon PID throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
+    end_daemon
+    row_end
+}
+
+# ================================================================== 8: uplink deleted / re-created
+
+recreate_lan() {
+    ip link add "$SBX_BRIDGE" type bridge stp_state 0 forward_delay 0 &&
+    ip link set "$SBX_BRIDGE" up &&
+    ip link set lan0 master "$SBX_BRIDGE" up &&
+    poll 5 port_forwarding lan0
+}
+N8=3
+scenario_8() {
+    row_begin 8 "uplink deleted under live sessions, then re-created" \
+        "$N8 DHCP sessions (dnsmasq); \`ip link del br-lan\` (the kernel deletes their macvlans); after 5 s br-lan re-created as scripts/sandbox builds it (bridge, up, lan0 re-attached)" \
+        "within 3 s of the deletion: status shows every session with a non-null fault naming the uplink, netns kept; within 10 s of the re-creation: each session's eth0 is back with the same MAC, bound again with the same address via INIT-REBOOT (dnsmasq saw a REQUEST, no DISCOVER), fault null; same daemon PID"
+    srv dnsmasq start >/dev/null || fail "dnsmasq did not start"
+    begin_daemon f8 || { fail "daemon did not start"; row_end; return; }
+    local pid0=$DAEMON_PID i
+    for ((i = 1; i <= N8; i++)); do "$SESSIOND" start --session "$i" >/dev/null || fail "start $i"; done
+    local before; before=$(status_json | jq -c 'map({session, mac, address}) | sort_by(.session)')
+    ip link del "$SBX_BRIDGE"
+    local t_del; t_del=$(now_ms)
+    expect "within 3 s: every session has a fault naming the uplink" poll 3 bash -c "timeout 5 '$SESSIOND' status --json | jq -e 'length == $N8 and all(.[]; (.fault // \"\") | test(\"uplink\"))'"
+    note "fault shown after $(( $(now_ms) - t_del )) ms: $(status_json | jq -r '.[0].fault')"
+    expect "the namespaces are kept" bash -c "for i in \$(seq 1 $N8); do ip netns list | grep -qE \"^sessiond-\$i( |\$)\" || exit 1; done"
+    sleep_until_ms $((t_del + 5000))
+    local dlog=/run/sbx-dhcp/dnsmasq/log mark_srv
+    mark_srv=$(wc -l <"$dlog")
+    recreate_lan || fail "could not re-create br-lan"
+    local t_back; t_back=$(now_ms)
+    expect "within 10 s: same MAC, same address, bound, fault null" poll 10 bash -c "
+        [[ \$(timeout 5 '$SESSIOND' status --json | jq -c 'map({session, mac, address}) | sort_by(.session)') == '$before' ]] &&
+        timeout 5 '$SESSIOND' status --json | jq -e 'all(.[]; .fault == null and .lease.dhcp_state == \"bound\")'"
+    note "restored $(( $(now_ms) - t_back )) ms after br-lan came back"
+    local s mac addr bad=""
+    for ((s = 1; s <= N8; s++)); do
+        mac=$(jq -r ".[] | select(.session == $s) | .mac" <<<"$before"); addr=$(jq -r ".[] | select(.session == $s) | .address" <<<"$before")
+        ip -n "sessiond-$s" link show eth0 2>/dev/null | grep -q "link/ether $mac " || bad+=" $s:no-eth0-with-$mac"
+        [[ "$(eth0_addrs "$s")" == "$addr" ]] || bad+=" $s:eth0-has-[$(eth0_addrs "$s" | tr '\n' ' ')]"
+    done
+    expect "every eth0 back with its MAC and exactly its address" test -z "$bad"
+    [[ -n "$bad" ]] && note "kernel view:$bad"
+    expect "each restored address carries the lease's lifetime (valid_lft <= 602 s), not forever" bash -c "
+        for s in \$(seq 1 $N8); do
+            l=\$(ip -n sessiond-\$s -4 -o addr show dev eth0 | grep -o 'valid_lft [0-9a-z]*' | head -1)
+            [[ \$l =~ ^valid_lft\ ([0-9]+)sec$ ]] && (( BASH_REMATCH[1] <= 602 )) || { echo \"sid \$s: \$l\"; exit 1; }
+        done"
+    bad=""
+    local slog; slog=$(tail -n "+$((mark_srv + 1))" "$dlog")
+    for ((s = 1; s <= N8; s++)); do
+        mac=$(jq -r ".[] | select(.session == $s) | .mac" <<<"$before")
+        grep -q "DHCPREQUEST(srv0) [0-9.]* $mac" <<<"$slog" || bad+=" $s:no-REQUEST"
+        grep -q "DHCPDISCOVER(srv0).* $mac" <<<"$slog" && bad+=" $s:DISCOVER"
+    done
+    expect "dnsmasq: each session re-requested its lease (REQUEST, no DISCOVER)" test -z "$bad"
+    [[ -n "$bad" ]] && note "server view:$bad"
+    expect "same daemon PID throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
+    end_daemon
+    srv dnsmasq stop >/dev/null
+    # leave the LAN as the sandbox built it, whatever happened above
+    ip link show "$SBX_BRIDGE" >/dev/null 2>&1 || recreate_lan
+    row_end
+}
+
+LEASE8B=16
+scenario_8b() {
+    row_begin 8b "uplink deleted and re-created while the DHCP server is down" \
+        "2 DHCP sessions bound to Kea (${LEASE8B} s leases); Kea stopped; br-lan deleted and re-created 2 s later; Kea kept down past the leases' expiry" \
+        "sessions restored (eth0 back with its address, fault null) within 10 s; the restored address carries at most the lease's remaining lifetime, not forever; 1.5 s after the leases' expiry no address is left on eth0 and status shows none"
+    srv kea start --lease "$LEASE8B" >/dev/null || fail "kea did not start"
+    begin_daemon f8b || { fail "daemon did not start"; row_end; return; }
+    local i s
+    for i in 1 2; do "$SESSIOND" start --session "$i" >/dev/null || fail "start $i"; done
+    local before; before=$(status_json | jq -c 'map({session, mac, address}) | sort_by(.session)')
+    srv kea stop >/dev/null
+    sleep 0.3
+    local exps emax; exps=$(status_json | jq -r '.[].lease.expires' | sort -n); emax=$(tail -1 <<<"$exps")
+    ip link del "$SBX_BRIDGE"
+    sleep 2
+    recreate_lan || fail "could not re-create br-lan"
+    expect "within 10 s: eth0 back with its address, fault null" poll 10 bash -c "
+        timeout 5 '$SESSIOND' status --json | jq -e 'length == 2 and all(.[]; .fault == null)' >/dev/null &&
+        for s in 1 2; do a=\$(jq -r \".[] | select(.session == \$s) | .address\" <<<'$before'); ip -n sessiond-\$s -4 -o addr show dev eth0 | grep -q \"inet \$a \" || exit 1; done"
+    local lft bad=""
+    for s in 1 2; do
+        lft=$(ip -n "sessiond-$s" -4 -o addr show dev eth0 | grep -o 'valid_lft [0-9a-z]*' | head -1)
+        [[ $lft =~ ^valid_lft\ ([0-9]+)sec$ ]] && (( BASH_REMATCH[1] <= (emax - $(now_ms)) / 1000 + 2 )) || bad+=" sid $s: $lft"
+    done
+    note "restored addresses:$( for s in 1 2; do echo -n " $(eth0_addrs "$s") ($(ip -n "sessiond-$s" -4 -o addr show dev eth0 | grep -o 'valid_lft [0-9a-z]*' | head -1))"; done) with $(( (emax - $(now_ms)) / 1000 )) s of lease left"
+    expect "the restored address expires with the lease (kernel lifetime <= what is left of it)" test -z "$bad"
+    sleep_until_ms $((emax + 1500))
+    local left=""
+    for s in 1 2; do [[ -z "$(eth0_addrs "$s")" ]] || left+=" sid $s: $(eth0_addrs "$s")"; done
+    expect "1.5 s after the leases expired no address is left on eth0" test -z "$left"
+    [[ -n "$left" ]] && note "past expiry, with no server:$left still on eth0 while status says $(status_json | jq -c 'map({session, address, state: .lease.dhcp_state})') (src/session.rs restore_uplink(): apply_address(.., None) re-adds a DHCP address with an infinite lifetime; the lease task only knows it as an unconfirmed lease and never removes it at expiry)"
+    expect "status shows no address" test "$(status_json | jq -r '[.[].address] | unique | join(",")')" = ""
+    end_daemon
+    ip link show "$SBX_BRIDGE" >/dev/null 2>&1 || recreate_lan
+    row_end
+}
+
+# ================================================================== 9: 500 sessions, 5 restarts
+
+N9=500 POOL9=10.77.0.2-10.77.1.250/22 GW9=10.77.3.254
+scenario_9() {
+    row_begin 9 "$N9 sessions, daemon restarted 5 times in a row" \
+        "$N9 static sessions (--pool $POOL9 --gateway $GW9), started 100 at a time; the daemon killed and restarted 5 times, alternating SIGKILL and SIGTERM" \
+        "after each restart: \`status --json\` (session, address, mac, loopback) identical to before the first; after the last: every eth0 holds its status address and lo its loopback, no address twice, nothing orphaned"
+    local args=(--addressing static --pool "$POOL9" --gateway "$GW9")
+    begin_daemon f9 "${args[@]}" || { fail "daemon did not start"; row_end; return; }
+    local t0 b i p pids bad=0
+    t0=$(now_ms)
+    for ((b = 0; b < N9 / 100; b++)); do
+        pids=()
+        for ((i = b * 100 + 1; i <= b * 100 + 100; i++)); do timeout 120 "$SESSIOND" start --session "$i" >/dev/null 2>&1 & pids+=($!); done
+        for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+    done
+    note "$N9 starts took $(( ($(now_ms) - t0) / 1000 )) s"
+    local base; base=$(status_json | jq -c 'map({session, address, mac, loopback}) | sort_by(.session)')
+    expect "$N9 sessions up, distinct addresses" bash -c "[[ $bad == 0 ]] && jq -e 'length == $N9 and (map(.address) | unique | length) == $N9' <<<'$base' >/dev/null"
+    local round sig t after times=""
+    for round in 1 2 3 4 5; do
+        if ((round % 2)); then sig=KILL; else sig=TERM; fi
+        kill_daemon "$sig"
+        t=$(now_ms)
+        restart_daemon "${args[@]}" || { fail "restart $round did not come up"; break; }
+        times+=" $sig:$(( $(now_ms) - t ))ms"
+        after=$(status_json | jq -c 'map({session, address, mac, loopback}) | sort_by(.session)')
+        expect "restart $round (SIG$sig): status identical" test "$after" = "$base"
+    done
+    note "restart to first answer:$times"
+    consistency static 1 "$N9"
+    expect "all $N9 fully up in the kernel and on disk; nothing orphaned; no address twice" test ${#C_UP[@]} -eq "$N9" -a ${#C_BAD[@]} -eq 0
+    ((${#C_BAD[@]})) && note "$(show_consistency | head -3 | tr '\n' ' ')"
+    t0=$(now_ms)
+    end_daemon
+    note "stop --all of $N9 took $(( ($(now_ms) - t0) / 1000 )) s"
+    row_end
+}
+
+# ================================================================== run
+
+for s in "${SELECTED[@]}"; do
+    case $s in
+        1) scenario_1; scenario_1b ;;
+        8) scenario_8; scenario_8b ;;
+        *) "scenario_$s" ;;
+    esac
+done
+
+echo
+if [[ $# -eq 0 || "${FAULTS_WRITE_DOC:-}" == 1 ]]; then
+    write_table "$DOC"
+    echo "wrote $DOC"
+else
+    write_table "$W/reliability.md"
+    echo "(scenario subset: docs/reliability.md left alone; the table of this run:)"
+fi
+cat "${DOC_OUT:-$([[ $# -eq 0 || "${FAULTS_WRITE_DOC:-}" == 1 ]] && echo "$DOC" || echo "$W/reliability.md")}"
+if [[ -n "${FAULTS_LOGDIR:-}" ]]; then
+    mkdir -p "$FAULTS_LOGDIR" && cp -r "$W"/. /run/sbx-dhcp "$FAULTS_LOGDIR"/ 2>/dev/null
+    echo "logs kept in $FAULTS_LOGDIR"
+fi
+echo "== $(basename "$0"): $PASSES passed, $FAILS failed, $(( $(date +%s) - SUITE_T0 )) s"
+if ((FAILS)); then printf '   failed: %s\n' "${FAILED_NAMES[@]}"; exit 1; fi
+exit 0
