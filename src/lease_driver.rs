@@ -49,6 +49,9 @@ pub struct DriverContext<N: NetOps> {
     pub hostname: String,
     pub loopback: Ipv4Addr,
     pub write_file: crate::platform::FileWriter,
+    /// What this task last wrote to resolv.conf and hosts: a renewal that changes nothing
+    /// rewrites (and fsyncs) nothing.
+    pub written: std::sync::Mutex<(String, String)>,
 }
 
 pub fn lease_file(sid: Sid) -> String {
@@ -339,7 +342,16 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
             }
         }
     }
-    (ctx.write_file)(&ctx.netns, "resolv.conf", &crate::files::resolv_conf(&lease.dns, lease.domain.as_deref(), &lease.search))?;
-    (ctx.write_file)(&ctx.netns, "hosts", &crate::files::hosts(&ctx.hostname, Some(lease.address), ctx.loopback))?;
+    let resolv = crate::files::resolv_conf(&lease.dns, lease.domain.as_deref(), &lease.search);
+    let hosts = crate::files::hosts(&ctx.hostname, Some(lease.address), ctx.loopback);
+    let mut written = ctx.written.lock().unwrap();
+    if written.0 != resolv {
+        (ctx.write_file)(&ctx.netns, "resolv.conf", &resolv)?;
+        written.0 = resolv;
+    }
+    if written.1 != hosts {
+        (ctx.write_file)(&ctx.netns, "hosts", &hosts)?;
+        written.1 = hosts;
+    }
     Ok(())
 }

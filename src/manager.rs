@@ -264,6 +264,7 @@ impl<P: Platform> Manager<P> {
             hostname: self.hostname.clone(),
             loopback: rec.loopback,
             write_file: self.platform.file_writer(),
+            written: Default::default(),
         };
         Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
     }
@@ -352,19 +353,40 @@ impl<P: Platform> Manager<P> {
     }
 
     pub async fn stop(&self, sid: Sid) -> Result<Stopped, ManagerError> {
-        let lock = self.sid_lock(sid);
-        let _held = lock.lock().await;
-        self.stop_locked(sid).instrument(info_span!("stop", session = %sid)).await
+        let held = self.sid_lock(sid).lock_owned().await;
+        let span = info_span!("stop", session = %sid);
+        let (result, deferred) = self.stop_locked(sid).instrument(span.clone()).await;
+        if let Some(inside) = deferred {
+            // Finish deleting the macvlan after answering; the sid stays locked until it is
+            // gone, so a new start of the same slot cannot collide with the old MAC.
+            tokio::spawn(
+                async move {
+                    if let Err(e) = inside.del_link(SESSION_IF).await {
+                        warn!("deleting the session interface: {e}");
+                    }
+                    drop(held);
+                }
+                .instrument(span),
+            );
+        }
+        result
     }
 
-    async fn stop_locked(&self, sid: Sid) -> Result<Stopped, ManagerError> {
+    async fn stop_locked(&self, sid: Sid) -> (Result<Stopped, ManagerError>, Option<P::Net>) {
+        match self.stop_inner(sid).await {
+            Ok((s, deferred)) => (Ok(s), deferred),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn stop_inner(&self, sid: Sid) -> Result<(Stopped, Option<P::Net>), ManagerError> {
         let rec = self.table.lock().unwrap().sessions.get(&sid).cloned();
         let Some(mut rec) = rec else {
             // Nothing recorded; still sweep anything a crash may have left under this sid.
             if self.platform.netns_exists(&sid.netns_name()) {
                 self.abandon(sid, &TeardownSpec::for_sid(sid, None, None)).await;
             }
-            return Ok(Stopped::WasAbsent);
+            return Ok((Stopped::WasAbsent, None));
         };
         rec.state = SessionState::Stopping;
         if let Err(e) = self.state.save(&rec) {
@@ -376,18 +398,28 @@ impl<P: Platform> Manager<P> {
             d.release().await; // DHCPRELEASE from the bound address, before the link goes
         }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
-        let errors = session::teardown(&self.platform, &spec).await;
+        let (errors, deferred) = session::teardown_deferring_link(&self.platform, &spec).await;
         if let Err(e) = self.state.remove_blob(&lease_file(sid)) {
             warn!(session = %sid, "removing lease file: {e}");
         }
         if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            let mut list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            if let Some(inside) = deferred
+                && let Err(e) = inside.del_link(SESSION_IF).await
+            {
+                list.push(format!("delete the session interface: {e}"));
+            }
             return Err(ManagerError::Failed(format!("session {sid} stop incomplete ({} errors; run stop again): {}", list.len(), list.join("; "))));
         }
         self.forget(sid);
-        self.state.remove(sid).map_err(|e| ManagerError::Failed(format!("session {sid} torn down, but its state file remains: {e}")))?;
+        if let Err(e) = self.state.remove(sid) {
+            if let Some(inside) = deferred {
+                let _ = inside.del_link(SESSION_IF).await;
+            }
+            return Err(ManagerError::Failed(format!("session {sid} torn down, but its state file remains: {e}")));
+        }
         info!(session = %sid, "session stopped");
-        Ok(Stopped::Stopped)
+        Ok((Stopped::Stopped, deferred))
     }
 
     /// Stops every session; reports each failure.

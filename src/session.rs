@@ -151,7 +151,19 @@ pub async fn apply_address<N: NetOps>(inside: &N, addr: Ipv4Net, gateway: Option
 /// Tears a session down in reverse order: address, links, namespace, files.
 /// Keeps going past errors and returns all of them; absent pieces are not errors.
 pub async fn teardown<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError> {
+    teardown_steps(p, spec, false).await.0
+}
+
+/// As `teardown`, but a macvlan's deletion, which waits out an RCU grace period (~20 ms,
+/// serialised under the RTNL lock), is handed back for the caller to finish after it has
+/// answered: the session's address is already gone, so it carries no traffic meanwhile.
+pub async fn teardown_deferring_link<P: Platform>(p: &P, spec: &TeardownSpec) -> (Vec<StepError>, Option<P::Net>) {
+    teardown_steps(p, spec, spec.host_link.is_none()).await
+}
+
+async fn teardown_steps<P: Platform>(p: &P, spec: &TeardownSpec, defer_link: bool) -> (Vec<StepError>, Option<P::Net>) {
     let mut errors = Vec::new();
+    let mut deferred = None;
     let mut keep = |r: Result<(), StepError>| {
         if let Err(e) = r {
             errors.push(e)
@@ -163,7 +175,11 @@ pub async fn teardown<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError>
                 if let Some(addr) = spec.address {
                     keep(step("remove the session address", inside.del_addr(SESSION_IF, addr).await));
                 }
-                keep(step("delete the session interface", inside.del_link(SESSION_IF).await));
+                if defer_link {
+                    deferred = Some(inside);
+                } else {
+                    keep(step("delete the session interface", inside.del_link(SESSION_IF).await));
+                }
             }
             Err(e) => keep(Err(StepError { step: "open netlink in the session namespace", source: e })),
         }
@@ -173,7 +189,7 @@ pub async fn teardown<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError>
     }
     keep(step("delete the network namespace", p.delete_netns(&spec.netns)));
     keep(step("remove /etc/netns files", p.remove_netns_files(&spec.netns)));
-    errors
+    (errors, deferred)
 }
 
 #[cfg(test)]
@@ -259,6 +275,24 @@ mod tests {
         // the steps after the failures still ran
         assert!(p.log().contains(&"netns del sessiond-3".to_string()));
         assert!(p.log().contains(&"host: link del sdv3".to_string()));
+    }
+
+    #[tokio::test]
+    async fn deferred_teardown_hands_back_only_the_macvlan_deletion() {
+        let p = FakePlatform::new();
+        build(&p, &plan(LinkKind::Macvlan)).await.unwrap();
+        p.clear_log();
+        let (errs, deferred) = teardown_deferring_link(&p, &plan(LinkKind::Macvlan).teardown_spec()).await;
+        assert!(errs.is_empty());
+        assert_eq!(p.log(), vec!["sessiond-3: addr del 10.0.0.100/24 dev eth0", "netns del sessiond-3", "rm sessiond-3 files"]);
+        deferred.expect("the macvlan deletion is handed back").del_link(SESSION_IF).await.unwrap();
+        assert!(p.log().contains(&"sessiond-3: link del eth0".to_string()));
+        // veth: nothing deferred (its host end must be gone when stop returns)
+        let p = FakePlatform::new();
+        build(&p, &plan(LinkKind::Veth)).await.unwrap();
+        let (_, deferred) = teardown_deferring_link(&p, &plan(LinkKind::Veth).teardown_spec()).await;
+        assert!(deferred.is_none());
+        assert!(p.is_empty());
     }
 
     #[tokio::test]
