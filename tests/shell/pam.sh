@@ -17,6 +17,7 @@ SSHD_PID=
 DARGS=(--uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" --state-dir "$STATE")
 mkdir -p "$T" && chmod 755 "$T"
 
+leases_all_released() { [[ -z "$("$REPO/scripts/dhcp-server" dnsmasq leases)" ]]; }
 sessions() { "$SESSIOND" status --json | jq -c 'map({session, owner_uid, address: (.address // "" | sub("/.*"; "")), loopback})'; }
 no_sessions_left() {
     [[ $("$SESSIOND" status --json | jq length) == 0 ]] || { echo "still running: $(sessions)"; return 1; }
@@ -369,12 +370,17 @@ check "a mistyped argument refuses the session" bad_argument_refuses
 check "fail=closed: daemon down refuses the login, within the timeout" fail_closed_without_daemon
 check "fail=open: daemon down allows the login without isolation, loudly" fail_open_without_daemon
 check "default is fail=closed" default_is_fail_closed
-echo "--- (b) sshd"
-check "daemon restarts" start_daemon "${DARGS[@]}"
+echo "--- (b) sshd, addresses by DHCP from a real server (dnsmasq)"
+kill_daemon TERM
+rm -rf "$STATE"
+DARGS=(--uplink "$SBX_UPLINK" --state-dir "$STATE")   # DHCP is the default addressing
+check "dnsmasq serves the LAN" "$REPO/scripts/dhcp-server" dnsmasq start
+check "daemon restarts with DHCP addressing" start_daemon "${DARGS[@]}"
 check "sshd with UsePAM and pam_sessiond on 127.0.0.1:$SSH_PORT" sshd_up
 check "two concurrent ssh logins: own address, loopback, hostname; both bind 0.0.0.0:9000" two_concurrent_logins
 check "logins reach each other over the LAN; the host's port 9000 stays free" logins_reach_each_other_not_the_host_port
 check "logout stops both sessions: no netns, no holder counts" logout_removes_sessions
+check "logout released both DHCP leases in the server's own database" wait_for 10 leases_all_released
 check "a sudo member logs in over ssh on the host's network" excluded_user_over_ssh
 check "daemon restart during a login keeps it; logout still cleans up" daemon_restart_keeps_login
 check "daemon down: ssh login refused (default fail=closed); sshd keeps serving" ssh_refused_while_daemon_down
@@ -386,4 +392,5 @@ check "uninstall refuses while /etc/pam.d names the module" uninstall_refuses_wh
 
 [[ -n $SSHD_PID ]] && { kill "$SSHD_PID" 2>/dev/null; wait "$SSHD_PID" 2>/dev/null; }
 kill_daemon TERM
+"$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null 2>&1
 finish
