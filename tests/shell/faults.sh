@@ -725,7 +725,9 @@ scenario_5a() {
     a=$("$SESSIOND" start --session 1 --json | jq -r .address)
     monitor_start 1 "$W/mon5a.log"
     expect "bound first to ${a:-?} (10.77.0.150)" test "$a" = 10.77.0.150/24
-    expect "rebound to another address within 10 s of the start" poll 10 bash -c "[[ \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0] | \"\(.address) \(.lease.dhcp_state)\"') =~ ^10\.77\.0\.1[0-9][0-9]/24\ bound$ && \$(timeout 5 '$SESSIOND' status --json | jq -r '.[0].address') != '$a' ]]"
+    # One status snapshot per try: two separate calls could straddle the NAK (old address
+    # "bound" in the first, null in the second) and pass for the wrong reason.
+    expect "rebound to another address within 10 s of the start" poll 10 bash -c "s=\$(timeout 5 '$SESSIOND' status --json | jq -r '.[0] | \"\(.address) \(.lease.dhcp_state)\"'); echo \"\$(date +%T.%N) \$s\" >>'$W/poll5a.txt'; [[ \$s =~ ^10\.77\.0\.1[0-9][0-9]/24\ bound$ && \${s%% *} != '$a' ]]"
     sleep 0.3
     monitor_stop
     b=$(st_field 1 .address)
