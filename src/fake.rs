@@ -229,7 +229,7 @@ impl Platform for FakePlatform {
             Ok(())
         })
     }
-    async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+    async fn dhcp_socket(&self, netns: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
     }
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {

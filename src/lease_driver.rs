@@ -60,14 +60,15 @@ pub fn lease_file(sid: Sid) -> String {
 
 /// Makes the DHCP client socket inside `netns`: port 68, bound to the session interface,
 /// broadcast allowed. Created on a throwaway thread in the namespace; usable from any thread.
-pub async fn client_socket(netns: &str) -> Result<UdpSocket, NetError> {
+pub async fn client_socket(netns: &str, mac: [u8; 6]) -> Result<UdpSocket, NetError> {
     let ns = crate::ns::open_netns(netns)?;
-    let sock = crate::ns::run_in_netns_async(&ns, || -> std::io::Result<std::net::UdpSocket> {
+    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<std::net::UdpSocket> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_reuse_address(true)?;
         s.set_broadcast(true)?;
         s.bind_device(Some(SESSION_IF.as_bytes()))?;
+        attach_reply_filter(&s, mac)?;
         s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
         s.set_nonblocking(true)?;
         Ok(s.into())
@@ -75,6 +76,49 @@ pub async fn client_socket(netns: &str) -> Result<UdpSocket, NetError> {
     .await?
     .map_err(|source| NetError::Io { op: format!("DHCP socket in {netns}"), source })?;
     UdpSocket::from_std(sock).map_err(|source| NetError::Io { op: "register DHCP socket".into(), source })
+}
+
+/// A classic BPF socket filter that keeps only BOOTREPLYs whose chaddr is this session's MAC.
+/// On a macvlan bridge every broadcast reply reaches every session; without the filter each
+/// of N sessions wakes up for every other session's OFFER/ACK (N² work at scale). The
+/// machine still validates everything it receives; this only sheds the certain rejects.
+fn attach_reply_filter(s: &socket2::Socket, mac: [u8; 6]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // For a UDP socket the filter sees the packet from the UDP header: payload at offset 8.
+    const OP: u32 = 8; // BOOTP op (2 = BOOTREPLY)
+    const CHADDR: u32 = 8 + 28; // client hardware address
+    let hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let lo = u32::from(u16::from_be_bytes([mac[4], mac[5]]));
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld_b, ld_h, ld_w) = (
+        (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+        (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16,
+        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+    );
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut prog = [
+        ins(ld_b, 0, 0, OP),
+        ins(jeq, 0, 5, 2),
+        ins(ld_w, 0, 0, CHADDR),
+        ins(jeq, 0, 3, hi),
+        ins(ld_h, 0, 0, CHADDR + 4),
+        ins(jeq, 0, 1, lo),
+        ins(ret, 0, 0, u32::MAX), // accept the whole packet
+        ins(ret, 0, 0, 0),        // drop
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: fprog points at `prog`, which outlives the call; the kernel copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn seed() -> u64 {

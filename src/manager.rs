@@ -254,7 +254,7 @@ impl<P: Platform> Manager<P> {
     /// Starts the session's DHCP task. With `wait`, returns once bound (or fails after the
     /// configured timeout); `persisted` asks for that lease again first (INIT-REBOOT).
     async fn spawn_driver(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<LeaseDriver, String> {
-        let socket = self.platform.dhcp_socket(&rec.netns).await.map_err(|e| e.to_string())?;
+        let socket = self.platform.dhcp_socket(&rec.netns, stable_mac(&self.machine_id, rec.session)).await.map_err(|e| e.to_string())?;
         let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
         let ctx = DriverContext {
             sid: rec.session,
@@ -288,7 +288,7 @@ impl<P: Platform> Manager<P> {
             return Ok(false);
         }
         self.put_lease_on_link(rec, &lease).await?;
-        let sock = self.platform.dhcp_socket(&rec.netns).await.map_err(|e| e.to_string())?;
+        let sock = self.platform.dhcp_socket(&rec.netns, stable_mac(&self.machine_id, rec.session)).await.map_err(|e| e.to_string())?;
         let xid = crate::lease_driver::now_ms() as u32 ^ rec.session.get().rotate_left(16);
         let bytes = crate::dhcp::release_packet(&self.dhcp_config(rec.session), &lease, xid);
         sock.send_to(&bytes, (lease.server_id, 67)).await.map_err(|e| format!("sending DHCPRELEASE to {}: {e}", lease.server_id))?;

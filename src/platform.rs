@@ -20,7 +20,7 @@ pub trait Platform: Send + Sync + 'static {
     /// Removes /etc/netns/NETNS and what is in it; absent is fine.
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
     /// The DHCP client socket inside the session namespace (port 68 on its interface).
-    fn dhcp_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
+    fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
     /// Sets /proc/sys/KEY inside the namespace.
@@ -35,7 +35,9 @@ pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetE
 pub fn write_netns_file_in(etc_netns: &std::path::Path, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
     let dir = etc_netns.join(netns);
     std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    crate::state::write_atomic(&dir.join(file), contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
+    // Atomic (a reader never sees half a file) but not fsynced: these files are derived from the
+    // session record and the lease, and rewritten whenever the daemon re-adopts the session.
+    crate::state::write_atomic_unsynced(&dir.join(file), contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
 }
 
 /// The real thing: rtnetlink, bind-mounted namespaces, files under /etc/netns.
@@ -86,8 +88,8 @@ impl Platform for LinuxPlatform {
         write_netns_file_in(&self.etc_netns, netns, file, contents)
     }
 
-    async fn dhcp_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
-        crate::lease_driver::client_socket(netns).await
+    async fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+        crate::lease_driver::client_socket(netns, mac).await
     }
 
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {

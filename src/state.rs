@@ -73,8 +73,17 @@ fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StateErro
     move |source| StateError::Io { path, op, source }
 }
 
-/// Atomic replace: a reader sees the old file or the new one, never a torn one.
+/// Atomic replace: a reader sees the old file or the new one, never a torn one; durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// Atomic replace without fsync, for files that are derived and rewritten on restart.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    write_atomic_with(path, bytes, false)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // Unique per call: concurrent writers of the same file must not share a temp file.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -87,9 +96,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
         f.write_all(bytes).map_err(io(&tmp, "write"))?;
-        f.sync_all().map_err(io(&tmp, "fsync"))?;
+        if durable {
+            f.sync_all().map_err(io(&tmp, "fsync"))?;
+        }
         std::fs::rename(&tmp, path).map_err(io(path, "rename"))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync dir"))
+        if durable {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "fsync dir"))?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

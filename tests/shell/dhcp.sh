@@ -396,6 +396,29 @@ for KIND in "${KINDS[@]}"; do
     break
 done
 
+# Replies are broadcast while clients have no address, and a macvlan bridge copies each to
+# every session: the socket filter must keep other clients' replies out of each session.
+only_own_replies() {
+    local pids=() i
+    for i in 31 32 33 34 35 36; do "$SESSIOND" start --session "$i" >/dev/null & pids+=($!); done
+    for i in "${pids[@]}"; do wait "$i" || return 1; done
+    local seen others
+    seen=$(grep -c "DHCP packet" "$DAEMON_LOG"); others=$(grep -cE "ignored a DHCP packet: (xid|chaddr)" "$DAEMON_LOG")
+    echo "6 concurrent starts: $seen packets reached the sessions' tasks, $others of them replies for other clients"
+    [[ $others == 0 && $seen -ge 12 && $seen -le 18 ]]
+}
+echo "--- broadcast replies reach only their own session (dnsmasq)"
+rm -rf "$STATE"
+DAEMON_LOG=/run/sessiond-dhcp-filter.log
+: >"$DAEMON_LOG"
+if "$REPO/scripts/dhcp-server" dnsmasq start >/dev/null; then
+    SESSIOND_LOG=debug check "daemon starts (debug log)" start_dhcp_daemon
+    check "6 concurrent starts: each task sees only its own OFFER/ACK (socket filter)" only_own_replies
+    "$SESSIOND" stop --all >/dev/null
+    kill_daemon TERM
+    "$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null 2>&1
+fi
+
 echo "--- no DHCP server"
 rm -rf "$STATE"
 DAEMON_LOG=/run/sessiond-dhcp-noserver.log
