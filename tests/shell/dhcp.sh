@@ -41,7 +41,6 @@ SUITE_START=$(date +%s)
 exec 3>&1
 info() { echo "    info: $*" >&3; }
 
-now_ms() { date +%s%3N; }
 srv() { "$DHCP" "$KIND" "$@"; }
 start_dhcp_daemon() { start_daemon --uplink "$SBX_UPLINK" --state-dir "$STATE" "$@"; }
 status_of() { "$SESSIOND" status --json | jq -c ".[] | select(.session == $1)"; }
@@ -54,17 +53,6 @@ log_since() { tail -n "+$(($1 + 1))" "$DAEMON_LOG"; }
 log_has() { log_since "$1" | grep -qE "dhcp\{session=$2\}: $3"; }
 dhcp_state_is() { [[ $(status_of "$1" | jq -r '.lease.dhcp_state') == "$2" ]]; }
 
-# wait_until_ms DEADLINE_MS CMD...: polls CMD every 50 ms until it succeeds or the
-# wall clock passes DEADLINE_MS (also bounded to 2400 polls).
-wait_until_ms() {
-    local deadline=$1 n=2400; shift
-    while ((n-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        (($(now_ms) > deadline)) && return 1
-        sleep 0.05
-    done
-    return 1
-}
 sleep_until_ms() {
     local d=$(($1 - $(now_ms)))
     ((d > 0)) && sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"

@@ -41,7 +41,6 @@ for s in "${SELECTED[@]}"; do
     [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || { echo "unknown scenario '$s' (want: ${ALL_SCENARIOS[*]})"; exit 2; }
 done
 
-now_ms() { date +%s%3N; }
 ms_to_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 # sleep_until_ms T: sleep until wall-clock T (ms), at most 120 s.
 sleep_until_ms() {
@@ -50,17 +49,8 @@ sleep_until_ms() {
     ((d > 0)) && sleep "$(ms_to_s "$d")"
     return 0
 }
-# poll SECS CMD...: CMD every 50 ms until it succeeds, at most SECS seconds (and 20*SECS tries).
-poll() {
-    local secs=$1 n deadline; shift
-    n=$((secs * 20)); deadline=$(($(now_ms) + secs * 1000))
-    while ((n-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        (($(now_ms) > deadline)) && return 1
-        sleep 0.05
-    done
-    return 1
-}
+# poll SECS CMD...: lib.sh's wait_for, under the name the scenarios use.
+poll() { wait_for "$@"; }
 
 # ------------------------------------------------------------------ result rows
 

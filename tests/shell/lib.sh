@@ -37,12 +37,24 @@ finish() {
     exit 0
 }
 
-# wait_for SECONDS CMD...: polls CMD every 50 ms, bounded in time.
+now_ms() { date +%s%3N; }
+
+# wait_until_ms DEADLINE_MS CMD...: polls CMD every 50 ms until it succeeds or the
+# wall clock passes DEADLINE_MS (also bounded to 2400 polls).
+wait_until_ms() {
+    local deadline=$1 n=2400; shift
+    while ((n-- > 0)); do
+        "$@" >/dev/null 2>&1 && return 0
+        (($(now_ms) > deadline)) && return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# wait_for SECONDS CMD...: polls CMD every 50 ms for at most SECONDS.
 wait_for() {
     local secs=$1; shift
-    local n=$((secs * 20))
-    while ((n-- > 0)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done
-    return 1
+    wait_until_ms $(($(now_ms) + secs * 1000)) "$@"
 }
 
 # Daemon control: one daemon per suite, by PID.
