@@ -337,6 +337,17 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
     rt.block_on(daemon_main(settings)).map_err(failed)
 }
 
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another sessiond is already using the state dir {}", dir.display());
+    }
+    Ok(f)
+}
+
 /// Each client connection and each session's netlink and DHCP sockets take a descriptor;
 /// the usual soft limit of 1024 is far too low for a terminal server.
 fn raise_fd_limit() {
@@ -365,6 +376,7 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
         }
     }
     let state = crate::state::StateDir::open(&settings.state_dir).context("opening the state dir")?;
+    let state_dir = settings.state_dir.clone();
     let machine_id = crate::mac::read_machine_id().context("reading the machine-id")?;
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
     let socket = settings.socket.clone();
@@ -375,6 +387,15 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
     };
     // Bind before recovery: a second daemon must be refused before it touches any session.
     let listener = crate::daemon::bind(&socket)?;
+    // One daemon per state dir, whatever its socket: a second one would "recover" (tear down)
+    // the first one's sessions. The lock lives as long as the daemon.
+    let _state_lock = match lock_state_dir(&state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket); // ours: the bind above just made it
+            return Err(e);
+        }
+    };
     if let Some(gid) = group {
         nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
     }

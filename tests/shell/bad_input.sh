@@ -177,6 +177,15 @@ second_daemon_other_state_dir() {
     first_keeps_serving
 }
 
+# Another socket but the same state dir: refused too (a state-dir lock), and it leaves the first
+# daemon's sessions and socket alone and removes the socket it had just bound.
+second_daemon_same_state_dir() {
+    local other=/run/sessiond-bad/other.sock
+    expect_exit 1 "already using the state dir" "$SESSIOND" daemon --socket "$other" --uplink "$SBX_UPLINK" \
+        --addressing static --pool "$POOL2" --gateway "$SBX_GATEWAY" --state-dir "$STATE" &&
+    [[ ! -e $other ]] && first_keeps_serving
+}
+
 cleanup_leaves_nothing() {
     "$SESSIOND" stop --all && nothing_left
 }
@@ -212,6 +221,7 @@ check "stop with neither --session nor --all: exit 2" stop_needs_a_target
 check "stop --session with --all: exit 2" stop_session_and_all
 check "second daemon, same settings: refused, first keeps serving" second_daemon_same_args
 check "second daemon, other state dir: refused, first's sessions untouched" second_daemon_other_state_dir
+check "second daemon, other socket, same state dir: refused, first's sessions untouched" second_daemon_same_state_dir
 check "stop --all leaves nothing" cleanup_leaves_nothing
 kill_daemon TERM
 finish
