@@ -340,7 +340,12 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
 fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join(".lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // Held read-only: a file open for writing would stop an admin (or a test) remounting the
+    // state dir read-only.
+    if !path.exists() {
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         bail!("another sessiond is already using the state dir {}", dir.display());
