@@ -174,16 +174,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
             Ok(())
         }
         Cmd::Start { session, owner, json, socket } => {
-            let owner_uid = match owner {
-                Some(name) => Some(
-                    nix::unistd::User::from_name(&name)
-                        .map_err(|e| failed(anyhow::anyhow!("looking up user {name}: {e}")))?
-                        .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))?
-                        .uid
-                        .as_raw(),
-                ),
-                None => None,
-            };
+            let owner_uid = owner.as_deref().map(lookup_user).transpose()?.map(|u| u.uid.as_raw());
             let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid }, Duration::from_secs(120))?)?;
             print_sessions(&sessions, json, true);
             Ok(())
@@ -276,20 +267,20 @@ fn lease_summary(r: &SessionRecord, now: u64) -> String {
     format!("{}, server {}, renew in {}, expires in {}", l.dhcp_state, l.server, secs(l.next_renewal), secs(l.expires))
 }
 
+/// A user by name: an unknown name is a usage error, a lookup failure a failure.
+fn lookup_user(name: &str) -> Result<nix::unistd::User, Exit> {
+    nix::unistd::User::from_name(name)
+        .map_err(|e| failed(anyhow::anyhow!("looking up user {name}: {e}")))?
+        .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))
+}
+
 fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>) -> Result<(), Exit> {
     use std::os::unix::process::CommandExt;
     let rec = expect_sessions(call(socket, &Request::Status { session: Some(session) }, Duration::from_secs(30))?)?
         .into_iter()
         .next()
         .ok_or_else(|| failed(anyhow::anyhow!("session {session} is not running")))?;
-    let target = match &user {
-        Some(name) => Some(
-            nix::unistd::User::from_name(name)
-                .map_err(|e| failed(anyhow::anyhow!("looking up user {name}: {e}")))?
-                .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))?,
-        ),
-        None => None,
-    };
+    let target = user.as_deref().map(lookup_user).transpose()?;
     if !nix::unistd::geteuid().is_root() {
         return Err(failed(anyhow::anyhow!("permission denied: exec into a session needs root")));
     }
@@ -323,7 +314,7 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
         gateway: args.gateway,
         dns: (!args.dns.is_empty()).then_some(args.dns),
         // The daemon honours $SESSIOND_SOCKET like the clients, so both sides agree.
-        socket: args.socket.or_else(|| std::env::var_os(config::SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)),
+        socket: args.socket.or_else(client::socket_from_env),
         state_dir: args.state_dir,
         socket_group: args.socket_group,
         dhcp_timeout_secs: args.dhcp_timeout,

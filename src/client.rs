@@ -17,11 +17,14 @@ pub enum ClientError {
     BadReply { path: PathBuf, message: String },
 }
 
+/// $SESSIOND_SOCKET, when set and not empty.
+pub fn socket_from_env() -> Option<PathBuf> {
+    std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
 /// `--socket`, else $SESSIOND_SOCKET, else the default path.
 pub fn socket_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(SOCKET_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    flag.map(Path::to_path_buf).or_else(socket_from_env).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
 /// Sends one request and waits (up to `timeout`) for its reply.

@@ -326,7 +326,7 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action,
         }
         Action::RemoveLease(lease) => {
             for (dest, gw) in lease.routes() {
-                let _ = ctx.inside.del_route(SESSION_IF, dest, Some(gw).filter(|g| !g.is_unspecified())).await;
+                let _ = ctx.inside.del_route(SESSION_IF, dest, next_hop(gw)).await;
             }
             if let Err(e) = ctx.inside.del_addr(SESSION_IF, lease.network()).await {
                 warn!("removing address {}: {e}", lease.address);
@@ -346,6 +346,11 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action,
         Action::SetTimer(_) => {}
         Action::Reject { reason } => rejects.log(&reason),
     }
+}
+
+/// A lease route's gateway; 0.0.0.0 (RFC 3442) means on-link, i.e. no gateway.
+pub fn next_hop(gw: Ipv4Addr) -> Option<Ipv4Addr> {
+    Some(gw).filter(|g| !g.is_unspecified())
 }
 
 pub fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
@@ -368,12 +373,12 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
     }
     let routes = lease.routes();
     for (dest, gw) in &routes {
-        ctx.inside.add_route(SESSION_IF, *dest, Some(*gw).filter(|g| !g.is_unspecified())).await?;
+        ctx.inside.add_route(SESSION_IF, *dest, next_hop(*gw)).await?;
     }
     if let Some(prev) = previous {
         for (dest, gw) in prev.routes() {
             if !routes.contains(&(dest, gw)) {
-                let _ = ctx.inside.del_route(SESSION_IF, dest, Some(gw).filter(|g| !g.is_unspecified())).await;
+                let _ = ctx.inside.del_route(SESSION_IF, dest, next_hop(gw)).await;
             }
         }
         if prev.address != lease.address {
@@ -382,7 +387,7 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
             // old one: put it and its routes back (both idempotent).
             ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
             for (dest, gw) in &routes {
-                ctx.inside.add_route(SESSION_IF, *dest, Some(*gw).filter(|g| !g.is_unspecified())).await?;
+                ctx.inside.add_route(SESSION_IF, *dest, next_hop(*gw)).await?;
             }
         }
     }

@@ -269,13 +269,18 @@ impl<P: Platform> Manager<P> {
         Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
     }
 
+    /// The lease on disk for `sid`, if any (unreadable counts as none: DHCP starts afresh).
+    fn persisted_lease(&self, sid: Sid) -> Option<Lease> {
+        self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten()
+    }
+
     /// Puts a lease's address (with its remaining lifetime) and routes on the session interface.
     async fn put_lease_on_link(&self, rec: &SessionRecord, lease: &Lease) -> Result<(), String> {
         let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
         inside.set_up(SESSION_IF).await.map_err(|e| e.to_string())?;
         inside.add_addr(SESSION_IF, lease.network(), false, crate::lease_driver::lifetimes(lease)).await.map_err(|e| e.to_string())?;
         for (dest, gw) in lease.routes() {
-            inside.add_route(SESSION_IF, dest, Some(gw).filter(|g| !g.is_unspecified())).await.map_err(|e| e.to_string())?;
+            inside.add_route(SESSION_IF, dest, crate::lease_driver::next_hop(gw)).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -513,7 +518,7 @@ impl<P: Platform> Manager<P> {
             let result = match session::restore_uplink(&self.platform, &plan).await {
                 Err(e) => Err(format!("uplink is back but the session could not be restored: {e}")),
                 Ok(()) if rec.addressing == Addressing::Dhcp => {
-                    let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                    let persisted = self.persisted_lease(sid);
                     // Keep using a still-valid lease while INIT-REBOOT confirms it; the kernel
                     // drops the address at the lease's end if nobody does.
                     if let Some(l) = persisted.as_ref().filter(|l| l.expires_at().is_none_or(|e| e > crate::lease_driver::now_ms()))
@@ -583,9 +588,9 @@ impl<P: Platform> Manager<P> {
                     }
                     if rec.addressing == Addressing::Dhcp {
                         // Sessions built by an older daemon may lack it (see session::build).
-                        let _ = self.platform.set_sysctl(&rec.netns, "net.ipv4.conf.all.promote_secondaries", "1");
+                        let _ = session::enable_promote_secondaries(&self.platform, &rec.netns);
                         // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
-                        let persisted = self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten();
+                        let persisted = self.persisted_lease(sid);
                         match self.spawn_driver(&rec, persisted).await {
                             Ok(d) => {
                                 self.drivers.lock().unwrap().insert(sid, d);

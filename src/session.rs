@@ -70,6 +70,12 @@ impl SessionPlan {
     }
 }
 
+/// A DHCP address change adds the new address (a secondary in the same subnet) before removing
+/// the old primary; without promotion the kernel would delete both.
+pub fn enable_promote_secondaries<P: Platform>(p: &P, netns: &str) -> Result<(), NetError> {
+    p.set_sysctl(netns, "net.ipv4.conf.all.promote_secondaries", "1")
+}
+
 /// Builds the session. On failure everything made so far is torn down again.
 pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
     match build_steps(p, plan).await {
@@ -86,9 +92,7 @@ pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepErr
 async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
     let netns = plan.netns();
     step("create network namespace", p.create_netns(&netns))?;
-    // A DHCP address change adds the new address (a secondary in the same subnet) before
-    // removing the old primary; without promotion the kernel would delete both.
-    step("enable promote_secondaries", p.set_sysctl(&netns, "net.ipv4.conf.all.promote_secondaries", "1"))?;
+    step("enable promote_secondaries", enable_promote_secondaries(p, &netns))?;
     match plan.link {
         // Created directly inside the namespace: moving a link afterwards costs ~40x more.
         LinkKind::Macvlan => step("create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
@@ -117,7 +121,7 @@ pub async fn restore_uplink<P: Platform>(p: &P, plan: &SessionPlan) -> Result<()
     let netns = plan.netns();
     let inside = step("open netlink in the session namespace", p.inside(&netns).await)?;
     let present = matches!(inside.link_index(SESSION_IF).await, Ok(Some(_)));
-    let _ = p.set_sysctl(&netns, "net.ipv4.conf.all.promote_secondaries", "1");
+    let _ = enable_promote_secondaries(p, &netns);
     match plan.link {
         LinkKind::Macvlan if !present => step("re-create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
         LinkKind::Macvlan => {}
