@@ -16,6 +16,14 @@ struct World {
     fail: Vec<String>,
     objects: BTreeSet<String>,
     host_links: BTreeSet<String>,
+    /// Namespace ids the host assigned, by id.
+    ids: Vec<String>,
+    /// Namespaces something outside the daemon keeps alive after they are unmounted.
+    held_outside: BTreeSet<String>,
+    /// MAC of each link, by its `link:NS/NAME` key.
+    macs: std::collections::BTreeMap<String, [u8; 6]>,
+    /// Neighbour entries by `NS/LINK/IP`.
+    neighbours: std::collections::BTreeMap<String, crate::netlink::Neighbour>,
 }
 
 #[derive(Clone)]
@@ -59,6 +67,18 @@ impl FakePlatform {
         w.objects.retain(|o| !(o.starts_with("link:sessiond-") && o.ends_with("/eth0") && !o.contains("veth")));
         w.objects.retain(|o| !(o.starts_with("addr:sessiond-") && o.contains("/eth0/")));
     }
+    /// Something outside the daemon (a process left in it) keeps the namespace alive.
+    pub fn hold_outside(&self, netns: &str) {
+        self.world.lock().unwrap().held_outside.insert(netns.into());
+    }
+    /// The kernel resolved `ip` on `netns`'s `name` to `mac` (as ARP would).
+    pub fn learn_neighbour(&self, netns: &str, name: &str, ip: Ipv4Addr, mac: &[u8]) {
+        let n = crate::netlink::Neighbour { mac: mac.to_vec(), resolved: true, reachable: true, pinned: false };
+        self.world.lock().unwrap().neighbours.insert(format!("{netns}/{name}/{ip}"), n);
+    }
+    pub fn neighbour_entry(&self, netns: &str, name: &str, ip: Ipv4Addr) -> Option<crate::netlink::Neighbour> {
+        self.world.lock().unwrap().neighbours.get(&format!("{netns}/{name}/{ip}")).cloned()
+    }
     pub fn add_host_link(&self, name: &str) {
         self.world.lock().unwrap().host_links.insert(name.into());
     }
@@ -79,6 +99,12 @@ fn op<T>(world: &Mutex<World>, line: String, f: impl FnOnce(&mut World) -> Resul
         return Err(NetError::Other(format!("injected failure: {line}")));
     }
     f(&mut w)
+}
+
+impl std::fmt::Debug for FakeNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FakeNet({})", self.ns)
+    }
 }
 
 impl FakeNet {
@@ -111,6 +137,7 @@ impl NetOps for FakeNet {
                 return Err(NetError::Other(format!("no netns {target_ns}")));
             }
             w.objects.insert(format!("link:{target_ns}/{name}"));
+            w.macs.insert(format!("link:{target_ns}/{name}"), mac);
             Ok(())
         })
     }
@@ -168,6 +195,35 @@ impl NetOps for FakeNet {
     async fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetError> {
         op(&self.world, self.line(format!("master {name} {bridge}")), |_| Ok(()))
     }
+    async fn peer_netns_id(&self, _netns_fd: std::os::fd::RawFd) -> Result<i32, NetError> {
+        Err(NetError::Other("the fake platform has no namespace fds".into()))
+    }
+    async fn peer_link_mac(&self, nsid: i32, name: &str) -> Result<Option<Vec<u8>>, NetError> {
+        let w = self.world.lock().unwrap();
+        let Some(ns) = w.ids.get(nsid as usize) else { return Ok(None) };
+        let key = format!("link:{ns}/{name}");
+        Ok(w.objects.contains(&key).then(|| w.macs.get(&key).map(|m| m.to_vec()).unwrap_or_default()))
+    }
+    async fn del_peer_link(&self, nsid: i32, name: &str) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("link del {name} in nsid {nsid}")), |w| {
+            if let Some(ns) = w.ids.get(nsid as usize).cloned() {
+                w.objects.remove(&format!("link:{ns}/{name}"));
+                w.objects.retain(|o| !o.starts_with(&format!("addr:{ns}/{name}/")));
+            }
+            Ok(())
+        })
+    }
+    async fn neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<Option<crate::netlink::Neighbour>, NetError> {
+        Ok(self.world.lock().unwrap().neighbours.get(&format!("{}/{name}/{ip}", self.ns)).cloned())
+    }
+    async fn pin_neighbour(&self, name: &str, ip: Ipv4Addr, mac: &[u8], reachable: bool) -> Result<(), NetError> {
+        let key = format!("{}/{name}/{ip}", self.ns);
+        let lladdr: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        op(&self.world, self.line(format!("neigh pin {ip} lladdr {} dev {name}", lladdr.join(":"))), |w| {
+            w.neighbours.insert(key, crate::netlink::Neighbour { mac: mac.to_vec(), resolved: true, reachable, pinned: true });
+            Ok(())
+        })
+    }
     async fn del_link(&self, name: &str) -> Result<(), NetError> {
         let ns = self.ns.clone();
         op(&self.world, self.line(format!("link del {name}")), |w| {
@@ -202,19 +258,38 @@ impl Platform for FakePlatform {
         }
         Ok(FakeNet { ns: netns.into(), world: self.world.clone() })
     }
-    fn create_netns(&self, name: &str) -> Result<(), NetError> {
+    async fn create_netns(&self, name: &str, sysctls: &[(&str, &str)]) -> Result<(), NetError> {
         op(&self.world, format!("netns add {name}"), |w| {
             w.objects.insert(format!("netns:{name}"));
             Ok(())
-        })
+        })?;
+        for (k, v) in sysctls {
+            self.set_sysctl(name, k, v)?;
+        }
+        Ok(())
     }
     fn delete_netns(&self, name: &str) -> Result<(), NetError> {
         op(&self.world, format!("netns del {name}"), |w| {
             w.objects.remove(&format!("netns:{name}"));
-            // links and addresses inside die with the namespace
+            if w.held_outside.contains(name) {
+                return Ok(()); // unmounted, but alive with what is in it
+            }
+            // links and addresses inside die with the namespace, and so does its id
             let inside = format!(":{name}/");
             w.objects.retain(|o| !o.contains(&inside));
+            for id in w.ids.iter_mut().filter(|n| *n == name) {
+                id.clear();
+            }
             Ok(())
+        })
+    }
+    async fn netns_id(&self, name: &str) -> Result<i32, NetError> {
+        op(&self.world, format!("netns id {name}"), |w| {
+            if let Some(i) = w.ids.iter().position(|n| n == name) {
+                return Ok(i as i32);
+            }
+            w.ids.push(name.into());
+            Ok(w.ids.len() as i32 - 1)
         })
     }
     fn netns_exists(&self, name: &str) -> bool {

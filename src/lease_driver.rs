@@ -29,8 +29,9 @@ pub struct LeaseStatus {
 }
 
 enum Command {
-    /// Release the lease (if any), then end.
-    Release(oneshot::Sender<()>),
+    /// Release the lease (if any), then end; `remove_address`: also take the address off the
+    /// interface (not worth it when the namespace is about to go with it).
+    Release { remove_address: bool, done: oneshot::Sender<()> },
 }
 
 /// Handle to a running session's DHCP task.
@@ -52,6 +53,11 @@ pub struct DriverContext<N: NetOps> {
     /// What this task last wrote to resolv.conf and hosts: a renewal that changes nothing
     /// rewrites (and fsyncs) nothing.
     pub written: std::sync::Mutex<(String, String)>,
+    /// The address and server of the lease last persisted durably: a renewal of the same
+    /// lease is persisted without fsync (a crash loses only its new expiry, and INIT-REBOOT
+    /// asks the server again anyway).
+    pub persisted: std::sync::Mutex<Option<(Ipv4Addr, Ipv4Addr)>>,
+    pub lan_neighbours: LanNeighbours,
 }
 
 pub fn lease_file(sid: Sid) -> String {
@@ -143,10 +149,11 @@ impl LeaseDriver {
         LeaseDriver { tx, status: status_rx, task }
     }
 
-    /// Sends DHCPRELEASE (if bound), removes the address, and waits for the task to end.
-    pub async fn release(self) {
+    /// Sends DHCPRELEASE (if bound), removes the address if asked to, and waits for the task
+    /// to end.
+    pub async fn release(self, remove_address: bool) {
         let (done_tx, done_rx) = oneshot::channel();
-        if self.tx.send(Command::Release(done_tx)).await.is_ok() {
+        if self.tx.send(Command::Release { remove_address, done: done_tx }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
         }
         self.task.abort();
@@ -253,8 +260,14 @@ async fn run<N: NetOps>(
                 }
             }
             cmd = rx.recv() => {
-                let done = cmd.map(|Command::Release(done)| done);
+                let (remove_address, done) = match cmd {
+                    Some(Command::Release { remove_address, done }) => (remove_address, Some(done)),
+                    None => (true, None),
+                };
                 actions = client.on_event(Event::Release, now_ms());
+                if !remove_address {
+                    actions.retain(|a| !matches!(a, Action::RemoveLease(_)));
+                }
                 release_done = Some(done);
             }
         }
@@ -335,9 +348,11 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action,
         }
         Action::PersistLease(l) => {
             let name = lease_file(ctx.sid);
+            let mut persisted = ctx.persisted.lock().unwrap();
             let r = match l {
-                Some(l) => ctx.state.save_blob(&name, &l),
-                None => ctx.state.remove_blob(&name),
+                Some(l) if *persisted == Some((l.address, l.server_id)) => ctx.state.save_blob_unsynced(&name, &l),
+                Some(l) => ctx.state.save_blob(&name, &l).inspect(|_| *persisted = Some((l.address, l.server_id))),
+                None => ctx.state.remove_blob(&name).inspect(|_| *persisted = None),
             };
             if let Err(e) = r {
                 warn!("persisting lease: {e}");
@@ -361,11 +376,67 @@ pub fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
     Some(Lifetimes { valid_secs: secs, preferred_secs: secs })
 }
 
+/// Whether two leases configure the interface the same way (they may differ in times).
+fn same_configuration(a: &Lease, b: &Lease) -> bool {
+    a.network() == b.network() && a.routes() == b.routes() && a.mtu == b.mtu && a.dns == b.dns && a.domain == b.domain && a.search == b.search
+}
+
+/// The neighbours the session talks to on its own: the DHCP server (renewals are unicast to
+/// it) and the gateways of its routes, where they are on-link.
+fn lease_neighbours(lease: &Lease) -> Vec<std::net::Ipv4Addr> {
+    let mut ips = vec![lease.server_id];
+    ips.extend(lease.routes().into_iter().filter_map(|(_, gw)| next_hop(gw)));
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// MACs of the LAN neighbours sessions talk to (DHCP server, gateways), as some session's
+/// kernel resolved them. All sessions share one uplink, so one session's answer serves all.
+pub type LanNeighbours = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Vec<u8>>>>;
+
+/// Keeps the session's entries for its server and gateways out of the kernel's neighbour
+/// garbage collection, and seeds them from other sessions so that most sessions never
+/// broadcast an ARP request for them. The table is one for all namespaces; with hundreds of
+/// sessions it is past its thresholds and idle entries are collected, so every renewal (a
+/// unicast) had to broadcast an ARP request, which a bridge-mode macvlan copies into every
+/// session's namespace: N² work, charged to the daemon. A seeded entry starts stale, so the
+/// kernel confirms it by unicast on first use, and a wrong one fails over to a broadcast.
+async fn keep_neighbours<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease) {
+    for ip in lease_neighbours(lease) {
+        let entry = ctx.inside.neighbour(SESSION_IF, ip).await;
+        debug!(%ip, ?entry, "neighbour entry");
+        let r = match entry {
+            Ok(Some(n)) if n.resolved => {
+                ctx.lan_neighbours.lock().unwrap().insert(ip, n.mac.clone());
+                if n.pinned { Ok(()) } else { ctx.inside.pin_neighbour(SESSION_IF, ip, &n.mac, n.reachable).await }
+            }
+            Ok(_) => {
+                let known = ctx.lan_neighbours.lock().unwrap().get(&ip).cloned();
+                match known {
+                    Some(mac) => ctx.inside.pin_neighbour(SESSION_IF, ip, &mac, false).await,
+                    None => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            debug!(%ip, "keeping the neighbour entry: {e}");
+        }
+    }
+}
+
 /// Applies a lease: the new address first (so a changed address never leaves a gap), routes,
 /// MTU, then the old address goes, then resolv.conf and hosts.
 async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Option<&Lease>) -> Result<(), NetError> {
     let net: Ipv4Net = lease.network();
     ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
+    if previous.is_some_and(|p| same_configuration(p, lease)) {
+        // A renewal that changed nothing but the times: the new lifetimes are all the
+        // interface needs (routes, MTU and files are as the previous lease left them).
+        keep_neighbours(ctx, lease).await;
+        return Ok(());
+    }
     if let Some(mtu) = lease.mtu
         && mtu >= 576
     {
@@ -391,6 +462,7 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
             }
         }
     }
+    keep_neighbours(ctx, lease).await;
     let resolv = crate::files::resolv_conf(&lease.dns, lease.domain.as_deref(), &lease.search);
     let hosts = crate::files::hosts(&ctx.hostname, Some(lease.address), ctx.loopback);
     let mut written = ctx.written.lock().unwrap();
@@ -403,4 +475,97 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease, previous: Optio
         written.1 = hosts;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakePlatform;
+    use crate::platform::Platform;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const SERVER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+
+    fn lease(addr: [u8; 4], now: Millis) -> Lease {
+        Lease {
+            address: Ipv4Addr::from(addr),
+            prefix_len: 24,
+            server_id: SERVER,
+            routers: vec![SERVER],
+            classless_routes: vec![],
+            dns: vec![SERVER],
+            domain: None,
+            search: vec![],
+            mtu: None,
+            broadcast: None,
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+            acquired_at: now,
+        }
+    }
+
+    async fn context(p: &FakePlatform, sid: u64, dir: &std::path::Path, lan: &LanNeighbours) -> DriverContext<crate::fake::FakeNet> {
+        let sid = Sid::new(sid).unwrap();
+        let netns = sid.netns_name();
+        p.create_netns(&netns, &[]).await.unwrap();
+        p.host().create_macvlan("br-lan", SESSION_IF, [2, 0, 0, 0, 0, sid.get() as u8], &netns).await.unwrap();
+        DriverContext {
+            sid,
+            netns: netns.clone(),
+            inside: p.inside(&netns).await.unwrap(),
+            state: StateDir::open(dir).unwrap(),
+            hostname: "host".into(),
+            loopback: Ipv4Addr::new(127, 0, 0, 2),
+            write_file: p.file_writer(),
+            written: Default::default(),
+            persisted: Default::default(),
+            lan_neighbours: lan.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn neighbours_are_pinned_once_resolved_and_seeded_into_other_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let lan = LanNeighbours::default();
+        let a = context(&p, 1, dir.path(), &lan).await;
+        let b = context(&p, 2, dir.path(), &lan).await;
+        let l = lease([10, 0, 0, 10], now_ms());
+        // Nothing resolved yet, nothing known: nothing to pin (no guessing).
+        apply(&a, &l, None).await.unwrap();
+        assert!(p.neighbour_entry("sessiond-1", SESSION_IF, SERVER).is_none());
+        // Session 1's kernel resolves the server (its first unicast renewal): pinned as is.
+        p.learn_neighbour("sessiond-1", SESSION_IF, SERVER, &SERVER_MAC);
+        apply(&a, &l, Some(&l)).await.unwrap();
+        let n = p.neighbour_entry("sessiond-1", SESSION_IF, SERVER).unwrap();
+        assert!(n.pinned && n.mac == SERVER_MAC && n.reachable, "{n:?}");
+        // Session 2 binds later: seeded from session 1's answer, stale so its kernel confirms it.
+        apply(&b, &lease([10, 0, 0, 11], now_ms()), None).await.unwrap();
+        let n = p.neighbour_entry("sessiond-2", SESSION_IF, SERVER).expect("seeded");
+        assert!(n.pinned && n.mac == SERVER_MAC && !n.reachable, "{n:?}");
+        // A pinned entry is not rewritten on every renewal.
+        p.clear_log();
+        apply(&a, &l, Some(&l)).await.unwrap();
+        assert!(!p.log().iter().any(|l| l.contains("neigh pin")), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_changes_nothing_only_refreshes_the_lifetimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let a = context(&p, 1, dir.path(), &LanNeighbours::default()).await;
+        let first = lease([10, 0, 0, 10], now_ms());
+        apply(&a, &first, None).await.unwrap();
+        p.clear_log();
+        let renewed = lease([10, 0, 0, 10], now_ms() + 60_000);
+        apply(&a, &renewed, Some(&first)).await.unwrap();
+        assert_eq!(p.log(), vec!["sessiond-1: addr add 10.0.0.10/24 dev eth0 valid 180 preferred 180"]);
+        // A changed option takes the full path (routes, files).
+        p.clear_log();
+        let mut moved = renewed.clone();
+        moved.dns = vec![Ipv4Addr::new(10, 0, 0, 53)];
+        apply(&a, &moved, Some(&renewed)).await.unwrap();
+        assert!(p.log().iter().any(|l| l.contains("route")) && p.log().iter().any(|l| l.contains("resolv.conf")), "{:?}", p.log());
+    }
 }

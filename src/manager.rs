@@ -49,6 +49,8 @@ pub struct Manager<P: Platform> {
     drivers: Mutex<HashMap<Sid, LeaseDriver>>,
     /// Each live session's namespace, held open by fd.
     held: Mutex<HashMap<Sid, std::fs::File>>,
+    /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
+    lan_neighbours: crate::lease_driver::LanNeighbours,
 }
 
 /// What `stop` did.
@@ -71,6 +73,7 @@ impl<P: Platform> Manager<P> {
             sid_locks: Mutex::new(HashMap::new()),
             drivers: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            lan_neighbours: Default::default(),
         })
     }
 
@@ -138,14 +141,17 @@ impl<P: Platform> Manager<P> {
             return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
         }
         let plan = self.plan_for(&rec);
-        if let Err(e) = session::build(&self.platform, &plan).await {
-            self.forget(sid);
-            let _ = self.state.remove(sid);
-            return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
-        }
+        let inside = match session::build(&self.platform, &plan).await {
+            Ok(inside) => inside,
+            Err(e) => {
+                self.forget(sid);
+                let _ = self.state.remove(sid);
+                return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
+            }
+        };
         let mut up = rec;
         if up.addressing == Addressing::Dhcp {
-            match self.lease_session(&up, None).await {
+            match self.lease_session(&up, None, Some(inside)).await {
                 Ok((driver, lease)) => {
                     fill_from_lease(&mut up, &lease);
                     self.drivers.lock().unwrap().insert(sid, driver);
@@ -160,7 +166,7 @@ impl<P: Platform> Manager<P> {
         if let Err(e) = self.state.save(&up) {
             let driver = self.drivers.lock().unwrap().remove(&sid);
             if let Some(d) = driver {
-                d.release().await;
+                d.release(true).await;
             }
             self.abandon(sid, &plan.teardown_spec()).await;
             return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
@@ -253,9 +259,13 @@ impl<P: Platform> Manager<P> {
 
     /// Starts the session's DHCP task. With `wait`, returns once bound (or fails after the
     /// configured timeout); `persisted` asks for that lease again first (INIT-REBOOT).
-    async fn spawn_driver(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<LeaseDriver, String> {
+    /// `inside`: a netlink connection in the session's namespace, if the caller has one.
+    async fn spawn_driver(&self, rec: &SessionRecord, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<LeaseDriver, String> {
         let socket = self.platform.dhcp_socket(&rec.netns, stable_mac(&self.machine_id, rec.session)).await.map_err(|e| e.to_string())?;
-        let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
+        let inside = match inside {
+            Some(n) => n,
+            None => self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?,
+        };
         let ctx = DriverContext {
             sid: rec.session,
             netns: rec.netns.clone(),
@@ -265,6 +275,8 @@ impl<P: Platform> Manager<P> {
             loopback: rec.loopback,
             write_file: self.platform.file_writer(),
             written: Default::default(),
+            persisted: Default::default(),
+            lan_neighbours: self.lan_neighbours.clone(),
         };
         Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
     }
@@ -300,8 +312,8 @@ impl<P: Platform> Manager<P> {
         Ok(true)
     }
 
-    async fn lease_session(&self, rec: &SessionRecord, persisted: Option<Lease>) -> Result<(LeaseDriver, Lease), String> {
-        let mut driver = self.spawn_driver(rec, persisted).await?;
+    async fn lease_session(&self, rec: &SessionRecord, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<(LeaseDriver, Lease), String> {
+        let mut driver = self.spawn_driver(rec, persisted, inside).await?;
         let timeout = std::time::Duration::from_secs(self.settings.dhcp_timeout_secs);
         match driver.wait_bound(timeout).await {
             Ok(lease) => Ok((driver, lease)),
@@ -360,15 +372,18 @@ impl<P: Platform> Manager<P> {
     pub async fn stop(&self, sid: Sid) -> Result<Stopped, ManagerError> {
         let held = self.sid_lock(sid).lock_owned().await;
         let span = info_span!("stop", session = %sid);
-        let (result, deferred) = self.stop_locked(sid).instrument(span.clone()).await;
-        if let Some(inside) = deferred {
-            // Finish deleting the macvlan after answering; the sid stays locked until it is
-            // gone, so a new start of the same slot cannot collide with the old MAC.
+        let (result, pending) = match self.stop_inner(sid).instrument(span.clone()).await {
+            Ok((s, pending)) => (Ok(s), pending),
+            Err(e) => (Err(e), None),
+        };
+        if let Some(nsid) = pending {
+            // After answering: make sure the namespace went. The sid stays locked until then,
+            // so a new start of the same slot cannot meet the old MAC on the parent.
+            let host = self.platform.host().clone();
+            let mac = stable_mac(&self.machine_id, sid);
             tokio::spawn(
                 async move {
-                    if let Err(e) = inside.del_link(SESSION_IF).await {
-                        warn!("deleting the session interface: {e}");
-                    }
+                    session::reap_link(&host, nsid, mac).await;
                     drop(held);
                 }
                 .instrument(span),
@@ -377,14 +392,8 @@ impl<P: Platform> Manager<P> {
         result
     }
 
-    async fn stop_locked(&self, sid: Sid) -> (Result<Stopped, ManagerError>, Option<P::Net>) {
-        match self.stop_inner(sid).await {
-            Ok((s, deferred)) => (Ok(s), deferred),
-            Err(e) => (Err(e), None),
-        }
-    }
-
-    async fn stop_inner(&self, sid: Sid) -> Result<(Stopped, Option<P::Net>), ManagerError> {
+    /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to free.
+    async fn stop_inner(&self, sid: Sid) -> Result<(Stopped, Option<i32>), ManagerError> {
         let rec = self.table.lock().unwrap().sessions.get(&sid).cloned();
         let Some(mut rec) = rec else {
             // Nothing recorded; still sweep anything a crash may have left under this sid.
@@ -398,33 +407,31 @@ impl<P: Platform> Manager<P> {
             warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
         }
         self.table.lock().unwrap().sessions.insert(sid, rec.clone());
+        let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
+        let leave_link = spec.host_link.is_none();
         let driver = self.drivers.lock().unwrap().remove(&sid);
         if let Some(d) = driver {
-            d.release().await; // DHCPRELEASE from the bound address, before the link goes
+            // DHCPRELEASE from the bound address, before anything goes. The address itself goes
+            // with the namespace when the kernel frees the interface.
+            d.release(!leave_link).await;
         }
-        let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
-        let (errors, deferred) = session::teardown_deferring_link(&self.platform, &spec).await;
+        let (errors, pending) =
+            if leave_link { session::teardown_leaving_link(&self.platform, &spec).await } else { (session::teardown(&self.platform, &spec).await, None) };
         if let Err(e) = self.state.remove_blob(&lease_file(sid)) {
             warn!(session = %sid, "removing lease file: {e}");
         }
+        // Our own handle must go for the namespace to go.
+        self.held.lock().unwrap().remove(&sid);
         if !errors.is_empty() {
-            let mut list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            if let Some(inside) = deferred
-                && let Err(e) = inside.del_link(SESSION_IF).await
-            {
-                list.push(format!("delete the session interface: {e}"));
-            }
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
             return Err(ManagerError::Failed(format!("session {sid} stop incomplete ({} errors; run stop again): {}", list.len(), list.join("; "))));
         }
         self.forget(sid);
         if let Err(e) = self.state.remove(sid) {
-            if let Some(inside) = deferred {
-                let _ = inside.del_link(SESSION_IF).await;
-            }
             return Err(ManagerError::Failed(format!("session {sid} torn down, but its state file remains: {e}")));
         }
         info!(session = %sid, "session stopped");
-        Ok((Stopped::Stopped, deferred))
+        Ok((Stopped::Stopped, pending))
     }
 
     /// Stops every session; reports each failure.
@@ -526,7 +533,7 @@ impl<P: Platform> Manager<P> {
                     {
                         warn!("re-applying the lease after the uplink came back: {e}");
                     }
-                    match self.spawn_driver(&rec, persisted).await {
+                    match self.spawn_driver(&rec, persisted, None).await {
                         Ok(d) => {
                             self.drivers.lock().unwrap().insert(sid, d);
                             Ok(())
@@ -591,7 +598,7 @@ impl<P: Platform> Manager<P> {
                         let _ = session::enable_promote_secondaries(&self.platform, &rec.netns);
                         // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
                         let persisted = self.persisted_lease(sid);
-                        match self.spawn_driver(&rec, persisted).await {
+                        match self.spawn_driver(&rec, persisted, None).await {
                             Ok(d) => {
                                 self.drivers.lock().unwrap().insert(sid, d);
                             }
@@ -803,7 +810,7 @@ mod tests {
         starting.state = SessionState::Starting;
         m.state.save(&starting).unwrap();
         // an orphan namespace with no record
-        p.create_netns("sessiond-9").unwrap();
+        p.create_netns("sessiond-9", &[]).await.unwrap();
         let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
         let r = m2.recover().await;
         assert_eq!(r.adopted, vec![sid(1)]);

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressScope, CacheInfo};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, MacVlanMode};
@@ -25,11 +25,33 @@ pub enum NetError {
     Other(String),
 }
 
+impl NetError {
+    /// The errno of a netlink error reply, if this is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetError::Netlink { source, .. } => errno(source),
+            _ => None,
+        }
+    }
+}
+
 /// Address lifetimes; `None` means forever (static addresses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifetimes {
     pub valid_secs: u32,
     pub preferred_secs: u32,
+}
+
+/// A neighbour (ARP) entry. `pinned`: marked externally learned, which the kernel's garbage
+/// collector leaves alone (it still validates the entry: a stale one is re-checked by unicast
+/// on use) and which does not count toward the table's limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: Vec<u8>,
+    /// Reachable, stale, delay or probe: the MAC is known.
+    pub resolved: bool,
+    pub reachable: bool,
+    pub pinned: bool,
 }
 
 /// Link operations in one network namespace.
@@ -52,6 +74,19 @@ pub trait NetOps: Send + Sync {
     fn del_link(&self, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Enslaves `name` to `bridge` (idempotent).
     fn set_master(&self, name: &str, bridge: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The kernel's neighbour entry for `ip` on `name`, if it has one.
+    fn neighbour(&self, name: &str, ip: Ipv4Addr) -> impl Future<Output = Result<Option<Neighbour>, NetError>> + Send;
+    /// Sets the entry for `ip` on `name` to `mac`, externally learned (see `Neighbour`).
+    fn pin_neighbour(&self, name: &str, ip: Ipv4Addr, mac: &[u8], reachable: bool) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// This namespace's id for the namespace open at `netns_fd`, assigned if it had none. An
+    /// id is the kernel's weak reference to a namespace: it does not keep it alive, and it
+    /// stops resolving once the namespace is dying.
+    fn peer_netns_id(&self, netns_fd: std::os::fd::RawFd) -> impl Future<Output = Result<i32, NetError>> + Send;
+    /// The MAC address of link `name` in the peer namespace `nsid`; `None` when that namespace
+    /// is gone (or dying) or has no such link.
+    fn peer_link_mac(&self, nsid: i32, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NetError>> + Send;
+    /// Deletes link `name` in the peer namespace `nsid` (absent is fine).
+    fn del_peer_link(&self, nsid: i32, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
 /// The positive errno of a netlink error reply, if it is one.
@@ -68,6 +103,13 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
 }
 
 const NETLINK_RCVBUF: libc::c_int = 8 << 20;
+
+/// IFLA_TARGET_NETNSID: a link request about the peer namespace with this id.
+fn target_netnsid(nsid: i32) -> netlink_packet_route::link::LinkAttribute {
+    const IFLA_TARGET_NETNSID: u16 = 46;
+    let nla = rtnetlink::packet_core::DefaultNla::new(IFLA_TARGET_NETNSID, nsid.to_ne_bytes().to_vec());
+    netlink_packet_route::link::LinkAttribute::Other(nla)
+}
 
 /// Real netlink, over an rtnetlink connection opened in the namespace it serves.
 #[derive(Clone)]
@@ -249,6 +291,120 @@ impl NetOps for RtNet {
         let br = self.index_or_err(bridge).await?;
         let msg = LinkUnspec::new_with_index(idx).controller(br).build();
         self.handle.link().set(msg).execute().await.map_err(nl(format!("enslave {name} to {bridge}")))
+    }
+
+    async fn neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<Option<Neighbour>, NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let Some(idx) = self.link_index(name).await? else { return Ok(None) };
+        // One entry by key (a hash lookup), not a dump: the table is shared by every
+        // namespace, and a dump walks all of it.
+        let mut get = NeighbourMessage::default();
+        get.header.family = AddressFamily::Inet;
+        get.header.ifindex = idx;
+        get.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(get));
+        req.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req).map_err(nl(format!("look up neighbour {ip} on {name}")))?;
+        let mut entry = None;
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => entry = Some(m),
+                NetlinkPayload::Error(e) if e.code.is_some() && -e.raw_code() != libc::ENOENT => {
+                    return Err(nl(format!("look up neighbour {ip} on {name}"))(rtnetlink::Error::NetlinkError(e)));
+                }
+                _ => {}
+            }
+        }
+        Ok(entry.map(|m| Neighbour {
+            mac: m.attributes.iter().find_map(|a| if let NeighbourAttribute::LinkLayerAddress(mac) = a { Some(mac.clone()) } else { None }).unwrap_or_default(),
+            resolved: matches!(m.header.state, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe),
+            reachable: m.header.state == NeighbourState::Reachable,
+            pinned: m.header.flags.contains(NeighbourFlags::ExtLearned),
+        }))
+    }
+
+    async fn pin_neighbour(&self, name: &str, ip: Ipv4Addr, mac: &[u8], reachable: bool) -> Result<(), NetError> {
+        use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        let idx = self.index_or_err(name).await?;
+        let state = if reachable { NeighbourState::Reachable } else { NeighbourState::Stale };
+        let req = self.handle.neighbours().add(idx, IpAddr::V4(ip)).link_layer_address(mac).state(state).flags(NeighbourFlags::ExtLearned).replace();
+        req.execute().await.map_err(nl(format!("pin neighbour {ip} on {name}")))
+    }
+
+    async fn peer_netns_id(&self, netns_fd: std::os::fd::RawFd) -> Result<i32, NetError> {
+        use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let fd = u32::try_from(netns_fd).map_err(|_| NetError::Other(format!("bad namespace fd {netns_fd}")))?;
+        let request = |msg: RouteNetlinkMessage, flags: u16| {
+            let mut m = NetlinkMessage::from(msg);
+            m.header.flags = flags;
+            m
+        };
+        // Assign an id (EEXIST: it has one already), then read it.
+        let mut new = NsidMessage::default();
+        new.attributes = vec![NsidAttribute::Fd(fd), NsidAttribute::Id(-1)];
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(request(RouteNetlinkMessage::NewNsId(new), NLM_F_REQUEST | NLM_F_ACK)).map_err(nl("assign a namespace id"))?;
+        while let Some(m) = replies.next().await {
+            if let NetlinkPayload::Error(e) = m.payload
+                && e.code.is_some()
+                && -e.raw_code() != libc::EEXIST
+            {
+                return Err(nl("assign a namespace id")(rtnetlink::Error::NetlinkError(e)));
+            }
+        }
+        let mut get = NsidMessage::default();
+        get.attributes = vec![NsidAttribute::Fd(fd)];
+        let mut replies = handle.request(request(RouteNetlinkMessage::GetNsId(get), NLM_F_REQUEST)).map_err(nl("read a namespace id"))?;
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(msg)) => {
+                    if let Some(id) = msg.attributes.iter().find_map(|a| if let NsidAttribute::Id(id) = a { Some(*id) } else { None })
+                        && id >= 0
+                    {
+                        return Ok(id);
+                    }
+                }
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(nl("read a namespace id")(rtnetlink::Error::NetlinkError(e))),
+                _ => {}
+            }
+        }
+        Err(NetError::Other("the kernel assigned no namespace id".into()))
+    }
+
+    async fn peer_link_mac(&self, nsid: i32, name: &str) -> Result<Option<Vec<u8>>, NetError> {
+        use netlink_packet_route::link::LinkAttribute;
+        let mut req = self.handle.link().get().match_name(name.to_string());
+        req.message_mut().attributes.push(target_netnsid(nsid));
+        match req.execute().try_next().await {
+            Ok(Some(m)) => Ok(m.attributes.into_iter().find_map(|a| if let LinkAttribute::Address(mac) = a { Some(mac) } else { None })),
+            Ok(None) => Ok(None),
+            // EINVAL: the id no longer resolves (the namespace is gone or dying).
+            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => Ok(None),
+            Err(e) => Err(nl(format!("look up link {name} in namespace id {nsid}"))(e)),
+        }
+    }
+
+    async fn del_peer_link(&self, nsid: i32, name: &str) -> Result<(), NetError> {
+        let mut req = self.handle.link().get().match_name(name.to_string());
+        req.message_mut().attributes.push(target_netnsid(nsid));
+        let idx = match req.execute().try_next().await {
+            Ok(Some(m)) => m.header.index,
+            Ok(None) => return Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => return Ok(()),
+            Err(e) => return Err(nl(format!("look up link {name} in namespace id {nsid}"))(e)),
+        };
+        let mut del = self.handle.link().del(idx);
+        del.message_mut().attributes.push(target_netnsid(nsid));
+        match del.execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => Ok(()),
+            r => r.map_err(nl(format!("delete link {name} in namespace id {nsid}"))),
+        }
     }
 
     async fn del_link(&self, name: &str) -> Result<(), NetError> {

@@ -90,6 +90,18 @@ where
 /// Makes /run/netns a shared mount point, as iproute2 does, so namespace mounts made here
 /// propagate to mount namespaces created later (e.g. a login's private one).
 fn ensure_netns_dir() -> Result<(), NsError> {
+    // Once per process: a mount call takes the mount namespace's lock, which every start
+    // (bind mount) and stop (unmount) also needs.
+    static SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SHARED.load(std::sync::atomic::Ordering::Relaxed) && netns_dir().is_dir() {
+        return Ok(());
+    }
+    make_netns_dir_shared()?;
+    SHARED.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+fn make_netns_dir_shared() -> Result<(), NsError> {
     let dir = netns_dir();
     let err = |op, source| NsError::Sys { name: NETNS_DIR.into(), op, source };
     std::fs::create_dir_all(&dir).map_err(|source| NsError::Io { name: NETNS_DIR.into(), op: "mkdir", source })?;
@@ -104,8 +116,10 @@ fn ensure_netns_dir() -> Result<(), NsError> {
     }
 }
 
-/// Creates the named netns, or does nothing if it already exists (idempotent).
-pub fn create_netns(name: &str) -> Result<(), NsError> {
+/// Creates the named netns, or does nothing if it already exists (idempotent), and sets the
+/// given sysctls (`/proc/sys` keys with dots) in a new one. One throwaway thread does it all
+/// (unshare, bind mount, sysctls) while the caller awaits without blocking its worker.
+pub async fn create_netns(name: &str, sysctls: &[(&str, &str)]) -> Result<(), NsError> {
     let path = netns_path(name);
     if is_ns_mount(&path) {
         return Ok(());
@@ -120,17 +134,27 @@ pub fn create_netns(name: &str) -> Result<(), NsError> {
     })?;
     let target = path.clone();
     let owned = name.to_string();
-    let made = std::thread::spawn(move || -> Result<(), NsError> {
-        unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NsError::Sys { name: owned.clone(), op: "unshare", source })?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|source| NsError::Sys {
-            name: owned,
-            op: "bind mount",
-            source,
-        })
-    })
-    .join()
-    .map_err(|_| NsError::ThreadPanicked)?;
+    let sysctls: Vec<(String, String)> = sysctls.iter().map(|(k, v)| (format!("/proc/sys/{}", k.replace('.', "/")), v.to_string())).collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let made = (|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NsError::Sys { name: owned.clone(), op: "unshare", source })?;
+            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|source| NsError::Sys {
+                name: owned.clone(),
+                op: "bind mount",
+                source,
+            })?;
+            // /proc/sys/net shows the namespace of the thread that opens it: this one.
+            for (key, value) in &sysctls {
+                std::fs::write(key, value).map_err(|source| NsError::Io { name: owned.clone(), op: "set sysctl", source })?;
+            }
+            Ok(())
+        })();
+        let _ = tx.send(made);
+    });
+    let made = rx.await.map_err(|_| NsError::ThreadPanicked)?;
     if made.is_err() {
+        let _ = umount2(&path, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&path);
     }
     made

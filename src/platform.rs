@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use crate::netlink::{NetError, NetOps, RtNet};
 
 pub trait Platform: Send + Sync + 'static {
-    type Net: NetOps + 'static;
+    type Net: NetOps + Clone + 'static;
     /// Netlink in the daemon's own (host) namespace.
     fn host(&self) -> &Self::Net;
     /// Netlink inside the named session namespace.
     fn inside(&self, netns: &str) -> impl Future<Output = Result<Self::Net, NetError>> + Send;
-    fn create_netns(&self, name: &str) -> Result<(), NetError>;
+    /// Creates the named namespace with `sysctls` set in it (a no-op if it exists).
+    fn create_netns(&self, name: &str, sysctls: &[(&str, &str)]) -> impl Future<Output = Result<(), NetError>> + Send;
     fn delete_netns(&self, name: &str) -> Result<(), NetError>;
+    /// The host namespace's id for the named namespace (see `NetOps::peer_netns_id`).
+    fn netns_id(&self, name: &str) -> impl Future<Output = Result<i32, NetError>> + Send;
     fn netns_exists(&self, name: &str) -> bool;
     fn list_netns(&self) -> Vec<String>;
     /// Writes /etc/netns/NETNS/FILE (creating the folder).
@@ -68,12 +71,18 @@ impl Platform for LinuxPlatform {
         RtNet::connect_in(netns).await
     }
 
-    fn create_netns(&self, name: &str) -> Result<(), NetError> {
-        Ok(crate::ns::create_netns(name)?)
+    async fn create_netns(&self, name: &str, sysctls: &[(&str, &str)]) -> Result<(), NetError> {
+        Ok(crate::ns::create_netns(name, sysctls).await?)
     }
 
     fn delete_netns(&self, name: &str) -> Result<(), NetError> {
         Ok(crate::ns::delete_netns(name)?)
+    }
+
+    async fn netns_id(&self, name: &str) -> Result<i32, NetError> {
+        use std::os::fd::AsRawFd;
+        let ns = crate::ns::open_netns(name)?;
+        self.host.peer_netns_id(ns.as_raw_fd()).await
     }
 
     fn netns_exists(&self, name: &str) -> bool {

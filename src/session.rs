@@ -73,13 +73,16 @@ impl SessionPlan {
 /// A DHCP address change adds the new address (a secondary in the same subnet) before removing
 /// the old primary; without promotion the kernel would delete both.
 pub fn enable_promote_secondaries<P: Platform>(p: &P, netns: &str) -> Result<(), NetError> {
-    p.set_sysctl(netns, "net.ipv4.conf.all.promote_secondaries", "1")
+    p.set_sysctl(netns, PROMOTE_SECONDARIES.0, PROMOTE_SECONDARIES.1)
 }
 
-/// Builds the session. On failure everything made so far is torn down again.
-pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
+const PROMOTE_SECONDARIES: (&str, &str) = ("net.ipv4.conf.all.promote_secondaries", "1");
+
+/// Builds the session and returns the netlink connection inside it (for the DHCP task, so it
+/// need not open another). On failure everything made so far is torn down again.
+pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, StepError> {
     match build_steps(p, plan).await {
-        Ok(()) => Ok(()),
+        Ok(inside) => Ok(inside),
         Err(e) => {
             for err in teardown(p, &plan.teardown_spec()).await {
                 warn!(session = %plan.sid, "rollback: {err}");
@@ -89,10 +92,9 @@ pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepErr
     }
 }
 
-async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepError> {
+async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, StepError> {
     let netns = plan.netns();
-    step("create network namespace", p.create_netns(&netns))?;
-    step("enable promote_secondaries", enable_promote_secondaries(p, &netns))?;
+    step("create network namespace", p.create_netns(&netns, &[PROMOTE_SECONDARIES]).await)?;
     match plan.link {
         // Created directly inside the namespace: moving a link afterwards costs ~40x more.
         LinkKind::Macvlan => step("create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
@@ -105,14 +107,14 @@ async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<(), StepE
     step("bring lo up", inside.set_up("lo").await)?;
     step("add 127.0.0.1/8 to lo", inside.add_addr("lo", Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).unwrap(), true, None).await)?;
     step("add the session loopback", inside.add_addr("lo", Ipv4Net::new(plan.loopback, 32).unwrap(), true, None).await)?;
-    step("bring the uplink up", inside.set_up(SESSION_IF).await)?;
+    step("bring the uplink up", set_uplink_up(&inside).await)?;
     if let Some(addr) = plan.address {
         apply_address(&inside, addr, plan.gateway, None).await?;
     }
     step("write resolv.conf", p.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf))?;
     step("write hosts", p.write_netns_file(&netns, "hosts", &plan.hosts))?;
     debug!(session = %plan.sid, "session built");
-    Ok(())
+    Ok(inside)
 }
 
 /// Brings the session's uplink back after the host NIC returned (the kernel deletes a macvlan
@@ -136,12 +138,32 @@ pub async fn restore_uplink<P: Platform>(p: &P, plan: &SessionPlan) -> Result<()
             }
         }
     }
-    step("bring the uplink up", inside.set_up(SESSION_IF).await)?;
+    step("bring the uplink up", set_uplink_up(&inside).await)?;
     if let Some(addr) = plan.address {
         apply_address(&inside, addr, plan.gateway, None).await?;
     }
     Ok(())
 }
+
+/// Brings the session interface up. A macvlan will not come up while another one with the same
+/// MAC is up on the parent: the previous instance of this sid, whose namespace the kernel may
+/// still be freeing right after a stop. That takes milliseconds, so wait a bounded while.
+async fn set_uplink_up<N: NetOps>(inside: &N) -> Result<(), NetError> {
+    for _ in 0..UPLINK_UP_TRIES {
+        match inside.set_up(SESSION_IF).await {
+            Err(e) if e.errno() == Some(libc::EADDRINUSE) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            r => return r,
+        }
+    }
+    inside.set_up(SESSION_IF).await.map_err(|e| match e.errno() {
+        Some(libc::EADDRINUSE) => {
+            NetError::Other(format!("{e} (its MAC is still up elsewhere on the parent: a previous instance of this session, kept by a process still in it?)"))
+        }
+        _ => e,
+    })
+}
+
+const UPLINK_UP_TRIES: u32 = 100;
 
 /// Puts an address and its default route on the session interface (idempotent).
 pub async fn apply_address<N: NetOps>(inside: &N, addr: Ipv4Net, gateway: Option<Ipv4Addr>, life: Option<Lifetimes>) -> Result<(), StepError> {
@@ -155,19 +177,72 @@ pub async fn apply_address<N: NetOps>(inside: &N, addr: Ipv4Net, gateway: Option
 /// Tears a session down in reverse order: address, links, namespace, files.
 /// Keeps going past errors and returns all of them; absent pieces are not errors.
 pub async fn teardown<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError> {
-    teardown_steps(p, spec, false).await.0
+    teardown_steps(p, spec).await
 }
 
-/// As `teardown`, but a macvlan's deletion, which waits out an RCU grace period (~20 ms,
-/// serialised under the RTNL lock), is handed back for the caller to finish after it has
-/// answered: the session's address is already gone, so it carries no traffic meanwhile.
-pub async fn teardown_deferring_link<P: Platform>(p: &P, spec: &TeardownSpec) -> (Vec<StepError>, Option<P::Net>) {
-    teardown_steps(p, spec, spec.host_link.is_none()).await
-}
-
-async fn teardown_steps<P: Platform>(p: &P, spec: &TeardownSpec, defer_link: bool) -> (Vec<StepError>, Option<P::Net>) {
+/// As `teardown`, but a macvlan session's interface (and the address on it) is left to the
+/// kernel, which frees it with the namespace once nothing holds the namespace any more, in its
+/// cleanup worker and many per RCU grace period. Deleting it here cost each stop an RTNL-held
+/// grace period (~20 ms), and back-to-back stops queued behind each other's. Returns the
+/// namespace's id so the caller can check, after answering, that the namespace did go (a
+/// process left in it keeps it, and then the interface must be deleted after all).
+pub async fn teardown_leaving_link<P: Platform>(p: &P, spec: &TeardownSpec) -> (Vec<StepError>, Option<i32>) {
+    if spec.host_link.is_some() || !p.netns_exists(&spec.netns) {
+        return (teardown(p, spec).await, None);
+    }
+    let nsid = match p.netns_id(&spec.netns).await {
+        Ok(id) => id,
+        Err(e) => {
+            warn!("no id for {} ({e}): deleting its interface now", spec.netns);
+            return (teardown(p, spec).await, None);
+        }
+    };
     let mut errors = Vec::new();
-    let mut deferred = None;
+    if let Err(e) = step("delete the network namespace", p.delete_netns(&spec.netns)) {
+        errors.push(e);
+    }
+    if let Err(e) = step("remove /etc/netns files", p.remove_netns_files(&spec.netns)) {
+        errors.push(e);
+    }
+    (errors, Some(nsid))
+}
+
+/// After `teardown_leaving_link` and once the daemon dropped its own handles on the namespace:
+/// waits (bounded) for the namespace to go; if something still holds it, deletes the session
+/// interface in it, so the held namespace keeps no address and the MAC is free for the sid.
+pub async fn reap_link<N: NetOps>(host: &N, nsid: i32, mac: [u8; 6]) {
+    // The daemon's sockets in the namespace are freed after an RCU grace period, so the
+    // namespace outlives the stop by a few milliseconds even when nothing else holds it.
+    let mut wait = std::time::Duration::from_millis(5);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        waited += wait;
+        match host.peer_link_mac(nsid, SESSION_IF).await {
+            // Gone, or the id already names a newer namespace: ours is gone.
+            Ok(None) => return,
+            Ok(Some(m)) if m != mac => return,
+            Ok(Some(_)) if waited < REAP_PATIENCE => wait *= 2,
+            Ok(Some(_)) => {
+                warn!("the namespace is still in use {} ms after stop (a process left in it?): deleting its interface", waited.as_millis());
+                if let Err(e) = host.del_peer_link(nsid, SESSION_IF).await {
+                    warn!("deleting the session interface: {e}");
+                }
+                return;
+            }
+            Err(e) => {
+                warn!("checking that the namespace went: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// How long a stopped session's namespace may take to go before it counts as held.
+const REAP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(600);
+
+async fn teardown_steps<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError> {
+    let mut errors = Vec::new();
     let mut keep = |r: Result<(), StepError>| {
         if let Err(e) = r {
             errors.push(e)
@@ -179,11 +254,7 @@ async fn teardown_steps<P: Platform>(p: &P, spec: &TeardownSpec, defer_link: boo
                 if let Some(addr) = spec.address {
                     keep(step("remove the session address", inside.del_addr(SESSION_IF, addr).await));
                 }
-                if defer_link {
-                    deferred = Some(inside);
-                } else {
-                    keep(step("delete the session interface", inside.del_link(SESSION_IF).await));
-                }
+                keep(step("delete the session interface", inside.del_link(SESSION_IF).await));
             }
             Err(e) => keep(Err(StepError { step: "open netlink in the session namespace", source: e })),
         }
@@ -193,7 +264,7 @@ async fn teardown_steps<P: Platform>(p: &P, spec: &TeardownSpec, defer_link: boo
     }
     keep(step("delete the network namespace", p.delete_netns(&spec.netns)));
     keep(step("remove /etc/netns files", p.remove_netns_files(&spec.netns)));
-    (errors, deferred)
+    errors
 }
 
 #[cfg(test)]
@@ -281,22 +352,55 @@ mod tests {
         assert!(p.log().contains(&"host: link del sdv3".to_string()));
     }
 
-    #[tokio::test]
-    async fn deferred_teardown_hands_back_only_the_macvlan_deletion() {
+    #[tokio::test(start_paused = true)]
+    async fn macvlan_stop_leaves_the_interface_to_the_kernel() {
         let p = FakePlatform::new();
-        build(&p, &plan(LinkKind::Macvlan)).await.unwrap();
+        let mv = plan(LinkKind::Macvlan);
+        build(&p, &mv).await.unwrap();
         p.clear_log();
-        let (errs, deferred) = teardown_deferring_link(&p, &plan(LinkKind::Macvlan).teardown_spec()).await;
-        assert!(errs.is_empty());
-        assert_eq!(p.log(), vec!["sessiond-3: addr del 10.0.0.100/24 dev eth0", "netns del sessiond-3", "rm sessiond-3 files"]);
-        deferred.expect("the macvlan deletion is handed back").del_link(SESSION_IF).await.unwrap();
-        assert!(p.log().contains(&"sessiond-3: link del eth0".to_string()));
-        // veth: nothing deferred (its host end must be gone when stop returns)
+        let (errs, nsid) = teardown_leaving_link(&p, &mv.teardown_spec()).await;
+        assert!(errs.is_empty(), "{errs:?}");
+        // No address or link deletion (each an RTNL-held grace period): the namespace takes them.
+        assert_eq!(p.log(), vec!["netns id sessiond-3", "netns del sessiond-3", "rm sessiond-3 files"]);
+        assert!(p.is_empty(), "{:?}", p.objects());
+        reap_link(p.host(), nsid.expect("an id to check on"), mv.mac).await;
+        assert!(!p.log().iter().any(|l| l.contains("link del")), "{:?}", p.log());
+        // veth: its host end must be gone when stop returns, so the full teardown runs
         let p = FakePlatform::new();
         build(&p, &plan(LinkKind::Veth)).await.unwrap();
-        let (_, deferred) = teardown_deferring_link(&p, &plan(LinkKind::Veth).teardown_spec()).await;
-        assert!(deferred.is_none());
+        let (_, nsid) = teardown_leaving_link(&p, &plan(LinkKind::Veth).teardown_spec()).await;
+        assert!(nsid.is_none());
         assert!(p.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_something_still_holds_loses_its_interface() {
+        let p = FakePlatform::new();
+        let plan = plan(LinkKind::Macvlan);
+        p.hold_outside(&plan.netns());
+        build(&p, &plan).await.unwrap();
+        let (errs, nsid) = teardown_leaving_link(&p, &plan.teardown_spec()).await;
+        assert!(errs.is_empty());
+        assert!(p.objects().contains("link:sessiond-3/eth0"), "still there while held");
+        let t0 = tokio::time::Instant::now();
+        reap_link(p.host(), nsid.unwrap(), plan.mac).await;
+        assert!(t0.elapsed() >= REAP_PATIENCE, "waited {:?} before deciding it is held", t0.elapsed());
+        assert!(p.log().contains(&"host: link del eth0 in nsid 0".to_string()), "{:?}", p.log());
+        assert!(!p.objects().iter().any(|o| o.starts_with("link:sessiond-3/") || o.starts_with("addr:sessiond-3/eth0")), "{:?}", p.objects());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reaping_never_touches_another_sessions_interface() {
+        // The id now names a namespace whose eth0 has another MAC: ours is gone, leave it be.
+        let p = FakePlatform::new();
+        let plan = plan(LinkKind::Macvlan);
+        p.hold_outside(&plan.netns());
+        build(&p, &plan).await.unwrap();
+        let (_, nsid) = teardown_leaving_link(&p, &plan.teardown_spec()).await;
+        let other_mac = [0x02, 0, 0, 0, 0, 0x99];
+        reap_link(p.host(), nsid.unwrap(), other_mac).await;
+        assert!(!p.log().iter().any(|l| l.contains("link del")));
+        assert!(p.objects().contains("link:sessiond-3/eth0"));
     }
 
     #[tokio::test]

@@ -209,6 +209,11 @@ impl StateDir {
         write_atomic(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"))
     }
 
+    /// Like `save_blob`, atomic but not fsynced: for rewrites whose loss in a crash is harmless.
+    pub fn save_blob_unsynced<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        write_atomic_unsynced(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"))
+    }
+
     /// Removes temp files an interrupted write left behind.
     pub fn sweep_temp_files(&self) {
         for dir in [self.root.clone(), self.root.join("sessions"), self.root.join("addresses"), self.root.join("leases")] {

@@ -120,6 +120,46 @@ stop_leaves_nothing() {
     [[ -z "$left" ]] || { echo "left behind:$left"; return 1; }
 }
 
+# Stop unmounts a macvlan session's namespace and leaves its interface to the kernel: the
+# namespace itself must die, not linger unmounted (held by something the daemon forgot, which
+# the daemon would report with a "still in use" warning after deleting the interface itself).
+# The uplink shows it: it is promiscuous while any macvlan's MAC is on it.
+uplink_promiscuity() { ip -d link show "$SBX_UPLINK" | grep -oE 'promiscuity [0-9]+'; }
+PROMISC0=$(uplink_promiscuity)
+stopped_namespaces_die() {
+    wait_for 3 eval '[[ $(uplink_promiscuity) == "$PROMISC0" ]]' || { echo "uplink still has macvlans: $(uplink_promiscuity), was $PROMISC0"; return 1; }
+    local held; held=$(grep -c "still in use" "$DAEMON_LOG")
+    [[ $held == "${1:-0}" ]] || { grep "still in use" "$DAEMON_LOG"; return 1; }
+}
+
+# A process left in a stopped session keeps its namespace alive: the session interface in it
+# must still go (no address left in use after the release), and the sid must start again.
+held_namespace_loses_its_uplink() {
+    "$SESSIOND" start --session 5 >/dev/null || return 1
+    ip netns exec sessiond-5 sleep 30 &
+    local h=$!
+    # wait until the sleeper is in the session's namespace
+    wait_for 3 eval "[[ \$(readlink /proc/$h/ns/net) != \$(readlink /proc/self/ns/net) ]]" || { kill $h; return 1; }
+    "$SESSIOND" stop --session 5 >/dev/null || { kill $h; return 1; }
+    local gone=0
+    wait_for 3 eval "! nsenter --net=/proc/$h/ns/net ip link show eth0 >/dev/null 2>&1" && gone=1
+    echo "left in the held namespace: $(nsenter --net=/proc/$h/ns/net ip -br link | tr '\n' ' ')"
+    "$SESSIOND" start --session 5 >/dev/null; local rc=$?
+    kill $h; wait $h 2>/dev/null
+    "$SESSIOND" stop --session 5 >/dev/null
+    [[ $gone == 1 && $rc == 0 ]]
+}
+
+# The kernel frees a stopped session's interface a little after stop answers; a new start of the
+# same sid at once must not trip over the old MAC.
+restart_same_sid_at_once() {
+    local i
+    for i in $(seq 10); do
+        "$SESSIOND" start --session 6 >/dev/null || { echo "start $i failed"; return 1; }
+        "$SESSIOND" stop --session 6 >/dev/null || { echo "stop $i failed"; return 1; }
+    done
+}
+
 hundred_concurrent_starts() {
     local pids=() i fail=0
     for i in $(seq 10 109); do "$SESSIOND" start --session "$i" --json >/run/c$i.json 2>&1 & pids+=($!); done
@@ -146,6 +186,14 @@ for KIND in "${KINDS[@]}"; do
     check "$KIND: kill -9 and restart re-adopt both sessions unchanged" restart_readopts
     check "$KIND: SIGTERM leaves sessions running" sigterm_leaves_sessions_running
     check "$KIND: stop leaves no netns, link, file or state" stop_leaves_nothing
+    if [[ $KIND == macvlan ]]; then
+        check "$KIND: stopped sessions' namespaces die with their macvlans (none held)" stopped_namespaces_die 0
+    fi
+    check "$KIND: a process left in a stopped session: its namespace loses the uplink; the sid starts again" held_namespace_loses_its_uplink
+    check "$KIND: stop and start the same sid 10 times back to back" restart_same_sid_at_once
+    if [[ $KIND == macvlan ]]; then
+        check "$KIND: ... and those namespaces die too (only the held one was held)" stopped_namespaces_die 1
+    fi
     check "$KIND: 100 concurrent starts" hundred_concurrent_starts
     kill_daemon TERM
 done

@@ -193,6 +193,25 @@ renewal_lifetime_covers_lease() {
     (( v * 1000 >= e - now )) || { info "$KIND: after renewal valid_lft ${v} s but the lease ends in $((e - now)) ms"; return 1; }
 }
 
+# After its unicast renewal session 2's kernel has resolved the server: the daemon marks that
+# neighbour entry externally learned (extern_learn), which the kernel's garbage collector of the
+# one table all namespaces share leaves alone -- else each renewal at scale broadcasts an ARP
+# request that the macvlan copies into every session. A session started later is seeded with
+# the same entry at once (no ARP broadcast of its own).
+renewal_pins_and_seeds_server_neighbour() {
+    local srv out2 out3 rc=0
+    srv=$(status_of 2 | jq -r .lease.server)
+    out2=$(ip -n sessiond-2 neigh show "$srv" dev eth0); echo "session 2: $out2"
+    [[ $out2 == *extern_learn* ]] || { echo "session 2's entry for $srv is not pinned"; rc=1; }
+    "$SESSIOND" start --session 3 >/dev/null || return 1
+    out3=$(ip -n sessiond-3 neigh show "$srv" dev eth0); echo "session 3 right after start: $out3"
+    [[ $out3 == *extern_learn* && $(grep -oE 'lladdr [0-9a-f:]+' <<<"$out3") == $(grep -oE 'lladdr [0-9a-f:]+' <<<"$out2") ]] ||
+        { echo "session 3 not seeded"; rc=1; }
+    "$SESSIOND" stop --session 3 >/dev/null
+    (( rc == 0 )) || grep -iE "neighbour|session=[23]" "$DAEMON_LOG" | tail -n 12
+    return $rc
+}
+
 # ------------------------------------------------------------------ 5. outage
 
 OUT_MARK=0 OUT_E=0 OUT_T2=0
@@ -354,6 +373,7 @@ for KIND in "${KINDS[@]}"; do
     else
         check "$KIND: renews at T1 and keeps its address" short_lease_renews
         check "$KIND: after the renewal eth0's valid_lft covers the rest of the lease" renewal_lifetime_covers_lease
+        check "$KIND: the server's neighbour entry is pinned after the renewal and seeded into a new session" renewal_pins_and_seeds_server_neighbour
         check "$KIND: outage: past T2 the session is rebinding" outage_rebinding_past_t2
         check "$KIND: outage: address stays on eth0 until (250 ms before) expiry" outage_address_kept_until_expiry
         check "$KIND: outage: address gone from eth0 past expiry" outage_address_gone_after_expiry
