@@ -58,6 +58,8 @@ pub struct DriverContext<N: NetOps> {
     /// asks the server again anyway).
     pub persisted: std::sync::Mutex<Option<(Ipv4Addr, Ipv4Addr)>>,
     pub lan_neighbours: LanNeighbours,
+    /// Neighbours whose entry this task has pinned or seeded.
+    pub pinned: std::sync::Mutex<std::collections::HashSet<Ipv4Addr>>,
 }
 
 pub fn lease_file(sid: Sid) -> String {
@@ -324,7 +326,14 @@ async fn execute<N: NetOps>(ctx: &DriverContext<N>, sock: &UdpSocket, a: Action,
         Action::Send { bytes, dest, .. } => {
             let to = match dest {
                 Dest::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
-                Dest::Unicast(ip) => SocketAddrV4::new(ip, 67),
+                Dest::Unicast(ip) => {
+                    // The first renewal of a session would otherwise broadcast an ARP request
+                    // (copied into every session): seed the entry if another session knows it.
+                    if !ctx.pinned.lock().unwrap().contains(&ip) {
+                        keep_neighbour(ctx, ip).await;
+                    }
+                    SocketAddrV4::new(ip, 67)
+                }
             };
             if let Err(e) = sock.send_to(&bytes, to).await {
                 warn!(%to, "DHCP send: {e}");
@@ -404,25 +413,35 @@ pub type LanNeighbours = std::sync::Arc<std::sync::Mutex<std::collections::HashM
 /// kernel confirms it by unicast on first use, and a wrong one fails over to a broadcast.
 async fn keep_neighbours<N: NetOps>(ctx: &DriverContext<N>, lease: &Lease) {
     for ip in lease_neighbours(lease) {
-        let entry = ctx.inside.neighbour(SESSION_IF, ip).await;
-        debug!(%ip, ?entry, "neighbour entry");
-        let r = match entry {
-            Ok(Some(n)) if n.resolved => {
-                ctx.lan_neighbours.lock().unwrap().insert(ip, n.mac.clone());
-                if n.pinned { Ok(()) } else { ctx.inside.pin_neighbour(SESSION_IF, ip, &n.mac, n.reachable).await }
-            }
-            Ok(_) => {
-                let known = ctx.lan_neighbours.lock().unwrap().get(&ip).cloned();
-                match known {
-                    Some(mac) => ctx.inside.pin_neighbour(SESSION_IF, ip, &mac, false).await,
-                    None => Ok(()),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = r {
-            debug!(%ip, "keeping the neighbour entry: {e}");
+        keep_neighbour(ctx, ip).await;
+    }
+}
+
+/// `keep_neighbours` for one address: pins the kernel's entry if resolved (and remembers its
+/// MAC for other sessions), else seeds it from what other sessions resolved.
+async fn keep_neighbour<N: NetOps>(ctx: &DriverContext<N>, ip: Ipv4Addr) {
+    let entry = ctx.inside.neighbour(SESSION_IF, ip).await;
+    debug!(%ip, ?entry, "neighbour entry");
+    let r = match entry {
+        Ok(Some(n)) if n.resolved => {
+            ctx.lan_neighbours.lock().unwrap().insert(ip, n.mac.clone());
+            if n.pinned { Ok(true) } else { ctx.inside.pin_neighbour(SESSION_IF, ip, &n.mac, n.reachable).await.map(|_| true) }
         }
+        Ok(_) => {
+            let known = ctx.lan_neighbours.lock().unwrap().get(&ip).cloned();
+            match known {
+                Some(mac) => ctx.inside.pin_neighbour(SESSION_IF, ip, &mac, false).await.map(|_| true),
+                None => Ok(false),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(true) => {
+            ctx.pinned.lock().unwrap().insert(ip);
+        }
+        Ok(false) => {}
+        Err(e) => debug!(%ip, "keeping the neighbour entry: {e}"),
     }
 }
 
@@ -521,6 +540,7 @@ mod tests {
             written: Default::default(),
             persisted: Default::default(),
             lan_neighbours: lan.clone(),
+            pinned: Default::default(),
         }
     }
 

@@ -277,6 +277,7 @@ impl<P: Platform> Manager<P> {
             written: Default::default(),
             persisted: Default::default(),
             lan_neighbours: self.lan_neighbours.clone(),
+            pinned: Default::default(),
         };
         Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
     }

@@ -115,6 +115,8 @@ fn target_netnsid(nsid: i32) -> netlink_packet_route::link::LinkAttribute {
 #[derive(Clone)]
 pub struct RtNet {
     handle: Handle,
+    /// Link indexes by name, for the operations a renewal repeats (see `with_index`).
+    indexes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 impl RtNet {
@@ -137,7 +139,7 @@ impl RtNet {
             }
         }
         tokio::spawn(conn);
-        Ok(RtNet { handle })
+        Ok(RtNet { handle, indexes: Default::default() })
     }
 
     /// Opens a connection inside the named netns (the socket is made on a throwaway thread
@@ -154,6 +156,62 @@ impl RtNet {
 
     async fn index_or_err(&self, name: &str) -> Result<u32, NetError> {
         self.link_index(name).await?.ok_or_else(|| NetError::NoSuchLink(name.to_string()))
+    }
+
+    /// Runs `op` with `name`'s index, taken from a cache (a link lookup returns the whole
+    /// link, stats and all: the biggest part of a renewal's netlink work). If the link is gone
+    /// (ENODEV: it was re-created since), looks the index up again and retries once.
+    async fn with_index<T, Fut>(&self, name: &str, op: impl Fn(u32) -> Fut) -> Result<T, NetError>
+    where
+        Fut: Future<Output = Result<T, NetError>>,
+    {
+        let cached = self.indexes.lock().unwrap().get(name).copied();
+        if let Some(idx) = cached {
+            match op(idx).await {
+                Err(e) if e.errno() == Some(libc::ENODEV) => {
+                    self.indexes.lock().unwrap().remove(name);
+                }
+                r => return r,
+            }
+        }
+        let idx = self.index_or_err(name).await?;
+        self.indexes.lock().unwrap().insert(name.to_string(), idx);
+        op(idx).await
+    }
+}
+
+impl RtNet {
+    /// RTM_GETNEIGH for one entry by key (a hash lookup), not a dump: the table is shared by
+    /// every namespace, and a dump walks all of it.
+    async fn neighbour_at(&self, idx: u32, name: &str, ip: Ipv4Addr) -> Result<Option<Neighbour>, NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let mut get = NeighbourMessage::default();
+        get.header.family = AddressFamily::Inet;
+        get.header.ifindex = idx;
+        get.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(get));
+        req.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req).map_err(nl(format!("look up neighbour {ip} on {name}")))?;
+        let mut entry = None;
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => entry = Some(m),
+                NetlinkPayload::Error(e) if e.code.is_some() && -e.raw_code() != libc::ENOENT => {
+                    return Err(nl(format!("look up neighbour {ip} on {name}"))(rtnetlink::Error::NetlinkError(e)));
+                }
+                _ => {}
+            }
+        }
+        Ok(entry.map(|m| Neighbour {
+            mac: m.attributes.iter().find_map(|a| if let NeighbourAttribute::LinkLayerAddress(mac) = a { Some(mac.clone()) } else { None }).unwrap_or_default(),
+            resolved: matches!(m.header.state, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe),
+            reachable: m.header.state == NeighbourState::Reachable,
+            pinned: m.header.flags.contains(NeighbourFlags::ExtLearned),
+        }))
     }
 }
 
@@ -217,18 +275,20 @@ impl NetOps for RtNet {
     }
 
     async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
-        let idx = self.index_or_err(name).await?;
-        let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
-        if host_scope {
-            req.message_mut().header.scope = AddressScope::Host;
-        }
-        if let Some(l) = life {
-            let mut ci = CacheInfo::default();
-            ci.ifa_preferred = l.preferred_secs;
-            ci.ifa_valid = l.valid_secs;
-            req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
-        }
-        req.execute().await.map_err(nl(format!("add address {addr} to {name}")))
+        self.with_index(name, |idx| async move {
+            let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
+            if host_scope {
+                req.message_mut().header.scope = AddressScope::Host;
+            }
+            if let Some(l) = life {
+                let mut ci = CacheInfo::default();
+                ci.ifa_preferred = l.preferred_secs;
+                ci.ifa_valid = l.valid_secs;
+                req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
+            }
+            req.execute().await.map_err(nl(format!("add address {addr} to {name}")))
+        })
+        .await
     }
 
     async fn del_addr(&self, name: &str, addr: Ipv4Net) -> Result<(), NetError> {
@@ -294,37 +354,10 @@ impl NetOps for RtNet {
     }
 
     async fn neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<Option<Neighbour>, NetError> {
-        use netlink_packet_route::AddressFamily;
-        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
-        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-        use rtnetlink::packet_route::RouteNetlinkMessage;
-        let Some(idx) = self.link_index(name).await? else { return Ok(None) };
-        // One entry by key (a hash lookup), not a dump: the table is shared by every
-        // namespace, and a dump walks all of it.
-        let mut get = NeighbourMessage::default();
-        get.header.family = AddressFamily::Inet;
-        get.header.ifindex = idx;
-        get.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(get));
-        req.header.flags = NLM_F_REQUEST;
-        let mut handle = self.handle.clone();
-        let mut replies = handle.request(req).map_err(nl(format!("look up neighbour {ip} on {name}")))?;
-        let mut entry = None;
-        while let Some(m) = replies.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => entry = Some(m),
-                NetlinkPayload::Error(e) if e.code.is_some() && -e.raw_code() != libc::ENOENT => {
-                    return Err(nl(format!("look up neighbour {ip} on {name}"))(rtnetlink::Error::NetlinkError(e)));
-                }
-                _ => {}
-            }
+        match self.with_index(name, |idx| self.neighbour_at(idx, name, ip)).await {
+            Err(NetError::NoSuchLink(_)) => Ok(None),
+            r => r,
         }
-        Ok(entry.map(|m| Neighbour {
-            mac: m.attributes.iter().find_map(|a| if let NeighbourAttribute::LinkLayerAddress(mac) = a { Some(mac.clone()) } else { None }).unwrap_or_default(),
-            resolved: matches!(m.header.state, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe),
-            reachable: m.header.state == NeighbourState::Reachable,
-            pinned: m.header.flags.contains(NeighbourFlags::ExtLearned),
-        }))
     }
 
     async fn pin_neighbour(&self, name: &str, ip: Ipv4Addr, mac: &[u8], reachable: bool) -> Result<(), NetError> {
