@@ -463,7 +463,8 @@ class Bench:
 
     def sessiond_suite(self):
         a = self.a
-        self.start_daemon(os.path.join(a.disk_dir, "state"), "disk")
+        # The default layout: state dir under /run (tmpfs), /etc/netns on the root disk.
+        self.start_daemon(os.path.join(self.work, "state"), "default")
         # warm-up (first netns mount, page cache, dnsmasq's lease db)
         for s in (1, 2):
             sock_call(self.sock, {"op": "start", "session": s})
@@ -484,7 +485,7 @@ class Bench:
         work a request leaves behind (a deferred link deletion) is done before the next one."""
         a = self.a
         n, gap = a.spaced_n, a.spaced_gap
-        self.start_daemon(os.path.join(a.disk_dir, "state-spaced"), "spaced")
+        self.start_daemon(os.path.join(self.work, "state-spaced"), "spaced")
         try:
             for s in (1, 2):
                 sock_call(self.sock, {"op": "start", "session": s})
@@ -521,6 +522,21 @@ class Bench:
             self.stop_daemon()
         finally:
             sh(["umount", "/etc/netns"], check=False)
+
+    def sessiond_diskstate_suite(self):
+        """The same daemon with --state-dir on the disk: what durable records cost (fsync,
+        and on this VM's journal-less ext4 the inode allocator, see docs/performance.md)."""
+        a = self.a
+        self.start_daemon(os.path.join(a.disk_dir, "state"), "diskstate")
+        try:
+            for s in (1, 2):
+                sock_call(self.sock, {"op": "start", "session": s})
+            sock_call(self.sock, {"op": "stop_all"})
+            for n in a.tmpfs_ns:
+                for via, mode in (("socket", "seq"), ("cli", "seq"), ("cli", "conc"), ("socket", "conc")):
+                    self.sessiond_round(n, via, mode, section="sessiond-diskstate", suffix="-diskstate")
+        finally:
+            self.stop_daemon()
 
     def soak(self):
         """Holds the sessions through DHCP renewals and measures the daemon meanwhile."""
@@ -997,7 +1013,9 @@ def render_md(rows):
     table("sessiond, one request at a time", sorted([r for r in lat if r["section"] == "sessiond-spaced"], key=key),
           "Requests 100 ms apart, as logins and logouts usually arrive; `all ready / total` excludes the pauses.")
     table("sessiond, state dir and /etc/netns on tmpfs", sorted([r for r in lat if r["section"] == "sessiond-tmpfs"], key=key),
-          "The same, with no fsync cost (what the sandbox's own /var/lib and /etc overlays give).")
+          "The same, with /etc/netns on tmpfs too: no disk cost at all (what the sandbox's own /etc overlay gives).")
+    table("sessiond, --state-dir on disk", sorted([r for r in lat if r["section"] == "sessiond-diskstate"], key=key),
+          "The same, with the state dir moved to the disk (ext4, like /etc/netns): durable records, fsync included.")
     table("Baseline (a): udhcpc script", sorted([r for r in lat if r["section"] == "udhcpc-script"], key=key),
           "`benches/baselines/admin-start.sh`: ip netns add, macvlan created in the netns, lo + loopback, "
           "`ip netns exec … busybox udhcpc -q -n` with an event script applying address, route, resolv.conf. "
@@ -1071,7 +1089,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--render-only", action="store_true", help="rewrite docs/performance.md from the CSV; measure nothing")
-    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,udhcpc,cni")
+    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,diskstate,udhcpc,cni")
     p.add_argument("--repo")
     p.add_argument("--sessiond")
     p.add_argument("--bin-desc", default="")
@@ -1118,7 +1136,7 @@ def main():
         a.soak_n = a.sessiond_ns[-1]
     if a.soak_secs is not None:
         a.soak_s = a.soak_secs
-    all_sections = ["lower", "sessiond", "spaced", "tmpfs", "udhcpc", "cni"]
+    all_sections = ["lower", "sessiond", "spaced", "tmpfs", "diskstate", "udhcpc", "cni"]
     only = [s for s in a.only.split(",") if s] or all_sections
     for s in only:
         if s not in all_sections:
@@ -1133,7 +1151,7 @@ def main():
             log("== lower bound: netns + macvlan, no DHCP")
             b.lower_suite()
         if "sessiond" in only:
-            log("== sessiond (state dir and /etc/netns on disk)")
+            log("== sessiond (default layout: state dir on /run, /etc/netns on disk)")
             b.sessiond_suite()
         if "spaced" in only:
             log("== sessiond, one request at a time with pauses")
@@ -1141,6 +1159,9 @@ def main():
         if "tmpfs" in only:
             log("== sessiond, state dir and /etc/netns on tmpfs")
             b.sessiond_tmpfs_suite()
+        if "diskstate" in only:
+            log("== sessiond, --state-dir on disk")
+            b.sessiond_diskstate_suite()
         if "udhcpc" in only:
             log("== baseline (a): udhcpc script")
             b.admin_suite()
@@ -1151,7 +1172,7 @@ def main():
         b.stop_daemon()
         b.stop_cni_daemon()
     log(f"measurements took {time.monotonic() - t0:.0f} s")
-    sec_of = {"lower": ["lower"], "sessiond": ["sessiond", "soak"], "spaced": ["sessiond-spaced"], "tmpfs": ["sessiond-tmpfs"],
+    sec_of = {"lower": ["lower"], "sessiond": ["sessiond", "soak"], "spaced": ["sessiond-spaced"], "tmpfs": ["sessiond-tmpfs"], "diskstate": ["sessiond-diskstate"],
               "udhcpc": ["udhcpc-script"], "cni": ["cni-dhcp"]}
     rerun = None
     if a.only:

@@ -111,6 +111,8 @@ pub struct DaemonArgs {
     /// Group allowed to connect to the control socket (users read their own sessions)
     #[arg(long)]
     pub socket_group: Option<String>,
+    /// Session records and leases (default /run/sessiond/state: runtime state, gone at reboot
+    /// like the sessions it describes)
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Give up a DHCP start after this many seconds (default 30)
@@ -328,6 +330,24 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
     rt.block_on(daemon_main(settings)).map_err(failed)
 }
 
+/// The kernel's one neighbour table for all namespaces has host-wide limits. The daemon's own
+/// entries (each session's DHCP server and gateway) are exempt, but what users' sessions talk
+/// to is not: past gc_thresh3 the kernel drops traffic with "neighbor table overflow".
+fn warn_if_neighbour_table_small() {
+    const SUGGESTED: u64 = 8192;
+    let read = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{k}")).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    // Only the host's initial namespace has the limits (absent elsewhere: nothing to say).
+    if let Some(t3) = read("gc_thresh3")
+        && t3 < SUGGESTED
+    {
+        tracing::info!(
+            gc_thresh3 = t3,
+            "the kernel's neighbour table (shared by all sessions) holds at most {t3} entries; for more than a few hundred \
+             sessions raise net.ipv4.neigh.default.gc_thresh1/2/3 (e.g. 2048/4096/8192, see README)"
+        );
+    }
+}
+
 fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = dir.join(".lock");
@@ -401,6 +421,7 @@ async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!("recovery: {e}");
     }
 
+    warn_if_neighbour_table_small();
     tracing::info!(socket = %socket.display(), "listening");
     crate::daemon::notify_ready();
     tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));

@@ -8,7 +8,10 @@ use crate::pool::{Pool, PoolError};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/sessiond";
+/// Runtime state, like systemd-networkd's leases under /run: the session records and leases
+/// describe namespaces and links that do not survive a reboot, so neither should they. It
+/// survives daemon restarts and crashes, which is what recovery needs.
+pub const DEFAULT_STATE_DIR: &str = "/run/sessiond/state";
 pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -4,6 +4,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub const ETC_NETNS: &str = "/etc/netns";
+/// Where the files really are: /etc/netns/NAME is a symlink to RUN_NETNS_ETC/NAME. They are
+/// runtime files (rewritten from the lease; gone with the session), and on the root disk each
+/// session's directory and two files cost new inodes at every start (see docs/performance.md).
+pub const RUN_NETNS_ETC: &str = "/run/sessiond/etc-netns";
 
 pub fn netns_etc_dir(netns: &str) -> PathBuf {
     Path::new(ETC_NETNS).join(netns)

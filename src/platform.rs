@@ -34,25 +34,73 @@ pub trait Platform: Send + Sync + 'static {
 
 pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
 
-/// Writes /etc/netns/NETNS/FILE atomically under `etc_netns`.
-pub fn write_netns_file_in(etc_netns: &std::path::Path, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
-    let dir = etc_netns.join(netns);
-    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+/// Writes /etc/netns/NETNS/FILE atomically. The folder is made under `run_dir` (tmpfs) and
+/// reached through a symlink /etc/netns/NETNS, which `ip netns exec` and bind mounts follow;
+/// an existing real folder there (made by an older version) is used as it is.
+pub fn write_netns_file_in(etc_netns: &std::path::Path, run_dir: &std::path::Path, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
+    let link = etc_netns.join(netns);
+    let meta = std::fs::symlink_metadata(&link).ok();
+    let dir = match meta {
+        Some(m) if m.is_dir() => link,
+        Some(m) if m.file_type().is_symlink() => {
+            // Ours; after a reboot its folder under /run is gone: make it again.
+            let target = std::fs::read_link(&link).map_err(io_err(format!("read {}", link.display())))?;
+            let target = etc_netns.join(target);
+            std::fs::create_dir_all(&target).map_err(io_err(format!("create {}", target.display())))?;
+            target
+        }
+        other => {
+            if other.is_some() {
+                std::fs::remove_file(&link).map_err(io_err(format!("replace {}", link.display())))?;
+            }
+            let target = run_dir.join(netns);
+            std::fs::create_dir_all(&target).map_err(io_err(format!("create {}", target.display())))?;
+            std::fs::create_dir_all(etc_netns).map_err(io_err(format!("create {}", etc_netns.display())))?;
+            match std::os::unix::fs::symlink(&target, &link) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(format!("link {}", link.display()))(e)),
+                _ => {}
+            }
+            target
+        }
+    };
     // Atomic (a reader never sees half a file) but not fsynced: these files are derived from the
     // session record and the lease, and rewritten whenever the daemon re-adopts the session.
     crate::state::write_atomic_unsynced(&dir.join(file), contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
+}
+
+/// Removes /etc/netns/NETNS (symlink or folder) and the folder under `run_dir`; absent is fine.
+pub fn remove_netns_files_in(etc_netns: &std::path::Path, run_dir: &std::path::Path, netns: &str) -> Result<(), NetError> {
+    let mut first_err = None;
+    for path in [etc_netns.join(netns), run_dir.join(netns)] {
+        let r = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = r
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            first_err.get_or_insert(io_err(format!("remove {}", path.display()))(e));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
 }
 
 /// The real thing: rtnetlink, bind-mounted namespaces, files under /etc/netns.
 pub struct LinuxPlatform {
     host: RtNet,
     etc_netns: PathBuf,
+    run_dir: PathBuf,
 }
 
 impl LinuxPlatform {
     /// Must be called on the runtime, in the host namespace.
     pub fn new() -> Result<LinuxPlatform, NetError> {
-        Ok(LinuxPlatform { host: RtNet::connect_here()?, etc_netns: PathBuf::from(crate::files::ETC_NETNS) })
+        Ok(LinuxPlatform {
+            host: RtNet::connect_here()?,
+            etc_netns: PathBuf::from(crate::files::ETC_NETNS),
+            run_dir: PathBuf::from(crate::files::RUN_NETNS_ETC),
+        })
     }
 }
 
@@ -94,7 +142,7 @@ impl Platform for LinuxPlatform {
     }
 
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
-        write_netns_file_in(&self.etc_netns, netns, file, contents)
+        write_netns_file_in(&self.etc_netns, &self.run_dir, netns, file, contents)
     }
 
     async fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
@@ -114,15 +162,47 @@ impl Platform for LinuxPlatform {
     }
 
     fn file_writer(&self) -> FileWriter {
-        let dir = self.etc_netns.clone();
-        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&dir, netns, file, contents))
+        let (etc, run) = (self.etc_netns.clone(), self.run_dir.clone());
+        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&etc, &run, netns, file, contents))
     }
 
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
-        let dir = self.etc_netns.join(netns);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(format!("remove {}", dir.display()))(e)),
-            _ => Ok(()),
-        }
+        remove_netns_files_in(&self.etc_netns, &self.run_dir, netns)
+    }
+}
+
+#[cfg(test)]
+mod netns_file_tests {
+    use super::*;
+
+    #[test]
+    fn files_live_under_run_behind_a_symlink_and_go_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (etc, run) = (t.path().join("etc-netns"), t.path().join("run"));
+        write_netns_file_in(&etc, &run, "sessiond-4", "resolv.conf", "nameserver 10.0.0.1\n").unwrap();
+        write_netns_file_in(&etc, &run, "sessiond-4", "hosts", "127.0.0.1 localhost\n").unwrap();
+        let link = etc.join("sessiond-4");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(link.join("resolv.conf")).unwrap(), "nameserver 10.0.0.1\n");
+        assert!(run.join("sessiond-4/hosts").is_file());
+        remove_netns_files_in(&etc, &run, "sessiond-4").unwrap();
+        assert!(std::fs::symlink_metadata(&link).is_err() && !run.join("sessiond-4").exists());
+        remove_netns_files_in(&etc, &run, "sessiond-4").unwrap(); // absent is fine
+    }
+
+    #[test]
+    fn a_real_folder_is_used_and_a_dangling_link_is_mended() {
+        let t = tempfile::tempdir().unwrap();
+        let (etc, run) = (t.path().join("etc-netns"), t.path().join("run"));
+        std::fs::create_dir_all(etc.join("sessiond-5")).unwrap();
+        write_netns_file_in(&etc, &run, "sessiond-5", "hosts", "x\n").unwrap();
+        assert!(etc.join("sessiond-5/hosts").is_file() && !run.join("sessiond-5").exists());
+        // after a reboot: the link is there, its folder under /run is not
+        write_netns_file_in(&etc, &run, "sessiond-6", "hosts", "y\n").unwrap();
+        std::fs::remove_dir_all(run.join("sessiond-6")).unwrap();
+        write_netns_file_in(&etc, &run, "sessiond-6", "hosts", "z\n").unwrap();
+        assert_eq!(std::fs::read_to_string(etc.join("sessiond-6/hosts")).unwrap(), "z\n");
+        remove_netns_files_in(&etc, &run, "sessiond-5").unwrap();
+        assert!(!etc.join("sessiond-5").exists());
     }
 }

@@ -111,8 +111,12 @@ async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, S
     if let Some(addr) = plan.address {
         apply_address(&inside, addr, plan.gateway, None).await?;
     }
-    step("write resolv.conf", p.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf))?;
-    step("write hosts", p.write_netns_file(&netns, "hosts", &plan.hosts))?;
+    // A DHCP session's files are written once, by its DHCP task, from the lease (writing
+    // placeholders here cost two more files per start, each a new inode on the state's disk).
+    if plan.address.is_some() {
+        step("write resolv.conf", p.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf))?;
+        step("write hosts", p.write_netns_file(&netns, "hosts", &plan.hosts))?;
+    }
     debug!(session = %plan.sid, "session built");
     Ok(inside)
 }
