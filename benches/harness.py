@@ -507,36 +507,33 @@ class Bench:
         finally:
             self.stop_daemon()
 
-    def sessiond_tmpfs_suite(self):
-        """The same daemon with its state dir and /etc/netns on tmpfs: what the fsyncs cost."""
+    def sessiond_variant_suite(self, label, state_dir):
+        """The sessiond rounds at a.tmpfs_ns, in section sessiond-LABEL, with the state dir at
+        `state_dir` (the layout is what the variant changes)."""
         a = self.a
-        sh(["mount", "-t", "tmpfs", "-o", "mode=0755", "bench-etc-netns", "/etc/netns"])
+        self.start_daemon(state_dir, label)
         try:
-            self.start_daemon(os.path.join(self.work, "state-tmpfs"), "tmpfs")
             for s in (1, 2):
                 sock_call(self.sock, {"op": "start", "session": s})
             sock_call(self.sock, {"op": "stop_all"})
             for n in a.tmpfs_ns:
                 for via, mode in (("socket", "seq"), ("cli", "seq"), ("cli", "conc"), ("socket", "conc")):
-                    self.sessiond_round(n, via, mode, section="sessiond-tmpfs", suffix="-tmpfs")
+                    self.sessiond_round(n, via, mode, section=f"sessiond-{label}", suffix=f"-{label}")
+        finally:
             self.stop_daemon()
+
+    def sessiond_tmpfs_suite(self):
+        """The same daemon with its state dir and /etc/netns on tmpfs: no disk cost at all."""
+        sh(["mount", "-t", "tmpfs", "-o", "mode=0755", "bench-etc-netns", "/etc/netns"])
+        try:
+            self.sessiond_variant_suite("tmpfs", os.path.join(self.work, "state-tmpfs"))
         finally:
             sh(["umount", "/etc/netns"], check=False)
 
     def sessiond_diskstate_suite(self):
         """The same daemon with --state-dir on the disk: what durable records cost (fsync,
         and on this VM's journal-less ext4 the inode allocator, see docs/performance.md)."""
-        a = self.a
-        self.start_daemon(os.path.join(a.disk_dir, "state"), "diskstate")
-        try:
-            for s in (1, 2):
-                sock_call(self.sock, {"op": "start", "session": s})
-            sock_call(self.sock, {"op": "stop_all"})
-            for n in a.tmpfs_ns:
-                for via, mode in (("socket", "seq"), ("cli", "seq"), ("cli", "conc"), ("socket", "conc")):
-                    self.sessiond_round(n, via, mode, section="sessiond-diskstate", suffix="-diskstate")
-        finally:
-            self.stop_daemon()
+        self.sessiond_variant_suite("diskstate", os.path.join(self.a.disk_dir, "state"))
 
     def soak(self):
         """Holds the sessions through DHCP renewals and measures the daemon meanwhile."""

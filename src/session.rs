@@ -377,17 +377,23 @@ mod tests {
         assert!(p.is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_namespace_something_still_holds_loses_its_interface() {
+    /// A macvlan session stopped while something outside the daemon holds its namespace.
+    async fn stopped_while_held() -> (FakePlatform, SessionPlan, i32) {
         let p = FakePlatform::new();
         let plan = plan(LinkKind::Macvlan);
         p.hold_outside(&plan.netns());
         build(&p, &plan).await.unwrap();
         let (errs, nsid) = teardown_leaving_link(&p, &plan.teardown_spec()).await;
-        assert!(errs.is_empty());
+        assert!(errs.is_empty(), "{errs:?}");
         assert!(p.objects().contains("link:sessiond-3/eth0"), "still there while held");
+        (p, plan, nsid.expect("an id to check on"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_something_still_holds_loses_its_interface() {
+        let (p, plan, nsid) = stopped_while_held().await;
         let t0 = tokio::time::Instant::now();
-        reap_link(p.host(), nsid.unwrap(), plan.mac).await;
+        reap_link(p.host(), nsid, plan.mac).await;
         assert!(t0.elapsed() >= REAP_PATIENCE, "waited {:?} before deciding it is held", t0.elapsed());
         assert!(p.log().contains(&"host: link del eth0 in nsid 0".to_string()), "{:?}", p.log());
         assert!(!p.objects().iter().any(|o| o.starts_with("link:sessiond-3/") || o.starts_with("addr:sessiond-3/eth0")), "{:?}", p.objects());
@@ -396,13 +402,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reaping_never_touches_another_sessions_interface() {
         // The id now names a namespace whose eth0 has another MAC: ours is gone, leave it be.
-        let p = FakePlatform::new();
-        let plan = plan(LinkKind::Macvlan);
-        p.hold_outside(&plan.netns());
-        build(&p, &plan).await.unwrap();
-        let (_, nsid) = teardown_leaving_link(&p, &plan.teardown_spec()).await;
+        let (p, _, nsid) = stopped_while_held().await;
         let other_mac = [0x02, 0, 0, 0, 0, 0x99];
-        reap_link(p.host(), nsid.unwrap(), other_mac).await;
+        reap_link(p.host(), nsid, other_mac).await;
         assert!(!p.log().iter().any(|l| l.contains("link del")));
         assert!(p.objects().contains("link:sessiond-3/eth0"));
     }
