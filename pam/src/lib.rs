@@ -68,9 +68,24 @@ impl Env for Real<'_> {
         self.h.sid()
     }
     fn enter(&self, netns: &str) -> Result<(), String> {
-        sessiond::enter::enter_session(netns).map_err(|e| e.to_string())
+        // Close-on-exec (std's default): the user's shell, exec'd by a child, does not get it.
+        let home = std::fs::File::open("/proc/self/ns/net").ok();
+        sessiond::enter::enter_session(netns).map_err(|e| e.to_string())?;
+        *HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()) = home;
+        Ok(())
+    }
+    fn leave(&self) -> Result<(), String> {
+        let home = HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match home {
+            Some(f) => nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}")),
+            None => Ok(()),
+        }
     }
 }
+
+/// The network namespace this process had before `enter` (one login per process: sshd's
+/// session process opens and closes the same session).
+static HOME_NETNS: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
 
 type Entry = fn(&dyn Env, &Args) -> c_int;
 

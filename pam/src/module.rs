@@ -44,6 +44,9 @@ pub trait Env {
     fn sid(&self) -> Option<u32>;
     /// Moves the calling process into the session (netns + private mount ns).
     fn enter(&self, netns: &str) -> Result<(), String>;
+    /// Moves the calling process back to the network namespace it had before `enter` (nothing
+    /// to do if it did not enter).
+    fn leave(&self) -> Result<(), String>;
 }
 
 /// Why a session could not be had.
@@ -244,6 +247,12 @@ pub fn close_session(env: &dyn Env, args: &Args) -> c_int {
     let Some(n) = env.sid() else { return PAM_IGNORE };
     let _ = env.set_sid(None); // a second close_session on this handle must not count twice
     let Ok(sid) = Sid::new(u64::from(n)) else { return PAM_SESSION_ERR };
+    // sshd calls this from the process that entered the session: out of its namespace first,
+    // so that the stop does not find the namespace still held (it would then have to delete
+    // the session's interface itself instead of leaving it to the kernel).
+    if let Err(e) = env.leave() {
+        env.log(Level::Warning, &format!("session {sid}: leaving its network namespace: {e}"));
+    }
     match release(env, args, sid) {
         Ok(()) => {
             if args.debug {

@@ -271,6 +271,15 @@ logout_removes_sessions() {
     wait_for 15 no_sessions_left || { no_sessions_left; grep -i pam_sessiond "$T/sshd.log" | tail; return 1; }
 }
 
+# After logout nothing of the login may hold the stopped namespaces (else the daemon says "still
+# in use" and deletes the interface itself). The PAM module leaves the namespace before asking
+# for the stop (unit test: close_leaves_the_namespace_before_stopping_the_session); sshd's
+# closing process also exits within the daemon's 0.6 s of patience, so this holds either way.
+logout_leaves_nothing_holding_the_namespace() {
+    sleep 1 # the daemon checks within 0.6 s of each stop
+    ! grep "still in use" "$DAEMON_LOG"
+}
+
 excluded_user_over_ssh() {
     local out; out=$(ssh_as dave 'echo "session=${SESSIOND_SESSION:-none}"; ip -4 -o addr show dev eth0 2>&1 | head -1') || return 1
     echo "$out"
@@ -380,6 +389,7 @@ check "sshd with UsePAM and pam_sessiond on 127.0.0.1:$SSH_PORT" sshd_up
 check "two concurrent ssh logins: own address, loopback, hostname; both bind 0.0.0.0:9000" two_concurrent_logins
 check "logins reach each other over the LAN; the host's port 9000 stays free" logins_reach_each_other_not_the_host_port
 check "logout stops both sessions: no netns, no holder counts" logout_removes_sessions
+check "logout: nothing of the login still holds the stopped namespaces" logout_leaves_nothing_holding_the_namespace
 check "logout released both DHCP leases in the server's own database" wait_for 10 leases_all_released
 check "a sudo member logs in over ssh on the host's network" excluded_user_over_ssh
 check "daemon restart during a login keeps it; logout still cleans up" daemon_restart_keeps_login

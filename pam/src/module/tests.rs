@@ -24,6 +24,9 @@ struct Fake {
     sid: RefCell<Option<u32>>,
     entered: RefCell<Vec<String>>,
     enter_fails: bool,
+    /// Each `leave`, with whether the daemon still had session 1 at that moment.
+    left: RefCell<Vec<bool>>,
+    daemon: Option<Daemon>,
 }
 
 impl Fake {
@@ -79,6 +82,11 @@ impl Env for Fake {
             return Err(format!("entering netns {netns}: setns: EPERM"));
         }
         self.entered.borrow_mut().push(netns.into());
+        Ok(())
+    }
+    fn leave(&self) -> Result<(), String> {
+        let running = self.daemon.as_ref().is_some_and(|d| d.has(1));
+        self.left.borrow_mut().push(running);
         Ok(())
     }
 }
@@ -202,6 +210,16 @@ fn open_enters_and_exports_close_stops() {
     assert!(!r.daemon.has(1));
     assert_eq!(refcount(&r, 1), None);
     assert_eq!(close_session(&f, &r.args), PAM_IGNORE, "a second close does nothing");
+}
+
+#[test]
+fn close_leaves_the_namespace_before_stopping_the_session() {
+    let r = rig(&[]);
+    let f = Fake { daemon: Some(r.daemon.clone()), ..Fake::new("alice") };
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(*f.left.borrow(), vec![true], "left once, while the session was still running");
+    assert!(!r.daemon.has(1));
 }
 
 #[test]
