@@ -302,6 +302,7 @@ fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>
 }
 
 fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
+    crate::logging::init(); // first: resolving the settings may already have something to say
     let (cfg_path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_CONFIG), false),
@@ -324,7 +325,6 @@ fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
         dhcp_fqdn: args.dhcp_fqdn.then_some(true),
     };
     let settings = Settings::merge(flags, file).map_err(usage)?;
-    crate::logging::init();
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").map_err(failed)?;
     rt.block_on(daemon_main(settings)).map_err(failed)

@@ -12,6 +12,8 @@ pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";
 /// describe namespaces and links that do not survive a reboot, so neither should they. It
 /// survives daemon restarts and crashes, which is what recovery needs.
 pub const DEFAULT_STATE_DIR: &str = "/run/sessiond/state";
+/// The default before it moved under /run.
+pub const OLD_STATE_DIR: &str = "/var/lib/sessiond";
 pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -129,6 +131,25 @@ pub struct Settings {
     pub dhcp_fqdn: bool,
 }
 
+/// The default state dir, except right after an upgrade from a build that kept it under the
+/// old default while sessions still run: their records must be found, or the new daemon would
+/// take their namespaces for orphans and remove them.
+pub fn default_state_dir_in(new: &Path, old: &Path) -> PathBuf {
+    if !has_session_records(new) && has_session_records(old) {
+        tracing::warn!(
+            "session records found under {}, the old default state dir: using it (the default is now {}; --state-dir chooses)",
+            old.display(),
+            new.display()
+        );
+        return old.to_path_buf();
+    }
+    new.to_path_buf()
+}
+
+fn has_session_records(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("sessions")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+}
+
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok { Ok(()) } else { Err(ConfigError::BadIfName(name.to_string())) }
@@ -174,7 +195,7 @@ impl Settings {
             dns,
             socket: flags.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
             socket_group: flags.socket_group.or(file.socket_group),
-            state_dir: flags.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: flags.state_dir.or(file.state_dir).unwrap_or_else(|| default_state_dir_in(Path::new(DEFAULT_STATE_DIR), Path::new(OLD_STATE_DIR))),
             dhcp_timeout_secs,
             hostname_template: flags.hostname_template.or(file.hostname_template).unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: flags.dhcp_fqdn.or(file.dhcp_fqdn).unwrap_or(false),
@@ -185,6 +206,20 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_old_state_dir_is_used_only_while_it_has_the_only_records() {
+        let t = tempfile::tempdir().unwrap();
+        let (new, old) = (t.path().join("run"), t.path().join("varlib"));
+        assert_eq!(default_state_dir_in(&new, &old), new, "nothing anywhere: the new default");
+        std::fs::create_dir_all(old.join("sessions")).unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), new, "an empty old dir does not count");
+        std::fs::write(old.join("sessions/3.json"), "{}").unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), old, "sessions still recorded there");
+        std::fs::create_dir_all(new.join("sessions")).unwrap();
+        std::fs::write(new.join("sessions/4.json"), "{}").unwrap();
+        assert_eq!(default_state_dir_in(&new, &old), new, "the new dir has records: it wins");
+    }
 
     fn parse(t: &str) -> Result<FileConfig, ConfigError> {
         FileConfig::parse(t, Path::new("test.toml"))
