@@ -242,10 +242,12 @@ impl NetOps for RtNet {
 
     async fn create_macvlan(&self, parent: &str, name: &str, mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
         use std::os::fd::AsRawFd;
-        let parent_idx = self.index_or_err(parent).await?;
         let fd = ns_fd(target_ns)?;
-        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge).address(mac.to_vec()).setns_by_fd(fd.as_raw_fd()).build();
-        self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent} in {target_ns}")))
+        self.with_index(parent, |parent_idx| {
+            let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge).address(mac.to_vec()).setns_by_fd(fd.as_raw_fd()).build();
+            async move { self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent} in {target_ns}"))) }
+        })
+        .await
     }
 
     async fn create_veth(&self, host: &str, bridge: &str, peer: &str, peer_mac: [u8; 6], target_ns: &str) -> Result<(), NetError> {
@@ -263,15 +265,19 @@ impl NetOps for RtNet {
     }
 
     async fn set_up(&self, name: &str) -> Result<(), NetError> {
-        let idx = self.index_or_err(name).await?;
-        let msg = LinkUnspec::new_with_index(idx).up().build();
-        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))
+        self.with_index(name, |idx| async move {
+            let msg = LinkUnspec::new_with_index(idx).up().build();
+            self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))
+        })
+        .await
     }
 
     async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {
-        let idx = self.index_or_err(name).await?;
-        let msg = LinkUnspec::new_with_index(idx).mtu(mtu).build();
-        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} mtu {mtu}")))
+        self.with_index(name, |idx| async move {
+            let msg = LinkUnspec::new_with_index(idx).mtu(mtu).build();
+            self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} mtu {mtu}")))
+        })
+        .await
     }
 
     async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
@@ -324,14 +330,18 @@ impl NetOps for RtNet {
     }
 
     async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
-        let idx = self.index_or_err(name).await?;
-        let mut b =
-            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).protocol(RouteProtocol::Static);
-        b = match gateway {
-            Some(gw) => b.gateway(gw),
-            None => b.scope(RouteScope::Link),
-        };
-        self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} via {gateway:?} dev {name}")))
+        self.with_index(name, |idx| async move {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix_len())
+                .output_interface(idx)
+                .protocol(RouteProtocol::Static);
+            b = match gateway {
+                Some(gw) => b.gateway(gw),
+                None => b.scope(RouteScope::Link),
+            };
+            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} via {gateway:?} dev {name}")))
+        })
+        .await
     }
 
     async fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
@@ -362,10 +372,12 @@ impl NetOps for RtNet {
 
     async fn pin_neighbour(&self, name: &str, ip: Ipv4Addr, mac: &[u8], reachable: bool) -> Result<(), NetError> {
         use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
-        let idx = self.index_or_err(name).await?;
         let state = if reachable { NeighbourState::Reachable } else { NeighbourState::Stale };
-        let req = self.handle.neighbours().add(idx, IpAddr::V4(ip)).link_layer_address(mac).state(state).flags(NeighbourFlags::ExtLearned).replace();
-        req.execute().await.map_err(nl(format!("pin neighbour {ip} on {name}")))
+        self.with_index(name, |idx| async move {
+            let req = self.handle.neighbours().add(idx, IpAddr::V4(ip)).link_layer_address(mac).state(state).flags(NeighbourFlags::ExtLearned).replace();
+            req.execute().await.map_err(nl(format!("pin neighbour {ip} on {name}")))
+        })
+        .await
     }
 
     async fn peer_netns_id(&self, netns_fd: std::os::fd::RawFd) -> Result<i32, NetError> {
