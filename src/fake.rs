@@ -317,6 +317,9 @@ impl Platform for FakePlatform {
         let p = self.clone();
         std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| p.write_netns_file(netns, file, contents))
     }
+    fn list_netns_files(&self) -> Vec<String> {
+        self.world.lock().unwrap().objects.iter().filter_map(|o| o.strip_prefix("files:").map(String::from)).collect()
+    }
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
         op(&self.world, format!("rm {netns} files"), |w| {
             w.objects.remove(&format!("files:{netns}"));

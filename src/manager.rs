@@ -648,6 +648,18 @@ impl<P: Platform> Manager<P> {
                 report.cleaned.push(sid);
             }
         }
+        // /etc/netns outlives a reboot, the namespaces and their files under /run do not.
+        for name in self.platform.list_netns_files() {
+            if let Some(sid) = Sid::from_netns_name(&name)
+                && !known.contains(&sid)
+                && !self.platform.netns_exists(&name)
+            {
+                info!(session = %sid, "removing /etc/netns/{name}: no such session");
+                if let Err(e) = self.platform.remove_netns_files(&name) {
+                    report.errors.push(format!("orphan files {name}: {e}"));
+                }
+            }
+        }
         report
     }
 
@@ -812,6 +824,10 @@ mod tests {
         m.state.save(&starting).unwrap();
         // an orphan namespace with no record
         p.create_netns("sessiond-9", &[]).await.unwrap();
+        // /etc/netns files of a session that died with a reboot (no namespace, no record),
+        // and files that are not sessiond's
+        p.write_netns_file("sessiond-7", "hosts", "x").unwrap();
+        p.write_netns_file("blue", "hosts", "x").unwrap();
         let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
         let r = m2.recover().await;
         assert_eq!(r.adopted, vec![sid(1)]);
@@ -819,6 +835,7 @@ mod tests {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(m2.status(None).unwrap(), vec![live]);
         assert_eq!(p.list_netns(), vec!["sessiond-1".to_string()]);
+        assert_eq!(p.list_netns_files(), vec!["blue".to_string(), "sessiond-1".to_string()]);
         assert_eq!(m2.state.load_all().0.len(), 1);
     }
 

@@ -20,6 +20,8 @@ pub trait Platform: Send + Sync + 'static {
     fn list_netns(&self) -> Vec<String>;
     /// Writes /etc/netns/NETNS/FILE (creating the folder).
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError>;
+    /// Names under /etc/netns (whatever made them).
+    fn list_netns_files(&self) -> Vec<String>;
     /// Removes /etc/netns/NETNS and what is in it; absent is fine.
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
     /// The DHCP client socket inside the session namespace (port 68 on its interface).
@@ -164,6 +166,10 @@ impl Platform for LinuxPlatform {
     fn file_writer(&self) -> FileWriter {
         let (etc, run) = (self.etc_netns.clone(), self.run_dir.clone());
         std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&etc, &run, netns, file, contents))
+    }
+
+    fn list_netns_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.etc_netns).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
     }
 
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {

@@ -122,6 +122,18 @@ default_state_dir_finds_old_records() {
     [[ $n == 2 ]]
 }
 
+# After a reboot /etc/netns still has the entries of the sessions that were running (symlinks into
+# /run, now dangling); the next daemon removes them, and leaves other software's entries alone.
+restart_removes_files_of_dead_sessions() {
+    mkdir -p /etc/netns/blue
+    ln -sfn /run/sessiond/etc-netns/sessiond-77 /etc/netns/sessiond-77
+    kill_daemon TERM
+    start_daemon $(daemon_args "$KIND") || return 1
+    ls -la /etc/netns
+    [[ ! -L /etc/netns/sessiond-77 && -d /etc/netns/blue && -e /etc/netns/sessiond-1/resolv.conf ]] || return 1
+    rmdir /etc/netns/blue
+}
+
 stop_leaves_nothing() {
     kill "$B1" "$B2" 2>/dev/null; wait "$B1" "$B2" 2>/dev/null
     "$SESSIOND" stop --session 1 | grep -q "session 1 stopped" || return 1
@@ -202,6 +214,7 @@ for KIND in "${KINDS[@]}"; do
     check "$KIND: kill -9 and restart re-adopt both sessions unchanged" restart_readopts
     check "$KIND: SIGTERM leaves sessions running" sigterm_leaves_sessions_running
     check "$KIND: upgrade: the default state dir finds sessions recorded under the old one" default_state_dir_finds_old_records
+    check "$KIND: restart removes the /etc/netns entries of sessions gone with a reboot" restart_removes_files_of_dead_sessions
     check "$KIND: stop leaves no netns, link, file or state" stop_leaves_nothing
     if [[ $KIND == macvlan ]]; then
         check "$KIND: stopped sessions' namespaces die with their macvlans (none held)" stopped_namespaces_die 0
