@@ -1089,6 +1089,17 @@ def print_side_by_side(rows):
     print(md[start:end if end > 0 else None])
 
 
+# The bench's sections, in running order: --only name, heading, Bench method, CSV sections.
+SECTIONS = [
+    ("lower", "lower bound: netns + macvlan, no DHCP", "lower_suite", ["lower"]),
+    ("sessiond", "sessiond (default layout: state dir on /run, /etc/netns on disk)", "sessiond_suite", ["sessiond", "soak"]),
+    ("spaced", "sessiond, one request at a time with pauses", "sessiond_spaced_suite", ["sessiond-spaced"]),
+    ("tmpfs", "sessiond, state dir and /etc/netns on tmpfs", "sessiond_tmpfs_suite", ["sessiond-tmpfs"]),
+    ("diskstate", "sessiond, --state-dir on disk", "sessiond_diskstate_suite", ["sessiond-diskstate"]),
+    ("udhcpc", "baseline (a): udhcpc script", "admin_suite", ["udhcpc-script"]),
+    ("cni", "baseline (b): CNI macvlan + dhcp IPAM", "cni_suite", ["cni-dhcp"]),
+]
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -1140,7 +1151,7 @@ def main():
         a.soak_n = a.sessiond_ns[-1]
     if a.soak_secs is not None:
         a.soak_s = a.soak_secs
-    all_sections = ["lower", "sessiond", "spaced", "tmpfs", "diskstate", "udhcpc", "cni"]
+    all_sections = [key for key, _, _, _ in SECTIONS]
     only = [s for s in a.only.split(",") if s] or all_sections
     for s in only:
         if s not in all_sections:
@@ -1151,33 +1162,15 @@ def main():
     b = Bench(a)
     t0 = time.monotonic()
     try:
-        if "lower" in only:
-            log("== lower bound: netns + macvlan, no DHCP")
-            b.lower_suite()
-        if "sessiond" in only:
-            log("== sessiond (default layout: state dir on /run, /etc/netns on disk)")
-            b.sessiond_suite()
-        if "spaced" in only:
-            log("== sessiond, one request at a time with pauses")
-            b.sessiond_spaced_suite()
-        if "tmpfs" in only:
-            log("== sessiond, state dir and /etc/netns on tmpfs")
-            b.sessiond_tmpfs_suite()
-        if "diskstate" in only:
-            log("== sessiond, --state-dir on disk")
-            b.sessiond_diskstate_suite()
-        if "udhcpc" in only:
-            log("== baseline (a): udhcpc script")
-            b.admin_suite()
-        if "cni" in only:
-            log("== baseline (b): CNI macvlan + dhcp IPAM")
-            b.cni_suite()
+        for key, title, suite, _ in SECTIONS:
+            if key in only:
+                log(f"== {title}")
+                getattr(b, suite)()
     finally:
         b.stop_daemon()
         b.stop_cni_daemon()
     log(f"measurements took {time.monotonic() - t0:.0f} s")
-    sec_of = {"lower": ["lower"], "sessiond": ["sessiond", "soak"], "spaced": ["sessiond-spaced"], "tmpfs": ["sessiond-tmpfs"], "diskstate": ["sessiond-diskstate"],
-              "udhcpc": ["udhcpc-script"], "cni": ["cni-dhcp"]}
+    sec_of = {key: rows for key, _, _, rows in SECTIONS}
     rerun = None
     if a.only:
         rerun = ["meta"] + [x for s in only for x in sec_of[s]]

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressScope, CacheInfo};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, MacVlanMode};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,31 +182,40 @@ impl RtNet {
 }
 
 impl RtNet {
+    /// One request the rtnetlink crate has no builder for: returns the inner messages of the
+    /// reply; an error reply fails it, except `tolerated` (an errno the caller expects).
+    async fn exchange(&self, msg: RouteNetlinkMessage, flags: u16, op: &str, tolerated: Option<i32>) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = flags;
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req).map_err(nl(op))?;
+        let mut out = Vec::new();
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                NetlinkPayload::Error(e) if e.code.is_some() && Some(-e.raw_code()) != tolerated => {
+                    return Err(nl(op)(rtnetlink::Error::NetlinkError(e)));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// RTM_GETNEIGH for one entry by key (a hash lookup), not a dump: the table is shared by
     /// every namespace, and a dump walks all of it.
     async fn neighbour_at(&self, idx: u32, name: &str, ip: Ipv4Addr) -> Result<Option<Neighbour>, NetError> {
         use netlink_packet_route::AddressFamily;
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
-        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::NLM_F_REQUEST;
         let mut get = NeighbourMessage::default();
         get.header.family = AddressFamily::Inet;
         get.header.ifindex = idx;
         get.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(get));
-        req.header.flags = NLM_F_REQUEST;
-        let mut handle = self.handle.clone();
-        let mut replies = handle.request(req).map_err(nl(format!("look up neighbour {ip} on {name}")))?;
-        let mut entry = None;
-        while let Some(m) = replies.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => entry = Some(m),
-                NetlinkPayload::Error(e) if e.code.is_some() && -e.raw_code() != libc::ENOENT => {
-                    return Err(nl(format!("look up neighbour {ip} on {name}"))(rtnetlink::Error::NetlinkError(e)));
-                }
-                _ => {}
-            }
-        }
+        let replies =
+            self.exchange(RouteNetlinkMessage::GetNeighbour(get), NLM_F_REQUEST, &format!("look up neighbour {ip} on {name}"), Some(libc::ENOENT)).await?;
+        let entry = replies.into_iter().find_map(|m| if let RouteNetlinkMessage::NewNeighbour(m) = m { Some(m) } else { None });
         Ok(entry.map(|m| Neighbour {
             mac: m.attributes.iter().find_map(|a| if let NeighbourAttribute::LinkLayerAddress(mac) = a { Some(mac.clone()) } else { None }).unwrap_or_default(),
             resolved: matches!(m.header.state, NeighbourState::Reachable | NeighbourState::Stale | NeighbourState::Delay | NeighbourState::Probe),
@@ -213,6 +223,22 @@ impl RtNet {
             pinned: m.header.flags.contains(NeighbourFlags::ExtLearned),
         }))
     }
+
+    /// Link `name` in the peer namespace `nsid`; `None` when that namespace is gone (or dying:
+    /// the id no longer resolves, EINVAL) or has no such link.
+    async fn peer_link(&self, nsid: i32, name: &str) -> Result<Option<netlink_packet_route::link::LinkMessage>, NetError> {
+        let mut req = self.handle.link().get().match_name(name.to_string());
+        req.message_mut().attributes.push(target_netnsid(nsid));
+        match req.execute().try_next().await {
+            Err(e) if peer_gone(&e) => Ok(None),
+            r => r.map_err(nl(format!("look up link {name} in namespace id {nsid}"))),
+        }
+    }
+}
+
+/// The error a request about a peer namespace's link gets once that link or namespace is gone.
+fn peer_gone(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT))
 }
 
 fn ns_fd(target_ns: &str) -> Result<std::fs::File, NetError> {
@@ -382,72 +408,36 @@ impl NetOps for RtNet {
 
     async fn peer_netns_id(&self, netns_fd: std::os::fd::RawFd) -> Result<i32, NetError> {
         use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
-        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
-        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST};
         let fd = u32::try_from(netns_fd).map_err(|_| NetError::Other(format!("bad namespace fd {netns_fd}")))?;
-        let request = |msg: RouteNetlinkMessage, flags: u16| {
-            let mut m = NetlinkMessage::from(msg);
-            m.header.flags = flags;
-            m
-        };
         // Assign an id (EEXIST: it has one already), then read it.
         let mut new = NsidMessage::default();
         new.attributes = vec![NsidAttribute::Fd(fd), NsidAttribute::Id(-1)];
-        let mut handle = self.handle.clone();
-        let mut replies = handle.request(request(RouteNetlinkMessage::NewNsId(new), NLM_F_REQUEST | NLM_F_ACK)).map_err(nl("assign a namespace id"))?;
-        while let Some(m) = replies.next().await {
-            if let NetlinkPayload::Error(e) = m.payload
-                && e.code.is_some()
-                && -e.raw_code() != libc::EEXIST
-            {
-                return Err(nl("assign a namespace id")(rtnetlink::Error::NetlinkError(e)));
-            }
-        }
+        self.exchange(RouteNetlinkMessage::NewNsId(new), NLM_F_REQUEST | NLM_F_ACK, "assign a namespace id", Some(libc::EEXIST)).await?;
         let mut get = NsidMessage::default();
         get.attributes = vec![NsidAttribute::Fd(fd)];
-        let mut replies = handle.request(request(RouteNetlinkMessage::GetNsId(get), NLM_F_REQUEST)).map_err(nl("read a namespace id"))?;
-        while let Some(m) = replies.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(msg)) => {
-                    if let Some(id) = msg.attributes.iter().find_map(|a| if let NsidAttribute::Id(id) = a { Some(*id) } else { None })
-                        && id >= 0
-                    {
-                        return Ok(id);
-                    }
-                }
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(nl("read a namespace id")(rtnetlink::Error::NetlinkError(e))),
-                _ => {}
-            }
-        }
-        Err(NetError::Other("the kernel assigned no namespace id".into()))
+        let replies = self.exchange(RouteNetlinkMessage::GetNsId(get), NLM_F_REQUEST, "read a namespace id", None).await?;
+        replies
+            .into_iter()
+            .filter_map(|m| if let RouteNetlinkMessage::NewNsId(m) = m { Some(m) } else { None })
+            .flat_map(|m| m.attributes)
+            .find_map(|a| if let NsidAttribute::Id(id) = a { Some(id) } else { None })
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| NetError::Other("the kernel assigned no namespace id".into()))
     }
 
     async fn peer_link_mac(&self, nsid: i32, name: &str) -> Result<Option<Vec<u8>>, NetError> {
         use netlink_packet_route::link::LinkAttribute;
-        let mut req = self.handle.link().get().match_name(name.to_string());
-        req.message_mut().attributes.push(target_netnsid(nsid));
-        match req.execute().try_next().await {
-            Ok(Some(m)) => Ok(m.attributes.into_iter().find_map(|a| if let LinkAttribute::Address(mac) = a { Some(mac) } else { None })),
-            Ok(None) => Ok(None),
-            // EINVAL: the id no longer resolves (the namespace is gone or dying).
-            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => Ok(None),
-            Err(e) => Err(nl(format!("look up link {name} in namespace id {nsid}"))(e)),
-        }
+        let link = self.peer_link(nsid, name).await?;
+        Ok(link.and_then(|m| m.attributes.into_iter().find_map(|a| if let LinkAttribute::Address(mac) = a { Some(mac) } else { None })))
     }
 
     async fn del_peer_link(&self, nsid: i32, name: &str) -> Result<(), NetError> {
-        let mut req = self.handle.link().get().match_name(name.to_string());
-        req.message_mut().attributes.push(target_netnsid(nsid));
-        let idx = match req.execute().try_next().await {
-            Ok(Some(m)) => m.header.index,
-            Ok(None) => return Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => return Ok(()),
-            Err(e) => return Err(nl(format!("look up link {name} in namespace id {nsid}"))(e)),
-        };
-        let mut del = self.handle.link().del(idx);
+        let Some(link) = self.peer_link(nsid, name).await? else { return Ok(()) };
+        let mut del = self.handle.link().del(link.header.index);
         del.message_mut().attributes.push(target_netnsid(nsid));
         match del.execute().await {
-            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::EINVAL | libc::ENOENT)) => Ok(()),
+            Err(e) if peer_gone(&e) => Ok(()),
             r => r.map_err(nl(format!("delete link {name} in namespace id {nsid}"))),
         }
     }

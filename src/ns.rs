@@ -134,7 +134,7 @@ pub async fn create_netns(name: &str, sysctls: &[(&str, &str)]) -> Result<(), Ns
     })?;
     let target = path.clone();
     let owned = name.to_string();
-    let sysctls: Vec<(String, String)> = sysctls.iter().map(|(k, v)| (format!("/proc/sys/{}", k.replace('.', "/")), v.to_string())).collect();
+    let sysctls: Vec<(PathBuf, String)> = sysctls.iter().map(|(k, v)| (sysctl_path(k), v.to_string())).collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let made = (|| {
@@ -158,6 +158,11 @@ pub async fn create_netns(name: &str, sysctls: &[(&str, &str)]) -> Result<(), Ns
         let _ = std::fs::remove_file(&path);
     }
     made
+}
+
+/// The /proc/sys file of a sysctl key given with dots (`net.ipv4.conf.all.forwarding`).
+pub fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
 }
 
 /// Removes the named netns mount and its file; absent is fine (idempotent).

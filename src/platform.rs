@@ -153,7 +153,7 @@ impl Platform for LinuxPlatform {
 
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
         let ns = crate::ns::open_netns(netns)?;
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let path = crate::ns::sysctl_path(key);
         let value = value.to_string();
         // /proc/sys/net shows the netns of the thread that opens it: open it in there.
         crate::ns::run_in_netns(&ns, move || std::fs::write(&path, value))?.map_err(io_err(format!("sysctl {key} in {netns}")))
