@@ -26,6 +26,15 @@ struct World {
     neighbours: std::collections::BTreeMap<String, crate::netlink::Neighbour>,
 }
 
+impl World {
+    /// A link and the addresses on it.
+    fn remove_link(&mut self, ns: &str, name: &str) {
+        self.objects.remove(&format!("link:{ns}/{name}"));
+        let addr_prefix = format!("addr:{ns}/{name}/");
+        self.objects.retain(|o| !o.starts_with(&addr_prefix));
+    }
+}
+
 #[derive(Clone)]
 pub struct FakePlatform {
     world: Arc<Mutex<World>>,
@@ -207,8 +216,7 @@ impl NetOps for FakeNet {
     async fn del_peer_link(&self, nsid: i32, name: &str) -> Result<(), NetError> {
         op(&self.world, self.line(format!("link del {name} in nsid {nsid}")), |w| {
             if let Some(ns) = w.ids.get(nsid as usize).cloned() {
-                w.objects.remove(&format!("link:{ns}/{name}"));
-                w.objects.retain(|o| !o.starts_with(&format!("addr:{ns}/{name}/")));
+                w.remove_link(&ns, name);
             }
             Ok(())
         })
@@ -227,10 +235,7 @@ impl NetOps for FakeNet {
     async fn del_link(&self, name: &str) -> Result<(), NetError> {
         let ns = self.ns.clone();
         op(&self.world, self.line(format!("link del {name}")), |w| {
-            let key = format!("link:{ns}/{name}");
-            w.objects.remove(&key);
-            let addr_prefix = format!("addr:{ns}/{name}/");
-            w.objects.retain(|o| !o.starts_with(&addr_prefix));
+            w.remove_link(&ns, name);
             if ns == "host" {
                 w.host_links.remove(name);
                 // deleting one end of a veth deletes its peer
