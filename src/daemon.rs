@@ -138,12 +138,7 @@ async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: 
 }
 
 fn from_manager(e: ManagerError) -> Response {
-    let kind = match &e {
-        ManagerError::BadRequest(_) => ErrorKind::BadRequest,
-        ManagerError::NotFound(_) => ErrorKind::NotFound,
-        ManagerError::Failed(_) => ErrorKind::Failed,
-    };
-    Response::error(kind, e.to_string())
+    Response::error(e.kind(), e.to_string())
 }
 
 /// Root may do everything; others may only read the status of their own sessions.

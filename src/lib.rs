@@ -4,10 +4,12 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod dhcp_session;
 pub mod enter;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
+pub mod identity;
 pub mod lease_driver;
 pub mod logging;
 pub mod loopback;

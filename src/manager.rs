@@ -1,56 +1,81 @@
 //! The daemon's session table: start, stop, status and crash recovery, over any `Platform`.
-//! Each sid is serialised by its own lock, so different sessions start in parallel.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+//! One entry per sid holds everything about that session; each sid is serialised by its own
+//! lock, so different sessions start in parallel.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{Addressing, Settings};
-use crate::dhcp::{ClientConfig, Lease};
-use crate::lease_driver::{DriverContext, LeaseDriver, lease_file};
-use crate::loopback::loopback_for;
-use crate::mac::{format_mac, stable_mac};
-use crate::netlink::NetOps;
+use crate::config::{Addressing, LinkKind, Settings};
+use crate::dhcp_session::{Dhcp, DhcpError, DhcpSession};
+use crate::identity::Identity;
+use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
-use crate::pool::PoolHistory;
-use crate::session::{self, SESSION_IF, SessionPlan, TeardownSpec};
+use crate::pool::{PoolError, PoolHistory};
+use crate::proto::ErrorKind;
+use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
-use crate::state::LeaseInfo;
-use crate::state::{SessionRecord, SessionState, StateDir};
+use crate::state::{SessionRecord, SessionState, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("{0}")]
-    BadRequest(String),
     #[error("session {0} is not running")]
     NotFound(Sid),
-    #[error("{0}")]
-    Failed(String),
+    #[error("no free session id")]
+    NoFreeSid,
+    #[error("session {sid} is running for another user (uid {owner})")]
+    OtherOwner { sid: Sid, owner: u32 },
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    #[error("session {sid} not started: {source}")]
+    NotStarted { sid: Sid, source: StartError },
+    #[error("session {sid} stop incomplete ({} errors; run stop again): {}", errors.len(), join(errors))]
+    StopIncomplete { sid: Sid, errors: Vec<StepError> },
+    #[error("session {sid} torn down, but its state file remains: {source}")]
+    StateRemains { sid: Sid, source: StateError },
+    /// `stop --all`: every session that could not be stopped.
+    #[error("{}", join(.0))]
+    Several(Vec<ManagerError>),
 }
 
-struct Table {
-    sessions: BTreeMap<Sid, SessionRecord>,
-    /// sids whose start is under way (so automatic allocation skips them).
-    reserved: BTreeSet<Sid>,
-    history: PoolHistory,
+impl ManagerError {
+    /// How the control socket classes it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::NotFound(_) => ErrorKind::NotFound,
+            _ => ErrorKind::Failed,
+        }
+    }
 }
 
-pub struct Manager<P: Platform> {
-    platform: P,
-    settings: Settings,
-    state: StateDir,
-    machine_id: String,
-    hostname: String,
-    table: Mutex<Table>,
-    sid_locks: Mutex<HashMap<Sid, Arc<tokio::sync::Mutex<()>>>>,
-    /// The DHCP task of each bound DHCP session.
-    drivers: Mutex<HashMap<Sid, LeaseDriver>>,
-    /// Each live session's namespace, held open by fd.
-    held: Mutex<HashMap<Sid, std::fs::File>>,
-    /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
-    lan_neighbours: crate::lease_driver::LanNeighbours,
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("uplink {0} is down")]
+    Down(String),
+    #[error("uplink {0} does not exist")]
+    Missing(String),
+    #[error("cannot check uplink {name}: {source}")]
+    Check { name: String, source: NetError },
+    #[error("bridge {0} does not exist")]
+    NoBridge(String),
+}
+
+/// Why a start failed; everything it made is gone again.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot record its state: {0}")]
+    Record(StateError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Build(#[from] StepError),
+    #[error(transparent)]
+    Dhcp(#[from] DhcpError),
+}
+
+fn join<E: std::fmt::Display>(errors: &[E]) -> String {
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 /// What `stop` did.
@@ -60,20 +85,78 @@ pub enum Stopped {
     WasAbsent,
 }
 
+/// Everything the daemon holds for one sid.
+#[derive(Default)]
+struct Slot {
+    /// Serialises start, stop and repair of this sid.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// A start is under way: automatic allocation skips the sid.
+    reserved: bool,
+    session: Option<Session>,
+}
+
+/// A session the daemon knows: being started, up, or being stopped.
+struct Session {
+    /// What is persisted, and what `status` shows (a DHCP session's lease facts are added
+    /// from its task: the lease, not the record, says what its address is).
+    record: SessionRecord,
+    identity: Identity,
+    /// The DHCP task of a bound DHCP session.
+    lease: Option<DhcpSession>,
+    /// The namespace, held open so it outlives an accidental `ip netns delete`.
+    netns: Option<std::fs::File>,
+}
+
+impl Session {
+    fn view(&self) -> SessionRecord {
+        let mut r = self.record.clone();
+        if let Some(l) = &self.lease {
+            l.view().fill(&mut r);
+        }
+        r
+    }
+}
+
+struct Table {
+    slots: BTreeMap<Sid, Slot>,
+    history: PoolHistory,
+}
+
+impl Table {
+    fn session(&self, sid: Sid) -> Option<&Session> {
+        self.slots.get(&sid)?.session.as_ref()
+    }
+
+    fn session_mut(&mut self, sid: Sid) -> Option<&mut Session> {
+        self.slots.get_mut(&sid)?.session.as_mut()
+    }
+
+    fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.slots.values().filter_map(|s| s.session.as_ref())
+    }
+}
+
+pub struct Manager<P: Platform> {
+    platform: P,
+    settings: Settings,
+    state: StateDir,
+    machine_id: String,
+    hostname: String,
+    dhcp: Dhcp,
+    table: Mutex<Table>,
+}
+
 impl<P: Platform> Manager<P> {
     pub fn new(platform: P, settings: Settings, state: StateDir, machine_id: String, hostname: String) -> Result<Self, ManagerError> {
         let history = state.load_last_addresses();
         Ok(Manager {
+            dhcp: Dhcp::new(&settings, state.clone(), hostname.clone()),
             platform,
             settings,
             state,
             machine_id,
             hostname,
-            table: Mutex::new(Table { sessions: BTreeMap::new(), reserved: BTreeSet::new(), history }),
-            sid_locks: Mutex::new(HashMap::new()),
-            drivers: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
-            lan_neighbours: Default::default(),
+            table: Mutex::new(Table { slots: BTreeMap::new(), history }),
         })
     }
 
@@ -82,27 +165,28 @@ impl<P: Platform> Manager<P> {
     }
 
     fn sid_lock(&self, sid: Sid) -> Arc<tokio::sync::Mutex<()>> {
-        self.sid_locks.lock().unwrap().entry(sid).or_default().clone()
+        self.table.lock().unwrap().slots.entry(sid).or_default().lock.clone()
     }
 
-    /// Lowest sid neither running nor being started.
+    fn set_reserved(&self, sid: Sid, reserved: bool) {
+        self.table.lock().unwrap().slots.entry(sid).or_default().reserved = reserved;
+    }
+
+    /// Lowest sid neither running nor being started, reserved for the caller.
     fn pick_free_sid(&self) -> Result<Sid, ManagerError> {
         let mut t = self.table.lock().unwrap();
-        let n = (1..=MAX_SID)
-            .find(|n| {
-                let s = Sid::new(u64::from(*n)).unwrap();
-                !t.sessions.contains_key(&s) && !t.reserved.contains(&s)
-            })
-            .ok_or_else(|| ManagerError::Failed("no free session id".into()))?;
-        let sid = Sid::new(u64::from(n)).unwrap();
-        t.reserved.insert(sid);
+        let sid = (1..=MAX_SID)
+            .map(|n| Sid::new(u64::from(n)).unwrap())
+            .find(|s| t.slots.get(s).is_none_or(|slot| slot.session.is_none() && !slot.reserved))
+            .ok_or(ManagerError::NoFreeSid)?;
+        t.slots.entry(sid).or_default().reserved = true;
         Ok(sid)
     }
 
     pub async fn start(&self, sid: Option<Sid>, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
         let sid = match sid {
             Some(s) => {
-                self.table.lock().unwrap().reserved.insert(s);
+                self.set_reserved(s, true);
                 s
             }
             None => self.pick_free_sid()?,
@@ -114,31 +198,30 @@ impl<P: Platform> Manager<P> {
         }
         .instrument(info_span!("start", session = %sid))
         .await;
-        self.table.lock().unwrap().reserved.remove(&sid);
+        self.set_reserved(sid, false);
         result
     }
 
     async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
-        if let Some(rec) = self.table.lock().unwrap().sessions.get(&sid)
-            && rec.state == SessionState::Up
+        if let Some(s) = self.table.lock().unwrap().session(sid)
+            && s.record.state == SessionState::Up
         {
             // Idempotent, but never hands one user's running session to another.
-            if let (Some(want), Some(have)) = (owner_uid, rec.owner_uid)
+            if let (Some(want), Some(have)) = (owner_uid, s.record.owner_uid)
                 && want != have
             {
-                return Err(ManagerError::Failed(format!("session {sid} is running for another user (uid {have})")));
+                return Err(ManagerError::OtherOwner { sid, owner: have });
             }
-            return Ok(rec.clone());
+            return Ok(s.view());
         }
         self.check_uplink().await?;
-        let rec = match self.settings.addressing {
-            Addressing::Static => self.reserve_static(sid, owner_uid)?,
-            Addressing::Dhcp => self.reserve_dhcp(sid, owner_uid),
-        };
+        let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
+        let identity = Identity::new(&self.machine_id, sid);
+        let rec = self.reserve(&identity, owner_uid).map_err(not_started)?;
         // The intent is on disk before anything is made, so a crash can be cleaned up.
         if let Err(e) = self.persist_new(&rec) {
             self.forget(sid);
-            return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
+            return Err(not_started(StartError::Record(e)));
         }
         let plan = self.plan_for(&rec);
         let inside = match session::build(&self.platform, &plan).await {
@@ -146,200 +229,102 @@ impl<P: Platform> Manager<P> {
             Err(e) => {
                 self.forget(sid);
                 let _ = self.state.remove(sid);
-                return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
+                return Err(not_started(e.into()));
             }
         };
-        let mut up = rec;
-        if up.addressing == Addressing::Dhcp {
-            match self.lease_session(&up, None, Some(inside)).await {
-                Ok((driver, lease)) => {
-                    fill_from_lease(&mut up, &lease);
-                    self.drivers.lock().unwrap().insert(sid, driver);
-                }
+        let lease = match rec.addressing {
+            Addressing::Static => None,
+            Addressing::Dhcp => match self.dhcp.start(&self.platform, &identity, inside).await {
+                Ok(l) => Some(l),
                 Err(e) => {
                     self.abandon(sid, &plan.teardown_spec()).await;
-                    return Err(ManagerError::Failed(format!("session {sid} not started: {e}")));
+                    return Err(not_started(e.into()));
                 }
-            }
-        }
+            },
+        };
+        let mut up = rec;
         up.state = SessionState::Up;
         if let Err(e) = self.state.save(&up) {
-            let driver = self.drivers.lock().unwrap().remove(&sid);
-            if let Some(d) = driver {
-                d.release(true).await;
+            if let Some(l) = lease {
+                l.release(true).await;
             }
             self.abandon(sid, &plan.teardown_spec()).await;
-            return Err(ManagerError::Failed(format!("session {sid} not started: cannot record its state: {e}")));
+            return Err(not_started(StartError::Record(e)));
         }
-        self.hold(sid, &up.netns);
-        self.table.lock().unwrap().sessions.insert(sid, up.clone());
-        info!(session = %sid, address = ?up.address, "session up");
-        Ok(up)
+        let netns = self.platform.hold_netns(&identity.netns);
+        let mut t = self.table.lock().unwrap();
+        let s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
+        (s.record, s.lease, s.netns) = (up, lease, netns);
+        let view = s.view();
+        info!(session = %sid, address = ?view.address, "session up");
+        Ok(view)
     }
 
-    async fn check_uplink(&self) -> Result<(), ManagerError> {
+    /// Refuses a start (or reports a fault) while the uplink, or a veth's bridge, is missing.
+    pub async fn check_uplink(&self) -> Result<(), UplinkError> {
         let name = &self.settings.uplink;
         match self.platform.host().link_is_up(name).await {
             Ok(Some(true)) => {}
-            Ok(Some(false)) => return Err(ManagerError::Failed(format!("uplink {name} is down"))),
-            Ok(None) => return Err(ManagerError::Failed(format!("uplink {name} does not exist"))),
-            Err(e) => return Err(ManagerError::Failed(format!("cannot check uplink {name}: {e}"))),
+            Ok(Some(false)) => return Err(UplinkError::Down(name.clone())),
+            Ok(None) => return Err(UplinkError::Missing(name.clone())),
+            Err(source) => return Err(UplinkError::Check { name: name.clone(), source }),
         }
         if let Some(br) = &self.settings.bridge
-            && self.settings.link == crate::config::LinkKind::Veth
+            && self.settings.link == LinkKind::Veth
             && !matches!(self.platform.host().link_index(br).await, Ok(Some(_)))
         {
-            return Err(ManagerError::Failed(format!("bridge {br} does not exist")));
+            return Err(UplinkError::NoBridge(br.clone()));
         }
         Ok(())
     }
 
-    /// Allocates the address and enters a `Starting` record in the table, atomically.
-    fn reserve_static(&self, sid: Sid, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
-        let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
+    /// The new session's record (with a static address allocated), entered in the table as
+    /// `Starting`, atomically with the allocation.
+    fn reserve(&self, id: &Identity, owner_uid: Option<u32>) -> Result<SessionRecord, StartError> {
         let mut t = self.table.lock().unwrap();
-        let in_use: BTreeSet<Ipv4Addr> = t.sessions.values().filter_map(|r| r.address.map(|a| a.addr())).collect();
-        let addr = pool.allocate(sid, &in_use, &t.history).map_err(|e| ManagerError::Failed(format!("session {sid} not started: {e}")))?;
-        t.history.last_address.insert(sid.get(), addr);
-        let rec = SessionRecord {
-            session: sid,
-            netns: sid.netns_name(),
-            interface: SESSION_IF.into(),
-            mac: format_mac(&stable_mac(&self.machine_id, sid)),
-            address: Some(Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix")),
-            gateway: self.settings.gateway,
-            dns: self.settings.dns.clone(),
-            loopback: loopback_for(sid),
-            addressing: Addressing::Static,
-            state: SessionState::Starting,
-            link: self.settings.link,
-            host_link: (self.settings.link == crate::config::LinkKind::Veth).then(|| sid.veth_host_name()),
-            owner_uid,
-            lease: None,
-            fault: None,
-        };
-        t.sessions.insert(sid, rec.clone());
-        Ok(rec)
-    }
-
-    fn reserve_dhcp(&self, sid: Sid, owner_uid: Option<u32>) -> SessionRecord {
-        let rec = SessionRecord {
-            session: sid,
-            netns: sid.netns_name(),
-            interface: SESSION_IF.into(),
-            mac: format_mac(&stable_mac(&self.machine_id, sid)),
-            address: None,
-            gateway: None,
-            dns: Vec::new(),
-            loopback: loopback_for(sid),
-            addressing: Addressing::Dhcp,
-            state: SessionState::Starting,
-            link: self.settings.link,
-            host_link: (self.settings.link == crate::config::LinkKind::Veth).then(|| sid.veth_host_name()),
-            owner_uid,
-            lease: None,
-            fault: None,
-        };
-        self.table.lock().unwrap().sessions.insert(sid, rec.clone());
-        rec
-    }
-
-    fn dhcp_config(&self, sid: Sid) -> ClientConfig {
-        let short = self.hostname.split('.').next().unwrap_or(&self.hostname);
-        let hostname = self.settings.hostname_template.replace("{hostname}", short).replace("{sid}", &sid.to_string());
-        ClientConfig {
-            mac: stable_mac(&self.machine_id, sid),
-            client_id: crate::dhcp::client_identifier(&self.machine_id, sid.get()),
-            hostname: Some(hostname),
-            fqdn: self.settings.dhcp_fqdn,
-            request_timeout_ms: self.settings.dhcp_timeout_secs * 1000,
-            seed: 0, // the driver seeds it from the OS
-        }
-    }
-
-    /// Starts the session's DHCP task. With `wait`, returns once bound (or fails after the
-    /// configured timeout); `persisted` asks for that lease again first (INIT-REBOOT).
-    /// `inside`: a netlink connection in the session's namespace, if the caller has one.
-    async fn spawn_driver(&self, rec: &SessionRecord, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<LeaseDriver, String> {
-        let socket = self.platform.dhcp_socket(&rec.netns, stable_mac(&self.machine_id, rec.session)).await.map_err(|e| e.to_string())?;
-        let inside = match inside {
-            Some(n) => n,
-            None => self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?,
-        };
-        let ctx = DriverContext {
-            sid: rec.session,
-            netns: rec.netns.clone(),
-            inside,
-            state: self.state.clone(),
-            hostname: self.hostname.clone(),
-            loopback: rec.loopback,
-            write_file: self.platform.file_writer(),
-            written: Default::default(),
-            persisted: Default::default(),
-            lan_neighbours: self.lan_neighbours.clone(),
-            pinned: Default::default(),
-        };
-        Ok(LeaseDriver::spawn(ctx, socket, (self.dhcp_config(rec.session), persisted)))
-    }
-
-    /// The lease on disk for `sid`, if any (unreadable counts as none: DHCP starts afresh).
-    fn persisted_lease(&self, sid: Sid) -> Option<Lease> {
-        self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten()
-    }
-
-    /// Puts a lease's address (with its remaining lifetime) and routes on the session interface.
-    async fn put_lease_on_link(&self, rec: &SessionRecord, lease: &Lease) -> Result<(), String> {
-        let inside = self.platform.inside(&rec.netns).await.map_err(|e| e.to_string())?;
-        inside.set_up(SESSION_IF).await.map_err(|e| e.to_string())?;
-        inside.add_addr(SESSION_IF, lease.network(), false, crate::lease_driver::lifetimes(lease)).await.map_err(|e| e.to_string())?;
-        for (dest, gw) in lease.routes() {
-            inside.add_route(SESSION_IF, dest, crate::lease_driver::next_hop(gw)).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
-    /// A crash left a half-made or half-stopped DHCP session whose lease is on disk: release it
-    /// as `stop` would, so the server does not hold the address until it expires.
-    async fn release_orphan_lease(&self, rec: &SessionRecord) -> Result<bool, String> {
-        let Some(lease) = self.state.load_blob::<Option<Lease>>(&lease_file(rec.session)).map_err(|e| e.to_string())? else { return Ok(false) };
-        if lease.expires_at().is_some_and(|e| e <= crate::lease_driver::now_ms()) || !self.is_live(rec).await {
-            return Ok(false);
-        }
-        self.put_lease_on_link(rec, &lease).await?;
-        let sock = self.platform.dhcp_socket(&rec.netns, stable_mac(&self.machine_id, rec.session)).await.map_err(|e| e.to_string())?;
-        let xid = crate::lease_driver::now_ms() as u32 ^ rec.session.get().rotate_left(16);
-        let bytes = crate::dhcp::release_packet(&self.dhcp_config(rec.session), &lease, xid);
-        sock.send_to(&bytes, (lease.server_id, 67)).await.map_err(|e| format!("sending DHCPRELEASE to {}: {e}", lease.server_id))?;
-        Ok(true)
-    }
-
-    async fn lease_session(&self, rec: &SessionRecord, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<(LeaseDriver, Lease), String> {
-        let mut driver = self.spawn_driver(rec, persisted, inside).await?;
-        let timeout = std::time::Duration::from_secs(self.settings.dhcp_timeout_secs);
-        match driver.wait_bound(timeout).await {
-            Ok(lease) => Ok((driver, lease)),
-            Err(why) => {
-                driver.abandon();
-                Err(format!("no DHCP lease on uplink {} within {} s: {why}", self.settings.uplink, self.settings.dhcp_timeout_secs))
+        let (address, gateway, dns) = match self.settings.addressing {
+            Addressing::Dhcp => (None, None, Vec::new()),
+            Addressing::Static => {
+                let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
+                let in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                let addr = pool.allocate(id.sid, &in_use, &t.history)?;
+                t.history.last_address.insert(id.sid.get(), addr);
+                (Some(Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix")), self.settings.gateway, self.settings.dns.clone())
             }
-        }
+        };
+        let record = SessionRecord {
+            session: id.sid,
+            netns: id.netns.clone(),
+            interface: SESSION_IF.into(),
+            mac: id.mac_text(),
+            address,
+            gateway,
+            dns,
+            loopback: id.loopback,
+            addressing: self.settings.addressing,
+            state: SessionState::Starting,
+            link: self.settings.link,
+            host_link: id.host_link(self.settings.link),
+            owner_uid,
+            lease: None,
+            fault: None,
+        };
+        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None };
+        t.slots.entry(id.sid).or_default().session = Some(session);
+        Ok(record)
     }
 
-    fn persist_new(&self, rec: &SessionRecord) -> Result<(), crate::state::StateError> {
+    fn persist_new(&self, rec: &SessionRecord) -> Result<(), StateError> {
         if let Some(a) = rec.address {
             self.state.save_last_address(rec.session, a.addr())?;
         }
         self.state.save(rec)
     }
 
+    /// Drops the sid's session from the table (its namespace handle with it).
     fn forget(&self, sid: Sid) {
-        self.table.lock().unwrap().sessions.remove(&sid);
-        self.held.lock().unwrap().remove(&sid);
-    }
-
-    fn hold(&self, sid: Sid, netns: &str) {
-        if let Some(f) = self.platform.hold_netns(netns) {
-            self.held.lock().unwrap().insert(sid, f);
+        if let Some(slot) = self.table.lock().unwrap().slots.get_mut(&sid) {
+            slot.session = None;
         }
     }
 
@@ -361,7 +346,7 @@ impl<P: Platform> Manager<P> {
             link: rec.link,
             uplink: self.settings.uplink.clone(),
             bridge: self.settings.bridge.clone(),
-            mac: stable_mac(&self.machine_id, rec.session),
+            mac: Identity::new(&self.machine_id, rec.session).mac,
             loopback: rec.loopback,
             address: rec.address,
             gateway: rec.gateway,
@@ -373,7 +358,7 @@ impl<P: Platform> Manager<P> {
     pub async fn stop(&self, sid: Sid) -> Result<Stopped, ManagerError> {
         let held = self.sid_lock(sid).lock_owned().await;
         let span = info_span!("stop", session = %sid);
-        let (result, pending) = match self.stop_inner(sid).instrument(span.clone()).await {
+        let (result, pending) = match self.stop_locked(sid).instrument(span.clone()).await {
             Ok((s, pending)) => (Ok(s), pending),
             Err(e) => (Err(e), None),
         };
@@ -381,7 +366,7 @@ impl<P: Platform> Manager<P> {
             // After answering: make sure the namespace went. The sid stays locked until then,
             // so a new start of the same slot cannot meet the old MAC on the parent.
             let host = self.platform.host().clone();
-            let mac = stable_mac(&self.machine_id, sid);
+            let mac = Identity::new(&self.machine_id, sid).mac;
             tokio::spawn(
                 async move {
                     session::reap_link(&host, nsid, mac).await;
@@ -394,91 +379,69 @@ impl<P: Platform> Manager<P> {
     }
 
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to free.
-    async fn stop_inner(&self, sid: Sid) -> Result<(Stopped, Option<i32>), ManagerError> {
-        let rec = self.table.lock().unwrap().sessions.get(&sid).cloned();
-        let Some(mut rec) = rec else {
+    async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<i32>), ManagerError> {
+        let taken = self.table.lock().unwrap().session_mut(sid).map(|s| {
+            s.record.state = SessionState::Stopping;
+            (s.record.clone(), s.lease.take())
+        });
+        let Some((rec, lease)) = taken else {
             // Nothing recorded; still sweep anything a crash may have left under this sid.
             if self.platform.netns_exists(&sid.netns_name()) {
                 self.abandon(sid, &TeardownSpec::for_sid(sid, None, None)).await;
             }
             return Ok((Stopped::WasAbsent, None));
         };
-        rec.state = SessionState::Stopping;
         if let Err(e) = self.state.save(&rec) {
             warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
         }
-        self.table.lock().unwrap().sessions.insert(sid, rec.clone());
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
-        let driver = self.drivers.lock().unwrap().remove(&sid);
-        if let Some(d) = driver {
+        if let Some(l) = lease {
             // DHCPRELEASE from the bound address, before anything goes. The address itself goes
             // with the namespace when the kernel frees the interface.
-            d.release(!leave_link).await;
+            l.release(!leave_link).await;
         }
         let (errors, pending) =
             if leave_link { session::teardown_leaving_link(&self.platform, &spec).await } else { (session::teardown(&self.platform, &spec).await, None) };
-        if let Err(e) = self.state.remove_blob(&lease_file(sid)) {
+        if let Err(e) = self.dhcp.forget(sid) {
             warn!(session = %sid, "removing lease file: {e}");
         }
         // Our own handle must go for the namespace to go.
-        self.held.lock().unwrap().remove(&sid);
+        if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+            s.netns = None;
+        }
         if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            return Err(ManagerError::Failed(format!("session {sid} stop incomplete ({} errors; run stop again): {}", list.len(), list.join("; "))));
+            return Err(ManagerError::StopIncomplete { sid, errors });
         }
         self.forget(sid);
-        if let Err(e) = self.state.remove(sid) {
-            return Err(ManagerError::Failed(format!("session {sid} torn down, but its state file remains: {e}")));
-        }
+        self.state.remove(sid).map_err(|source| ManagerError::StateRemains { sid, source })?;
         info!(session = %sid, "session stopped");
         Ok((Stopped::Stopped, pending))
     }
 
     /// Stops every session; reports each failure.
     pub async fn stop_all(&self) -> Result<Vec<Sid>, ManagerError> {
-        let sids: Vec<Sid> = self.table.lock().unwrap().sessions.keys().copied().collect();
+        let sids: Vec<Sid> = self.table.lock().unwrap().sessions().map(|s| s.record.session).collect();
         let results = futures::future::join_all(sids.iter().map(|s| self.stop(*s))).await;
         let mut stopped = Vec::new();
         let mut errors = Vec::new();
         for (sid, r) in sids.into_iter().zip(results) {
             match r {
                 Ok(_) => stopped.push(sid),
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() { Ok(stopped) } else { Err(ManagerError::Failed(errors.join("; "))) }
+        if errors.is_empty() { Ok(stopped) } else { Err(ManagerError::Several(errors)) }
     }
 
+    /// The running sessions (or one), as they are now.
     pub fn status(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
-        let mut list: Vec<SessionRecord> = {
-            let t = self.table.lock().unwrap();
-            match sid {
-                Some(s) => t.sessions.get(&s).filter(|r| r.state == SessionState::Up).map(|r| vec![r.clone()]).ok_or(ManagerError::NotFound(s))?,
-                None => t.sessions.values().filter(|r| r.state == SessionState::Up).cloned().collect(),
-            }
-        };
-        // DHCP sessions: what the lease task knows now (renewals may have changed it).
-        let drivers = self.drivers.lock().unwrap();
-        for r in &mut list {
-            if let Some(d) = drivers.get(&r.session) {
-                let st = d.status.borrow().clone();
-                match &st.lease {
-                    Some(l) => fill_from_lease(r, l),
-                    None => {
-                        r.address = None;
-                        r.lease = None;
-                    }
-                }
-                if let Some(info) = &mut r.lease {
-                    info.dhcp_state = st.state.clone();
-                } else {
-                    r.lease =
-                        Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state: st.state.clone() });
-                }
-            }
+        let t = self.table.lock().unwrap();
+        let up = |s: &&Session| s.record.state == SessionState::Up;
+        match sid {
+            Some(sid) => t.session(sid).filter(up).map(|s| vec![s.view()]).ok_or(ManagerError::NotFound(sid)),
+            None => Ok(t.sessions().filter(up).map(Session::view).collect()),
         }
-        Ok(list)
     }
 
     /// Watches the uplink: when it goes away or down, every session shows the fault in
@@ -490,7 +453,7 @@ impl<P: Platform> Manager<P> {
             match self.check_uplink().await {
                 Err(e) => self.mark_fault(&e.to_string()),
                 Ok(()) => {
-                    let faulted: Vec<Sid> = self.table.lock().unwrap().sessions.values().filter(|r| r.fault.is_some()).map(|r| r.session).collect();
+                    let faulted: Vec<Sid> = self.table.lock().unwrap().sessions().filter(|s| s.record.fault.is_some()).map(|s| s.record.session).collect();
                     for sid in faulted {
                         self.repair(sid).await;
                     }
@@ -501,58 +464,49 @@ impl<P: Platform> Manager<P> {
 
     fn mark_fault(&self, why: &str) {
         let mut t = self.table.lock().unwrap();
-        for r in t.sessions.values_mut().filter(|r| r.state == SessionState::Up && r.fault.is_none()) {
-            warn!(session = %r.session, "fault: {why}");
-            r.fault = Some(why.to_string());
+        for s in t.slots.values_mut().filter_map(|s| s.session.as_mut()) {
+            let r = &mut s.record;
+            if r.state == SessionState::Up && r.fault.is_none() {
+                warn!(session = %r.session, "fault: {why}");
+                r.fault = Some(why.to_string());
+            }
         }
     }
 
     async fn repair(&self, sid: Sid) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
-        let Some(rec) = self.table.lock().unwrap().sessions.get(&sid).filter(|r| r.fault.is_some() && r.state == SessionState::Up).cloned() else {
-            return;
-        };
+        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|s| {
+            if let Some(l) = s.lease.take() {
+                l.abandon(); // keep the lease: the new task asks for it again
+            }
+            (s.record.clone(), s.identity.clone())
+        });
+        let Some((rec, identity)) = taken else { return };
         let span = info_span!("repair", session = %sid);
         async {
-            let old = self.drivers.lock().unwrap().remove(&sid);
-            if let Some(d) = old {
-                d.abandon(); // keep the lease: the new task asks for it again
-            }
             let mut plan = self.plan_for(&rec);
             if rec.addressing == Addressing::Dhcp {
                 plan.address = None; // the lease, not the record, says what the address is
             }
             let result = match session::restore_uplink(&self.platform, &plan).await {
                 Err(e) => Err(format!("uplink is back but the session could not be restored: {e}")),
-                Ok(()) if rec.addressing == Addressing::Dhcp => {
-                    let persisted = self.persisted_lease(sid);
-                    // Keep using a still-valid lease while INIT-REBOOT confirms it; the kernel
-                    // drops the address at the lease's end if nobody does.
-                    if let Some(l) = persisted.as_ref().filter(|l| l.expires_at().is_none_or(|e| e > crate::lease_driver::now_ms()))
-                        && let Err(e) = self.put_lease_on_link(&rec, l).await
-                    {
-                        warn!("re-applying the lease after the uplink came back: {e}");
-                    }
-                    match self.spawn_driver(&rec, persisted, None).await {
-                        Ok(d) => {
-                            self.drivers.lock().unwrap().insert(sid, d);
-                            Ok(())
-                        }
-                        Err(e) => Err(format!("uplink is back but DHCP could not restart: {e}")),
-                    }
-                }
-                Ok(()) => Ok(()),
+                Ok(()) if rec.addressing == Addressing::Dhcp => match self.dhcp.restore(&self.platform, &identity).await {
+                    Ok(l) => Ok(Some(l)),
+                    Err(e) => Err(format!("uplink is back but DHCP could not restart: {e}")),
+                },
+                Ok(()) => Ok(None),
             };
-            if let Some(r) = self.table.lock().unwrap().sessions.get_mut(&sid) {
+            if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
                 match result {
-                    Ok(()) => {
+                    Ok(lease) => {
                         info!("uplink back: session restored");
-                        r.fault = None;
+                        s.record.fault = None;
+                        s.lease = lease;
                     }
                     Err(e) => {
                         warn!("{e}");
-                        r.fault = Some(e);
+                        s.record.fault = Some(e);
                     }
                 }
             }
@@ -561,7 +515,8 @@ impl<P: Platform> Manager<P> {
         .await
     }
 
-    /// After a (re)start: adopt what is live, finish what a crash interrupted, remove orphans.
+    /// After a (re)start: adopt the live sessions, undo the half-made (or half-stopped) ones,
+    /// and sweep what has no record at all.
     pub async fn recover(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         self.state.sweep_temp_files();
@@ -570,74 +525,89 @@ impl<P: Platform> Manager<P> {
             warn!("state: {e}");
             report.errors.push(e.to_string());
         }
-        let mut known = BTreeSet::new();
+        let known: BTreeSet<Sid> = records.iter().map(|r| r.session).collect();
         for rec in records {
-            let sid = rec.session;
-            known.insert(sid);
-            let span = info_span!("recover", session = %sid);
+            let span = info_span!("recover", session = %rec.session);
             async {
                 if rec.state == SessionState::Up && self.is_live(&rec).await {
-                    if rec.addressing == Addressing::Static {
-                        // Re-apply the idempotent parts, so a half-lost address or file comes back.
-                        // (DHCP sessions are left alone: the lease task's INIT-REBOOT owns their
-                        // address, lifetimes and files; the record may be older than the lease.)
-                        let plan = self.plan_for(&rec);
-                        if let Ok(inside) = self.platform.inside(&rec.netns).await
-                            && let Some(addr) = rec.address
-                            && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
-                        {
-                            warn!("re-apply address: {e}");
-                        }
-                        let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
-                        let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
-                        if let Some(a) = rec.address {
-                            self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
-                        }
-                    }
-                    if rec.addressing == Addressing::Dhcp {
-                        // Sessions built by an older daemon may lack it (see session::build).
-                        let _ = session::enable_promote_secondaries(&self.platform, &rec.netns);
-                        // INIT-REBOOT: ask for the same lease again; the address stays meanwhile.
-                        let persisted = self.persisted_lease(sid);
-                        match self.spawn_driver(&rec, persisted, None).await {
-                            Ok(d) => {
-                                self.drivers.lock().unwrap().insert(sid, d);
-                            }
-                            Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
-                        }
-                    }
-                    self.hold(sid, &rec.netns);
-                    self.table.lock().unwrap().sessions.insert(sid, rec);
-                    report.adopted.push(sid);
+                    self.adopt(rec, &mut report).await;
                 } else {
-                    info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
-                    if rec.addressing == Addressing::Dhcp {
-                        match self.release_orphan_lease(&rec).await {
-                            Ok(true) => info!("released its lease"),
-                            Ok(false) => {}
-                            Err(e) => warn!("could not release its lease: {e}"),
-                        }
-                    }
-                    let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
-                    let errs = session::teardown(&self.platform, &spec).await;
-                    let _ = self.state.remove_blob(&lease_file(sid));
-                    if errs.is_empty() {
-                        let _ = self.state.remove(sid);
-                        report.cleaned.push(sid);
-                    } else {
-                        for e in &errs {
-                            report.errors.push(format!("session {sid}: {e}"));
-                        }
-                        // keep the record so the next stop or restart tries again
-                        let mut r = rec;
-                        r.state = SessionState::Stopping;
-                        self.table.lock().unwrap().sessions.insert(sid, r);
-                    }
+                    self.undo_half_made(rec, &mut report).await;
                 }
             }
             .instrument(span)
             .await;
         }
+        self.sweep_orphans(&known, &mut report).await;
+        report
+    }
+
+    /// A live session from the last run: re-apply what a static one is made of (so a half-lost
+    /// address or file comes back); give a DHCP one its lease task again (INIT-REBOOT).
+    async fn adopt(&self, rec: SessionRecord, report: &mut RecoveryReport) {
+        let sid = rec.session;
+        let identity = Identity::new(&self.machine_id, sid);
+        let mut lease = None;
+        match rec.addressing {
+            Addressing::Static => {
+                let plan = self.plan_for(&rec);
+                if let Ok(inside) = self.platform.inside(&rec.netns).await
+                    && let Some(addr) = rec.address
+                    && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
+                {
+                    warn!("re-apply address: {e}");
+                }
+                let _ = self.platform.write_netns_file(&rec.netns, "resolv.conf", &plan.resolv_conf);
+                let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
+                if let Some(a) = rec.address {
+                    self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                }
+            }
+            Addressing::Dhcp => {
+                // Sessions built by an older daemon may lack it (see session::build).
+                let _ = session::enable_promote_secondaries(&self.platform, &rec.netns);
+                match self.dhcp.resume(&self.platform, &identity).await {
+                    Ok(l) => lease = Some(l),
+                    Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
+                }
+            }
+        }
+        let netns = self.platform.hold_netns(&rec.netns);
+        self.table.lock().unwrap().slots.entry(sid).or_default().session = Some(Session { record: rec, identity, lease, netns });
+        report.adopted.push(sid);
+    }
+
+    /// A session the last run left unfinished (or whose namespace died): release its lease,
+    /// tear down what is left, and forget it; on errors keep it as `Stopping` for a next try.
+    async fn undo_half_made(&self, rec: SessionRecord, report: &mut RecoveryReport) {
+        let sid = rec.session;
+        info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
+        let identity = Identity::new(&self.machine_id, sid);
+        if rec.addressing == Addressing::Dhcp && self.is_live(&rec).await {
+            match self.dhcp.release_orphan(&self.platform, &identity).await {
+                Ok(true) => info!("released its lease"),
+                Ok(false) => {}
+                Err(e) => warn!("could not release its lease: {e}"),
+            }
+        }
+        let errs = session::teardown(&self.platform, &TeardownSpec::for_sid(sid, Some(rec.link), rec.address)).await;
+        let _ = self.dhcp.forget(sid);
+        if errs.is_empty() {
+            let _ = self.state.remove(sid);
+            report.cleaned.push(sid);
+            return;
+        }
+        report.errors.extend(errs.iter().map(|e| format!("session {sid}: {e}")));
+        // kept, so the next stop or restart tries again
+        let mut record = rec;
+        record.state = SessionState::Stopping;
+        self.table.lock().unwrap().slots.entry(sid).or_default().session = Some(Session { record, identity, lease: None, netns: None });
+    }
+
+    /// Namespaces named like a session with no record, and /etc/netns entries of sessions that
+    /// died with a reboot (/etc/netns outlives it, the namespaces and their files under /run
+    /// do not). Other software's are left alone.
+    async fn sweep_orphans(&self, known: &BTreeSet<Sid>, report: &mut RecoveryReport) {
         for name in self.platform.list_netns() {
             if let Some(sid) = Sid::from_netns_name(&name)
                 && !known.contains(&sid)
@@ -648,7 +618,6 @@ impl<P: Platform> Manager<P> {
                 report.cleaned.push(sid);
             }
         }
-        // /etc/netns outlives a reboot, the namespaces and their files under /run do not.
         for name in self.platform.list_netns_files() {
             if let Some(sid) = Sid::from_netns_name(&name)
                 && !known.contains(&sid)
@@ -660,7 +629,6 @@ impl<P: Platform> Manager<P> {
                 }
             }
         }
-        report
     }
 
     /// A session is live when its namespace and its interface still exist.
@@ -673,15 +641,6 @@ impl<P: Platform> Manager<P> {
             Err(_) => false,
         }
     }
-}
-
-/// Copies what a lease says into the session record.
-fn fill_from_lease(r: &mut SessionRecord, l: &Lease) {
-    r.address = Some(l.network());
-    r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
-    r.dns = l.dns.clone();
-    r.lease =
-        Some(LeaseInfo { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at(), dhcp_state: "bound".into() });
 }
 
 #[derive(Debug, Default)]
@@ -886,7 +845,7 @@ mod tests {
         s.link = LinkKind::Veth;
         s.bridge = Some("br-lan".into());
         let m = Manager::new(FakePlatform::new(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
-        let r = m.reserve_static(sid(4), None).unwrap();
+        let r = m.reserve(&Identity::new("mid", sid(4)), None).unwrap();
         assert_eq!(r.host_link.as_deref(), Some("sdv4"));
     }
 }

@@ -148,7 +148,7 @@ impl Platform for LinuxPlatform {
     }
 
     async fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
-        crate::lease_driver::client_socket(netns, mac).await
+        dhcp_client_socket(netns, mac).await
     }
 
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
@@ -175,6 +175,58 @@ impl Platform for LinuxPlatform {
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
         remove_netns_files_in(&self.etc_netns, &self.run_dir, netns)
     }
+}
+
+/// Makes the DHCP client socket inside `netns`: port 68, bound to the session interface,
+/// broadcast allowed, filtered to this session's replies. Created on a throwaway thread in the
+/// namespace; usable from any thread.
+async fn dhcp_client_socket(netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let ns = crate::ns::open_netns(netns)?;
+    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(crate::session::SESSION_IF.as_bytes()))?;
+        s.attach_filter(&dhcp_reply_filter(mac))?;
+        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    })
+    .await?
+    .map_err(io_err(format!("DHCP socket in {netns}")))?;
+    tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+}
+
+/// A classic BPF socket filter that keeps only BOOTREPLYs whose chaddr is this session's MAC.
+/// On a macvlan bridge every broadcast reply reaches every session; without the filter each
+/// of N sessions wakes up for every other session's OFFER/ACK (N² work at scale). The
+/// machine still validates everything it receives; this only sheds the certain rejects.
+fn dhcp_reply_filter(mac: [u8; 6]) -> [socket2::SockFilter; 8] {
+    use socket2::SockFilter;
+    // For a UDP socket the filter sees the packet from the UDP header: payload at offset 8.
+    const OP: u32 = 8; // BOOTP op (2 = BOOTREPLY)
+    const CHADDR: u32 = 8 + 28; // client hardware address
+    let hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let lo = u32::from(u16::from_be_bytes([mac[4], mac[5]]));
+    let (ld_b, ld_h, ld_w) = (
+        (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+        (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16,
+        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+    );
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    [
+        SockFilter::new(ld_b, 0, 0, OP),
+        SockFilter::new(jeq, 0, 5, 2),
+        SockFilter::new(ld_w, 0, 0, CHADDR),
+        SockFilter::new(jeq, 0, 3, hi),
+        SockFilter::new(ld_h, 0, 0, CHADDR + 4),
+        SockFilter::new(jeq, 0, 1, lo),
+        SockFilter::new(ret, 0, 0, u32::MAX), // accept the whole packet
+        SockFilter::new(ret, 0, 0, 0),        // drop
+    ]
 }
 
 #[cfg(test)]

@@ -51,7 +51,6 @@ fn drive(state: u8) -> (Client, u64, Vec<u8>) {
         client_id: client_identifier("0123456789abcdef0123456789abcdef", 1),
         hostname: Some("fuzz".into()),
         fqdn: false,
-        request_timeout_ms: 30_000,
         seed: 1,
     };
     let mut c = Client::new(cfg);

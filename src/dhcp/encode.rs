@@ -48,13 +48,6 @@ pub(crate) struct Outgoing {
     pub server_id: Option<Ipv4Addr>,
 }
 
-/// A DHCPRELEASE for `lease`, for when no client state machine holds it any more (a daemon
-/// crash left a half-made session whose lease is on disk).
-pub fn release_packet(cfg: &ClientConfig, lease: &super::Lease, xid: u32) -> Vec<u8> {
-    let o = Outgoing { kind: Kind::Release, xid, secs: 0, ciaddr: lease.address, broadcast_flag: false, requested: None, server_id: Some(lease.server_id) };
-    encode(&o, cfg)
-}
-
 pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
     let mut msg = v4::Message::new_with_id(o.xid, o.ciaddr, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &cfg.mac);
     msg.set_secs(o.secs);

@@ -25,9 +25,6 @@ pub struct ClientConfig {
     pub hostname: Option<String>,
     /// Send the name as option 81 (client FQDN, RFC 4702) instead of option 12 (never both).
     pub fqdn: bool,
-    /// Not used by the machine: give-up policy belongs to the driver
-    /// (see [`Client::discovers_sent`]).
-    pub request_timeout_ms: u64,
     /// Seeds xids and jitter. Seed it from the OS RNG: xids are the only
     /// defence against off-path spoofed replies.
     pub seed: u64,
@@ -48,6 +45,23 @@ pub enum State {
     Released,
 }
 
+impl State {
+    /// The RFC 2131 name, lower case, as `status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Init => "init",
+            State::Selecting => "selecting",
+            State::Requesting => "requesting",
+            State::Bound => "bound",
+            State::Renewing => "renewing",
+            State::Rebinding => "rebinding",
+            State::InitReboot => "init-reboot",
+            State::Rebooting => "rebooting",
+            State::Released => "released",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Begin from INIT (fresh DISCOVER). Ignored while a lease is held.
@@ -61,6 +75,10 @@ pub enum Event {
     Timer,
     /// Stop: release a held lease, then `Released`.
     Release,
+    /// Release a lease this client does not hold: one that a daemon which died left behind
+    /// (RFC 2131 §4.4.6), so the server frees it now instead of at its expiry. Then `Released`.
+    /// An expired lease is only forgotten.
+    ReleaseOrphan(Lease),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +104,9 @@ pub enum Action {
     PersistLease(Option<Lease>),
     /// Absolute deadline, never before `now`; replaces any earlier one.
     SetTimer(Millis),
-    /// A received packet was ignored; the driver logs `reason`.
-    Reject { reason: String },
+    /// A received packet was ignored; the driver logs `reason`
+    /// ([`RejectReason::is_routine`] ones at debug level).
+    Reject { reason: RejectReason },
 }
 
 /// Sans-IO DHCPv4 client. Feed it events with the current time and execute the
@@ -166,8 +185,11 @@ impl Client {
         self.discovers
     }
 
+    /// When the driver must next send `Timer`: the protocol deadline, or earlier the end of
+    /// an unconfirmed persisted lease (its address must go then, RFC 2131 §4.4.5).
     pub fn next_timer(&self) -> Option<Millis> {
-        self.timer
+        let unconfirmed_end = self.unconfirmed.as_ref().and_then(Lease::expires_at);
+        [self.timer, unconfirmed_end].into_iter().flatten().min()
     }
 
     pub fn on_event(&mut self, ev: Event, now: Millis) -> Vec<Action> {
@@ -177,11 +199,12 @@ impl Client {
             Event::StartWithLease(lease) => self.start_with_lease(lease, now, &mut out),
             Event::Packet { bytes } => {
                 if let Err(r) = self.on_packet(&bytes, now, &mut out) {
-                    out.push(Action::Reject { reason: r.to_string() });
+                    out.push(Action::Reject { reason: r });
                 }
             }
             Event::Timer => self.on_timer(now, &mut out),
             Event::Release => self.release(&mut out),
+            Event::ReleaseOrphan(lease) => self.release_orphan(lease, now, &mut out),
         }
         out
     }
@@ -280,9 +303,15 @@ impl Client {
     }
 
     fn arm(&mut self, at: Millis, now: Millis, out: &mut Vec<Action>) {
-        let at = at.max(now);
-        self.timer = Some(at);
-        out.push(Action::SetTimer(at));
+        self.timer = Some(at.max(now));
+        self.push_timer(now, out);
+    }
+
+    /// Tells the driver the next wake-up (see [`Client::next_timer`]).
+    fn push_timer(&self, now: Millis, out: &mut Vec<Action>) {
+        if let Some(at) = self.next_timer() {
+            out.push(Action::SetTimer(at.max(now)));
+        }
     }
 
     fn arm_backoff(&mut self, now: Millis, out: &mut Vec<Action>) {
@@ -291,10 +320,15 @@ impl Client {
     }
 
     fn on_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if let Some(l) = self.unconfirmed.take_if(|l| l.expires_at().is_some_and(|e| e <= now)) {
+            // Nobody confirmed the persisted lease before it ended: its address goes.
+            out.push(Action::RemoveLease(l));
+            out.push(Action::PersistLease(None));
+        }
         let Some(deadline) = self.timer else { return };
         if now < deadline {
             // Early wake-up (or wall-clock step back): re-arm the same deadline.
-            out.push(Action::SetTimer(deadline));
+            self.push_timer(now, out);
             return;
         }
         self.timer = None;
@@ -447,19 +481,38 @@ impl Client {
         if self.holds_lease()
             && let Some(lease) = self.lease.take()
         {
-            let msg = Outgoing {
-                kind: Kind::Release,
-                xid: self.rng.next_u32(),
-                secs: 0,
-                ciaddr: lease.address,
-                broadcast_flag: false,
-                requested: None,
-                server_id: Some(lease.server_id),
-            };
-            out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest: Dest::Unicast(lease.server_id), broadcast_flag: false });
+            self.send_release(&lease, out);
             out.push(Action::RemoveLease(lease));
             out.push(Action::PersistLease(None));
         }
+        self.forget_all();
+    }
+
+    fn release_orphan(&mut self, lease: Lease, now: Millis, out: &mut Vec<Action>) {
+        if self.holds_lease() {
+            return; // a live lease is released with `Release`
+        }
+        if lease.validate().is_ok() && lease.expires_at().is_none_or(|t| t > now) {
+            self.send_release(&lease, out);
+        }
+        out.push(Action::PersistLease(None));
+        self.forget_all();
+    }
+
+    fn send_release(&mut self, lease: &Lease, out: &mut Vec<Action>) {
+        let msg = Outgoing {
+            kind: Kind::Release,
+            xid: self.rng.next_u32(),
+            secs: 0,
+            ciaddr: lease.address,
+            broadcast_flag: false,
+            requested: None,
+            server_id: Some(lease.server_id),
+        };
+        out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest: Dest::Unicast(lease.server_id), broadcast_flag: false });
+    }
+
+    fn forget_all(&mut self) {
         self.state = State::Released;
         self.xid = None;
         self.offer = None;

@@ -7,9 +7,11 @@
 //! Driver contract:
 //! - Execute actions in order (a RELEASE `Send` precedes its `RemoveLease`;
 //!   `ApplyLease` precedes `PersistLease`).
-//! - One timer: each `SetTimer` replaces the previous deadline; when
-//!   [`Client::next_timer`] is `None` nothing is pending. Early or stale `Timer`
-//!   events are harmless (an early one re-emits the same `SetTimer`).
+//! - One timer: each `SetTimer` replaces the previous deadline; send `Timer` when
+//!   it passes, then forget it (the machine emits a new `SetTimer` whenever
+//!   something is still pending). Early or stale `Timer` events are harmless (an
+//!   early one re-emits the same `SetTimer`). The deadline also covers the end of
+//!   an unconfirmed persisted lease, whose address the machine then removes.
 //! - `Dest::Broadcast` is 255.255.255.255:67, `Dest::Unicast(ip)` is ip:67, from
 //!   a UDP socket on 0.0.0.0:68 bound to the session's `eth0`, created before
 //!   `Start`. `broadcast_flag` is already set in the bytes; it is true exactly
@@ -18,8 +20,8 @@
 //! - `ApplyLease.previous` and `RemoveLease` may name an address that is not
 //!   configured (an unconfirmed persisted lease): treat removal of a missing
 //!   address or route as success.
-//! - `Reject` is routine on a shared LAN (other clients' broadcast replies);
-//!   log it at debug level.
+//! - `Reject` is routine on a shared LAN (other clients' broadcast replies):
+//!   log [`RejectReason::is_routine`] ones at debug level, rate-limit the rest.
 //! - Seed [`ClientConfig::seed`] from the OS RNG: the xid is what stops
 //!   off-path spoofed replies.
 
@@ -42,7 +44,7 @@ pub type Millis = u64;
 pub use backoff::{INITIAL_RETRY_MS, JITTER_MS, MAX_RETRY_MS, MIN_LEASE_RETRY_MS};
 pub use client_id::client_identifier;
 pub use decode::MAX_PACKET;
-pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST, release_packet};
+pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{INFINITE, Lease};
 pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
@@ -58,7 +60,6 @@ pub(crate) mod tests_support {
             client_id: vec![255, 0, 0, 0, 7],
             hostname: Some("ts1-s7".into()),
             fqdn,
-            request_timeout_ms: 30_000,
             seed: 1,
         };
         let actions = Client::new(cfg).on_event(Event::Start, 1_700_000_000_000);

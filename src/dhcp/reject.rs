@@ -51,3 +51,11 @@ pub enum RejectReason {
     #[error("malformed classless static routes (option 121): {0}")]
     MalformedClasslessRoutes(&'static str),
 }
+
+impl RejectReason {
+    /// A reply meant for another client (or for an exchange that is over): routine on a LAN
+    /// where every session sees every broadcast reply, so not worth a warning.
+    pub fn is_routine(&self) -> bool {
+        matches!(self, RejectReason::XidMismatch { .. } | RejectReason::ChaddrMismatch | RejectReason::NoTransaction(_))
+    }
+}

@@ -17,7 +17,6 @@ pub fn cfg() -> ClientConfig {
         client_id: client_identifier(MACHINE_ID, 7),
         hostname: Some("session7".into()),
         fqdn: false,
-        request_timeout_ms: 30_000,
         seed: 0xdead_beef,
     }
 }

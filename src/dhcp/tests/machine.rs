@@ -582,6 +582,56 @@ fn second_offer_is_ignored_first_one_wins() {
     c.on_event(Event::Packet { bytes: srv::offer(&discover, &ServerParams::default()) }, T0 + 100);
     let other = ServerParams { server_id: Some(Ipv4Addr::new(192, 168, 1, 254)), ..Default::default() };
     let a = c.on_event(Event::Packet { bytes: srv::offer(&discover, &other) }, T0 + 101);
-    assert_eq!(a, vec![Action::Reject { reason: RejectReason::UnexpectedMessageType { got: 2, state: State::Requesting }.to_string() }]);
+    assert_eq!(a, vec![Action::Reject { reason: RejectReason::UnexpectedMessageType { got: 2, state: State::Requesting } }]);
     assert_eq!(c.server(), Some(srv::SERVER));
+}
+
+#[test]
+fn an_unconfirmed_persisted_lease_is_removed_when_it_ends() {
+    // Persisted 59 s before its end; no server answers INIT-REBOOT nor the DISCOVERs after it.
+    let persisted = expected_lease(T0 - 3_600_000 + 59_000);
+    let end = persisted.expires_at().unwrap();
+    let mut c = client();
+    c.on_event(Event::StartWithLease(persisted.clone()), T0);
+    let mut removed = None;
+    for _ in 0..100 {
+        let t = c.next_timer().expect("a timer while an exchange or the lease is pending");
+        assert!(t <= end, "the wake-up never passes the lease's end ({t} > {end})");
+        let a = c.on_event(Event::Timer, t);
+        if a.contains(&Action::RemoveLease(persisted.clone())) {
+            assert_eq!(t, end, "removed exactly at its end");
+            assert!(a.contains(&Action::PersistLease(None)), "{a:?}");
+            removed = Some(c.state());
+            break;
+        }
+        assert!(!a.iter().any(|x| matches!(x, Action::RemoveLease(_) | Action::PersistLease(None))), "too early: {a:?}");
+    }
+    assert_eq!(removed, Some(State::Selecting), "still looking for a lease afterwards");
+    // and once gone, a later lease names no previous one
+    let (_, a) = fire(&mut c);
+    assert!(!a.iter().any(|x| matches!(x, Action::RemoveLease(_))));
+}
+
+#[test]
+fn an_orphaned_lease_is_released_to_its_server_and_forgotten() {
+    let lease = expected_lease(T0 - 60_000);
+    let mut c = client();
+    let a = c.on_event(Event::ReleaseOrphan(lease.clone()), T0);
+    let (m, _, dest, flag) = one_send(&a);
+    assert_eq!((dest, flag), (Dest::Unicast(srv::SERVER), false));
+    assert_eq!(msg_type(&m), v4::MessageType::Release);
+    assert_eq!(m.ciaddr(), lease.address);
+    assert_eq!(opt_ip(&m, OptionCode::ServerIdentifier), Some(srv::SERVER));
+    assert_eq!(a.last(), Some(&Action::PersistLease(None)));
+    assert!(!a.iter().any(|x| matches!(x, Action::RemoveLease(_) | Action::SetTimer(_))), "{a:?}");
+    assert_eq!((c.state(), c.next_timer()), (State::Released, None));
+    // An expired one is only forgotten: the server has freed it already.
+    let mut c = client();
+    let a = c.on_event(Event::ReleaseOrphan(lease.clone()), lease.expires_at().unwrap());
+    assert_eq!(a, vec![Action::PersistLease(None)]);
+    // Two releases draw two xids.
+    let mut c = client();
+    let x1 = one_send(&c.on_event(Event::ReleaseOrphan(lease.clone()), T0)).0.xid();
+    let x2 = one_send(&c.on_event(Event::ReleaseOrphan(lease), T0)).0.xid();
+    assert_ne!(x1, x2);
 }

@@ -1,0 +1,215 @@
+//! One DHCP session's life, as the manager sees it: start (wait until bound), resume after a
+//! daemon restart or the uplink's return (INIT-REBOOT with the persisted lease), release of a
+//! lease that a dead daemon left behind, and the view `status` shows. The protocol is the
+//! machine's (`dhcp`), the doing is the task's (`lease_driver`); this module wires them to a
+//! session.
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::dhcp::{ClientConfig, Event, Lease, State};
+use crate::identity::Identity;
+use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, WaitError, lease_file, now_ms};
+use crate::netlink::{Lifetimes, NetError, NetOps};
+use crate::platform::Platform;
+use crate::session::SESSION_IF;
+use crate::sid::Sid;
+use crate::state::{LeaseInfo, SessionRecord, StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("no DHCP lease on uplink {uplink} within {secs} s: {why}")]
+    NoLease { uplink: String, secs: u64, why: WaitError },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("sending DHCPRELEASE: {0}")]
+    Release(std::io::Error),
+}
+
+/// What every session's DHCP needs from the daemon, fixed at start-up.
+pub struct Dhcp {
+    state: StateDir,
+    /// The host's own name: /etc/hosts in the session, and the DHCP host name's template.
+    hostname: String,
+    name_template: String,
+    fqdn: bool,
+    timeout_secs: u64,
+    uplink: String,
+    /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
+    lan_neighbours: LanNeighbours,
+}
+
+/// A session's running DHCP task.
+pub struct DhcpSession {
+    driver: LeaseDriver,
+}
+
+impl Dhcp {
+    pub fn new(settings: &Settings, state: StateDir, hostname: String) -> Dhcp {
+        Dhcp {
+            state,
+            hostname,
+            name_template: settings.hostname_template.clone(),
+            fqdn: settings.dhcp_fqdn,
+            timeout_secs: settings.dhcp_timeout_secs,
+            uplink: settings.uplink.clone(),
+            lan_neighbours: Default::default(),
+        }
+    }
+
+    fn client_config(&self, id: &Identity) -> ClientConfig {
+        let short = self.hostname.split('.').next().unwrap_or(&self.hostname);
+        let name = self.name_template.replace("{hostname}", short).replace("{sid}", &id.sid.to_string());
+        ClientConfig { mac: id.mac, client_id: id.client_id.clone(), hostname: Some(name), fqdn: self.fqdn, seed: 0 }
+    }
+
+    fn context<N: NetOps>(&self, p: &impl Platform, id: &Identity, inside: N) -> DriverContext<N> {
+        DriverContext {
+            sid: id.sid,
+            netns: id.netns.clone(),
+            inside,
+            state: self.state.clone(),
+            hostname: self.hostname.clone(),
+            loopback: id.loopback,
+            write_file: p.file_writer(),
+            lan_neighbours: self.lan_neighbours.clone(),
+        }
+    }
+
+    /// `inside`: a netlink connection in the session's namespace, if the caller has one.
+    async fn spawn<P: Platform>(&self, p: &P, id: &Identity, first: Event, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
+        let socket = p.dhcp_socket(&id.netns, id.mac).await?;
+        let inside = match inside {
+            Some(n) => n,
+            None => p.inside(&id.netns).await?,
+        };
+        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside), socket, self.client_config(id), first) })
+    }
+
+    /// A new session: DHCP from INIT, waiting until bound or the configured timeout (then the
+    /// task is ended and nothing is left running).
+    pub async fn start<P: Platform>(&self, p: &P, id: &Identity, inside: P::Net) -> Result<DhcpSession, DhcpError> {
+        let mut s = self.spawn(p, id, Event::Start, Some(inside)).await?;
+        match s.driver.wait_bound(Duration::from_secs(self.timeout_secs)).await {
+            Ok(_) => Ok(s),
+            Err(why) => {
+                s.driver.abandon();
+                Err(DhcpError::NoLease { uplink: self.uplink.clone(), secs: self.timeout_secs, why })
+            }
+        }
+    }
+
+    /// A live session the daemon re-adopts after a restart: INIT-REBOOT with the persisted
+    /// lease, whose address stays on the interface meanwhile. Does not wait.
+    pub async fn resume<P: Platform>(&self, p: &P, id: &Identity) -> Result<DhcpSession, DhcpError> {
+        let first = match self.persisted(id.sid) {
+            Some(l) => Event::StartWithLease(l),
+            None => Event::Start,
+        };
+        self.spawn(p, id, first, None).await
+    }
+
+    /// After the uplink came back the session's interface is new and bare: a still-valid
+    /// persisted lease goes back on it (the machine removes it at its end if no server
+    /// confirms it), then as `resume`.
+    pub async fn restore<P: Platform>(&self, p: &P, id: &Identity) -> Result<DhcpSession, DhcpError> {
+        if let Some(l) = self.persisted(id.sid).filter(|l| l.expires_at().is_none_or(|e| e > now_ms()))
+            && let Err(e) = put_on_link(&p.inside(&id.netns).await?, &l).await
+        {
+            tracing::warn!("re-applying the lease after the uplink came back: {e}");
+        }
+        self.resume(p, id).await
+    }
+
+    /// A crash left a half-made or half-stopped session whose lease is on disk: release it as
+    /// `stop` would, so the server does not hold the address until it expires. The session's
+    /// namespace and interface must still exist. Returns whether a DHCPRELEASE went out.
+    pub async fn release_orphan<P: Platform>(&self, p: &P, id: &Identity) -> Result<bool, DhcpError> {
+        let Some(lease) = self.state.load_blob::<Option<Lease>>(&lease_file(id.sid))? else { return Ok(false) };
+        let inside = p.inside(&id.netns).await?;
+        // The kernel sends the unicast RELEASE from the lease's address (an expired lease
+        // is only forgotten by the machine, so it needs none).
+        if lease.expires_at().is_none_or(|e| e > now_ms()) {
+            put_on_link(&inside, &lease).await?;
+        }
+        let socket = p.dhcp_socket(&id.netns, id.mac).await?;
+        crate::lease_driver::release_orphan(self.context(p, id, inside), &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
+    }
+
+    /// Forgets the session's persisted lease (after it was released or the session is gone).
+    pub fn forget(&self, sid: Sid) -> Result<(), StateError> {
+        self.state.remove_blob(&lease_file(sid))
+    }
+
+    fn persisted(&self, sid: Sid) -> Option<Lease> {
+        // Unreadable counts as none: DHCP starts afresh.
+        self.state.load_blob::<Option<Lease>>(&lease_file(sid)).ok().flatten()
+    }
+}
+
+/// Puts a lease's address (with its remaining lifetime) and routes on the session interface.
+async fn put_on_link<N: NetOps>(inside: &N, lease: &Lease) -> Result<(), NetError> {
+    inside.set_up(SESSION_IF).await?;
+    inside.add_addr(SESSION_IF, lease.network(), false, lifetimes(lease)).await?;
+    for (dest, gw) in lease.routes() {
+        inside.add_route(SESSION_IF, dest, next_hop(gw)).await?;
+    }
+    Ok(())
+}
+
+/// A lease route's gateway; 0.0.0.0 (RFC 3442) means on-link, i.e. no gateway.
+pub fn next_hop(gw: Ipv4Addr) -> Option<Ipv4Addr> {
+    Some(gw).filter(|g| !g.is_unspecified())
+}
+
+/// The address lifetimes of a lease, counted from now.
+pub fn lifetimes(lease: &Lease) -> Option<Lifetimes> {
+    let exp = lease.expires_at()?;
+    // Rounded up: the kernel must never drop the address before the lease ends (the task
+    // removes it at expiry itself); the kernel's copy only matters if the daemon is dead.
+    let secs = exp.saturating_sub(now_ms()).div_ceil(1000).clamp(1, u64::from(u32::MAX - 1)) as u32;
+    Some(Lifetimes { valid_secs: secs, preferred_secs: secs })
+}
+
+impl DhcpSession {
+    /// What the task knows now (renewals may have changed it since the start).
+    pub fn view(&self) -> LeaseView {
+        let s = self.driver.status.borrow();
+        LeaseView { state: s.state, lease: s.lease.clone() }
+    }
+
+    /// DHCPRELEASE (if bound), the address off the interface if asked, and the task ends.
+    pub async fn release(self, remove_address: bool) {
+        self.driver.release(remove_address).await
+    }
+
+    /// Ends the task and keeps the lease (on the server and on disk) for the next one.
+    pub fn abandon(self) {
+        self.driver.abandon()
+    }
+}
+
+/// A DHCP session's live lease, as `status` shows it.
+#[derive(Clone, Debug)]
+pub struct LeaseView {
+    pub state: State,
+    pub lease: Option<Lease>,
+}
+
+impl LeaseView {
+    /// Fills the lease's facts into a session's status record.
+    pub fn fill(&self, r: &mut SessionRecord) {
+        let dhcp_state = self.state.name().to_string();
+        let Some(l) = &self.lease else {
+            r.address = None;
+            r.lease = Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state });
+            return;
+        };
+        r.address = Some(l.network());
+        r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
+        r.dns = l.dns.clone();
+        r.lease = Some(LeaseInfo { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at(), dhcp_state });
+    }
+}
