@@ -176,7 +176,7 @@ async fn run<N: NetOps>(
     let mut buf = vec![0u8; 4096];
     let mut last_state = client.state();
     let mut failed = None;
-    info!(state = ?last_state, "DHCP client started");
+    info!(state = last_state.name(), "DHCP client started");
     loop {
         for a in actions.drain(..) {
             match a {
@@ -189,7 +189,7 @@ async fn run<N: NetOps>(
             }
         }
         if client.state() != last_state {
-            info!("DHCP state {:?} -> {:?}", last_state, client.state());
+            info!("DHCP state {} -> {}", last_state.name(), client.state().name());
             last_state = client.state();
         }
         let _ = status.send(LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });
@@ -342,12 +342,8 @@ fn lease_neighbours(lease: &Lease) -> Vec<std::net::Ipv4Addr> {
 pub type LanNeighbours = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Vec<u8>>>>;
 
 /// Keeps the session's entries for its server and gateways out of the kernel's neighbour
-/// garbage collection, and seeds them from other sessions so that most sessions never
-/// broadcast an ARP request for them. The table is one for all namespaces; with hundreds of
-/// sessions it is past its thresholds and idle entries are collected, so every renewal (a
-/// unicast) had to broadcast an ARP request, which a bridge-mode macvlan copies into every
-/// session's namespace: N² work, charged to the daemon. A seeded entry starts stale, so the
-/// kernel confirms it by unicast on first use, and a wrong one fails over to a broadcast.
+/// garbage collection, and seeds them from other sessions, so renewals need no broadcast ARP
+/// (why: docs/performance.md, "Design notes: pinned neighbour entries").
 async fn keep_neighbours<N: NetOps>(ctx: &DriverContext<N>, pinned: &mut std::collections::HashSet<Ipv4Addr>, lease: &Lease) {
     for ip in lease_neighbours(lease) {
         keep_neighbour(ctx, pinned, ip).await;

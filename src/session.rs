@@ -185,11 +185,9 @@ pub async fn teardown<P: Platform>(p: &P, spec: &TeardownSpec) -> Vec<StepError>
 }
 
 /// As `teardown`, but a macvlan session's interface (and the address on it) is left to the
-/// kernel, which frees it with the namespace once nothing holds the namespace any more, in its
-/// cleanup worker and many per RCU grace period. Deleting it here cost each stop an RTNL-held
-/// grace period (~20 ms), and back-to-back stops queued behind each other's. Returns the
-/// namespace's id so the caller can check, after answering, that the namespace did go (a
-/// process left in it keeps it, and then the interface must be deleted after all).
+/// kernel, which frees it with the namespace (why: docs/performance.md, "Design notes: stop
+/// leaves the macvlan to the kernel"). Returns the namespace's id so the caller can check,
+/// after answering, that it did go (see `reap_link`).
 pub async fn teardown_leaving_link<P: Platform>(p: &P, spec: &TeardownSpec) -> (Vec<StepError>, Option<i32>) {
     if spec.host_link.is_some() || !p.netns_exists(&spec.netns) {
         return (teardown(p, spec).await, None);
