@@ -32,6 +32,12 @@ fn parse_sid(s: &str) -> Result<Sid, String> {
     s.parse::<Sid>().map_err(|e| e.to_string())
 }
 
+/// A value out of `names` (listed in `--help` and in the usage error), parsed by `FromStr`.
+fn one_of<T: std::str::FromStr + Clone + Send + Sync + 'static>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<T>().unwrap_or_else(|_| unreachable!("{s} is one of the possible values")))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (as root)
@@ -91,12 +97,12 @@ pub struct DaemonArgs {
     /// Host NIC the sessions' uplinks attach to
     #[arg(long)]
     pub uplink: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of::<LinkKind>(LinkKind::NAMES))]
     pub link: Option<LinkKind>,
     /// Bridge the host end of each veth joins (--link veth)
     #[arg(long)]
     pub bridge: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of::<Addressing>(Addressing::NAMES))]
     pub addressing: Option<Addressing>,
     /// Static pool FIRST-LAST/PREFIX
     #[arg(long)]
@@ -286,7 +292,7 @@ fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>
     if !nix::unistd::geteuid().is_root() {
         return Err(failed(anyhow::anyhow!("permission denied: exec into a session needs root")));
     }
-    crate::enter::enter_session(&rec.netns).map_err(failed)?;
+    sessiond_client::enter::enter_session(&rec.netns).map_err(failed)?;
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]).env("SESSIOND_SESSION", session.to_string()).env("SESSIOND_LOOPBACK", rec.loopback.to_string());
     if let Some(a) = rec.address {

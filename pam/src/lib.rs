@@ -70,7 +70,7 @@ impl Env for Real<'_> {
     fn enter(&self, netns: &str) -> Result<(), String> {
         // Close-on-exec (std's default): the user's shell, exec'd by a child, does not get it.
         let home = std::fs::File::open("/proc/self/ns/net").ok();
-        sessiond::enter::enter_session(netns).map_err(|e| e.to_string())?;
+        sessiond_client::enter::enter_session(netns).map_err(|e| e.to_string())?;
         *HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()) = home;
         Ok(())
     }
