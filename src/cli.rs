@@ -354,8 +354,8 @@ fn warn_if_neighbour_table_small() {
     }
 }
 
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
     let path = dir.join(".lock");
     // Held read-only: a file open for writing would stop an admin (or a test) remounting the
     // state dir read-only.
@@ -363,11 +363,11 @@ fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
     }
     let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another sessiond is already using the state dir {}", dir.display());
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::Error::EWOULDBLOCK)) => bail!("another sessiond is already using the state dir {}", dir.display()),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
-    Ok(f)
 }
 
 /// Each client connection and each session's netlink and DHCP sockets take a descriptor;
