@@ -32,6 +32,12 @@ fn parse_sid(s: &str) -> Result<Sid, String> {
     s.parse::<Sid>().map_err(|e| e.to_string())
 }
 
+/// A value out of `names` (listed in `--help` and in the usage error), parsed by `FromStr`.
+fn one_of<T: std::str::FromStr + Clone + Send + Sync + 'static>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<T>().unwrap_or_else(|_| unreachable!("{s} is one of the possible values")))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (as root)
@@ -91,12 +97,12 @@ pub struct DaemonArgs {
     /// Host NIC the sessions' uplinks attach to
     #[arg(long)]
     pub uplink: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of::<LinkKind>(LinkKind::NAMES))]
     pub link: Option<LinkKind>,
     /// Bridge the host end of each veth joins (--link veth)
     #[arg(long)]
     pub bridge: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = one_of::<Addressing>(Addressing::NAMES))]
     pub addressing: Option<Addressing>,
     /// Static pool FIRST-LAST/PREFIX
     #[arg(long)]
@@ -286,7 +292,7 @@ fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>
     if !nix::unistd::geteuid().is_root() {
         return Err(failed(anyhow::anyhow!("permission denied: exec into a session needs root")));
     }
-    crate::enter::enter_session(&rec.netns).map_err(failed)?;
+    sessiond_client::enter::enter_session(&rec.netns).map_err(failed)?;
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]).env("SESSIOND_SESSION", session.to_string()).env("SESSIOND_LOOPBACK", rec.loopback.to_string());
     if let Some(a) = rec.address {
@@ -348,8 +354,8 @@ fn warn_if_neighbour_table_small() {
     }
 }
 
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
     let path = dir.join(".lock");
     // Held read-only: a file open for writing would stop an admin (or a test) remounting the
     // state dir read-only.
@@ -357,11 +363,11 @@ fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
     }
     let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another sessiond is already using the state dir {}", dir.display());
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::Error::EWOULDBLOCK)) => bail!("another sessiond is already using the state dir {}", dir.display()),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }
-    Ok(f)
 }
 
 /// Each client connection and each session's netlink and DHCP sockets take a descriptor;

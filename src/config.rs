@@ -2,51 +2,19 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
+/// Shared with the clients (the session record names them; they find the socket by them).
+pub use sessiond_client::{Addressing, DEFAULT_SOCKET, LinkKind, SOCKET_ENV};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
-pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";
 /// Runtime state, like systemd-networkd's leases under /run: the session records and leases
 /// describe namespaces and links that do not survive a reboot, so neither should they. It
 /// survives daemon restarts and crashes, which is what recovery needs.
 pub const DEFAULT_STATE_DIR: &str = "/run/sessiond/state";
 /// The default before it moved under /run.
 pub const OLD_STATE_DIR: &str = "/var/lib/sessiond";
-pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkKind {
-    Macvlan,
-    Veth,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Addressing {
-    Dhcp,
-    Static,
-}
-
-impl std::fmt::Display for LinkKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LinkKind::Macvlan => "macvlan",
-            LinkKind::Veth => "veth",
-        })
-    }
-}
-
-impl std::fmt::Display for Addressing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Addressing::Dhcp => "dhcp",
-            Addressing::Static => "static",
-        })
-    }
-}
 
 /// Every key the config file may hold; all optional, unknown keys rejected by name.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

@@ -1,17 +1,13 @@
 //! Per-session /etc/netns/NAME/{resolv.conf,hosts}: `ip netns exec`, `sessiond exec` and the
 //! PAM module bind-mount these over /etc so DNS and the local host name work inside.
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 
-pub const ETC_NETNS: &str = "/etc/netns";
+/// `/etc/netns/NAME`: entering a session (in the small crate) reads it, the daemon writes it.
+pub use sessiond_client::enter::{ETC_NETNS, netns_etc_dir};
 /// Where the files really are: /etc/netns/NAME is a symlink to RUN_NETNS_ETC/NAME. They are
 /// runtime files (rewritten from the lease; gone with the session), and on the root disk each
 /// session's directory and two files cost new inodes at every start (see docs/performance.md).
 pub const RUN_NETNS_ETC: &str = "/run/sessiond/etc-netns";
-
-pub fn netns_etc_dir(netns: &str) -> PathBuf {
-    Path::new(ETC_NETNS).join(netns)
-}
 
 pub fn resolv_conf(dns: &[Ipv4Addr], domain: Option<&str>, search: &[String]) -> String {
     let mut s = String::from("# written by sessiond for this session\n");

@@ -103,7 +103,7 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| NetError::Netlink { op, source }
 }
 
-const NETLINK_RCVBUF: libc::c_int = 8 << 20;
+const NETLINK_RCVBUF: usize = 8 << 20;
 
 /// IFLA_TARGET_NETNSID: a link request about the peer namespace with this id.
 fn target_netnsid(nsid: i32) -> netlink_packet_route::link::LinkAttribute {
@@ -125,19 +125,13 @@ impl RtNet {
     /// (entered or current) to drive it.
     pub fn connect_here() -> Result<RtNet, NetError> {
         use netlink_sys::AsyncSocket;
-        use std::os::fd::AsRawFd;
+        use nix::sys::socket::{setsockopt, sockopt};
         let (mut conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io { op: "open netlink socket".into(), source })?;
         // Many sessions starting at once share the host connection; with the default receive
         // buffer (~200 KiB) the replies overrun it and requests hang. Root may force more.
-        let fd = conn.socket_mut().socket_mut().as_raw_fd();
-        let size: libc::c_int = NETLINK_RCVBUF;
-        // SAFETY: fd is a live socket owned by `conn`; the option value is a plain int.
-        unsafe {
-            let p = &size as *const libc::c_int as *const libc::c_void;
-            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, len) != 0 {
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, len);
-            }
+        let sock = conn.socket_mut().socket_mut();
+        if setsockopt(&*sock, sockopt::RcvBufForce, &NETLINK_RCVBUF).is_err() {
+            let _ = setsockopt(&*sock, sockopt::RcvBuf, &NETLINK_RCVBUF);
         }
         tokio::spawn(conn);
         Ok(RtNet { handle, indexes: Default::default() })

@@ -1,18 +1,14 @@
-//! Named network namespaces, compatible with `ip netns` (a bind mount under /run/netns),
-//! and the one place that calls `setns`: `run_in_netns`, on a throwaway thread.
-//!
-//! Why a throwaway thread: setns changes only the calling thread, and a socket stays in the
-//! netns it was created in. Doing it on a fresh thread that then exits means no tokio worker
-//! or pooled thread is ever left in a session's namespace, and the daemon never forks.
+//! Named network namespaces, compatible with `ip netns` (a bind mount under /run/netns).
+//! Entering one goes through the small crate's `ns::spawn_in_netns` (the one `setns`, on a
+//! throwaway thread: no tokio worker or pooled thread is ever left in a session's namespace,
+//! and the daemon never forks); the functions here wrap it for blocking and async callers.
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
-
-pub const NETNS_DIR: &str = "/run/netns";
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+use nix::sched::{CloneFlags, unshare};
+use sessiond_client::ns::spawn_in_netns;
+pub use sessiond_client::ns::{NETNS_DIR, is_ns_mount, netns_dir, netns_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -24,19 +20,6 @@ pub enum NsError {
     Missing(String),
     #[error("the namespace helper thread panicked")]
     ThreadPanicked,
-}
-
-pub fn netns_dir() -> PathBuf {
-    PathBuf::from(NETNS_DIR)
-}
-
-pub fn netns_path(name: &str) -> PathBuf {
-    netns_dir().join(name)
-}
-
-/// True when `path` is a live namespace bind mount (not just a leftover empty file).
-pub fn is_ns_mount(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == NSFS_MAGIC).unwrap_or(false)
 }
 
 pub fn netns_exists(name: &str) -> bool {
@@ -56,6 +39,14 @@ pub fn open_netns(name: &str) -> Result<File, NsError> {
     File::open(&p).map_err(|source| NsError::Io { name: name.into(), op: "open", source })
 }
 
+fn dup_failed(source: std::io::Error) -> NsError {
+    NsError::Io { name: "(fd)".into(), op: "dup", source }
+}
+
+fn setns_failed(source: nix::Error) -> NsError {
+    NsError::Sys { name: "(fd)".into(), op: "setns", source }
+}
+
 /// Runs `f` on a new thread that has entered `ns`, and waits for it.
 /// Blocking: from async code use `run_in_netns_async`.
 pub fn run_in_netns<T, F>(ns: &File, f: F) -> Result<T, NsError>
@@ -63,13 +54,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let fd = ns.try_clone().map_err(|source| NsError::Io { name: "(fd)".into(), op: "dup", source })?;
-    std::thread::spawn(move || {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NsError::Sys { name: "(fd)".into(), op: "setns", source })?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| NsError::ThreadPanicked)?
+    spawn_in_netns(ns, f).map_err(dup_failed)?.join().map_err(|_| NsError::ThreadPanicked)?.map_err(setns_failed)
 }
 
 /// As `run_in_netns`, but awaits the thread without blocking the async worker.
@@ -78,13 +63,20 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let fd = ns.try_clone().map_err(|source| NsError::Io { name: "(fd)".into(), op: "dup", source })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let r = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map(|_| f()).map_err(|source| NsError::Sys { name: "(fd)".into(), op: "setns", source });
-        let _ = tx.send(r);
-    });
-    rx.await.map_err(|_| NsError::ThreadPanicked)?
+    let thread = spawn_in_netns(ns, move || {
+        let _ = tx.send(f());
+    })
+    .map_err(dup_failed)?;
+    match rx.await {
+        Ok(v) => Ok(v),
+        // Nothing sent: entering failed (`f` never ran) or `f` panicked. The thread has ended
+        // or is ending; its result says which (joined off the worker all the same).
+        Err(_) => match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Err(e))) => Err(setns_failed(e)),
+            _ => Err(NsError::ThreadPanicked),
+        },
+    }
 }
 
 /// Makes /run/netns a shared mount point, as iproute2 does, so namespace mounts made here
@@ -175,5 +167,31 @@ pub fn delete_netns(name: &str) -> Result<(), NsError> {
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NsError::Io { name: name.into(), op: "remove", source: e }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_namespace_is_a_setns_error() {
+        let f = File::open("/proc/self/status").unwrap();
+        let e = run_in_netns_async(&f, || ()).await.unwrap_err();
+        assert!(matches!(e, NsError::Sys { op: "setns", source: nix::Error::EINVAL, .. }), "{e}");
+        let e = run_in_netns(&f, || ()).unwrap_err();
+        assert!(matches!(e, NsError::Sys { op: "setns", source: nix::Error::EINVAL, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn results_and_panics_come_back_from_the_thread() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // entering even our own namespace needs CAP_SYS_ADMIN
+        }
+        let own = File::open("/proc/self/ns/net").unwrap();
+        assert_eq!(run_in_netns(&own, || 7).unwrap(), 7);
+        assert_eq!(run_in_netns_async(&own, || 8).await.unwrap(), 8);
+        assert!(matches!(run_in_netns_async(&own, || panic!("boom")).await, Err(NsError::ThreadPanicked)));
+        assert!(matches!(run_in_netns(&own, || panic!("boom")), Err(NsError::ThreadPanicked)));
     }
 }

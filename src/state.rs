@@ -4,55 +4,11 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Addressing, LinkKind};
 use crate::sid::Sid;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionState {
-    /// Being built; a record left in this state after a crash is torn down on restart.
-    Starting,
-    Up,
-    /// Being torn down; finished on restart if the daemon died meanwhile.
-    Stopping,
-}
-
-/// DHCP lease facts shown by `status` (absent for static sessions).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseInfo {
-    pub server: Ipv4Addr,
-    pub lease_start: u64,
-    pub expires: Option<u64>,
-    pub next_renewal: Option<u64>,
-    pub dhcp_state: String,
-}
-
-/// One session: the `status --json` object and the persisted record are the same thing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub session: Sid,
-    pub netns: String,
-    pub interface: String,
-    pub mac: String,
-    pub address: Option<Ipv4Net>,
-    pub gateway: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub loopback: Ipv4Addr,
-    pub addressing: Addressing,
-    pub state: SessionState,
-    pub link: LinkKind,
-    /// The host end of a veth pair (None for macvlan, which lives wholly inside the netns).
-    pub host_link: Option<String>,
-    pub owner_uid: Option<u32>,
-    #[serde(default)]
-    pub lease: Option<LeaseInfo>,
-    /// Set when the daemon notices a fault (e.g. the uplink went away).
-    #[serde(default)]
-    pub fault: Option<String>,
-}
+/// The record the protocol carries is the one persisted (the types live with the protocol).
+pub use sessiond_client::record::{LeaseInfo, SessionRecord, SessionState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -240,9 +196,9 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         gateway: Some("10.0.0.1".parse().unwrap()),
         dns: vec!["10.0.0.1".parse().unwrap()],
         loopback: crate::loopback::loopback_for(sid),
-        addressing: Addressing::Static,
+        addressing: crate::config::Addressing::Static,
         state: SessionState::Up,
-        link: LinkKind::Macvlan,
+        link: crate::config::LinkKind::Macvlan,
         host_link: None,
         owner_uid: Some(1000),
         lease: None,

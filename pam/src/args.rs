@@ -59,7 +59,7 @@ impl Default for Args {
             sid: SidMode::Default,
             timeout: DEFAULT_TIMEOUT,
             fail: Fail::Closed,
-            socket: PathBuf::from(sessiond::config::DEFAULT_SOCKET),
+            socket: PathBuf::from(sessiond_client::DEFAULT_SOCKET),
             refdir: PathBuf::from(DEFAULT_REFDIR),
             debug: false,
         }

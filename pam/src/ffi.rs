@@ -1,10 +1,13 @@
-//! The few libpam calls the module needs (Linux-PAM, libpam0g-dev's headers), and a safe
-//! wrapper around one `pam_handle_t`.
+//! The module's only unsafe code: the entry points libpam calls, the few libpam calls the
+//! module needs (Linux-PAM, libpam0g-dev's headers), and a safe wrapper around one
+//! `pam_handle_t`. Each unsafe block says why it is sound.
 //!
 //! Written by hand rather than through a binding crate: `pamsm` is GPL-3.0, and
 //! `pam-bindings` (MIT) has no `pam_getenv`/`pam_putenv`/`pam_syslog`, so the FFI for
 //! those would be needed anyway; this is about a dozen declarations.
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
+
+use crate::Entry;
 
 #[repr(C)]
 pub struct PamHandle {
@@ -39,13 +42,15 @@ unsafe extern "C" {
 ///
 /// # Safety
 /// `argv` must point to `argc` valid NUL-terminated strings (as libpam guarantees).
-pub unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
+unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
     if argv.is_null() || argc <= 0 {
         return Vec::new();
     }
     (0..argc as usize)
         .filter_map(|i| {
+            // SAFETY: i < argc, and argv has argc entries (the caller's contract).
             let p = unsafe { *argv.add(i) };
+            // SAFETY: a non-null entry is a NUL-terminated string that outlives this call.
             (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
         })
         .collect()
@@ -56,6 +61,8 @@ const DATA_KEY: &CStr = c"sessiond_pam_sid";
 
 extern "C" fn free_sid(_pamh: *mut PamHandle, data: *mut c_void, _status: c_int) {
     if !data.is_null() {
+        // SAFETY: the only data stored under DATA_KEY is a Box<u32> from `set_sid`, and libpam
+        // calls this cleanup once per stored pointer (or `set_sid` does, when storing failed).
         drop(unsafe { Box::from_raw(data as *mut u32) });
     }
 }
@@ -69,16 +76,19 @@ pub struct Handle {
 impl Handle {
     /// # Safety
     /// `h` must be the handle libpam passed to the current module call.
-    pub unsafe fn new(h: *mut PamHandle, flags: c_int) -> Handle {
+    unsafe fn new(h: *mut PamHandle, flags: c_int) -> Handle {
         Handle { h, silent: flags & PAM_SILENT != 0 }
     }
 
     fn item_str(&self, item: c_int) -> Option<String> {
         let mut p: *const c_void = std::ptr::null();
+        // SAFETY: `self.h` is the live handle of this module call; `p` is a valid out pointer.
         let r = unsafe { pam_get_item(self.h, item, &mut p) };
         if r != PAM_SUCCESS || p.is_null() {
             return None;
         }
+        // SAFETY: PAM_USER and PAM_SERVICE items are NUL-terminated strings owned by libpam,
+        // valid until the item changes (not during this call); we copy it at once.
         Some(unsafe { CStr::from_ptr(p as *const c_char) }.to_string_lossy().into_owned())
     }
 
@@ -92,12 +102,15 @@ impl Handle {
 
     pub fn getenv(&self, name: &str) -> Option<String> {
         let name = CString::new(name).ok()?;
+        // SAFETY: live handle; `name` is a NUL-terminated string that outlives the call.
         let p = unsafe { pam_getenv(self.h, name.as_ptr()) };
+        // SAFETY: non-null: a NUL-terminated value owned by the handle's environment; copied at once.
         (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
 
     pub fn putenv(&self, name: &str, value: &str) -> Result<(), String> {
         let nv = CString::new(format!("{name}={value}")).map_err(|_| format!("{name}: value has a NUL byte"))?;
+        // SAFETY: live handle; libpam copies the NUL-terminated "NAME=value" string.
         match unsafe { pam_putenv(self.h, nv.as_ptr()) } {
             PAM_SUCCESS => Ok(()),
             r => Err(format!("pam_putenv({name}) failed: {r}")),
@@ -106,6 +119,7 @@ impl Handle {
 
     pub fn syslog(&self, priority: c_int, msg: &str) {
         if let Ok(m) = CString::new(msg.replace('\0', "?")) {
+            // SAFETY: live handle; a "%s" format with exactly one NUL-terminated string argument.
             unsafe { pam_syslog(self.h, priority, c"%s".as_ptr(), m.as_ptr()) };
         }
     }
@@ -118,8 +132,10 @@ impl Handle {
         if let Ok(m) = CString::new(msg.replace('\0', "?")) {
             let style = if error { PAM_ERROR_MSG } else { PAM_TEXT_INFO };
             let mut resp: *mut c_char = std::ptr::null_mut();
+            // SAFETY: live handle; valid out pointer; a "%s" format with one string argument.
             unsafe { pam_prompt(self.h, style, &mut resp, c"%s".as_ptr(), m.as_ptr()) };
             if !resp.is_null() {
+                // SAFETY: a response from pam_prompt is malloc'd and ours to free, once.
                 unsafe { libc::free(resp as *mut c_void) };
             }
         }
@@ -131,6 +147,8 @@ impl Handle {
             Some(s) => Box::into_raw(Box::new(s)) as *mut c_void,
             None => std::ptr::null_mut(),
         };
+        // SAFETY: live handle; DATA_KEY is static; `data` is null or a Box<u32> that libpam now
+        // owns and hands back to `free_sid` (replacing an old value frees that one through it).
         match unsafe { pam_set_data(self.h, DATA_KEY.as_ptr(), data, Some(free_sid)) } {
             PAM_SUCCESS => Ok(()),
             r => {
@@ -142,7 +160,49 @@ impl Handle {
 
     pub fn sid(&self) -> Option<u32> {
         let mut p: *const c_void = std::ptr::null();
+        // SAFETY: live handle; DATA_KEY is static; `p` is a valid out pointer.
         let r = unsafe { pam_get_data(self.h, DATA_KEY.as_ptr(), &mut p) };
+        // SAFETY: a non-null value under DATA_KEY is the Box<u32> `set_sid` stored, still owned by libpam.
         (r == PAM_SUCCESS && !p.is_null()).then(|| unsafe { *(p as *const u32) })
     }
+}
+
+/// What every entry point does: refuse a null handle, else wrap it and run `f` (the safe part,
+/// in lib.rs, which also catches panics).
+///
+/// # Safety
+/// `pamh`, `argc` and `argv` are what libpam passed to the current module call.
+unsafe fn entry(name: &str, pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char, f: Entry) -> c_int {
+    if pamh.is_null() {
+        return PAM_SESSION_ERR;
+    }
+    // SAFETY: non-null, and libpam's handle for this call (the caller's contract).
+    let h = unsafe { Handle::new(pamh, flags) };
+    // SAFETY: libpam passes argc valid NUL-terminated strings in argv (the caller's contract).
+    crate::run(name, &h, || unsafe { args(argc, argv) }, f)
+}
+
+/// # Safety
+/// Called by libpam with a valid handle and argv.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_open_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
+    // SAFETY: passed through from libpam as received.
+    unsafe { entry("open_session", pamh, flags, argc, argv, crate::module::open_session) }
+}
+
+/// # Safety
+/// Called by libpam with a valid handle and argv.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_close_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
+    // SAFETY: passed through from libpam as received.
+    unsafe { entry("close_session", pamh, flags, argc, argv, crate::module::close_session) }
+}
+
+/// Not an auth module: ignore in `auth` stacks rather than fail if listed there by mistake.
+///
+/// # Safety
+/// Called by libpam.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pam_sm_setcred(_pamh: *mut PamHandle, _flags: c_int, _argc: c_int, _argv: *const *const c_char) -> c_int {
+    PAM_IGNORE
 }

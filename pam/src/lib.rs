@@ -8,8 +8,8 @@
 //! login's hold and stops the session when the last holder leaves.
 //!
 //! Every entry point catches panics and turns them into a PAM error: a bug here must
-//! never take sshd down.
-use std::ffi::{c_char, c_int};
+//! never take sshd down. The entry points and every other FFI step are in `ffi.rs`.
+use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub mod args;
@@ -18,7 +18,7 @@ pub mod module;
 pub mod refcount;
 
 use args::Args;
-use ffi::{Handle, PAM_IGNORE, PAM_SESSION_ERR, PamHandle};
+use ffi::{Handle, PAM_SESSION_ERR};
 use module::{Env, Level};
 
 struct Real<'a> {
@@ -70,14 +70,14 @@ impl Env for Real<'_> {
     fn enter(&self, netns: &str) -> Result<(), String> {
         // Close-on-exec (std's default): the user's shell, exec'd by a child, does not get it.
         let home = std::fs::File::open("/proc/self/ns/net").ok();
-        sessiond::enter::enter_session(netns).map_err(|e| e.to_string())?;
+        sessiond_client::enter::enter_session(netns).map_err(|e| e.to_string())?;
         *HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()) = home;
         Ok(())
     }
     fn leave(&self) -> Result<(), String> {
         let home = HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()).take();
         match home {
-            Some(f) => nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}")),
+            Some(f) => sessiond_client::ns::enter_netns(&f).map_err(|e| format!("setns: {e}")),
             None => Ok(()),
         }
     }
@@ -87,22 +87,17 @@ impl Env for Real<'_> {
 /// session process opens and closes the same session).
 static HOME_NETNS: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
 
-type Entry = fn(&dyn Env, &Args) -> c_int;
+/// What an entry point does: `module::open_session` or `module::close_session`.
+pub type Entry = fn(&dyn Env, &Args) -> c_int;
 
-/// Parses the arguments and runs `f`, turning a panic into PAM_SESSION_ERR.
-fn run(name: &str, pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char, f: Entry) -> c_int {
-    if pamh.is_null() {
-        return PAM_SESSION_ERR;
-    }
-    let h = unsafe { Handle::new(pamh, flags) };
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let argv = unsafe { ffi::args(argc, argv) };
-        match Args::parse(&argv) {
-            Ok(a) => f(&Real { h: &h, debug: a.debug }, &a),
-            Err(e) => {
-                h.syslog(libc::LOG_ERR, &format!("{name}: bad module arguments: {e}; refusing the session (service {:?})", h.service()));
-                PAM_SESSION_ERR
-            }
+/// Parses the arguments and runs `f`, turning a panic into PAM_SESSION_ERR. Called by the
+/// entry points in `ffi` (which own every FFI step) with the handle and a way to read argv.
+fn run(name: &str, h: &Handle, argv: impl FnOnce() -> Vec<String>, f: Entry) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| match Args::parse(&argv()) {
+        Ok(a) => f(&Real { h, debug: a.debug }, &a),
+        Err(e) => {
+            h.syslog(libc::LOG_ERR, &format!("{name}: bad module arguments: {e}; refusing the session (service {:?})", h.service()));
+            PAM_SESSION_ERR
         }
     }));
     match r {
@@ -113,27 +108,4 @@ fn run(name: &str, pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const
             PAM_SESSION_ERR
         }
     }
-}
-
-/// # Safety
-/// Called by libpam with a valid handle and argv.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pam_sm_open_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
-    run("open_session", pamh, flags, argc, argv, module::open_session)
-}
-
-/// # Safety
-/// Called by libpam with a valid handle and argv.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pam_sm_close_session(pamh: *mut PamHandle, flags: c_int, argc: c_int, argv: *const *const c_char) -> c_int {
-    run("close_session", pamh, flags, argc, argv, module::close_session)
-}
-
-/// Not an auth module: ignore in `auth` stacks rather than fail if listed there by mistake.
-///
-/// # Safety
-/// Called by libpam.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pam_sm_setcred(_pamh: *mut PamHandle, _flags: c_int, _argc: c_int, _argv: *const *const c_char) -> c_int {
-    PAM_IGNORE
 }

@@ -2,10 +2,10 @@
 //! without libpam, root or a real daemon.
 use std::ffi::c_int;
 
-use sessiond::client::{self, ClientError};
-use sessiond::proto::{ErrorKind, Request, Response};
-use sessiond::sid::Sid;
-use sessiond::state::SessionRecord;
+use sessiond_client::client::{self, ClientError};
+use sessiond_client::proto::{ErrorKind, Request, Response};
+use sessiond_client::record::SessionRecord;
+use sessiond_client::sid::Sid;
 
 use crate::args::{Args, Fail, SidMode};
 use crate::ffi::{PAM_IGNORE, PAM_SESSION_ERR, PAM_SUCCESS};

@@ -6,13 +6,15 @@
 //! getting the lock that the path still names the inode it locked, and retries otherwise.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 pub struct Held {
-    file: File,
+    file: Flock<File>,
     path: PathBuf,
 }
 
@@ -42,20 +44,18 @@ pub fn lock(dir: &Path, sid: u32, timeout: Duration) -> std::io::Result<Held> {
     let path = dir.join(sid.to_string());
     let deadline = Instant::now() + timeout;
     loop {
-        let file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
-        loop {
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) && e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
+        let mut file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
+        let file = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(e.into()),
             }
             if Instant::now() >= deadline {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out waiting for the lock on {}", path.display())));
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         let mine = file.metadata()?;
         match std::fs::symlink_metadata(&path) {
             Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => return Ok(Held { file, path }),

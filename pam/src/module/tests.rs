@@ -6,11 +6,11 @@ use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sessiond::config::{Addressing, LinkKind};
-use sessiond::loopback::loopback_for;
-use sessiond::proto::{ErrorKind, Request, Response};
-use sessiond::sid::Sid;
-use sessiond::state::{SessionRecord, SessionState};
+use sessiond_client::loopback::loopback_for;
+use sessiond_client::proto::{ErrorKind, Request, Response};
+use sessiond_client::record::{SessionRecord, SessionState};
+use sessiond_client::sid::Sid;
+use sessiond_client::{Addressing, LinkKind};
 
 use super::*;
 
@@ -175,7 +175,7 @@ fn rig_with(answer: bool, extra: &[&str]) -> Rig {
             if r.read_line(&mut line).is_err() {
                 continue;
             }
-            let resp = d.answer(sessiond::proto::parse_request(&line).unwrap());
+            let resp = d.answer(sessiond_client::proto::parse_request(&line).unwrap());
             let mut out = serde_json::to_vec(&resp).unwrap();
             out.push(b'\n');
             let _ = (&s).write_all(&out);

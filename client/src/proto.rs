@@ -1,8 +1,8 @@
 //! The control-socket protocol: one JSON object per line each way.
 use serde::{Deserialize, Serialize};
 
+use crate::record::SessionRecord;
 use crate::sid::Sid;
-use crate::state::SessionRecord;
 
 /// Longest request line the daemon reads; longer ones are refused without buffering them.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -57,6 +57,14 @@ impl Response {
     }
 }
 
+/// One message as a line on the wire: compact JSON (which never holds a raw newline) and `\n`.
+/// Requests and responses alike.
+pub fn encode_line(message: &impl Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(message).expect("protocol messages serialize");
+    line.push(b'\n');
+    line
+}
+
 /// Parses one request line, naming what was wrong.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))
@@ -75,9 +83,11 @@ mod tests {
             Request::Stop { session: Sid::new(9).unwrap() },
             Request::StopAll,
         ] {
-            let line = serde_json::to_string(&r).unwrap();
-            assert!(!line.contains('\n'));
-            assert_eq!(parse_request(&line).unwrap(), r);
+            let line = String::from_utf8(encode_line(&r)).unwrap();
+            let (body, end) = line.split_at(line.len() - 1);
+            assert_eq!(end, "\n");
+            assert!(!body.contains('\n'));
+            assert_eq!(parse_request(body).unwrap(), r);
         }
         assert_eq!(parse_request(r#"{"op":"start","session":4}"#).unwrap(), Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None });
     }

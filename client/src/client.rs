@@ -4,8 +4,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{DEFAULT_SOCKET, SOCKET_ENV};
-use crate::proto::{Request, Response};
+use crate::proto::{Request, Response, encode_line};
+use crate::{DEFAULT_SOCKET, SOCKET_ENV};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,9 +33,7 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Response, C
     let io = |source| ClientError::Io { path: path.into(), source };
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_vec(req).expect("requests serialize");
-    line.push(b'\n');
-    s.write_all(&line).map_err(io)?;
+    s.write_all(&encode_line(req)).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&s).read_line(&mut reply).map_err(io)?;
     serde_json::from_str(&reply)

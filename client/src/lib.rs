@@ -1,0 +1,20 @@
+//! What the sessiond command line, the daemon and the PAM module share, with nothing heavy:
+//! the control-socket protocol and a blocking client, session ids and loopbacks, the session
+//! record the protocol carries, and entering a session's namespace. std threads only (no
+//! tokio, netlink or clap): pam_sessiond.so links this into sshd.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod enter;
+pub mod loopback;
+pub mod ns;
+pub mod proto;
+pub mod record;
+pub mod sid;
+
+pub use record::{Addressing, LinkKind};
+
+/// The daemon's control socket, unless `--socket` or $SESSIOND_SOCKET says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";
+/// Names the control socket for the daemon and its clients alike.
+pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";

@@ -1,0 +1,141 @@
+//! One session as the daemon records it and the protocol carries it (`status --json`), and
+//! the two settings a record names: how the session is linked to the uplink and addressed.
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::sid::Sid;
+
+/// How a session's interface reaches the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    Macvlan,
+    Veth,
+}
+
+/// Where a session's address comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Addressing {
+    Dhcp,
+    Static,
+}
+
+/// `"wifi"` is not one of `expected`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid value {value:?} (possible values: {})", expected.join(", "))]
+pub struct BadValue {
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+/// The names a config file, a flag and `status` use for each variant (one table per enum).
+macro_rules! named {
+    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in the order `--help` lists them.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+            /// Their names, in the same order.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = BadValue;
+            fn from_str(s: &str) -> Result<$ty, BadValue> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(BadValue { value: s.to_string(), expected: $ty::NAMES }),
+                }
+            }
+        }
+    };
+}
+
+named!(LinkKind { Macvlan = "macvlan", Veth = "veth" });
+named!(Addressing { Dhcp = "dhcp", Static = "static" });
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Being built; a record left in this state after a crash is torn down on restart.
+    Starting,
+    Up,
+    /// Being torn down; finished on restart if the daemon died meanwhile.
+    Stopping,
+}
+
+/// DHCP lease facts shown by `status` (absent for static sessions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub server: Ipv4Addr,
+    pub lease_start: u64,
+    pub expires: Option<u64>,
+    pub next_renewal: Option<u64>,
+    pub dhcp_state: String,
+}
+
+/// One session: the `status --json` object and the persisted record are the same thing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session: Sid,
+    pub netns: String,
+    pub interface: String,
+    pub mac: String,
+    pub address: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub loopback: Ipv4Addr,
+    pub addressing: Addressing,
+    pub state: SessionState,
+    pub link: LinkKind,
+    /// The host end of a veth pair (None for macvlan, which lives wholly inside the netns).
+    pub host_link: Option<String>,
+    pub owner_uid: Option<u32>,
+    #[serde(default)]
+    pub lease: Option<LeaseInfo>,
+    /// Set when the daemon notices a fault (e.g. the uplink went away).
+    #[serde(default)]
+    pub fault: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_and_json() {
+        for k in LinkKind::ALL {
+            assert_eq!(k.to_string().parse::<LinkKind>(), Ok(*k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for a in Addressing::ALL {
+            assert_eq!(a.to_string().parse::<Addressing>(), Ok(*a));
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+        assert_eq!(LinkKind::NAMES, ["macvlan", "veth"]);
+        assert_eq!(Addressing::NAMES, ["dhcp", "static"]);
+    }
+
+    #[test]
+    fn a_bad_name_lists_the_good_ones() {
+        let e = "wifi".parse::<LinkKind>().unwrap_err().to_string();
+        assert_eq!(e, r#"invalid value "wifi" (possible values: macvlan, veth)"#);
+        assert!("DHCP".parse::<Addressing>().is_err(), "names are lowercase, as in the config file");
+    }
+}
