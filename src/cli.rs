@@ -269,10 +269,10 @@ fn lease_summary(r: &SessionRecord, now: u64) -> String {
         Some(t) => format!("{} s", t.saturating_sub(now) / 1000),
         None => "never".into(),
     };
-    if l.server.is_unspecified() {
-        return l.dhcp_state.clone();
+    match &l.held {
+        None => l.dhcp_state.to_string(),
+        Some(h) => format!("{}, server {}, renew in {}, expires in {}", l.dhcp_state, h.server, secs(h.next_renewal), secs(h.expires)),
     }
-    format!("{}, server {}, renew in {}, expires in {}", l.dhcp_state, l.server, secs(l.next_renewal), secs(l.expires))
 }
 
 /// A user by name: an unknown name is a usage error, a lookup failure a failure.

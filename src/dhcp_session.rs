@@ -14,7 +14,7 @@ use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
-use crate::state::{LeaseInfo, SessionRecord, StateDir, StateError};
+use crate::state::{HeldLease, LeaseInfo, SessionRecord, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -201,15 +201,16 @@ pub struct LeaseView {
 impl LeaseView {
     /// Fills the lease's facts into a session's status record.
     pub fn fill(&self, r: &mut SessionRecord) {
-        let dhcp_state = self.state.name().to_string();
+        let dhcp_state = self.state.into();
         let Some(l) = &self.lease else {
             r.address = None;
-            r.lease = Some(LeaseInfo { server: Ipv4Addr::UNSPECIFIED, lease_start: 0, expires: None, next_renewal: None, dhcp_state });
+            r.lease = Some(LeaseInfo { held: None, dhcp_state });
             return;
         };
         r.address = Some(l.network());
         r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
         r.dns = l.dns.clone();
-        r.lease = Some(LeaseInfo { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at(), dhcp_state });
+        let held = HeldLease { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at() };
+        r.lease = Some(LeaseInfo { held: Some(held), dhcp_state });
     }
 }

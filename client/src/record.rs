@@ -69,6 +69,32 @@ macro_rules! named {
 
 named!(LinkKind { Macvlan = "macvlan", Veth = "veth" });
 named!(Addressing { Dhcp = "dhcp", Static = "static" });
+named!(DhcpState {
+    Init = "init",
+    Selecting = "selecting",
+    Requesting = "requesting",
+    Bound = "bound",
+    Renewing = "renewing",
+    Rebinding = "rebinding",
+    InitReboot = "init-reboot",
+    Rebooting = "rebooting",
+    Released = "released",
+});
+
+/// A DHCP client's state (RFC 2131 §4.4), by the RFC's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DhcpState {
+    Init,
+    Selecting,
+    Requesting,
+    Bound,
+    Renewing,
+    Rebinding,
+    InitReboot,
+    Rebooting,
+    Released,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,14 +106,24 @@ pub enum SessionState {
     Stopping,
 }
 
-/// DHCP lease facts shown by `status` (absent for static sessions).
+/// What `status` shows of a DHCP session (absent for static sessions).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
+    /// The lease the client holds; none while it looks for one (its fields are then absent).
+    #[serde(flatten)]
+    pub held: Option<HeldLease>,
+    pub dhcp_state: DhcpState,
+}
+
+/// A held DHCP lease; times are milliseconds since the UNIX epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLease {
     pub server: Ipv4Addr,
     pub lease_start: u64,
+    /// None: an infinite lease.
     pub expires: Option<u64>,
+    /// None: an infinite lease.
     pub next_renewal: Option<u64>,
-    pub dhcp_state: String,
 }
 
 /// One session: the `status --json` object and the persisted record are the same thing.
@@ -128,8 +164,27 @@ mod tests {
             assert_eq!(a.to_string().parse::<Addressing>(), Ok(*a));
             assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
         }
+        for d in DhcpState::ALL {
+            assert_eq!(d.to_string().parse::<DhcpState>(), Ok(*d));
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str(), "serde and the name table agree");
+        }
         assert_eq!(LinkKind::NAMES, ["macvlan", "veth"]);
         assert_eq!(Addressing::NAMES, ["dhcp", "static"]);
+    }
+
+    #[test]
+    fn a_lease_is_there_or_absent_never_a_placeholder() {
+        let looking = LeaseInfo { held: None, dhcp_state: DhcpState::Selecting };
+        assert_eq!(serde_json::to_string(&looking).unwrap(), r#"{"dhcp_state":"selecting"}"#);
+        let held = LeaseInfo {
+            held: Some(HeldLease { server: Ipv4Addr::new(10, 0, 0, 1), lease_start: 5, expires: Some(9), next_renewal: None }),
+            dhcp_state: DhcpState::InitReboot,
+        };
+        let text = serde_json::to_string(&held).unwrap();
+        assert_eq!(text, r#"{"server":"10.0.0.1","lease_start":5,"expires":9,"next_renewal":null,"dhcp_state":"init-reboot"}"#);
+        for l in [looking, held] {
+            assert_eq!(serde_json::from_str::<LeaseInfo>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
+        }
     }
 
     #[test]

@@ -46,18 +46,25 @@ pub enum State {
 }
 
 impl State {
-    /// The RFC 2131 name, lower case, as `status` shows it.
+    /// The RFC 2131 name, lower case, as logs and `status` show it.
     pub fn name(self) -> &'static str {
-        match self {
-            State::Init => "init",
-            State::Selecting => "selecting",
-            State::Requesting => "requesting",
-            State::Bound => "bound",
-            State::Renewing => "renewing",
-            State::Rebinding => "rebinding",
-            State::InitReboot => "init-reboot",
-            State::Rebooting => "rebooting",
-            State::Released => "released",
+        sessiond_client::DhcpState::from(self).as_str()
+    }
+}
+
+impl From<State> for sessiond_client::DhcpState {
+    fn from(s: State) -> Self {
+        use sessiond_client::DhcpState as D;
+        match s {
+            State::Init => D::Init,
+            State::Selecting => D::Selecting,
+            State::Requesting => D::Requesting,
+            State::Bound => D::Bound,
+            State::Renewing => D::Renewing,
+            State::Rebinding => D::Rebinding,
+            State::InitReboot => D::InitReboot,
+            State::Rebooting => D::Rebooting,
+            State::Released => D::Released,
         }
     }
 }
