@@ -6,6 +6,7 @@ pub use sessiond_client::{client, loopback, proto, sid};
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dhcp;
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl<P: Platform> Manager<P> {
         Ok(up)
     }
 
-    async fn check_uplink(&self) -> Result<(), ManagerError> {
+    pub async fn check_uplink(&self) -> Result<(), ManagerError> {
         let name = &self.settings.uplink;
         match self.platform.host().link_is_up(name).await {
             Ok(Some(true)) => {}
