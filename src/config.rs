@@ -13,8 +13,6 @@ pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// describe namespaces and links that do not survive a reboot, so neither should they. It
 /// survives daemon restarts and crashes, which is what recovery needs.
 pub const DEFAULT_STATE_DIR: &str = "/run/sessiond/state";
-/// The default before it moved under /run.
-pub const OLD_STATE_DIR: &str = "/var/lib/sessiond";
 
 /// One layer of daemon settings as given: the command-line flags, or the config file. Each
 /// setting is declared once, here, for both: the flag is `--KEY` with dashes (`--dhcp-timeout`
@@ -156,25 +154,6 @@ pub struct Settings {
     pub dhcp_fqdn: bool,
 }
 
-/// The default state dir, except right after an upgrade from a build that kept it under the
-/// old default while sessions still run: their records must be found, or the new daemon would
-/// take their namespaces for orphans and remove them.
-pub fn default_state_dir_in(new: &Path, old: &Path) -> PathBuf {
-    if !has_session_records(new) && has_session_records(old) {
-        tracing::warn!(
-            "session records found under {}, the old default state dir: using it (the default is now {}; --state-dir chooses)",
-            old.display(),
-            new.display()
-        );
-        return old.to_path_buf();
-    }
-    new.to_path_buf()
-}
-
-fn has_session_records(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("sessions")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json"))
-}
-
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok { Ok(()) } else { Err(ConfigError::BadIfName(name.to_string())) }
@@ -234,7 +213,7 @@ impl Settings {
             dns,
             socket: socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             socket_group,
-            state_dir: state_dir.unwrap_or_else(|| default_state_dir_in(Path::new(DEFAULT_STATE_DIR), Path::new(OLD_STATE_DIR))),
+            state_dir: state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dhcp_timeout_secs,
             hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
@@ -245,20 +224,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_old_state_dir_is_used_only_while_it_has_the_only_records() {
-        let t = tempfile::tempdir().unwrap();
-        let (new, old) = (t.path().join("run"), t.path().join("varlib"));
-        assert_eq!(default_state_dir_in(&new, &old), new, "nothing anywhere: the new default");
-        std::fs::create_dir_all(old.join("sessions")).unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), new, "an empty old dir does not count");
-        std::fs::write(old.join("sessions/3.json"), "{}").unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), old, "sessions still recorded there");
-        std::fs::create_dir_all(new.join("sessions")).unwrap();
-        std::fs::write(new.join("sessions/4.json"), "{}").unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), new, "the new dir has records: it wins");
-    }
 
     fn parse(t: &str) -> Result<RawSettings, ConfigError> {
         RawSettings::parse(t, Path::new("test.toml"))
