@@ -1,15 +1,13 @@
 //! Command line: `sessiond daemon|start|status|exec|stop|loopback`. Exit status 2 for usage
 //! errors, 1 for refusals and failures.
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{self, ClientError};
-use crate::config::{self, Addressing, FileConfig, LinkKind, Settings};
+use crate::config::RawSettings;
+use crate::daemon::BootError;
 use crate::proto::{ErrorKind, Request, Response};
 use crate::sid::Sid;
 use crate::state::SessionRecord;
@@ -32,12 +30,6 @@ fn parse_sid(s: &str) -> Result<Sid, String> {
     s.parse::<Sid>().map_err(|e| e.to_string())
 }
 
-/// A value out of `names` (listed in `--help` and in the usage error), parsed by `FromStr`.
-fn one_of<T: std::str::FromStr + Clone + Send + Sync + 'static>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<T>().unwrap_or_else(|_| unreachable!("{s} is one of the possible values")))
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (as root)
@@ -50,6 +42,7 @@ pub enum Cmd {
         /// User the session belongs to (may read its status)
         #[arg(long)]
         owner: Option<String>,
+        /// Print the session record as JSON instead of a table
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -57,8 +50,10 @@ pub enum Cmd {
     },
     /// Show all sessions, or one
     Status {
+        /// Only this session
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Option<Sid>,
+        /// Print JSON instead of a table (a list of records; one record with --session)
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -66,6 +61,7 @@ pub enum Cmd {
     },
     /// Run a command inside a session's namespace
     Exec {
+        /// The session to enter
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Sid,
         /// Run as this user
@@ -73,13 +69,16 @@ pub enum Cmd {
         user: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
+        /// The command to run and its arguments (after --)
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
     /// Stop a session (or all of them)
     Stop {
+        /// The session to stop
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true, required_unless_present = "all", conflicts_with = "all")]
         session: Option<Sid>,
+        /// Stop every session
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -87,6 +86,7 @@ pub enum Cmd {
     },
     /// Print a session's loopback address (pure; needs no daemon)
     Loopback {
+        /// Session id
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Sid,
     },
@@ -94,42 +94,8 @@ pub enum Cmd {
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
-    /// Host NIC the sessions' uplinks attach to
-    #[arg(long)]
-    pub uplink: Option<String>,
-    #[arg(long, value_parser = one_of::<LinkKind>(LinkKind::NAMES))]
-    pub link: Option<LinkKind>,
-    /// Bridge the host end of each veth joins (--link veth)
-    #[arg(long)]
-    pub bridge: Option<String>,
-    #[arg(long, value_parser = one_of::<Addressing>(Addressing::NAMES))]
-    pub addressing: Option<Addressing>,
-    /// Static pool FIRST-LAST/PREFIX
-    #[arg(long)]
-    pub pool: Option<String>,
-    #[arg(long)]
-    pub gateway: Option<Ipv4Addr>,
-    /// DNS server for static sessions (repeatable; default: the gateway)
-    #[arg(long)]
-    pub dns: Vec<Ipv4Addr>,
-    #[arg(long)]
-    pub socket: Option<PathBuf>,
-    /// Group allowed to connect to the control socket (users read their own sessions)
-    #[arg(long)]
-    pub socket_group: Option<String>,
-    /// Session records and leases (default /run/sessiond/state: runtime state, gone at reboot
-    /// like the sessions it describes)
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// Give up a DHCP start after this many seconds (default 30)
-    #[arg(long)]
-    pub dhcp_timeout: Option<u64>,
-    /// DHCP host name (option 12) template: {hostname} and {sid} (default {hostname}-s{sid})
-    #[arg(long)]
-    pub hostname_template: Option<String>,
-    /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
-    #[arg(long)]
-    pub dhcp_fqdn: bool,
+    #[command(flatten)]
+    pub settings: RawSettings,
     /// Config file (default /etc/sessiond/sessiond.toml, if present)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -176,7 +142,11 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<(), Exit> {
     match cli.cmd {
-        Cmd::Daemon(args) => run_daemon(args),
+        Cmd::Daemon(args) => crate::daemon::run(args.settings, args.config.as_deref()).map_err(|e| match e {
+            BootError::Config(e) if e.is_usage() => usage(e),
+            BootError::Config(e) => failed(e),
+            BootError::Failed(e) => failed(e),
+        }),
         Cmd::Loopback { session } => {
             println!("{}", crate::loopback::loopback_for(session));
             Ok(())
@@ -307,137 +277,61 @@ fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>
     Err(failed(anyhow::anyhow!("cannot run {}: {e}", cmd[0])))
 }
 
-fn run_daemon(args: DaemonArgs) -> Result<(), Exit> {
-    crate::logging::init(); // first: resolving the settings may already have something to say
-    let (cfg_path, explicit) = match &args.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(config::DEFAULT_CONFIG), false),
-    };
-    let file = FileConfig::load(&cfg_path, explicit).map_err(|e| if e.is_usage() { usage(e) } else { failed(e) })?;
-    let flags = FileConfig {
-        uplink: args.uplink,
-        link: args.link,
-        bridge: args.bridge,
-        addressing: args.addressing,
-        pool: args.pool,
-        gateway: args.gateway,
-        dns: (!args.dns.is_empty()).then_some(args.dns),
-        // The daemon honours $SESSIOND_SOCKET like the clients, so both sides agree.
-        socket: args.socket.or_else(client::socket_from_env),
-        state_dir: args.state_dir,
-        socket_group: args.socket_group,
-        dhcp_timeout_secs: args.dhcp_timeout,
-        hostname_template: args.hostname_template,
-        dhcp_fqdn: args.dhcp_fqdn.then_some(true),
-    };
-    let settings = Settings::merge(flags, file).map_err(usage)?;
-    raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").map_err(failed)?;
-    rt.block_on(daemon_main(settings)).map_err(failed)
-}
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
 
-/// The kernel's one neighbour table for all namespaces has host-wide limits. The daemon's own
-/// entries (each session's DHCP server and gateway) are exempt, but what users' sessions talk
-/// to is not: past gc_thresh3 the kernel drops traffic with "neighbor table overflow".
-fn warn_if_neighbour_table_small() {
-    const SUGGESTED: u64 = 8192;
-    let read = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{k}")).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    // Only the host's initial namespace has the limits (absent elsewhere: nothing to say).
-    if let Some(t3) = read("gc_thresh3")
-        && t3 < SUGGESTED
-    {
-        tracing::info!(
-            gc_thresh3 = t3,
-            "the kernel's neighbour table (shared by all sessions) holds at most {t3} entries; for more than a few hundred \
-             sessions raise net.ipv4.neigh.default.gc_thresh1/2/3 (e.g. 2048/4096/8192, see README)"
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::{Addressing, LinkKind};
+
+    fn daemon(args: &[&str]) -> Result<DaemonArgs, clap::Error> {
+        let argv = ["sessiond", "daemon"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.cmd {
+            Cmd::Daemon(a) => Ok(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_help_line() {
+        let cli = Cli::command();
+        for cmd in cli.get_subcommands() {
+            for arg in cmd.get_arguments().filter(|a| a.get_id() != "help") {
+                assert!(arg.get_help().is_some(), "sessiond {} {}: no help", cmd.get_name(), arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn daemon_flags_fill_the_same_fields_as_the_file() {
+        let a = daemon(&["--uplink", "br0", "--link", "veth", "--dns", "10.0.0.53", "--dns", "10.0.0.54", "--dhcp-timeout", "5", "--dhcp-fqdn"]).unwrap();
+        let dns: Vec<Ipv4Addr> = vec!["10.0.0.53".parse().unwrap(), "10.0.0.54".parse().unwrap()];
+        assert_eq!(
+            a.settings,
+            RawSettings {
+                uplink: Some("br0".into()),
+                link: Some(LinkKind::Veth),
+                dns: Some(dns),
+                dhcp_timeout_secs: Some(5),
+                dhcp_fqdn: Some(true),
+                ..Default::default()
+            }
         );
-    }
-}
-
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let path = dir.join(".lock");
-    // Held read-only: a file open for writing would stop an admin (or a test) remounting the
-    // state dir read-only.
-    if !path.exists() {
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
-    }
-    let f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((_, nix::Error::EWOULDBLOCK)) => bail!("another sessiond is already using the state dir {}", dir.display()),
-        Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
-}
-
-/// Each client connection and each session's netlink and DHCP sockets take a descriptor;
-/// the usual soft limit of 1024 is far too low for a terminal server.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
-    }
-}
-
-async fn daemon_main(settings: Settings) -> anyhow::Result<()> {
-    use crate::netlink::NetOps;
-    use crate::platform::Platform;
-    let platform = crate::platform::LinuxPlatform::new().context("opening netlink")?;
-    match platform.host().link_is_up(&settings.uplink).await.context("checking the uplink")? {
-        Some(true) => {}
-        Some(false) => bail!("uplink {} is down", settings.uplink),
-        None => bail!("uplink {} does not exist", settings.uplink),
-    }
-    if settings.link == LinkKind::Veth {
-        let br = settings.bridge.as_deref().unwrap_or_default();
-        if platform.host().link_index(br).await?.is_none() {
-            bail!("bridge {br} does not exist");
-        }
-    }
-    let state = crate::state::StateDir::open(&settings.state_dir).context("opening the state dir")?;
-    let state_dir = settings.state_dir.clone();
-    let machine_id = crate::mac::read_machine_id().context("reading the machine-id")?;
-    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
-    let socket = settings.socket.clone();
-    let mgr = Arc::new(crate::manager::Manager::new(platform, settings, state, machine_id, hostname)?);
-    let group = match mgr.settings().socket_group.as_deref() {
-        Some(name) => Some(nix::unistd::Group::from_name(name)?.with_context(|| format!("socket group {name} does not exist"))?.gid),
-        None => None,
-    };
-    // Bind before recovery: a second daemon must be refused before it touches any session.
-    let listener = crate::daemon::bind(&socket)?;
-    // One daemon per state dir, whatever its socket: a second one would "recover" (tear down)
-    // the first one's sessions. The lock lives as long as the daemon.
-    let _state_lock = match lock_state_dir(&state_dir) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = std::fs::remove_file(&socket); // ours: the bind above just made it
-            return Err(e);
-        }
-    };
-    if let Some(gid) = group {
-        nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
-    }
-    let report = mgr.recover().await;
-    tracing::info!(adopted = report.adopted.len(), cleaned = report.cleaned.len(), errors = report.errors.len(), "recovered state");
-    for e in &report.errors {
-        tracing::warn!("recovery: {e}");
+        assert_eq!(daemon(&[]).unwrap().settings, RawSettings::default(), "no flag: nothing overrides the file");
+        let a = daemon(&["--addressing", "static", "--config", "/tmp/x.toml"]).unwrap();
+        assert_eq!(a.settings.addressing, Some(Addressing::Static));
+        assert_eq!(a.config, Some(PathBuf::from("/tmp/x.toml")));
     }
 
-    warn_if_neighbour_table_small();
-    tracing::info!(socket = %socket.display(), "listening");
-    crate::daemon::notify_ready();
-    tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    tokio::select! {
-        _ = crate::daemon::serve(listener, mgr) => {}
-        _ = term.recv() => tracing::info!("SIGTERM: exiting; sessions keep running"),
-        _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
+    #[test]
+    fn a_bad_choice_is_a_usage_error_naming_the_choices() {
+        let e = daemon(&["--link", "wifi"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(e.use_stderr());
+        let text = e.to_string();
+        assert!(text.contains("'wifi'") && text.contains("macvlan, veth"), "{text}");
+        assert!(daemon(&["--dhcp-fqdn", "yes"]).is_err(), "--dhcp-fqdn takes no value");
     }
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
 }

@@ -13,28 +13,64 @@ pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// describe namespaces and links that do not survive a reboot, so neither should they. It
 /// survives daemon restarts and crashes, which is what recovery needs.
 pub const DEFAULT_STATE_DIR: &str = "/run/sessiond/state";
-/// The default before it moved under /run.
-pub const OLD_STATE_DIR: &str = "/var/lib/sessiond";
 
-/// Every key the config file may hold; all optional, unknown keys rejected by name.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// One layer of daemon settings as given: the command-line flags, or the config file. Each
+/// setting is declared once, here, for both: the flag is `--KEY` with dashes (`--dhcp-timeout`
+/// for `dhcp_timeout_secs`), the doc comment its help; every field is optional and unknown
+/// file keys are rejected by name. `Settings::merge` lays the flags over the file and checks
+/// the result.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct RawSettings {
+    /// Host NIC the sessions' uplinks attach to
+    #[arg(long)]
     pub uplink: Option<String>,
+    /// How each session's interface reaches the uplink (default macvlan)
+    #[arg(long, value_parser = one_of::<LinkKind>(LinkKind::NAMES))]
     pub link: Option<LinkKind>,
+    /// Bridge the host end of each veth joins (--link veth)
+    #[arg(long)]
     pub bridge: Option<String>,
+    /// Where sessions' addresses come from (default dhcp)
+    #[arg(long, value_parser = one_of::<Addressing>(Addressing::NAMES))]
     pub addressing: Option<Addressing>,
+    /// Static pool FIRST-LAST/PREFIX
+    #[arg(long)]
     pub pool: Option<String>,
+    /// Gateway for static sessions
+    #[arg(long)]
     pub gateway: Option<Ipv4Addr>,
+    /// DNS server for static sessions (repeatable; default: the gateway)
+    #[arg(long)]
     pub dns: Option<Vec<Ipv4Addr>>,
+    /// Control socket (default: $SESSIOND_SOCKET, else /run/sessiond/sessiond.sock)
+    #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Group that may connect to the control socket (to read its own sessions' status).
+    /// Group allowed to connect to the control socket (users read their own sessions)
+    #[arg(long)]
     pub socket_group: Option<String>,
+    /// Session records and leases (default /run/sessiond/state: runtime state, gone at reboot
+    /// like the sessions it describes)
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Give up a DHCP start after this many seconds (default 30)
+    #[arg(long = "dhcp-timeout", value_name = "DHCP_TIMEOUT")]
     pub dhcp_timeout_secs: Option<u64>,
+    /// DHCP host name (option 12) template: {hostname} and {sid} (default {hostname}-s{sid})
+    #[arg(long)]
     pub hostname_template: Option<String>,
-    /// Send the DHCP host name as option 81 (FQDN) instead of option 12.
+    /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
+    #[arg(long, num_args = 0, default_missing_value = "true")]
     pub dhcp_fqdn: Option<bool>,
+}
+
+/// The config file is one layer of `RawSettings` (the name the tests know it by).
+pub type FileConfig = RawSettings;
+
+/// A flag value out of `names` (listed in `--help` and in the usage error), parsed by `FromStr`.
+fn one_of<T: std::str::FromStr + Clone + Send + Sync + 'static>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).map(|s| s.parse::<T>().unwrap_or_else(|_| unreachable!("{s} is one of the possible values")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,18 +102,37 @@ impl ConfigError {
     }
 }
 
-impl FileConfig {
+impl RawSettings {
     /// Reads `path`; a missing default file is fine (all defaults), a missing explicit one is not.
-    pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+    pub fn load(path: &Path, explicit: bool) -> Result<RawSettings, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => FileConfig::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+            Ok(text) => RawSettings::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(RawSettings::default()),
             Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
         }
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    pub fn parse(text: &str, path: &Path) -> Result<RawSettings, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim().replace('\n', " ") })
+    }
+
+    /// `self` laid over `under`, field by field: what `self` gives wins.
+    pub fn over(self, under: RawSettings) -> RawSettings {
+        RawSettings {
+            uplink: self.uplink.or(under.uplink),
+            link: self.link.or(under.link),
+            bridge: self.bridge.or(under.bridge),
+            addressing: self.addressing.or(under.addressing),
+            pool: self.pool.or(under.pool),
+            gateway: self.gateway.or(under.gateway),
+            dns: self.dns.or(under.dns),
+            socket: self.socket.or(under.socket),
+            socket_group: self.socket_group.or(under.socket_group),
+            state_dir: self.state_dir.or(under.state_dir),
+            dhcp_timeout_secs: self.dhcp_timeout_secs.or(under.dhcp_timeout_secs),
+            hostname_template: self.hostname_template.or(under.hostname_template),
+            dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
+        }
     }
 }
 
@@ -99,25 +154,6 @@ pub struct Settings {
     pub dhcp_fqdn: bool,
 }
 
-/// The default state dir, except right after an upgrade from a build that kept it under the
-/// old default while sessions still run: their records must be found, or the new daemon would
-/// take their namespaces for orphans and remove them.
-pub fn default_state_dir_in(new: &Path, old: &Path) -> PathBuf {
-    if !has_session_records(new) && has_session_records(old) {
-        tracing::warn!(
-            "session records found under {}, the old default state dir: using it (the default is now {}; --state-dir chooses)",
-            old.display(),
-            new.display()
-        );
-        return old.to_path_buf();
-    }
-    new.to_path_buf()
-}
-
-fn has_session_records(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("sessions")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json"))
-}
-
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok { Ok(()) } else { Err(ConfigError::BadIfName(name.to_string())) }
@@ -125,31 +161,45 @@ pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
 
 impl Settings {
     /// `flags` wins over `file`; the result is checked as a whole.
-    pub fn merge(flags: FileConfig, file: FileConfig) -> Result<Settings, ConfigError> {
-        let uplink = flags.uplink.or(file.uplink).ok_or(ConfigError::NoUplink)?;
+    pub fn merge(flags: RawSettings, file: RawSettings) -> Result<Settings, ConfigError> {
+        // Destructured: a new setting cannot be forgotten here.
+        let RawSettings {
+            uplink,
+            link,
+            bridge,
+            addressing,
+            pool,
+            gateway,
+            dns,
+            socket,
+            socket_group,
+            state_dir,
+            dhcp_timeout_secs,
+            hostname_template,
+            dhcp_fqdn,
+        } = flags.over(file);
+        let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
-        let link = flags.link.or(file.link).unwrap_or(LinkKind::Macvlan);
-        let bridge = flags.bridge.or(file.bridge);
+        let link = link.unwrap_or(LinkKind::Macvlan);
         if let Some(b) = &bridge {
             check_ifname(b)?;
         }
         if link == LinkKind::Veth && bridge.is_none() {
             return Err(ConfigError::VethWithoutBridge);
         }
-        let addressing = flags.addressing.or(file.addressing).unwrap_or(Addressing::Dhcp);
-        let pool = match flags.pool.or(file.pool) {
+        let addressing = addressing.unwrap_or(Addressing::Dhcp);
+        let pool = match pool {
             Some(p) => Some(p.parse::<Pool>()?),
             None => None,
         };
-        let gateway = flags.gateway.or(file.gateway);
         if addressing == Addressing::Static {
             let pool = pool.as_ref().ok_or(ConfigError::StaticWithoutPool)?;
             let gw = gateway.ok_or(ConfigError::StaticWithoutGateway)?;
             pool.check_gateway(gw)?;
         }
         // Static sessions without an explicit DNS list ask the gateway, the usual LAN resolver.
-        let dns = flags.dns.or(file.dns).unwrap_or_else(|| gateway.into_iter().collect());
-        let dhcp_timeout_secs = flags.dhcp_timeout_secs.or(file.dhcp_timeout_secs).unwrap_or(30);
+        let dns = dns.unwrap_or_else(|| gateway.into_iter().collect());
+        let dhcp_timeout_secs = dhcp_timeout_secs.unwrap_or(30);
         if !(1..=3600).contains(&dhcp_timeout_secs) {
             return Err(ConfigError::BadTimeout(dhcp_timeout_secs));
         }
@@ -161,12 +211,12 @@ impl Settings {
             pool,
             gateway,
             dns,
-            socket: flags.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
-            socket_group: flags.socket_group.or(file.socket_group),
-            state_dir: flags.state_dir.or(file.state_dir).unwrap_or_else(|| default_state_dir_in(Path::new(DEFAULT_STATE_DIR), Path::new(OLD_STATE_DIR))),
+            socket: socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket_group,
+            state_dir: state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dhcp_timeout_secs,
-            hostname_template: flags.hostname_template.or(file.hostname_template).unwrap_or_else(|| "{hostname}-s{sid}".into()),
-            dhcp_fqdn: flags.dhcp_fqdn.or(file.dhcp_fqdn).unwrap_or(false),
+            hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
+            dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
         })
     }
 }
@@ -175,22 +225,8 @@ impl Settings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_old_state_dir_is_used_only_while_it_has_the_only_records() {
-        let t = tempfile::tempdir().unwrap();
-        let (new, old) = (t.path().join("run"), t.path().join("varlib"));
-        assert_eq!(default_state_dir_in(&new, &old), new, "nothing anywhere: the new default");
-        std::fs::create_dir_all(old.join("sessions")).unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), new, "an empty old dir does not count");
-        std::fs::write(old.join("sessions/3.json"), "{}").unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), old, "sessions still recorded there");
-        std::fs::create_dir_all(new.join("sessions")).unwrap();
-        std::fs::write(new.join("sessions/4.json"), "{}").unwrap();
-        assert_eq!(default_state_dir_in(&new, &old), new, "the new dir has records: it wins");
-    }
-
-    fn parse(t: &str) -> Result<FileConfig, ConfigError> {
-        FileConfig::parse(t, Path::new("test.toml"))
+    fn parse(t: &str) -> Result<RawSettings, ConfigError> {
+        RawSettings::parse(t, Path::new("test.toml"))
     }
 
     #[test]
@@ -208,7 +244,7 @@ state_dir = "/tmp/state"
 "#,
         )
         .unwrap();
-        let s = Settings::merge(FileConfig::default(), f).unwrap();
+        let s = Settings::merge(RawSettings::default(), f).unwrap();
         assert_eq!(s.link, LinkKind::Veth);
         assert_eq!(s.dns, vec!["10.1.0.53".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(s.pool.unwrap().size(), 11);
@@ -232,7 +268,7 @@ state_dir = "/tmp/state"
     #[test]
     fn flags_override_file() {
         let file = parse("uplink = \"br0\"\naddressing = \"static\"\npool = \"10.1.0.10-10.1.0.20/24\"\ngateway = \"10.1.0.1\"\n").unwrap();
-        let flags = FileConfig { uplink: Some("br1".into()), ..Default::default() };
+        let flags = RawSettings { uplink: Some("br1".into()), ..Default::default() };
         let s = Settings::merge(flags, file).unwrap();
         assert_eq!(s.uplink, "br1");
         assert_eq!(s.dns, vec!["10.1.0.1".parse::<Ipv4Addr>().unwrap()], "gateway is the default DNS");
@@ -241,24 +277,24 @@ state_dir = "/tmp/state"
 
     #[test]
     fn invalid_combinations() {
-        let base = || FileConfig { uplink: Some("br0".into()), ..Default::default() };
-        assert!(matches!(Settings::merge(FileConfig::default(), FileConfig::default()), Err(ConfigError::NoUplink)));
-        let veth = FileConfig { link: Some(LinkKind::Veth), ..base() };
-        assert!(matches!(Settings::merge(veth, FileConfig::default()), Err(ConfigError::VethWithoutBridge)));
-        let st = FileConfig { addressing: Some(Addressing::Static), ..base() };
-        assert!(matches!(Settings::merge(st.clone(), FileConfig::default()), Err(ConfigError::StaticWithoutPool)));
-        let st2 = FileConfig { pool: Some("10.0.0.5-10.0.0.9/24".into()), ..st.clone() };
-        assert!(matches!(Settings::merge(st2.clone(), FileConfig::default()), Err(ConfigError::StaticWithoutGateway)));
-        let st3 = FileConfig { gateway: Some("10.0.0.6".parse().unwrap()), ..st2 };
-        assert!(matches!(Settings::merge(st3, FileConfig::default()), Err(ConfigError::Pool(PoolError::GatewayInRange { .. }))));
-        let badif = FileConfig { uplink: Some("a/b".into()), ..Default::default() };
-        assert!(matches!(Settings::merge(badif, FileConfig::default()), Err(ConfigError::BadIfName(_))));
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert!(matches!(Settings::merge(RawSettings::default(), RawSettings::default()), Err(ConfigError::NoUplink)));
+        let veth = RawSettings { link: Some(LinkKind::Veth), ..base() };
+        assert!(matches!(Settings::merge(veth, RawSettings::default()), Err(ConfigError::VethWithoutBridge)));
+        let st = RawSettings { addressing: Some(Addressing::Static), ..base() };
+        assert!(matches!(Settings::merge(st.clone(), RawSettings::default()), Err(ConfigError::StaticWithoutPool)));
+        let st2 = RawSettings { pool: Some("10.0.0.5-10.0.0.9/24".into()), ..st.clone() };
+        assert!(matches!(Settings::merge(st2.clone(), RawSettings::default()), Err(ConfigError::StaticWithoutGateway)));
+        let st3 = RawSettings { gateway: Some("10.0.0.6".parse().unwrap()), ..st2 };
+        assert!(matches!(Settings::merge(st3, RawSettings::default()), Err(ConfigError::Pool(PoolError::GatewayInRange { .. }))));
+        let badif = RawSettings { uplink: Some("a/b".into()), ..Default::default() };
+        assert!(matches!(Settings::merge(badif, RawSettings::default()), Err(ConfigError::BadIfName(_))));
     }
 
     #[test]
     fn missing_default_file_is_fine_but_explicit_is_not() {
         let p = Path::new("/nonexistent/sessiond.toml");
-        assert_eq!(FileConfig::load(p, false).unwrap(), FileConfig::default());
-        assert!(matches!(FileConfig::load(p, true), Err(ConfigError::Read { .. })));
+        assert_eq!(RawSettings::load(p, false).unwrap(), RawSettings::default());
+        assert!(matches!(RawSettings::load(p, true), Err(ConfigError::Read { .. })));
     }
 }

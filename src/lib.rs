@@ -7,6 +7,7 @@ pub use sessiond_client::{client, loopback, proto, sid};
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod dhcp_session;

@@ -1,0 +1,267 @@
+//! The control-socket server: newline-delimited JSON (`proto`), one task per connection,
+//! caller identified by SO_PEERCRED; root may do everything, others read their own sessions.
+//! Bad input gets an error reply and never affects other clients.
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::manager::{Manager, ManagerError, Stopped};
+use crate::platform::Platform;
+use crate::proto::{ErrorKind, MAX_LINE, Request, Response, encode_line, parse_request};
+
+/// More simultaneous non-root connections than this are answered with an error and closed;
+/// root's connections are never refused, so users cannot lock the admin out.
+pub const MAX_USER_CONNECTIONS: usize = 1024;
+/// A non-root connection idle this long is closed.
+pub const USER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another sessiond is already listening at {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("control socket {path}: {op}: {source}")]
+    Socket { path: PathBuf, op: &'static str, source: std::io::Error },
+}
+
+/// Binds the socket (mode 0660), replacing a stale one but never a live daemon's.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let err = |op| move |source| ControlError::Socket { path: path.to_path_buf(), op, source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err("create directory"))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(err("remove stale socket"))?;
+    }
+    let l = UnixListener::bind(path).map_err(err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err("chmod 0660"))?;
+    Ok(l)
+}
+
+pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_USER_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mgr = mgr.clone();
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                warn!("cannot read peer credentials, closing: {e}");
+                continue;
+            }
+        };
+        if uid == 0 {
+            tokio::spawn(connection(stream, mgr, uid));
+            continue;
+        }
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    connection(stream, mgr, uid).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut s = stream;
+                    let _ = send(&mut s, &Response::error(ErrorKind::Failed, "too many connections; try again")).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send(w: &mut (impl AsyncWrite + Unpin), r: &Response) -> std::io::Result<()> {
+    w.write_all(&encode_line(r)).await
+}
+
+async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: u32) {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::new(rd);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Read at most MAX_LINE+1 bytes so an endless line cannot grow memory.
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let read = limited.read_until(b'\n', &mut buf);
+        let read = if uid == 0 {
+            read.await
+        } else {
+            match tokio::time::timeout(USER_IDLE_TIMEOUT, read).await {
+                Ok(r) => r,
+                Err(_) => return, // idle non-root client: free its slot
+            }
+        };
+        let n = match read {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                debug!("client read: {e}");
+                return;
+            }
+        };
+        if buf.last() != Some(&b'\n') {
+            let msg = if n > MAX_LINE { format!("request line longer than {MAX_LINE} bytes") } else { "request line not terminated by a newline".to_string() };
+            let _ = send(&mut wr, &Response::error(ErrorKind::BadRequest, msg)).await;
+            return; // cannot find the next request boundary reliably
+        }
+        let resp = match std::str::from_utf8(&buf) {
+            Err(_) => Response::error(ErrorKind::BadRequest, "request is not UTF-8"),
+            Ok(text) => match parse_request(text.trim_end()) {
+                Err(e) => Response::error(ErrorKind::BadRequest, e),
+                Ok(req) => handle(&mgr, req, uid).await,
+            },
+        };
+        if send(&mut wr, &resp).await.is_err() {
+            return; // client went away; its request (if any) has completed regardless
+        }
+    }
+}
+
+fn from_manager(e: ManagerError) -> Response {
+    Response::error(e.kind(), e.to_string())
+}
+
+/// Root may do everything; others may only read the status of their own sessions.
+pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Response {
+    if uid != 0 {
+        return match req {
+            Request::Status { session } => match mgr.status(session) {
+                Ok(list) => {
+                    let mine: Vec<_> = list.into_iter().filter(|r| r.owner_uid == Some(uid)).collect();
+                    if let Some(s) = session
+                        && mine.is_empty()
+                    {
+                        Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"))
+                    } else {
+                        Response::Sessions { sessions: mine }
+                    }
+                }
+                Err(ManagerError::NotFound(s)) => {
+                    Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"))
+                }
+                Err(e) => from_manager(e),
+            },
+            other => Response::error(ErrorKind::PermissionDenied, format!("permission denied: {} needs root (caller uid {uid})", op_name(&other))),
+        };
+    }
+    match req {
+        Request::Start { session, owner_uid } => match mgr.start(session, owner_uid).await {
+            Ok(r) => Response::Sessions { sessions: vec![r] },
+            Err(e) => from_manager(e),
+        },
+        Request::Status { session } => match mgr.status(session) {
+            Ok(sessions) => Response::Sessions { sessions },
+            Err(e) => from_manager(e),
+        },
+        Request::Stop { session } => match mgr.stop(session).await {
+            Ok(Stopped::Stopped) => Response::Stopped { sessions: vec![session], absent: false },
+            Ok(Stopped::WasAbsent) => Response::Stopped { sessions: vec![], absent: true },
+            Err(e) => from_manager(e),
+        },
+        Request::StopAll => match mgr.stop_all().await {
+            Ok(sessions) => Response::Stopped { absent: sessions.is_empty(), sessions },
+            Err(e) => from_manager(e),
+        },
+    }
+}
+
+fn op_name(r: &Request) -> &'static str {
+    match r {
+        Request::Start { .. } => "start",
+        Request::Status { .. } => "status",
+        Request::Stop { .. } => "stop",
+        Request::StopAll => "stop --all",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addressing, FileConfig, Settings};
+    use crate::fake::FakePlatform;
+    use crate::sid::Sid;
+    use crate::state::StateDir;
+
+    fn mgr(dir: &Path) -> Manager<FakePlatform> {
+        let s = Settings::merge(
+            FileConfig {
+                uplink: Some("br-lan".into()),
+                addressing: Some(Addressing::Static),
+                pool: Some("10.0.0.100-10.0.0.199/24".into()),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        Manager::new(FakePlatform::new(), s, StateDir::open(dir).unwrap(), "m".into(), "h".into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn non_root_sees_only_own_sessions_and_cannot_act() {
+        let d = tempfile::tempdir().unwrap();
+        let m = mgr(d.path());
+        let s1 = Sid::new(1).unwrap();
+        let s2 = Sid::new(2).unwrap();
+        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000) }, 0).await;
+        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001) }, 0).await;
+        match handle(&m, Request::Status { session: None }, 1000).await {
+            Response::Sessions { sessions } => assert_eq!(sessions.iter().map(|r| r.session).collect::<Vec<_>>(), vec![s1]),
+            r => panic!("{r:?}"),
+        }
+        for req in [
+            Request::Status { session: Some(s2) },
+            Request::Status { session: Some(Sid::new(77).unwrap()) },
+            Request::Stop { session: s1 },
+            Request::Start { session: None, owner_uid: Some(1000) },
+            Request::StopAll,
+        ] {
+            match handle(&m, req.clone(), 1000).await {
+                Response::Error { kind: ErrorKind::PermissionDenied, message } => assert!(message.contains("permission denied"), "{message}"),
+                r => panic!("{req:?} -> {r:?}"),
+            }
+        }
+        assert_eq!(m.status(None).unwrap().len(), 2, "nothing was stopped");
+    }
+
+    #[tokio::test]
+    async fn socket_survives_garbage_and_oversized_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let l = bind(&sock).unwrap();
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o660);
+        assert!(matches!(bind(&sock), Err(ControlError::AlreadyRunning(_))));
+        let m = Arc::new(mgr(&d.path().join("state")));
+        tokio::spawn(serve(l, m));
+        async fn ask(sock: &Path, bytes: &[u8]) -> String {
+            let mut s = UnixStream::connect(sock).await.unwrap();
+            s.write_all(bytes).await.unwrap();
+            let mut out = String::new();
+            let mut r = BufReader::new(s);
+            r.read_line(&mut out).await.unwrap();
+            out
+        }
+        assert!(ask(&sock, b"{nope\n").await.contains("malformed"));
+        assert!(ask(&sock, b"{\"op\":\"explode\"}\n").await.contains("explode"));
+        let big = vec![b'x'; MAX_LINE + 10];
+        assert!(ask(&sock, &big).await.contains("longer than"));
+        // a client that goes away mid-request does not hurt anyone
+        drop(UnixStream::connect(&sock).await.unwrap());
+        let ok = ask(&sock, b"{\"op\":\"status\",\"session\":null}\n").await;
+        assert!(ok.contains("\"sessions\""), "{ok}");
+    }
+}
