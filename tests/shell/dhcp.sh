@@ -47,17 +47,9 @@ status_of() { "$SESSIOND" status --json | jq -c ".[] | select(.session == $1)"; 
 field() { jq -r "$2" <<<"$1"; }
 addr_on_eth0() { ip netns exec "sessiond-$1" ip -4 addr show dev eth0 | grep -q "inet $2/"; }
 any_addr_on_eth0() { ip netns exec "sessiond-$1" ip -4 addr show dev eth0 | grep -q "inet "; }
-log_mark() { wc -l <"$DAEMON_LOG"; }
-log_since() { tail -n "+$(($1 + 1))" "$DAEMON_LOG"; }
 # log_has MARK SID REGEX: a "DHCP state" / "lease ..." line of session SID after MARK.
 log_has() { log_since "$1" | grep -qE "dhcp\{session=$2\}: $3"; }
 dhcp_state_is() { [[ $(status_of "$1" | jq -r '.lease.dhcp_state') == "$2" ]]; }
-
-sleep_until_ms() {
-    local d=$(($1 - $(now_ms)))
-    ((d > 0)) && sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
-    return 0
-}
 
 # ------------------------------------------------------------------ 1. two sessions
 

@@ -1,10 +1,16 @@
 # shellcheck shell=bash
-# A tiny bats-style harness for the root suites: `check NAME CMD...` records PASS/FAIL,
-# `finish` prints the tally and sets the exit status. Sourced by tests/shell/*.sh.
+# The one harness of the root suites, sourced by tests/shell/*.sh: `check NAME CMD...` records
+# PASS/FAIL, `finish` prints the tally and sets the exit status. faults.sh groups its checks
+# into the rows of the reliability table on top of this (row_begin / expect / row_end there).
 set -uo pipefail
 
 REPO=${SBX_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 SESSIOND=${SESSIOND_BIN:-$REPO/target/debug/sessiond}
+# What a suite produces besides its output (faults.sh: the reliability table) goes here, under
+# the git-ignored target/, never into a tracked file: a test run leaves the tree clean.
+# `scripts/test --record` copies what belongs in docs/ from here.
+# shellcheck disable=SC2034  # used by the suites that source this (faults.sh)
+RESULTS=${TEST_RESULTS:-$REPO/target/test-results}
 PASSES=0
 FAILS=0
 FAILED_NAMES=()
@@ -18,16 +24,26 @@ enter_sandbox() {
     if [[ "${SBX:-}" != 1 ]]; then
         exec "$REPO/scripts/sandbox" "$(readlink -f "$0")" "$@"
     fi
+    # The suites add users, groups, links and files under /etc: only ever inside the sandbox
+    # (SBX=1 alone could be inherited by accident; the marker lives on the sandbox's /run).
+    [[ -n "${SBX_MARKER:-}" && -e "$SBX_MARKER" ]] || { echo "refusing: not inside scripts/sandbox"; exit 1; }
 }
 
+# tally_pass NAME / tally_fail NAME: one PASS/FAIL line, counted in the tally `finish` prints.
+tally_pass() { PASSES=$((PASSES + 1)); echo "PASS: $1"; }
+tally_fail() { FAILS=$((FAILS + 1)); FAILED_NAMES+=("$1"); echo "FAIL: $1"; }
+
+# check NAME CMD...: PASS if CMD succeeds; else FAIL, with the tail of CMD's output. Returns
+# CMD's success or failure (0 or 1).
 check() {
     local name=$1; shift
     # Runs in this shell (not a subshell) so checks can set variables for later ones.
     local out=/run/check.out
     if "$@" >"$out" 2>&1; then
-        PASSES=$((PASSES + 1)); echo "PASS: $name"
+        tally_pass "$name"
     else
-        FAILS=$((FAILS + 1)); FAILED_NAMES+=("$name"); echo "FAIL: $name"; sed 's/^/    /' "$out" | tail -30
+        tally_fail "$name"; sed 's/^/    /' "$out" | tail -30
+        return 1
     fi
 }
 
@@ -57,6 +73,14 @@ wait_for() {
     wait_until_ms $(($(now_ms) + secs * 1000)) "$@"
 }
 
+# sleep_until_ms T: sleeps until wall-clock T (ms), at most 120 s.
+sleep_until_ms() {
+    local d=$(($1 - $(now_ms)))
+    ((d > 120000)) && d=120000
+    ((d > 0)) && sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
+    return 0
+}
+
 # Daemon control: one daemon per suite, by PID.
 export SESSIOND_SOCKET=/run/sessiond-test.sock
 DAEMON_PID=
@@ -77,5 +101,21 @@ kill_daemon() { # $1: signal (default TERM)
     return 0
 }
 
+# log_mark: the daemon log's current length; log_since MARK: what it logged after that mark.
+log_mark() { wc -l <"$DAEMON_LOG"; }
+log_since() { tail -n "+$(($1 + 1))" "$DAEMON_LOG"; }
+
 # json FIELD: reads one JSON object on stdin and prints FIELD (jq path).
 json() { jq -r "$1"; }
+
+# expect_exit RC WORD CMD...: CMD (bounded to 15 s) exits with RC and its output mentions WORD.
+# The output is kept in $OUT for further checks.
+OUT=
+expect_exit() {
+    local want=$1 word=$2; shift 2
+    local rc
+    OUT=$(timeout --kill-after=2 15 "$@" 2>&1); rc=$?
+    echo "\$ $* -> exit $rc"; echo "$OUT"
+    [[ $rc == "$want" ]] || { echo "expected exit $want, got $rc"; return 1; }
+    grep -qiF -- "$word" <<<"$OUT" || { echo "the message does not mention '$word'"; return 1; }
+}

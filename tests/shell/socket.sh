@@ -7,9 +7,7 @@
 # Usage: tests/shell/socket.sh
 # shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
 source "$(dirname "$0")/lib.sh"
-enter_sandbox "$@"
-# This suite adds users, groups and files under /etc: only ever inside the sandbox.
-[[ -n "${SBX_MARKER:-}" && -e "$SBX_MARKER" ]] || { echo "refusing: not inside scripts/sandbox"; exit 1; }
+enter_sandbox "$@"   # (refuses to go on outside scripts/sandbox)
 
 STATE=/var/lib/sessiond
 POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/${SBX_SUBNET#*/}"
@@ -20,81 +18,9 @@ GROUP=sdusers
 ALICE=(false) BOB=(false) CAROL=(false)   # until then, never run as root by mistake
 as_user() { echo setpriv --reuid="$(id -u "$1")" --regid="$(id -g "$1")" --init-groups --; }
 
-# expect_exit RC WORD CMD...: CMD (bounded to 15 s) exits with RC and its output mentions WORD.
-OUT=
-expect_exit() {
-    local want=$1 word=$2; shift 2
-    local rc
-    OUT=$(timeout --kill-after=2 15 "$@" 2>&1); rc=$?
-    echo "\$ $* -> exit $rc"; echo "$OUT"
-    [[ $rc == "$want" ]] || { echo "expected exit $want, got $rc"; return 1; }
-    grep -qiF -- "$word" <<<"$OUT" || { echo "the message does not mention '$word'"; return 1; }
-}
-
-# Raw-socket client. Modes:
-#   line TEXT          send TEXT + "\n", print the reply line
-#   huge BYTES         stream one BYTES-long line in 1 MiB chunks while reading; print JSON
-#                      {sent, reply, end, write_error}
-#   idle N SECS        hold N connections open (sending nothing), print "held N", sleep SECS
-#   concurrent N       N threads connect, then all send a status request at once; print JSON
-#                      {ok, errors, first_errors, secs}
-#   half               send half a request and disconnect
-RAW='
-import socket, select, sys, time, json, os, threading
-path = os.environ["SESSIOND_SOCKET"]
-mode = sys.argv[1]
-def conn(timeout=10):
-    s = socket.socket(socket.AF_UNIX); s.settimeout(timeout); s.connect(path); return s
-if mode == "line":
-    s = conn(); s.sendall(sys.argv[2].encode() + b"\n")
-    print(s.makefile("rb").readline().decode(), end="")
-elif mode == "huge":
-    total = int(sys.argv[2]); chunk = b"x" * (1 << 20)
-    s = conn(); s.setblocking(False)
-    sent = 0; reply = b""; end = None; werr = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and end is None:
-        wl = [s] if (sent < total and werr is None) else []
-        r, w, _ = select.select([s], wl, [], 1)
-        if r:
-            try:
-                d = s.recv(65536)
-                if d: reply += d
-                else: end = "eof"
-            except OSError as e: end = type(e).__name__
-        if w:
-            try: sent += s.send(chunk[: min(len(chunk), total - sent)])
-            except OSError as e: werr = type(e).__name__
-    print(json.dumps({"sent": sent, "reply": reply.decode(errors="replace"), "end": end, "write_error": werr}))
-elif mode == "idle":
-    socks = [conn() for _ in range(int(sys.argv[2]))]
-    print("held", len(socks), flush=True)
-    time.sleep(float(sys.argv[3]))
-elif mode == "concurrent":
-    n = int(sys.argv[2]); ok = [0]; errs = []; lock = threading.Lock()
-    ready = threading.Barrier(n)
-    def one():
-        try:
-            s = conn(20)
-            ready.wait(timeout=20)
-            s.sendall(b"{\"op\":\"status\",\"session\":null}\n")
-            line = s.makefile("rb").readline(); s.close()
-            r = json.loads(line)
-            with lock:
-                if r.get("result") == "sessions": ok[0] += 1
-                else: errs.append(line[:200].decode(errors="replace"))
-        except Exception as e:
-            with lock: errs.append(repr(e))
-    t0 = time.monotonic()
-    ts = [threading.Thread(target=one) for _ in range(n)]
-    for t in ts: t.start()
-    for t in ts: t.join(30)
-    print(json.dumps({"ok": ok[0], "errors": len(errs), "first_errors": errs[:3], "secs": round(time.monotonic() - t0, 2)}))
-elif mode == "half":
-    s = conn(); s.sendall(b"{\"op\":\"sta"); s.close(); print("sent half")
-'
-# The client needs >1000 fds; the daemon keeps the limit it inherited.
-raw() { (ulimit -n 4096 2>/dev/null; exec timeout --kill-after=2 40 python3 -c "$RAW" "$@"); }
+# The raw-socket client, tests/shell/faults/sock_abuse.py (modes line, huge, idle, concurrent,
+# half: see its docstring). It needs >1000 fds; the daemon keeps the limit it inherited.
+raw() { (ulimit -n 4096 2>/dev/null; exec timeout --kill-after=2 40 python3 "$REPO/tests/shell/faults/sock_abuse.py" "$@"); }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status"; }
 
 # ------------------------------------------------------------ users and permissions
@@ -200,7 +126,7 @@ hundred_mb_line() {
 idle_connections_do_not_block() {
     local out=/run/idle.out pid rc=0 t0 t1
     raw idle 1000 30 >"$out" 2>&1 & pid=$!
-    wait_for 15 grep -q "held 1000" "$out" || { cat "$out"; kill "$pid"; wait "$pid"; return 1; }
+    wait_for 15 jq -e '.held == 1000' "$out" || { cat "$out"; kill "$pid"; wait "$pid"; return 1; }
     echo "daemon fds: $(find "/proc/$DAEMON_PID/fd" -mindepth 1 | wc -l)"
     t0=$(date +%s%N)
     timeout 5 "$SESSIOND" status || rc=1
@@ -211,7 +137,7 @@ idle_connections_do_not_block() {
 }
 
 thousand_concurrent() {
-    local r; r=$(raw concurrent 1000) || return 1; echo "$r"
+    local r; r=$(raw concurrent 1000 20) || return 1; echo "$r"
     [[ $(json .ok <<<"$r") == 1000 && $(json .errors <<<"$r") == 0 ]]
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Control-socket abuse client for tests/shell/faults.sh (path from $SESSIOND_SOCKET).
+"""Control-socket abuse client for tests/shell/faults.sh and socket.sh (path from $SESSIOND_SOCKET).
 
   line TEXT              send TEXT + "\\n", print the reply line
   huge BYTES             stream one BYTES-long line in 1 MiB chunks while reading; print JSON
@@ -7,8 +7,9 @@
   idle N SECS            open N connections, sending nothing; after 1.5 s print JSON
                          {held, refused, refusal} (refused: the daemon answered and closed),
                          then keep the held ones open for SECS seconds
-  concurrent N           N threads connect, then all send a status request at once; print JSON
-                         {ok, errors, first_errors, secs}
+  concurrent N [SECS]    N threads connect, then all send a status request at once; print JSON
+                         {ok, errors, first_errors, secs}; each thread may take SECS (default 30)
+                         to connect and SECS to meet the others, and is given SECS + 10 to finish
   start-and-vanish SID   send a start request for SID and close at once (no reply read)
   half                   send half a request and disconnect
 """
@@ -81,13 +82,14 @@ def main():
         time.sleep(secs)
     elif mode == "concurrent":
         n = int(sys.argv[2])
+        secs = float(sys.argv[3]) if len(sys.argv) > 3 else 30
         ok, errs, lock = [0], [], threading.Lock()
         ready = threading.Barrier(n)
 
         def one():
             try:
-                s = conn(30)
-                ready.wait(timeout=30)
+                s = conn(secs)
+                ready.wait(timeout=secs)
                 s.sendall(b'{"op":"status","session":null}\n')
                 line = s.makefile("rb").readline()
                 s.close()
@@ -106,7 +108,7 @@ def main():
         for t in ts:
             t.start()
         for t in ts:
-            t.join(40)
+            t.join(secs + 10)
         print(json.dumps({"ok": ok[0], "errors": len(errs), "first_errors": errs[:3], "secs": round(time.monotonic() - t0, 2)}))
     elif mode == "start-and-vanish":
         s = conn()
