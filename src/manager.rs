@@ -164,6 +164,11 @@ impl<P: Platform> Manager<P> {
         &self.settings
     }
 
+    /// The slot's names, derived once per session (at start, or when recovery finds it).
+    fn identity(&self, sid: Sid) -> Identity {
+        Identity::new(&self.machine_id, sid)
+    }
+
     fn sid_lock(&self, sid: Sid) -> Arc<tokio::sync::Mutex<()>> {
         self.table.lock().unwrap().slots.entry(sid).or_default().lock.clone()
     }
@@ -216,14 +221,14 @@ impl<P: Platform> Manager<P> {
         }
         self.check_uplink().await?;
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
-        let identity = Identity::new(&self.machine_id, sid);
+        let identity = self.identity(sid);
         let rec = self.reserve(&identity, owner_uid).map_err(not_started)?;
         // The intent is on disk before anything is made, so a crash can be cleaned up.
         if let Err(e) = self.persist_new(&rec) {
             self.forget(sid);
             return Err(not_started(StartError::Record(e)));
         }
-        let plan = self.plan_for(&rec);
+        let plan = self.plan_for(&rec, &identity);
         let inside = match session::build(&self.platform, &plan).await {
             Ok(inside) => inside,
             Err(e) => {
@@ -339,14 +344,14 @@ impl<P: Platform> Manager<P> {
         }
     }
 
-    fn plan_for(&self, rec: &SessionRecord) -> SessionPlan {
+    fn plan_for(&self, rec: &SessionRecord, id: &Identity) -> SessionPlan {
         let addr = rec.address.map(|a| a.addr());
         SessionPlan {
             sid: rec.session,
             link: rec.link,
             uplink: self.settings.uplink.clone(),
             bridge: self.settings.bridge.clone(),
-            mac: Identity::new(&self.machine_id, rec.session).mac,
+            mac: id.mac,
             loopback: rec.loopback,
             address: rec.address,
             gateway: rec.gateway,
@@ -362,11 +367,10 @@ impl<P: Platform> Manager<P> {
             Ok((s, pending)) => (Ok(s), pending),
             Err(e) => (Err(e), None),
         };
-        if let Some(nsid) = pending {
+        if let Some((nsid, mac)) = pending {
             // After answering: make sure the namespace went. The sid stays locked until then,
             // so a new start of the same slot cannot meet the old MAC on the parent.
             let host = self.platform.host().clone();
-            let mac = Identity::new(&self.machine_id, sid).mac;
             tokio::spawn(
                 async move {
                     session::reap_link(&host, nsid, mac).await;
@@ -378,13 +382,14 @@ impl<P: Platform> Manager<P> {
         result
     }
 
-    /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to free.
-    async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<i32>), ManagerError> {
+    /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
+    /// free, and the MAC of the interface in it.
+    async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
         let taken = self.table.lock().unwrap().session_mut(sid).map(|s| {
             s.record.state = SessionState::Stopping;
-            (s.record.clone(), s.lease.take())
+            (s.record.clone(), s.identity.mac, s.lease.take())
         });
-        let Some((rec, lease)) = taken else {
+        let Some((rec, mac, lease)) = taken else {
             // Nothing recorded; still sweep anything a crash may have left under this sid.
             if self.platform.netns_exists(&sid.netns_name()) {
                 self.abandon(sid, &TeardownSpec::for_sid(sid, None, None)).await;
@@ -416,7 +421,7 @@ impl<P: Platform> Manager<P> {
         self.forget(sid);
         self.state.remove(sid).map_err(|source| ManagerError::StateRemains { sid, source })?;
         info!(session = %sid, "session stopped");
-        Ok((Stopped::Stopped, pending))
+        Ok((Stopped::Stopped, pending.map(|nsid| (nsid, mac))))
     }
 
     /// Stops every session; reports each failure.
@@ -485,7 +490,7 @@ impl<P: Platform> Manager<P> {
         let Some((rec, identity)) = taken else { return };
         let span = info_span!("repair", session = %sid);
         async {
-            let mut plan = self.plan_for(&rec);
+            let mut plan = self.plan_for(&rec, &identity);
             if rec.addressing == Addressing::Dhcp {
                 plan.address = None; // the lease, not the record, says what the address is
             }
@@ -546,11 +551,11 @@ impl<P: Platform> Manager<P> {
     /// address or file comes back); give a DHCP one its lease task again (INIT-REBOOT).
     async fn adopt(&self, rec: SessionRecord, report: &mut RecoveryReport) {
         let sid = rec.session;
-        let identity = Identity::new(&self.machine_id, sid);
+        let identity = self.identity(sid);
         let mut lease = None;
         match rec.addressing {
             Addressing::Static => {
-                let plan = self.plan_for(&rec);
+                let plan = self.plan_for(&rec, &identity);
                 if let Ok(inside) = self.platform.inside(&rec.netns).await
                     && let Some(addr) = rec.address
                     && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
@@ -582,7 +587,7 @@ impl<P: Platform> Manager<P> {
     async fn undo_half_made(&self, rec: SessionRecord, report: &mut RecoveryReport) {
         let sid = rec.session;
         info!(state = ?rec.state, "cleaning up a session the last run left unfinished or dead");
-        let identity = Identity::new(&self.machine_id, sid);
+        let identity = self.identity(sid);
         if rec.addressing == Addressing::Dhcp && self.is_live(&rec).await {
             match self.dhcp.release_orphan(&self.platform, &identity).await {
                 Ok(true) => info!("released its lease"),

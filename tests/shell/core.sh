@@ -106,22 +106,6 @@ sigterm_leaves_sessions_running() {
     start_daemon $(daemon_args "$KIND") && [[ $("$SESSIOND" status --json | jq length) == 2 ]]
 }
 
-# STATE is /var/lib/sessiond, the old default: a daemon upgraded in place (default state dir,
-# now under /run, still empty) must find these running sessions there, not remove them.
-default_state_dir_finds_old_records() {
-    kill_daemon TERM
-    local args; args=$(daemon_args "$KIND"); args=${args/--state-dir $STATE/}
-    # shellcheck disable=SC2086
-    start_daemon $args || return 1
-    local n; n=$("$SESSIOND" status --json | jq length)
-    grep -q "old default state dir" "$DAEMON_LOG" || { echo "no warning about the old state dir"; return 1; }
-    ip netns exec sessiond-1 ip -4 addr show dev eth0 | grep -q "inet ${A1%/*}/" || { echo "session 1 lost its address"; return 1; }
-    kill_daemon TERM
-    start_daemon $(daemon_args "$KIND") || return 1
-    echo "sessions adopted from the old dir: $n"
-    [[ $n == 2 ]]
-}
-
 # After a reboot /etc/netns still has the entries of the sessions that were running (symlinks into
 # /run, now dangling); the next daemon removes them, and leaves other software's entries alone.
 restart_removes_files_of_dead_sessions() {
@@ -213,7 +197,6 @@ for KIND in "${KINDS[@]}"; do
     check "$KIND: start is idempotent" start_is_idempotent
     check "$KIND: kill -9 and restart re-adopt both sessions unchanged" restart_readopts
     check "$KIND: SIGTERM leaves sessions running" sigterm_leaves_sessions_running
-    check "$KIND: upgrade: the default state dir finds sessions recorded under the old one" default_state_dir_finds_old_records
     check "$KIND: restart removes the /etc/netns entries of sessions gone with a reboot" restart_removes_files_of_dead_sessions
     check "$KIND: stop leaves no netns, link, file or state" stop_leaves_nothing
     if [[ $KIND == macvlan ]]; then
