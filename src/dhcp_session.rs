@@ -201,7 +201,7 @@ pub struct LeaseView {
 impl LeaseView {
     /// Fills the lease's facts into a session's status record.
     pub fn fill(&self, r: &mut SessionRecord) {
-        let dhcp_state = self.state.into();
+        let dhcp_state = self.state;
         let Some(l) = &self.lease else {
             r.address = None;
             r.lease = Some(LeaseInfo { held: None, dhcp_state });

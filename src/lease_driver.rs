@@ -176,7 +176,7 @@ async fn run<N: NetOps>(
     let mut buf = vec![0u8; 4096];
     let mut last_state = client.state();
     let mut failed = None;
-    info!(state = last_state.name(), "DHCP client started");
+    info!(state = last_state.as_str(), "DHCP client started");
     loop {
         for a in actions.drain(..) {
             match a {
@@ -189,7 +189,7 @@ async fn run<N: NetOps>(
             }
         }
         if client.state() != last_state {
-            info!("DHCP state {} -> {}", last_state.name(), client.state().name());
+            info!("DHCP state {last_state} -> {}", client.state());
             last_state = client.state();
         }
         let _ = status.send(LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });

@@ -81,16 +81,19 @@ named!(DhcpState {
     Released = "released",
 });
 
-/// A DHCP client's state (RFC 2131 §4.4), by the RFC's name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A DHCP client's state (RFC 2131 §4.4), by the RFC's name: the daemon's sans-IO client
+/// (`sessiond::dhcp::State`) and `status` share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DhcpState {
+    /// Not started, or waiting out the short delay after a DHCPNAK.
     Init,
     Selecting,
     Requesting,
     Bound,
     Renewing,
     Rebinding,
+    /// Transient: `StartWithLease` passes straight through to `Rebooting`.
     InitReboot,
     Rebooting,
     Released,

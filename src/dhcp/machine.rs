@@ -30,44 +30,8 @@ pub struct ClientConfig {
     pub seed: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Not started, or waiting out the short delay after a DHCPNAK.
-    Init,
-    Selecting,
-    Requesting,
-    Bound,
-    Renewing,
-    Rebinding,
-    /// Transient: `StartWithLease` passes straight through to `Rebooting`.
-    InitReboot,
-    Rebooting,
-    Released,
-}
-
-impl State {
-    /// The RFC 2131 name, lower case, as logs and `status` show it.
-    pub fn name(self) -> &'static str {
-        sessiond_client::DhcpState::from(self).as_str()
-    }
-}
-
-impl From<State> for sessiond_client::DhcpState {
-    fn from(s: State) -> Self {
-        use sessiond_client::DhcpState as D;
-        match s {
-            State::Init => D::Init,
-            State::Selecting => D::Selecting,
-            State::Requesting => D::Requesting,
-            State::Bound => D::Bound,
-            State::Renewing => D::Renewing,
-            State::Rebinding => D::Rebinding,
-            State::InitReboot => D::InitReboot,
-            State::Rebooting => D::Rebooting,
-            State::Released => D::Released,
-        }
-    }
-}
+/// The client's state; the same enum `status` carries (one list of states, one name each).
+pub use sessiond_client::DhcpState as State;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
