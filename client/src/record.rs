@@ -1,5 +1,5 @@
 //! One session as the daemon records it and the protocol carries it (`status --json`), and
-//! the two settings a record names: how the session is linked to the uplink and addressed.
+//! the names it carries: how the session is linked to the uplink and addressed, and its DHCP state.
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -9,22 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::sid::Sid;
 
-/// How a session's interface reaches the uplink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkKind {
-    Macvlan,
-    Veth,
-}
-
-/// Where a session's address comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Addressing {
-    Dhcp,
-    Static,
-}
-
 /// `"wifi"` is not one of `expected`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid value {value:?} (possible values: {})", expected.join(", "))]
@@ -33,9 +17,16 @@ pub struct BadValue {
     pub expected: &'static [&'static str],
 }
 
-/// The names a config file, a flag and `status` use for each variant (one table per enum).
+/// Declares an enum whose variants each have one name, used by the config file, the flags,
+/// serde (`status`) and the logs alike: one table per enum.
 macro_rules! named {
-    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* pub enum $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $ty {
+            $($(#[$vmeta])* #[serde(rename = $name)] $variant),+
+        }
+
         impl $ty {
             /// Every variant, in the order `--help` lists them.
             pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
@@ -67,36 +58,32 @@ macro_rules! named {
     };
 }
 
-named!(LinkKind { Macvlan = "macvlan", Veth = "veth" });
-named!(Addressing { Dhcp = "dhcp", Static = "static" });
-named!(DhcpState {
-    Init = "init",
-    Selecting = "selecting",
-    Requesting = "requesting",
-    Bound = "bound",
-    Renewing = "renewing",
-    Rebinding = "rebinding",
-    InitReboot = "init-reboot",
-    Rebooting = "rebooting",
-    Released = "released",
-});
+named! {
+    /// How a session's interface reaches the uplink.
+    pub enum LinkKind { Macvlan = "macvlan", Veth = "veth" }
+}
 
-/// A DHCP client's state (RFC 2131 §4.4), by the RFC's name: the daemon's sans-IO client
-/// (`sessiond::dhcp::State`) and `status` share it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DhcpState {
-    /// Not started, or waiting out the short delay after a DHCPNAK.
-    Init,
-    Selecting,
-    Requesting,
-    Bound,
-    Renewing,
-    Rebinding,
-    /// Transient: `StartWithLease` passes straight through to `Rebooting`.
-    InitReboot,
-    Rebooting,
-    Released,
+named! {
+    /// Where a session's address comes from.
+    pub enum Addressing { Dhcp = "dhcp", Static = "static" }
+}
+
+named! {
+    /// A DHCP client's state (RFC 2131 §4.4), by the RFC's name: the daemon's sans-IO client
+    /// (`sessiond::dhcp::State`) and `status` share it.
+    pub enum DhcpState {
+        /// Not started, or waiting out the short delay after a DHCPNAK.
+        Init = "init",
+        Selecting = "selecting",
+        Requesting = "requesting",
+        Bound = "bound",
+        Renewing = "renewing",
+        Rebinding = "rebinding",
+        /// Transient: `StartWithLease` passes straight through to `Rebooting`.
+        InitReboot = "init-reboot",
+        Rebooting = "rebooting",
+        Released = "released",
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
