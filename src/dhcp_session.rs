@@ -104,23 +104,29 @@ impl Dhcp {
     /// A live session the daemon re-adopts after a restart: INIT-REBOOT with the persisted
     /// lease, whose address stays on the interface meanwhile. Does not wait.
     pub async fn resume<P: Platform>(&self, p: &P, id: &Identity) -> Result<DhcpSession, DhcpError> {
-        let first = match self.persisted(id.sid) {
-            Some(l) => Event::StartWithLease(l),
-            None => Event::Start,
-        };
-        self.spawn(p, id, first, None).await
+        self.resume_with(p, id, self.persisted(id.sid), None).await
     }
 
     /// After the uplink came back the session's interface is new and bare: a still-valid
     /// persisted lease goes back on it (the machine removes it at its end if no server
     /// confirms it), then as `resume`.
     pub async fn restore<P: Platform>(&self, p: &P, id: &Identity) -> Result<DhcpSession, DhcpError> {
-        if let Some(l) = self.persisted(id.sid).filter(|l| l.expires_at().is_none_or(|e| e > now_ms()))
-            && let Err(e) = put_on_link(&p.inside(&id.netns).await?, &l).await
+        let persisted = self.persisted(id.sid);
+        let inside = p.inside(&id.netns).await?;
+        if let Some(l) = persisted.as_ref().filter(|l| !l.has_ended(now_ms()))
+            && let Err(e) = put_on_link(&inside, l).await
         {
             tracing::warn!("re-applying the lease after the uplink came back: {e}");
         }
-        self.resume(p, id).await
+        self.resume_with(p, id, persisted, Some(inside)).await
+    }
+
+    async fn resume_with<P: Platform>(&self, p: &P, id: &Identity, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
+        let first = match persisted {
+            Some(l) => Event::StartWithLease(l),
+            None => Event::Start,
+        };
+        self.spawn(p, id, first, inside).await
     }
 
     /// A crash left a half-made or half-stopped session whose lease is on disk: release it as
@@ -131,7 +137,7 @@ impl Dhcp {
         let inside = p.inside(&id.netns).await?;
         // The kernel sends the unicast RELEASE from the lease's address (an expired lease
         // is only forgotten by the machine, so it needs none).
-        if lease.expires_at().is_none_or(|e| e > now_ms()) {
+        if !lease.has_ended(now_ms()) {
             put_on_link(&inside, &lease).await?;
         }
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;

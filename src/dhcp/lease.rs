@@ -52,6 +52,16 @@ impl Lease {
         self.at(self.lease_secs)
     }
 
+    /// Whether the lease is over at `now` (an infinite one never is).
+    pub fn has_ended(&self, now: Millis) -> bool {
+        self.expires_at().is_some_and(|e| e <= now)
+    }
+
+    /// Whether a lease from disk (or one a dead daemon left) can still be used at `now`.
+    pub fn is_usable_at(&self, now: Millis) -> bool {
+        self.validate().is_ok() && !self.has_ended(now)
+    }
+
     pub fn renew_at(&self) -> Option<Millis> {
         self.at(self.t1_secs)
     }

@@ -200,8 +200,7 @@ impl Client {
         self.discovers = 0;
         self.naks = 0;
         self.hint = None;
-        let usable = lease.validate().is_ok() && lease.expires_at().is_none_or(|t| t > now);
-        if !usable {
+        if !lease.is_usable_at(now) {
             self.unconfirmed = None;
             out.push(Action::PersistLease(None));
             self.begin_discover(now, out);
@@ -291,7 +290,7 @@ impl Client {
     }
 
     fn on_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
-        if let Some(l) = self.unconfirmed.take_if(|l| l.expires_at().is_some_and(|e| e <= now)) {
+        if let Some(l) = self.unconfirmed.take_if(|l| l.has_ended(now)) {
             // Nobody confirmed the persisted lease before it ended: its address goes.
             out.push(Action::RemoveLease(l));
             out.push(Action::PersistLease(None));
@@ -463,7 +462,7 @@ impl Client {
         if self.holds_lease() {
             return; // a live lease is released with `Release`
         }
-        if lease.validate().is_ok() && lease.expires_at().is_none_or(|t| t > now) {
+        if lease.is_usable_at(now) {
             self.send_release(&lease, out);
         }
         out.push(Action::PersistLease(None));
