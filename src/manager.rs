@@ -134,6 +134,16 @@ impl Table {
     fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.slots.values().filter_map(|s| s.session.as_ref())
     }
+
+    fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.slots.values_mut().filter_map(|s| s.session.as_mut())
+    }
+
+    /// Enters a session into its sid's slot (replacing what was there).
+    fn insert(&mut self, session: Session) {
+        let sid = session.identity.sid;
+        self.slots.entry(sid).or_default().session = Some(session);
+    }
 }
 
 pub struct Manager<P: Platform> {
@@ -315,7 +325,7 @@ impl<P: Platform> Manager<P> {
             fault: None,
         };
         let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None };
-        t.slots.entry(id.sid).or_default().session = Some(session);
+        t.insert(session);
         Ok(record)
     }
 
@@ -469,7 +479,7 @@ impl<P: Platform> Manager<P> {
 
     fn mark_fault(&self, why: &str) {
         let mut t = self.table.lock().unwrap();
-        for s in t.slots.values_mut().filter_map(|s| s.session.as_mut()) {
+        for s in t.sessions_mut() {
             let r = &mut s.record;
             if r.state == SessionState::Up && r.fault.is_none() {
                 warn!(session = %r.session, "fault: {why}");
@@ -578,7 +588,7 @@ impl<P: Platform> Manager<P> {
             }
         }
         let netns = self.platform.hold_netns(&rec.netns);
-        self.table.lock().unwrap().slots.entry(sid).or_default().session = Some(Session { record: rec, identity, lease, netns });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns });
         report.adopted.push(sid);
     }
 
@@ -606,7 +616,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().slots.entry(sid).or_default().session = Some(Session { record, identity, lease: None, netns: None });
+        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

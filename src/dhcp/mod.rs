@@ -55,13 +55,7 @@ pub(crate) mod tests_support {
 
     /// The first DISCOVER of a client named "ts1-s7", with or without the FQDN option.
     pub fn discover_bytes(fqdn: bool) -> Vec<u8> {
-        let cfg = ClientConfig {
-            mac: [2, 0, 0, 0, 0, 7],
-            client_id: vec![255, 0, 0, 0, 7],
-            hostname: Some("ts1-s7".into()),
-            fqdn,
-            seed: 1,
-        };
+        let cfg = ClientConfig { mac: [2, 0, 0, 0, 0, 7], client_id: vec![255, 0, 0, 0, 7], hostname: Some("ts1-s7".into()), fqdn, seed: 1 };
         let actions = Client::new(cfg).on_event(Event::Start, 1_700_000_000_000);
         actions.into_iter().find_map(|a| if let Action::Send { bytes, .. } = a { Some(bytes) } else { None }).expect("a DISCOVER")
     }

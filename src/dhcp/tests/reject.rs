@@ -50,7 +50,10 @@ fn truncated_and_empty() {
     // Header and cookie intact, options cut mid-option.
     let cut = bytes[..250].to_vec();
     let r = c.on_event(Event::Packet { bytes: cut }, T0 + 1);
-    assert!(matches!(&r[..], [Action::Reject { reason }] if reason.to_string().contains("malformed options") || reason.to_string().contains("missing")), "{r:?}");
+    assert!(
+        matches!(&r[..], [Action::Reject { reason }] if reason.to_string().contains("malformed options") || reason.to_string().contains("missing")),
+        "{r:?}"
+    );
     assert_eq!(c.state(), State::Selecting);
 }
 
