@@ -79,7 +79,9 @@ pub enum StartError {
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
     match (owner, wanted) {
-        (Some(o), None) => format!("session {sid} is running for another user (uid {o}); a start without an owner does not join it (name its owner, or pick another session)"),
+        (Some(o), None) => {
+            format!("session {sid} is running for another user (uid {o}); a start without an owner does not join it (name its owner, or pick another session)")
+        }
         (Some(o), Some(w)) => format!("session {sid} is running for another user (uid {o}, not uid {w})"),
         (None, Some(w)) => format!("session {sid} is running without an owner (started outside a log-in); it is not started for uid {w}"),
         (None, None) => format!("session {sid}: owner mismatch"),

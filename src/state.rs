@@ -104,15 +104,33 @@ fn private_dir(d: &Path) -> Result<(), StateError> {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(d, "create")(e)),
         _ => {}
     }
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io(d, "chmod 0700"))
+    // (only when needed: a state dir on a read-only file system refuses even a no-op chmod)
+    let md = std::fs::metadata(d).map_err(io(d, "stat"))?;
+    if md.permissions().mode() & 0o7777 != DIR_MODE {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io(d, "chmod 0700"))?;
+    }
+    Ok(())
 }
 
 impl StateDir {
-    /// Creates the dir (0700, as its subdirectories) or tightens an existing one to 0700.
+    /// Creates the dir (0700, as its subdirectories) or tightens an existing one to 0700, and
+    /// the files an older daemon left readable to 0600.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
-        private_dir(root)?;
-        for sub in SUBDIRS {
-            private_dir(&root.join(sub))?;
+        use std::os::unix::fs::PermissionsExt;
+        let dirs: Vec<PathBuf> = std::iter::once(root.to_path_buf()).chain(SUBDIRS.iter().map(|s| root.join(s))).collect();
+        for d in &dirs {
+            private_dir(d)?;
+        }
+        for d in &dirs {
+            for ent in std::fs::read_dir(d).map_err(io(d, "read"))?.flatten() {
+                let p = ent.path();
+                if let Ok(md) = std::fs::symlink_metadata(&p)
+                    && md.is_file()
+                    && md.permissions().mode() & 0o077 != 0
+                {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io(&p, "chmod 0600"))?;
+                }
+            }
         }
         Ok(StateDir { root: root.to_path_buf() })
     }
@@ -292,10 +310,13 @@ mod tests {
             std::fs::create_dir_all(d.path().join(sub)).unwrap();
             std::fs::set_permissions(d.path().join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        std::fs::write(d.path().join("sessions/1.json"), b"{}").unwrap();
+        std::fs::set_permissions(d.path().join("sessions/1.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
         let s = StateDir::open(d.path()).unwrap();
         for sub in ["", "sessions", "leases", "addresses"] {
             assert_eq!(mode(&d.path().join(sub)), 0o700, "{sub:?}");
         }
+        assert_eq!(mode(&d.path().join("sessions/1.json")), 0o600, "an old record is tightened too");
         s.save(&sample_record(3)).unwrap();
         s.save_last_address(Sid::new(3).unwrap(), "10.0.0.100".parse().unwrap()).unwrap();
         s.save_blob("leases/3.json", &1).unwrap();

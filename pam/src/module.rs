@@ -192,7 +192,9 @@ fn wanted_sid(env: &dyn Env, mode: SidMode, uid: u32) -> Result<Option<Sid>, Str
             Some(Some(owner)) if owner == uid => Ok(sid),
             Some(Some(owner)) => Err(format!("XDG_SESSION_ID={v} is logind's session of uid {owner}, not of uid {uid}")),
             Some(None) => Err(format!("XDG_SESSION_ID={v}: {LOGIND_SESSIONS}/{v} names no UID")),
-            None => Err(format!("XDG_SESSION_ID={v} is not a logind session ({LOGIND_SESSIONS}/{v} does not exist; is pam_systemd.so before pam_sessiond.so?)")),
+            None => {
+                Err(format!("XDG_SESSION_ID={v} is not a logind session ({LOGIND_SESSIONS}/{v} does not exist; is pam_systemd.so before pam_sessiond.so?)"))
+            }
         },
     };
     match (mode, checked) {

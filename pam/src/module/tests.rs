@@ -152,7 +152,10 @@ impl Daemon {
                 let rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
                 // as manager::start_locked: a running session is only returned to its owner
                 if rec.owner_uid != owner_uid {
-                    return Response::error(ErrorKind::OtherOwner, format!("session {sid} is running for another user (uid {:?}, not uid {owner_uid:?})", rec.owner_uid));
+                    return Response::error(
+                        ErrorKind::OtherOwner,
+                        format!("session {sid} is running for another user (uid {:?}, not uid {owner_uid:?})", rec.owner_uid),
+                    );
                 }
                 Response::Sessions { sessions: vec![rec] }
             }
