@@ -148,7 +148,8 @@ pub fn run(rec: &SessionRecord, user: Option<Account>, preserve: &[String], cmd:
         .envs(env)
         // root's working directory is none of the user's business (the child moves on to home)
         .current_dir("/");
-    // Signals this process relays are held from before the child exists, so none is missed.
+    // Signals this process relays are held from before the child exists, so none is missed
+    // (the child clears the mask it inherits).
     let signals = relay::Signals::block()?;
     let status = if terminal {
         let pty = relay::Pty::open_like(&stdin)?;
@@ -188,8 +189,8 @@ pub struct AsUser {
 /// The child's steps, as root, in this order: a session of its own (off root's terminal), the
 /// pty as controlling terminal, the user's groups, gid, uid (for good: real, effective and
 /// saved), the home directory (as the user, like login: a home root may enter but the user
-/// may not is no home), then the command, with the environment the parent set. Returns only
-/// on failure.
+/// may not is no home), an empty signal mask, then the command, with the environment the
+/// parent set. Returns only on failure.
 pub fn become_user(a: &AsUser) -> ExecError {
     let step = |step: &str| {
         let step = step.to_string();
@@ -214,7 +215,12 @@ pub fn become_user(a: &AsUser) -> ExecError {
     if let Err(e) = r {
         return e;
     }
-    // std's exec also restores SIGPIPE (which Rust ignores) and clears the signal mask.
+    // The supervisor blocks the signals it relays, and a spawned child inherits its mask: the
+    // user's program must start with none blocked (else ^C would not stop anything). std's
+    // exec restores SIGPIPE, which Rust ignores.
+    if let Err(e) = nix::sys::signal::SigSet::empty().thread_set_mask() {
+        return ExecError::Become { step: "clearing the signal mask".into(), source: e };
+    }
     let e = Command::new(&a.cmd[0]).args(&a.cmd[1..]).exec();
     ExecError::Run { cmd: a.cmd[0].clone(), source: e }
 }

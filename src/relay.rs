@@ -35,7 +35,7 @@ pub struct Signals(SignalFd);
 
 impl Signals {
     /// Blocks them (this process is single-threaded: the thread's mask is the process's).
-    /// The child starts with an empty mask: std's spawn resets it.
+    /// The child inherits the mask; `exec::become_user` clears it before the user's program.
     pub fn block() -> Result<Signals, RelayError> {
         let mut set = SigSet::empty();
         for s in FORWARDED.into_iter().chain([Signal::SIGCHLD, Signal::SIGWINCH]) {

@@ -89,16 +89,28 @@ own_pty() {
 exec_as_alice_env() {
     local out
     out=$(cd /var && SEC_ROOT_SECRET=s3cr3t "$SESSIOND" exec --session 1 --user alice -- \
-        sh -c 'echo "groups=$(id -G | tr " " "\n" | sort -n | tr "\n" " ")"; echo "pwd=$(pwd)"; env | sort') || return 1
+        sh -c 'echo "groups=$(id -G | tr " " "\n" | sort -n | tr "\n" " ")"; echo "pwd=$(pwd)"; grep SigBlk /proc/self/status; env | sort') || return 1
     echo "$out"
     local want_groups; want_groups=$(id -G alice | tr ' ' '\n' | sort -n | tr '\n' ' ')
     grep -qxF "groups=$want_groups" <<<"$out" || { echo "groups are not alice's ($want_groups)"; return 1; }
     grep -qxF "pwd=$SEC_HOME/alice" <<<"$out" || { echo "cwd is not alice's home"; return 1; }
+    grep -qx 'SigBlk:.0*' <<<"$out" || { echo "the program starts with signals blocked"; return 1; }
     # (PWD, SHLVL and _ are sh's own; TERM is passed on when root has one)
-    local names; names=$(grep -v -e '^groups=' -e '^pwd=' <<<"$out" | cut -d= -f1 | grep -vx -e PWD -e SHLVL -e _ -e TERM | sort | tr '\n' ' ')
+    local names; names=$(grep -v -e '^groups=' -e '^pwd=' -e '^SigBlk:' <<<"$out" | cut -d= -f1 | grep -vx -e PWD -e SHLVL -e _ -e TERM | sort | tr '\n' ' ')
     [[ $names == "HOME LOGNAME PATH SESSIOND_ADDRESS SESSIOND_LOOPBACK SESSIOND_SESSION SHELL USER " ]] || { echo "environment: $names"; return 1; }
     [[ -z ${TERM:-} ]] || grep -qxF "TERM=$TERM" <<<"$out" || { echo "TERM not passed on"; return 1; }
     grep -qxF "HOME=$SEC_HOME/alice" <<<"$out" && grep -qx 'USER=alice' <<<"$out" && grep -qx 'SHELL=/bin/bash' <<<"$out"
+}
+# An interactive shell through `exec --user` on a terminal: typing reaches it, the window size
+# (and a resize) too, ^C stops its foreground command (not the shell), and its status comes back.
+interactive_shell() {
+    local out
+    out=$(timeout 40 python3 "$HERE/pty_run.py" 24 80 33 101 'stty size; id -un; sleep 30\n<pause>\003<pause>echo done-$((6*7))\nexit 3\n' -- \
+        "$SESSIOND" exec --session 1 --user alice -- bash --norc --noprofile -i 2>&1 | sed 's/\x1b\[[?0-9;]*[a-zA-Z]//g' | tr -d '\r')
+    echo "$out"
+    grep -qx '33 101' <<<"$out" || { echo "the resize did not reach the pty"; return 1; }
+    grep -qx 'alice' <<<"$out" && grep -qx 'done-42' <<<"$out" || { echo "typed commands did not run (or ^C killed the shell)"; return 1; }
+    grep -qx 'EXIT:3' <<<"$out" || { echo "the shell's exit status did not come back"; return 1; }
 }
 preserve_env_keeps_named() {
     local out
@@ -119,7 +131,8 @@ scenario_13a() {
     sec_takeover null >/dev/null
     expect "stdin /dev/null, stdout on root's terminal: root's shell runs nothing the user pushed" root_ran_nothing
     note "what the attack saw: $(grep -h '^ATTACK:' <<<"$TAKE" | head -1)"
-    expect "supplementary groups, clean login environment, cwd = home" exec_as_alice_env
+    expect "an interactive shell on a terminal: input, window size and resize, ^C, exit status" interactive_shell
+    expect "supplementary groups, clean login environment, cwd = home, no signal blocked" exec_as_alice_env
     expect "--preserve-env keeps what it names, never the identity" preserve_env_keeps_named
     end_daemon
     row_end
