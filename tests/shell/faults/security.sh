@@ -21,7 +21,7 @@ sec_users() {
     done
     usermod -aG sec-extra alice
 }
-sec_daemon() { begin_daemon f13 --addressing static --pool "$SEC_POOL" --gateway "$SBX_GATEWAY" "$@"; }
+sec_daemon() { begin_daemon f13 --addressing static --pool "$SEC_POOL" --gateway "$SBX_GATEWAY"; }
 
 # sec_pam ARGS...: a pamtester stack with pam_sessiond (ARGS) and a probe that records what
 # the login sees; a login of a user with a file $W/hold-USER waits (at most 30 s) until it is
@@ -88,6 +88,7 @@ own_pty() {
 # what the user's program is given: groups, environment, working directory
 exec_as_alice_env() {
     local out
+    # shellcheck disable=SC2016  # expanded by the user's sh
     out=$(cd /var && SEC_ROOT_SECRET=s3cr3t "$SESSIOND" exec --session 1 --user alice -- \
         sh -c 'echo "groups=$(id -G | tr " " "\n" | sort -n | tr "\n" " ")"; echo "pwd=$(pwd)"; grep SigBlk /proc/self/status; env | sort') || return 1
     echo "$out"
@@ -105,11 +106,12 @@ exec_as_alice_env() {
 # (and a resize) too, ^C stops its foreground command (not the shell), and its status comes back.
 interactive_shell() {
     local out
+    # shellcheck disable=SC2016  # typed into the user's shell
     out=$(timeout 40 python3 "$HERE/pty_run.py" 24 80 33 101 'stty size; id -un; sleep 30\n<pause>\003<pause>echo done-$((6*7))\nexit 3\n' -- \
         "$SESSIOND" exec --session 1 --user alice -- bash --norc --noprofile -i 2>&1 | sed 's/\x1b\[[?0-9;]*[a-zA-Z]//g' | tr -d '\r')
     echo "$out"
     grep -qx '33 101' <<<"$out" || { echo "the resize did not reach the pty"; return 1; }
-    grep -qx 'alice' <<<"$out" && grep -qx 'done-42' <<<"$out" || { echo "typed commands did not run (or ^C killed the shell)"; return 1; }
+    if ! grep -qx 'alice' <<<"$out" || ! grep -qx 'done-42' <<<"$out"; then echo "typed commands did not run (or ^C killed the shell)"; return 1; fi
     grep -qx 'EXIT:3' <<<"$out" || { echo "the shell's exit status did not come back"; return 1; }
 }
 preserve_env_keeps_named() {
