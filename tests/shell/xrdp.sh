@@ -26,7 +26,7 @@ mkdir -p "$T" && chmod 755 "$T"
 needs() {
     local f missing=()
     for f in "$SESSIOND" "$PAM_SO" /usr/sbin/xrdp /usr/sbin/xrdp-sesman /usr/lib/xorg/Xorg \
-        /usr/lib/xorg/modules/drivers/xrdpdev_drv.so /usr/bin/Xvfb /usr/bin/xfreerdp /usr/bin/xdpyinfo; do
+        /usr/lib/xorg/modules/drivers/xrdpdev_drv.so /usr/bin/Xvfb /usr/bin/xfreerdp /usr/bin/xdpyinfo /usr/bin/xauth; do
         [[ -e $f ]] || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]} (cargo build --workspace; scripts/deps installs xrdp xorgxrdp xvfb freerdp2-x11 x11-utils)"; return 1; }
