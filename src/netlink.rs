@@ -372,7 +372,8 @@ impl NetOps for RtNet {
                 Some(gw) => b.gateway(gw),
                 None => b.scope(RouteScope::Link),
             };
-            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} via {gateway:?} dev {name}")))
+            let via = gateway.map_or_else(|| "on-link".to_string(), |g| format!("via {g}"));
+            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} {via} dev {name}")))
         })
         .await
     }
