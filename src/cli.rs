@@ -309,7 +309,22 @@ mod tests {
 
     #[test]
     fn daemon_flags_fill_the_same_fields_as_the_file() {
-        let a = daemon(&["--uplink", "br0", "--link", "veth", "--dns", "10.0.0.53", "--dns", "10.0.0.54", "--dhcp-timeout", "5", "--dhcp-fqdn"]).unwrap();
+        let a = daemon(&[
+            "--uplink",
+            "br0",
+            "--link",
+            "veth",
+            "--dns",
+            "10.0.0.53",
+            "--dns",
+            "10.0.0.54",
+            "--dhcp-timeout",
+            "5",
+            "--dhcp-fqdn",
+            "--dhcp-min-lease",
+            "20",
+        ])
+        .unwrap();
         let dns: Vec<Ipv4Addr> = vec!["10.0.0.53".parse().unwrap(), "10.0.0.54".parse().unwrap()];
         assert_eq!(
             a.settings,
@@ -319,6 +334,7 @@ mod tests {
                 dns: Some(dns),
                 dhcp_timeout_secs: Some(5),
                 dhcp_fqdn: Some(true),
+                dhcp_min_lease_secs: Some(20),
                 ..Default::default()
             }
         );

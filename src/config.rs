@@ -62,6 +62,11 @@ pub struct RawSettings {
     /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub dhcp_fqdn: Option<bool>,
+    /// Shortest DHCP lease used as given, in seconds (default 4): a shorter one is used as if
+    /// this long, and no renewal comes sooner than half of it (a server cannot make sessions
+    /// renew in a loop)
+    #[arg(long = "dhcp-min-lease", value_name = "DHCP_MIN_LEASE")]
+    pub dhcp_min_lease_secs: Option<u32>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -93,6 +98,8 @@ pub enum ConfigError {
     BadIfName(String),
     #[error("DHCP timeout must be between 1 and 3600 seconds, got {0}")]
     BadTimeout(u64),
+    #[error("DHCP minimum lease must be between {lo} and {hi} seconds, got {0}", lo = MIN_LEASE_RANGE.start(), hi = MIN_LEASE_RANGE.end())]
+    BadMinLease(u32),
 }
 
 impl ConfigError {
@@ -132,6 +139,7 @@ impl RawSettings {
             dhcp_timeout_secs: self.dhcp_timeout_secs.or(under.dhcp_timeout_secs),
             hostname_template: self.hostname_template.or(under.hostname_template),
             dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
+            dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
         }
     }
 }
@@ -152,7 +160,12 @@ pub struct Settings {
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
     pub dhcp_fqdn: bool,
+    pub dhcp_min_lease_secs: u32,
 }
+
+/// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
+/// 1 s; at most a day.
+pub const MIN_LEASE_RANGE: std::ops::RangeInclusive<u32> = 2..=86_400;
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
@@ -177,6 +190,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template,
             dhcp_fqdn,
+            dhcp_min_lease_secs,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -203,6 +217,10 @@ impl Settings {
         if !(1..=3600).contains(&dhcp_timeout_secs) {
             return Err(ConfigError::BadTimeout(dhcp_timeout_secs));
         }
+        let dhcp_min_lease_secs = dhcp_min_lease_secs.unwrap_or(crate::dhcp::DEFAULT_MIN_LEASE_SECS);
+        if !MIN_LEASE_RANGE.contains(&dhcp_min_lease_secs) {
+            return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
+        }
         Ok(Settings {
             uplink,
             link,
@@ -217,6 +235,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
+            dhcp_min_lease_secs,
         })
     }
 }
@@ -289,6 +308,21 @@ state_dir = "/tmp/state"
         assert!(matches!(Settings::merge(st3, RawSettings::default()), Err(ConfigError::Pool(PoolError::GatewayInRange { .. }))));
         let badif = RawSettings { uplink: Some("a/b".into()), ..Default::default() };
         assert!(matches!(Settings::merge(badif, RawSettings::default()), Err(ConfigError::BadIfName(_))));
+        for bad in [0, 1, 86_401] {
+            let e = Settings::merge(RawSettings { dhcp_min_lease_secs: Some(bad), ..base() }, RawSettings::default()).unwrap_err();
+            assert!(matches!(e, ConfigError::BadMinLease(b) if b == bad), "{e}");
+            assert!(e.to_string().contains("between 2 and 86400 seconds"), "{e}");
+        }
+    }
+
+    #[test]
+    fn min_lease_from_file_flag_or_default() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().dhcp_min_lease_secs, crate::dhcp::DEFAULT_MIN_LEASE_SECS);
+        let file = parse("dhcp_min_lease_secs = 20\n").unwrap();
+        assert_eq!(Settings::merge(base(), file.clone()).unwrap().dhcp_min_lease_secs, 20);
+        let flags = RawSettings { dhcp_min_lease_secs: Some(60), ..base() };
+        assert_eq!(Settings::merge(flags, file).unwrap().dhcp_min_lease_secs, 60);
     }
 
     #[test]
