@@ -64,9 +64,14 @@ pub enum Cmd {
         /// The session to enter
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Sid,
-        /// Run as this user
+        /// Run as this user, as a login would: the user's groups, a login environment (HOME,
+        /// USER, LOGNAME, SHELL, PATH, TERM, SESSIOND_*), the home directory, and, when stdin is
+        /// a terminal, a new pty of its own
         #[arg(long)]
         user: Option<String>,
+        /// With --user: also keep these variables of the caller's environment (comma-separated)
+        #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "user")]
+        preserve_env: Vec<String>,
         #[command(flatten)]
         socket: SocketArg,
         /// The command to run and its arguments (after --)
@@ -84,6 +89,9 @@ pub enum Cmd {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// (internal: the last step of `exec --user`, run by it) become the user and run the command
+    #[command(name = crate::exec::AS_USER_CMD, hide = true)]
+    ExecAsUser(crate::exec::AsUser),
     /// Print a session's loopback address (pure; needs no daemon)
     Loopback {
         /// Session id
@@ -124,7 +132,7 @@ pub fn main() -> i32 {
         }
     };
     match run(cli) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(Exit { code, error }) => {
             // Print the cause chain, skipping causes already spelled out by their parent.
             let mut msg = error.to_string();
@@ -140,8 +148,10 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Exit> {
-    match cli.cmd {
+/// The exit status to give (0, or what `exec` ran gave), or an error.
+fn run(cli: Cli) -> Result<i32, Exit> {
+    let done = |r: Result<(), Exit>| r.map(|()| 0);
+    done(match cli.cmd {
         Cmd::Daemon(args) => crate::daemon::run(args.settings, args.config.as_deref()).map_err(|e| match e {
             BootError::Config(e) if e.is_usage() => usage(e),
             BootError::Config(e) => failed(e),
@@ -176,8 +186,14 @@ fn run(cli: Cli) -> Result<(), Exit> {
             }
             Ok(())
         }
-        Cmd::Exec { session, user, socket, cmd } => exec(session, user, &socket, cmd),
-    }
+        Cmd::Exec { session, user, preserve_env, socket, cmd } => return exec(session, user, &preserve_env, &socket, &cmd),
+        Cmd::ExecAsUser(a) => {
+            // Only returns on failure; as a shell: 127 for a command not found, else 126.
+            let e = crate::exec::become_user(&a);
+            let not_found = matches!(&e, crate::exec::ExecError::Run { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+            return Err(Exit { code: if not_found { 127 } else { 126 }, error: e.into() });
+        }
+    })
 }
 
 fn call(socket: &SocketArg, req: &Request, timeout: Duration) -> Result<Response, Exit> {
@@ -252,8 +268,7 @@ fn lookup_user(name: &str) -> Result<nix::unistd::User, Exit> {
         .ok_or_else(|| usage(anyhow::anyhow!("no such user: {name}")))
 }
 
-fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>) -> Result<(), Exit> {
-    use std::os::unix::process::CommandExt;
+fn exec(session: Sid, user: Option<String>, preserve_env: &[String], socket: &SocketArg, cmd: &[String]) -> Result<i32, Exit> {
     let rec = expect_sessions(call(socket, &Request::Status { session: Some(session) }, Duration::from_secs(30))?)?
         .into_iter()
         .next()
@@ -262,19 +277,7 @@ fn exec(session: Sid, user: Option<String>, socket: &SocketArg, cmd: Vec<String>
     if !nix::unistd::geteuid().is_root() {
         return Err(failed(anyhow::anyhow!("permission denied: exec into a session needs root")));
     }
-    sessiond_client::enter::enter_session(&rec.netns).map_err(failed)?;
-    let mut c = std::process::Command::new(&cmd[0]);
-    c.args(&cmd[1..]).env("SESSIOND_SESSION", session.to_string()).env("SESSIOND_LOOPBACK", rec.loopback.to_string());
-    if let Some(a) = rec.address {
-        c.env("SESSIOND_ADDRESS", a.addr().to_string());
-    }
-    if let Some(u) = target {
-        let cname = std::ffi::CString::new(u.name.clone()).map_err(|e| usage(anyhow::anyhow!("bad user name: {e}")))?;
-        nix::unistd::initgroups(&cname, u.gid).map_err(|e| failed(anyhow::anyhow!("initgroups for {}: {e}", u.name)))?;
-        c.uid(u.uid.as_raw()).gid(u.gid.as_raw()).env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
-    }
-    let e = c.exec();
-    Err(failed(anyhow::anyhow!("cannot run {}: {e}", cmd[0])))
+    crate::exec::run(&rec, target.map(Into::into), preserve_env, cmd).map_err(|e| if e.is_usage() { usage(e) } else { failed(e) })
 }
 
 #[cfg(test)]

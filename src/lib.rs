@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod dhcp_session;
+pub mod exec;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
@@ -23,5 +24,6 @@ pub mod netlink;
 pub mod ns;
 pub mod platform;
 pub mod pool;
+pub mod relay;
 pub mod session;
 pub mod state;

@@ -24,8 +24,10 @@ pub enum ManagerError {
     NotFound(Sid),
     #[error("no free session id")]
     NoFreeSid,
-    #[error("session {sid} is running for another user (uid {owner})")]
-    OtherOwner { sid: Sid, owner: u32 },
+    /// A start whose owner is not the running session's: never hands one user's session to
+    /// another, nor a user's session to an ownerless start (a unit) or the other way round.
+    #[error("{}", other_owner(*sid, *owner, *wanted))]
+    OtherOwner { sid: Sid, owner: Option<u32>, wanted: Option<u32> },
     #[error(transparent)]
     Uplink(#[from] UplinkError),
     #[error("session {sid} not started: {source}")]
@@ -44,6 +46,7 @@ impl ManagerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ManagerError::NotFound(_) => ErrorKind::NotFound,
+            ManagerError::OtherOwner { .. } => ErrorKind::OtherOwner,
             _ => ErrorKind::Failed,
         }
     }
@@ -72,6 +75,17 @@ pub enum StartError {
     Build(#[from] StepError),
     #[error(transparent)]
     Dhcp(#[from] DhcpError),
+}
+
+fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
+    match (owner, wanted) {
+        (Some(o), None) => {
+            format!("session {sid} is running for another user (uid {o}); a start without an owner does not join it (name its owner, or pick another session)")
+        }
+        (Some(o), Some(w)) => format!("session {sid} is running for another user (uid {o}, not uid {w})"),
+        (None, Some(w)) => format!("session {sid} is running without an owner (started outside a log-in); it is not started for uid {w}"),
+        (None, None) => format!("session {sid}: owner mismatch"),
+    }
 }
 
 fn join<E: std::fmt::Display>(errors: &[E]) -> String {
@@ -221,11 +235,10 @@ impl<P: Platform> Manager<P> {
         if let Some(s) = self.table.lock().unwrap().session(sid)
             && s.record.state == SessionState::Up
         {
-            // Idempotent, but never hands one user's running session to another.
-            if let (Some(want), Some(have)) = (owner_uid, s.record.owner_uid)
-                && want != have
-            {
-                return Err(ManagerError::OtherOwner { sid, owner: have });
+            // Idempotent for the same owner (or none, for none); a running session is never
+            // handed to a start that names another owner, or none.
+            if owner_uid != s.record.owner_uid {
+                return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
             return Ok(s.view());
         }
@@ -702,8 +715,6 @@ mod tests {
         assert_eq!(a.address.unwrap().to_string(), "10.0.0.100/24");
         assert_eq!(a.loopback.to_string(), "127.0.0.2");
         assert_eq!(a.state, SessionState::Up);
-        let again = m.start(Some(sid(1)), None).await.unwrap();
-        assert_eq!(a, again);
         assert_eq!(m.start(Some(sid(1)), Some(1000)).await.unwrap(), a);
         let e = m.start(Some(sid(1)), Some(1001)).await.unwrap_err().to_string();
         assert!(e.contains("another user"), "{e}");
@@ -712,6 +723,27 @@ mod tests {
         assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::WasAbsent);
         assert!(p.is_empty(), "{:?}", p.objects());
         assert!(m.state.load_all().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_start_never_joins_a_session_of_another_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manager(FakePlatform::new(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let bob = m.start(Some(sid(5)), Some(1001)).await.unwrap();
+        // root's `start --session 5` (the unit sessiond@5) must not land in bob's namespace
+        let e = m.start(Some(sid(5)), None).await.unwrap_err();
+        assert!(matches!(e, ManagerError::OtherOwner { owner: Some(1001), wanted: None, .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::OtherOwner);
+        assert!(e.to_string().contains("uid 1001") && e.to_string().contains("without an owner"), "{e}");
+        let e = m.start(Some(sid(5)), Some(1000)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::OtherOwner { owner: Some(1001), wanted: Some(1000), .. }), "{e}");
+        assert_eq!(m.start(Some(sid(5)), Some(1001)).await.unwrap(), bob, "the same owner: idempotent");
+        // an ownerless session is not handed to a user either, and stays idempotent for no owner
+        let unit = m.start(Some(sid(6)), None).await.unwrap();
+        assert_eq!(m.start(Some(sid(6)), None).await.unwrap(), unit);
+        let e = m.start(Some(sid(6)), Some(1000)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::OtherOwner { owner: None, wanted: Some(1000), .. }), "{e}");
+        assert_eq!(m.status(None).unwrap(), vec![bob, unit], "refusals changed nothing");
     }
 
     #[tokio::test]

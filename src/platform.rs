@@ -67,7 +67,7 @@ pub fn write_netns_file_in(etc_netns: &std::path::Path, run_dir: &std::path::Pat
     };
     // Atomic (a reader never sees half a file) but not fsynced: these files are derived from the
     // session record and the lease, and rewritten whenever the daemon re-adopts the session.
-    crate::state::write_atomic_unsynced(&dir.join(file), contents.as_bytes()).map_err(|e| NetError::Other(e.to_string()))
+    crate::state::write_atomic_unsynced(&dir.join(file), contents.as_bytes(), crate::state::Readers::Everyone).map_err(|e| NetError::Other(e.to_string()))
 }
 
 /// Removes /etc/netns/NETNS (symlink or folder) and the folder under `run_dir`; absent is fine.

@@ -29,17 +29,37 @@ fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StateErro
     move |source| StateError::Io { path, op, source }
 }
 
-/// Atomic replace: a reader sees the old file or the new one, never a torn one; durable.
+/// Who may read a file written by `write_atomic*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// The daemon's own records (owners, addresses, MACs, leases): 0600, like their dir.
+    Root,
+    /// Files users read inside their session (/etc/netns resolv.conf and hosts): 0644.
+    Everyone,
+}
+
+impl Readers {
+    fn mode(self) -> u32 {
+        match self {
+            Readers::Root => 0o600,
+            Readers::Everyone => 0o644,
+        }
+    }
+}
+
+/// Atomic replace: a reader sees the old file or the new one, never a torn one; durable;
+/// readable by root only.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_with(path, bytes, true)
+    write_atomic_with(path, bytes, true, Readers::Root)
 }
 
 /// Atomic replace without fsync, for files that are derived and rewritten on restart.
-pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_with(path, bytes, false)
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8], readers: Readers) -> Result<(), StateError> {
+    write_atomic_with(path, bytes, false, readers)
 }
 
-fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
+fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool, readers: Readers) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     // Unique per call: concurrent writers of the same file must not share a temp file.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -50,7 +70,9 @@ fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Sta
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
+        // A temp file of a dead daemon with our pid would keep its mode: start afresh.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(readers.mode()).open(&tmp).map_err(io(&tmp, "create"))?;
         f.write_all(bytes).map_err(io(&tmp, "write"))?;
         if durable {
             f.sync_all().map_err(io(&tmp, "fsync"))?;
@@ -67,16 +89,53 @@ fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Sta
     result
 }
 
+/// The state dir and its subdirectories: root's alone. A dir made by an older daemon (0755
+/// under umask 022) is tightened here, on every daemon start.
+const DIR_MODE: u32 = 0o700;
+const SUBDIRS: [&str; 3] = ["sessions", "leases", "addresses"];
+
+fn private_dir(d: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // Parents keep the usual mode: /run/sessiond also holds the socket and the PAM holders.
+    if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent, "create"))?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(d, "create")(e)),
+        _ => {}
+    }
+    // (only when needed: a state dir on a read-only file system refuses even a no-op chmod)
+    let md = std::fs::metadata(d).map_err(io(d, "stat"))?;
+    if md.permissions().mode() & 0o7777 != DIR_MODE {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io(d, "chmod 0700"))?;
+    }
+    Ok(())
+}
+
 /// One `addresses/<sid>` file: the address as text.
 fn read_address(path: &Path) -> Option<Ipv4Addr> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl StateDir {
+    /// Creates the dir (0700, as its subdirectories) or tightens an existing one to 0700, and
+    /// the files an older daemon left readable to 0600.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
-        for sub in ["sessions", "leases"] {
-            let d = root.join(sub);
-            std::fs::create_dir_all(&d).map_err(io(&d, "create"))?;
+        use std::os::unix::fs::PermissionsExt;
+        let dirs: Vec<PathBuf> = std::iter::once(root.to_path_buf()).chain(SUBDIRS.iter().map(|s| root.join(s))).collect();
+        for d in &dirs {
+            private_dir(d)?;
+        }
+        for d in &dirs {
+            for ent in std::fs::read_dir(d).map_err(io(d, "read"))?.flatten() {
+                let p = ent.path();
+                if let Ok(md) = std::fs::symlink_metadata(&p)
+                    && md.is_file()
+                    && md.permissions().mode() & 0o077 != 0
+                {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io(&p, "chmod 0600"))?;
+                }
+            }
         }
         Ok(StateDir { root: root.to_path_buf() })
     }
@@ -134,7 +193,7 @@ impl StateDir {
     /// the static pool gives the address back, DHCP asks the server for it.
     pub fn save_last_address(&self, sid: Sid, addr: Ipv4Addr) -> Result<(), StateError> {
         let dir = self.root.join("addresses");
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "create"))?;
+        private_dir(&dir)?;
         write_atomic(&dir.join(sid.to_string()), addr.to_string().as_bytes())
     }
 
@@ -177,12 +236,12 @@ impl StateDir {
 
     /// Like `save_blob`, atomic but not fsynced: for rewrites whose loss in a crash is harmless.
     pub fn save_blob_unsynced<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        write_atomic_unsynced(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"))
+        write_atomic_unsynced(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"), Readers::Root)
     }
 
     /// Removes temp files an interrupted write left behind.
     pub fn sweep_temp_files(&self) {
-        for dir in [self.root.clone(), self.root.join("sessions"), self.root.join("addresses"), self.root.join("leases")] {
+        for dir in std::iter::once(self.root.clone()).chain(SUBDIRS.iter().map(|s| self.root.join(s))) {
             for ent in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = ent.file_name();
                 let name = name.to_string_lossy();
@@ -249,6 +308,41 @@ mod tests {
         assert_eq!(v["loopback"], "127.0.0.8");
         assert_eq!(v["address"], "10.0.0.100/24");
         assert_eq!(v["state"], "up");
+    }
+
+    #[test]
+    fn state_is_readable_by_root_only_and_an_old_dir_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = tempfile::tempdir().unwrap();
+        // as an older daemon left it under umask 022
+        for sub in ["", "sessions", "leases", "addresses"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+            std::fs::set_permissions(d.path().join(sub), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(d.path().join("sessions/1.json"), b"{}").unwrap();
+        std::fs::set_permissions(d.path().join("sessions/1.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        for sub in ["", "sessions", "leases", "addresses"] {
+            assert_eq!(mode(&d.path().join(sub)), 0o700, "{sub:?}");
+        }
+        assert_eq!(mode(&d.path().join("sessions/1.json")), 0o600, "an old record is tightened too");
+        s.save(&sample_record(3)).unwrap();
+        s.save_last_address(Sid::new(3).unwrap(), "10.0.0.100".parse().unwrap()).unwrap();
+        s.save_blob("leases/3.json", &1).unwrap();
+        s.save_blob_unsynced("leases/4.json", &1).unwrap();
+        for f in ["sessions/3.json", "addresses/3", "leases/3.json", "leases/4.json"] {
+            assert_eq!(mode(&d.path().join(f)), 0o600, "{f}");
+        }
+        // what users read inside their session stays readable
+        let public = d.path().join("resolv.conf");
+        write_atomic_unsynced(&public, b"nameserver 10.0.0.1\n", Readers::Everyone).unwrap();
+        assert_eq!(mode(&public), 0o644);
+        // a fresh dir's parents keep the usual mode (/run/sessiond also holds the socket)
+        let fresh = d.path().join("run/sessiond/state");
+        StateDir::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        assert_ne!(mode(fresh.parent().unwrap()), 0o700);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum ErrorKind {
     BadRequest,
     PermissionDenied,
     NotFound,
+    /// `start` of a running session that belongs to another owner (or to none, or the request
+    /// names none): the caller may pick another session.
+    OtherOwner,
     Failed,
 }
 

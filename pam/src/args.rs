@@ -6,6 +6,10 @@ use std::time::Duration;
 /// administrators keep the host's own identity so they can manage it.
 pub const DEFAULT_EXCLUDE_GROUPS: &[&str] = &["sudo", "wheel", "adm"];
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `timeout=` bounds: below the minimum no daemon answers and every login would fail; above
+/// the maximum a hung daemon would hold logins for longer than any client waits.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_REFDIR: &str = "/run/sessiond/pam";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +74,24 @@ fn list(v: &str) -> Vec<String> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
 }
 
+/// `timeout=SECONDS`: a finite number within MIN_TIMEOUT..=MAX_TIMEOUT (1e-10 is not "no
+/// wait", and inf is not "wait for ever").
+fn parse_timeout(t: &str) -> Result<Duration, String> {
+    let secs: f64 = t.parse().map_err(|_| format!("timeout={t}: expected a number of seconds, such as 10 or 2.5"))?;
+    let (min, max) = (MIN_TIMEOUT.as_secs_f64(), MAX_TIMEOUT.as_secs_f64());
+    if !secs.is_finite() {
+        Err(format!("timeout={t}: not a finite number of seconds"))
+    } else if secs <= 0.0 {
+        Err(format!("timeout={t}: must be more than zero seconds"))
+    } else if secs < min {
+        Err(format!("timeout={t}: below the minimum of {min} s"))
+    } else if secs > max {
+        Err(format!("timeout={t}: above the maximum of {max} s"))
+    } else {
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
 impl Args {
     /// Parses the module arguments. Unknown or malformed ones are errors: a mistyped policy
     /// argument must not silently widen or narrow who is isolated.
@@ -103,14 +125,7 @@ impl Args {
                         o => return Err(format!("fail={o}: expected fail=open or fail=closed")),
                     }
                 }
-                "timeout" => {
-                    let t = need()?;
-                    let secs: f64 = t.parse().map_err(|_| format!("timeout={t}: expected seconds"))?;
-                    if !(secs > 0.0 && secs <= 3600.0) {
-                        return Err(format!("timeout={t}: expected 0 < seconds <= 3600"));
-                    }
-                    a.timeout = Duration::from_secs_f64(secs);
-                }
+                "timeout" => a.timeout = parse_timeout(need()?)?,
                 "socket" => {
                     let p = need()?;
                     if !p.starts_with('/') {
@@ -132,13 +147,16 @@ impl Args {
     }
 
     /// None: virtualize. Some(reason): leave this user on the host.
-    /// Exclusions win over `users=`/`groups=`.
-    pub fn skip_reason(&self, name: &str, uid: u32, groups: &[String]) -> Option<String> {
+    /// Exclusions win over `users=`/`groups=`. `users=` and `exclude_users=` match by uid
+    /// (`uid_of` resolves the names listed), not by the name the user typed: with
+    /// case-insensitive NSS "ALICE" is alice, and must not escape `users=alice`.
+    pub fn skip_reason(&self, name: &str, uid: u32, groups: &[String], uid_of: impl Fn(&str) -> Option<u32>) -> Option<String> {
         if uid == 0 && !self.include_root {
             return Some("root is not virtualized (add include_root to change that)".into());
         }
-        if self.exclude_users.iter().any(|u| u == name) {
-            return Some(format!("user {name} is in exclude_users"));
+        let listed = |names: &[String]| names.iter().any(|n| uid_of(n) == Some(uid));
+        if listed(&self.exclude_users) {
+            return Some(format!("user {name} (uid {uid}) is in exclude_users"));
         }
         if let Some(g) = groups.iter().find(|g| self.exclude_groups.contains(g)) {
             return Some(format!("user {name} is in excluded group {g}"));
@@ -146,7 +164,7 @@ impl Args {
         if self.users.is_none() && self.groups.is_none() {
             return None;
         }
-        let by_user = self.users.as_ref().is_some_and(|us| us.iter().any(|u| u == name));
+        let by_user = self.users.as_deref().is_some_and(listed);
         let by_group = self.groups.as_ref().is_some_and(|gs| groups.iter().any(|g| gs.contains(g)));
         if by_user || by_group { None } else { Some(format!("user {name} is not selected by users=/groups=")) }
     }
@@ -158,6 +176,14 @@ mod tests {
 
     fn g(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Case-insensitive NSS, as sssd or winbind can be configured.
+    fn uid_of(name: &str) -> Option<u32> {
+        [("root", 0), ("alice", 1000), ("bob", 1001), ("admin", 1006), ("dave", 1004), ("erin", 1005), ("ops", 1002), ("log", 1003)]
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, u)| u)
     }
 
     #[test]
@@ -206,21 +232,55 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_finite_positive_and_sane() {
+        for (bad, why) in [
+            ("timeout=1e-10", "below the minimum"),
+            ("timeout=0.05", "below the minimum"),
+            ("timeout=0", "more than zero"),
+            ("timeout=-0", "more than zero"),
+            ("timeout=-3", "more than zero"),
+            ("timeout=NaN", "finite"),
+            ("timeout=inf", "finite"),
+            ("timeout=-inf", "finite"),
+            ("timeout=1e300", "above the maximum"),
+            ("timeout=3601", "above the maximum"),
+            ("timeout=", "expected a number"),
+        ] {
+            let e = Args::parse(&[bad]).unwrap_err();
+            assert!(e.contains(why) && e.starts_with(bad), "{bad}: {e}");
+        }
+        assert_eq!(Args::parse(&["timeout=0.1"]).unwrap().timeout, MIN_TIMEOUT);
+        assert_eq!(Args::parse(&["timeout=3600"]).unwrap().timeout, MAX_TIMEOUT);
+    }
+
+    #[test]
     fn who_is_virtualized() {
         let a = Args::default();
-        assert!(a.skip_reason("alice", 1000, &g(&["alice"])).is_none());
-        assert!(a.skip_reason("root", 0, &g(&["root"])).unwrap().contains("root"));
-        assert!(a.skip_reason("admin", 1001, &g(&["admin", "sudo"])).unwrap().contains("sudo"));
-        assert!(a.skip_reason("ops", 1002, &g(&["wheel"])).is_some());
-        assert!(a.skip_reason("log", 1003, &g(&["adm"])).is_some());
+        assert!(a.skip_reason("alice", 1000, &g(&["alice"]), uid_of).is_none());
+        assert!(a.skip_reason("root", 0, &g(&["root"]), uid_of).unwrap().contains("root"));
+        assert!(a.skip_reason("admin", 1001, &g(&["admin", "sudo"]), uid_of).unwrap().contains("sudo"));
+        assert!(a.skip_reason("ops", 1002, &g(&["wheel"]), uid_of).is_some());
+        assert!(a.skip_reason("log", 1003, &g(&["adm"]), uid_of).is_some());
 
         let a = Args::parse(&["users=alice", "groups=remote", "exclude_users=bob", "exclude_groups=staff", "include_root"]).unwrap();
-        assert!(a.skip_reason("alice", 1000, &[]).is_none());
-        assert!(a.skip_reason("dave", 1004, &g(&["remote"])).is_none());
-        assert!(a.skip_reason("erin", 1005, &g(&["users"])).unwrap().contains("not selected"));
-        assert!(a.skip_reason("bob", 1001, &g(&["remote"])).unwrap().contains("exclude_users"), "exclusions win");
-        assert!(a.skip_reason("alice", 1000, &g(&["staff"])).is_some(), "exclusions win over users=");
-        assert!(a.skip_reason("admin", 1006, &g(&["sudo", "remote"])).is_none(), "sudo no longer excluded");
-        assert!(a.skip_reason("root", 0, &g(&["remote"])).is_none(), "include_root");
+        assert!(a.skip_reason("alice", 1000, &[], uid_of).is_none());
+        assert!(a.skip_reason("dave", 1004, &g(&["remote"]), uid_of).is_none());
+        assert!(a.skip_reason("erin", 1005, &g(&["users"]), uid_of).unwrap().contains("not selected"));
+        assert!(a.skip_reason("bob", 1001, &g(&["remote"]), uid_of).unwrap().contains("exclude_users"), "exclusions win");
+        assert!(a.skip_reason("alice", 1000, &g(&["staff"]), uid_of).is_some(), "exclusions win over users=");
+        assert!(a.skip_reason("admin", 1006, &g(&["sudo", "remote"]), uid_of).is_none(), "sudo no longer excluded");
+        assert!(a.skip_reason("root", 0, &g(&["remote"]), uid_of).is_none(), "include_root");
+    }
+
+    #[test]
+    fn users_lists_match_by_uid_whatever_the_spelling() {
+        let a = Args::parse(&["users=alice", "exclude_users=Bob"]).unwrap();
+        // the login typed "ALICE"; case-insensitive NSS made it uid 1000
+        assert!(a.skip_reason("ALICE", 1000, &[], uid_of).is_none(), "ALICE is alice: selected");
+        assert!(a.skip_reason("BOB", 1001, &g(&["remote"]), uid_of).unwrap().contains("exclude_users"), "BOB is excluded bob");
+        assert!(a.skip_reason("erin", 1005, &[], uid_of).unwrap().contains("not selected"));
+        // a listed name that no longer resolves selects and excludes no one
+        let a = Args::parse(&["users=gone", "exclude_users=gone"]).unwrap();
+        assert!(a.skip_reason("gone", 4242, &[], uid_of).unwrap().contains("not selected"));
     }
 }

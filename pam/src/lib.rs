@@ -43,6 +43,16 @@ impl Env for Real<'_> {
         }
         Ok(Some((u.uid.as_raw(), names)))
     }
+    fn uid_of(&self, name: &str) -> Result<Option<u32>, String> {
+        Ok(nix::unistd::User::from_name(name).map_err(|e| e.to_string())?.map(|u| u.uid.as_raw()))
+    }
+    fn logind_session(&self, id: &str) -> Option<String> {
+        // Only ever a number here (a sid), so never a path of its own.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        std::fs::read_to_string(std::path::Path::new(module::LOGIND_SESSIONS).join(id)).ok()
+    }
     fn getenv(&self, name: &str) -> Option<String> {
         self.h.getenv(name)
     }

@@ -35,6 +35,11 @@ pub trait Env {
     fn user(&self) -> Option<String>;
     /// uid and the names of all groups (primary and supplementary) of `name`.
     fn lookup_user(&self, name: &str) -> Result<Option<(u32, Vec<String>)>, String>;
+    /// The uid of user `name` (for `users=` / `exclude_users=`), as NSS resolves it.
+    fn uid_of(&self, name: &str) -> Result<Option<u32>, String>;
+    /// What systemd-logind wrote about its session `id` (`/run/systemd/sessions/ID`, with a
+    /// `UID=` line), or None when there is no such file.
+    fn logind_session(&self, id: &str) -> Option<String>;
     fn getenv(&self, name: &str) -> Option<String>;
     fn putenv(&self, name: &str, value: &str) -> Result<(), String>;
     fn log(&self, level: Level, msg: &str);
@@ -53,6 +58,8 @@ pub trait Env {
 enum Trouble {
     /// The daemon: unreachable, timed out, or said no. Handled per `fail=`.
     Daemon(String),
+    /// The sid asked for runs for another owner (or none): ask for a fresh one instead.
+    OtherOwner(String),
     /// Something here (the holder count, a bad XDG_SESSION_ID with sid=xdg): always refused.
     Local(String),
 }
@@ -71,6 +78,7 @@ fn call(args: &Args, req: &Request) -> Result<Response, Trouble> {
 fn start(args: &Args, session: Option<Sid>, uid: u32) -> Result<SessionRecord, Trouble> {
     match call(args, &Request::Start { session, owner_uid: Some(uid) })? {
         Response::Sessions { sessions } if sessions.len() == 1 => Ok(sessions.into_iter().next().unwrap()),
+        Response::Error { kind: ErrorKind::OtherOwner, message } => Err(Trouble::OtherOwner(message)),
         Response::Error { message, .. } => Err(Trouble::Daemon(format!("sessiond refused to start the session: {message}"))),
         other => Err(Trouble::Daemon(format!("unexpected reply from sessiond: {other:?}"))),
     }
@@ -91,7 +99,7 @@ fn stop(args: &Args, sid: Sid) -> Result<(), String> {
         Ok(Response::Stopped { .. }) => Ok(()),
         Ok(Response::Error { message, .. }) => Err(message),
         Ok(other) => Err(format!("unexpected reply from sessiond: {other:?}")),
-        Err(Trouble::Daemon(m) | Trouble::Local(m)) => Err(m),
+        Err(Trouble::Daemon(m) | Trouble::OtherOwner(m) | Trouble::Local(m)) => Err(m),
     }
 }
 
@@ -111,7 +119,14 @@ fn acquire(env: &dyn Env, args: &Args, wanted: Option<Sid>, uid: u32) -> Result<
             drop(held);
             return acquire(env, args, None, uid);
         }
-        let rec = start(args, Some(sid), uid)?;
+        let rec = match start(args, Some(sid), uid) {
+            Err(Trouble::OtherOwner(why)) => {
+                env.log(Level::Notice, &format!("{why}; letting sessiond pick a free sid"));
+                drop(held);
+                return acquire(env, args, None, uid);
+            }
+            other => other?,
+        };
         if rec.owner_uid != Some(uid) {
             env.log(Level::Notice, &format!("session {sid} belongs to uid {:?}, not {uid}; letting sessiond pick a free sid", rec.owner_uid));
             drop(held);
@@ -125,7 +140,11 @@ fn acquire(env: &dyn Env, args: &Args, wanted: Option<Sid>, uid: u32) -> Result<
         }
         return Ok(rec);
     }
-    let rec = start(args, None, uid)?;
+    let rec = match start(args, None, uid) {
+        // a sid the daemon picked is free: another owner there is the daemon's fault
+        Err(Trouble::OtherOwner(why)) => return Err(Trouble::Daemon(why)),
+        other => other?,
+    };
     let sid = rec.session;
     let counted = refcount::lock(&args.refdir, sid.get(), args.timeout).and_then(|mut h| {
         let n = h.count()?;
@@ -152,18 +171,48 @@ fn release(env: &dyn Env, args: &Args, sid: Sid) -> Result<(), String> {
     stopped.map_err(|e| format!("stopping session {sid} (left running): {e}"))
 }
 
-/// The sid to ask for: `XDG_SESSION_ID` when numeric (and allowed), else the daemon's pick.
-fn wanted_sid(env: &dyn Env, mode: SidMode) -> Result<Option<Sid>, String> {
-    let xdg = env.getenv("XDG_SESSION_ID");
-    let parsed = xdg.as_deref().and_then(|v| v.parse::<Sid>().ok());
-    match mode {
-        SidMode::Auto => Ok(None),
-        SidMode::Default => Ok(parsed),
-        SidMode::Xdg => parsed.map(Some).ok_or_else(|| match xdg {
-            Some(v) => format!("sid=xdg, but XDG_SESSION_ID={v:?} is not a valid session id"),
-            None => "sid=xdg, but XDG_SESSION_ID is not set (is pam_systemd.so before pam_sessiond.so?)".into(),
-        }),
+/// Where systemd-logind keeps a state file per session.
+pub const LOGIND_SESSIONS: &str = "/run/systemd/sessions";
+
+/// The sid to ask for: `XDG_SESSION_ID` when numeric (and allowed) and logind confirms it is
+/// this login's session, else the daemon's pick. The PAM environment alone proves nothing:
+/// pam_env (`user_readenv`) lets a user set it from `~/.pam_environment`, and with it squat
+/// other users' ids. pam_systemd sets it from the session logind made (and wrote to
+/// `/run/systemd/sessions/ID`, `UID=` its user) before this module runs, when the stack lists
+/// pam_systemd first.
+fn wanted_sid(env: &dyn Env, mode: SidMode, uid: u32) -> Result<Option<Sid>, String> {
+    if mode == SidMode::Auto {
+        return Ok(None);
     }
+    let xdg = env.getenv("XDG_SESSION_ID");
+    let checked = match xdg.as_deref().map(|v| (v, v.parse::<Sid>())) {
+        None => Err("XDG_SESSION_ID is not set (is pam_systemd.so before pam_sessiond.so?)".to_string()),
+        Some((v, Err(_))) => Err(format!("XDG_SESSION_ID={v:?} is not a valid session id")),
+        Some((v, Ok(sid))) => match env.logind_session(v).as_deref().map(logind_uid) {
+            Some(Some(owner)) if owner == uid => Ok(sid),
+            Some(Some(owner)) => Err(format!("XDG_SESSION_ID={v} is logind's session of uid {owner}, not of uid {uid}")),
+            Some(None) => Err(format!("XDG_SESSION_ID={v}: {LOGIND_SESSIONS}/{v} names no UID")),
+            None => {
+                Err(format!("XDG_SESSION_ID={v} is not a logind session ({LOGIND_SESSIONS}/{v} does not exist; is pam_systemd.so before pam_sessiond.so?)"))
+            }
+        },
+    };
+    match (mode, checked) {
+        (_, Ok(sid)) => Ok(Some(sid)),
+        (SidMode::Xdg, Err(why)) => Err(format!("sid=xdg, but {why}")),
+        (_, Err(why)) => {
+            // (a non-numeric id, like logind's "c1", is no sid: nothing to say)
+            if xdg.as_deref().is_some_and(|v| v.parse::<Sid>().is_ok()) {
+                env.log(Level::Notice, &format!("{why}; letting sessiond pick a free sid"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The `UID=` of a logind session file.
+fn logind_uid(text: &str) -> Option<u32> {
+    text.lines().find_map(|l| l.strip_prefix("UID=")).and_then(|v| v.trim().parse().ok())
 }
 
 pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
@@ -182,13 +231,21 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
             return PAM_SESSION_ERR;
         }
     };
-    if let Some(reason) = args.skip_reason(&user, uid, &groups) {
+    // users= / exclude_users= name users; compare uids, which is what NSS makes of any spelling.
+    let uid_of = |name: &str| match env.uid_of(name) {
+        Ok(u) => u,
+        Err(e) => {
+            env.log(Level::Warning, &format!("looking up user {name:?} (from users=/exclude_users=): {e}"));
+            None
+        }
+    };
+    if let Some(reason) = args.skip_reason(&user, uid, &groups, uid_of) {
         if args.debug {
             env.log(Level::Debug, &format!("not isolating: {reason}"));
         }
         return PAM_IGNORE;
     }
-    let wanted = match wanted_sid(env, args.sid) {
+    let wanted = match wanted_sid(env, args.sid, uid) {
         Ok(w) => w,
         Err(e) => {
             env.log(Level::Err, &format!("user {user}: {e}: refusing the session"));
@@ -206,7 +263,7 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
             env.tell(true, "sessiond: WARNING: this session is NOT network-isolated (the session daemon is unavailable).");
             return PAM_SUCCESS;
         }
-        Err(Trouble::Daemon(e) | Trouble::Local(e)) => {
+        Err(Trouble::Daemon(e) | Trouble::OtherOwner(e) | Trouble::Local(e)) => {
             env.log(Level::Err, &format!("user {user}: {e}; refusing the session (fail=closed)"));
             env.tell(true, "sessiond: cannot set up this session's network; the login is refused.");
             return PAM_SESSION_ERR;

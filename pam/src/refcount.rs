@@ -4,6 +4,11 @@
 //! The file is removed when its count reaches zero. Removing a locked file races with a
 //! process that opened the old inode and waits for its lock, so `lock` re-checks after
 //! getting the lock that the path still names the inode it locked, and retries otherwise.
+//! A lock that never stored a count (a failed or abandoned acquire) removes the empty file it
+//! made when it is dropped.
+//!
+//! The directory must be root's (the module's effective uid) and writable by it alone: whoever
+//! can write there can forge or remove counts, and so stop other users' sessions or keep them.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -16,6 +21,8 @@ use nix::fcntl::{Flock, FlockArg};
 pub struct Held {
     file: Flock<File>,
     path: PathBuf,
+    /// `set(0)` removed the file.
+    removed: bool,
 }
 
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
@@ -34,6 +41,10 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     }
     if md.permissions().mode() & 0o022 != 0 {
         return Err(std::io::Error::other(format!("{} is group- or world-writable; refusing to use it", dir.display())));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(std::io::Error::other(format!("{} is owned by uid {}, not by uid {me} (root); refusing to use it", dir.display(), md.uid())));
     }
     Ok(())
 }
@@ -58,7 +69,7 @@ pub fn lock(dir: &Path, sid: u32, timeout: Duration) -> std::io::Result<Held> {
         };
         let mine = file.metadata()?;
         match std::fs::symlink_metadata(&path) {
-            Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => return Ok(Held { file, path }),
+            Ok(now) if now.ino() == mine.ino() && now.dev() == mine.dev() => return Ok(Held { file, path, removed: false }),
             // Removed (or replaced) by the holder we waited for: lock the new one.
             _ if Instant::now() < deadline => continue,
             _ => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{} keeps changing", path.display()))),
@@ -81,12 +92,24 @@ impl Held {
     /// Stores `n`; zero removes the file (the lock is released on drop).
     pub fn set(&mut self, n: u32) -> std::io::Result<()> {
         if n == 0 {
-            return std::fs::remove_file(&self.path);
+            std::fs::remove_file(&self.path)?;
+            self.removed = true;
+            return Ok(());
         }
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(format!("{n}\n").as_bytes())?;
         self.file.sync_data()
+    }
+}
+
+impl Drop for Held {
+    /// A count never stored leaves no empty file behind (removed under the lock, as `set(0)`
+    /// does: a waiter re-checks the path and makes a new one).
+    fn drop(&mut self) {
+        if !self.removed && self.file.metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -150,6 +173,43 @@ mod tests {
             t.join().unwrap();
         }
         assert!(!dir.join("1").exists(), "every increment was matched, so the file is gone");
+    }
+
+    #[test]
+    fn a_lock_that_never_counted_leaves_no_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pam");
+        let mut h = lock(&dir, 9, Duration::from_secs(1)).unwrap();
+        assert_eq!(h.count().unwrap(), 0);
+        assert!(dir.join("9").exists(), "made by the lock");
+        drop(h);
+        assert!(!dir.join("9").exists(), "an acquire that failed leaves no empty holder file");
+        // a stored count stays
+        lock(&dir, 9, Duration::from_secs(1)).unwrap().set(1).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("9")).unwrap(), "1\n");
+        let mut h = lock(&dir, 9, Duration::from_secs(1)).unwrap();
+        h.set(0).unwrap();
+        drop(h);
+        assert!(!dir.join("9").exists());
+    }
+
+    #[test]
+    fn refuses_a_dir_owned_by_someone_else() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pam");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // a user who owns the refdir could forge the holder counts
+            nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = lock(&dir, 1, Duration::from_secs(1)).err().expect("refused");
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            assert!(!dir.join("1").exists());
+        } else {
+            // not root: root's own /etc (0755) stands in for a dir of someone else
+            let e = lock(Path::new("/etc"), 1, Duration::from_secs(1)).err().expect("refused");
+            assert!(e.to_string().contains("owned by uid 0"), "{e}");
+        }
     }
 
     #[test]

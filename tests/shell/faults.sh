@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 11a..11c, 13 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -19,6 +19,10 @@
 #   11b a DHCP server whose lease times would make sessions renew in a loop (T1 = 0, 1 s lease)
 #   11c a lease the session cannot fully apply: an MTU above the uplink's, a router off the
 #       subnet (never "up" with half a lease)
+#  13  the security review's fixes (faults/security.sh): 13a `exec --user` vs root's terminal,
+#      groups, environment, home; 13b a login's XDG_SESSION_ID naming another user's session;
+#      13c a root start of another owner's session; 13d state file modes; 13e the PAM module
+#      (users by uid, refdir owner, timeout=, holder files, cgroupfs in the session)
 #
 # Each scenario is one or more rows of the reliability table; each row's expectations are
 # lib.sh checks named "[ROW] what" (the same PASS/FAIL lines and final tally as every suite).
@@ -39,7 +43,7 @@ DHCP=$SBX_DHCP_SERVER
 W=/run/faults                    # scratch (the sandbox's tmpfs)
 mkdir -p "$W"
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c 13)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -1229,6 +1233,11 @@ scenario_11c() {
     fake_stop
     row_end
 }
+
+# ================================================================== 13: security review
+
+# shellcheck source=faults/security.sh
+source "$HERE/security.sh"
 
 # ================================================================== run
 

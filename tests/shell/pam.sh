@@ -122,23 +122,37 @@ groups_filter() {
     not_virtualized alice || return 1
     pt bob && [[ -n $(probe_field bob session) ]] && no_sessions_left
 }
+# logind_session ID USER: what pam_systemd's logind writes for session ID of USER (the sandbox
+# has no logind; the module trusts XDG_SESSION_ID only when this file names the user's uid).
+logind_session() { mkdir -p /run/systemd/sessions && printf 'UID=%s\nUSER=%s\nACTIVE=1\n' "$(uid_of "$2")" "$2" >"/run/systemd/sessions/$1"; }
 xdg_session_id() {
     pam_service || return 1
+    logind_session 42 alice
     pt alice -E XDG_SESSION_ID=42 && probe alice && [[ $(probe_field alice session) == 42 && $(probe_field alice loopback) == 127.0.0.43 ]] || return 1
     pt alice -E XDG_SESSION_ID=c7 && [[ $(probe_field alice session) != 42 && -n $(probe_field alice session) ]] || return 1
+    # an id logind does not confirm for this user (~/.pam_environment can set one) is not used
+    logind_session 44 bob
+    local id
+    for id in 43 44; do
+        pt alice -E XDG_SESSION_ID=$id && [[ $(probe_field alice session) != "$id" && -n $(probe_field alice session) ]] || { echo "XDG_SESSION_ID=$id was used"; return 1; }
+    done
     pam_service sid=auto && pt alice -E XDG_SESSION_ID=42 && [[ $(probe_field alice session) != 42 ]] || return 1
     # (`session required` runs the rest of the stack after a failure: the probe ran on the host)
     pam_service sid=xdg && ! pt alice && [[ -z $(probe_field alice session) ]] || return 1
+    ! pt alice -E XDG_SESSION_ID=44 && [[ -z $(probe_field alice session) ]] || { echo "sid=xdg took bob's logind session"; return 1; }
+    rm -f /run/systemd/sessions/42 /run/systemd/sessions/44
     no_sessions_left
 }
 concurrent_pamtesters() { # 8 sharing XDG id 50 and 8 with their own ids, all at once
     pam_service
+    logind_session 50 alice
     local pids=() i fail=0
     for i in $(seq 8); do
         timeout 60 pamtester -E XDG_SESSION_ID=50 "$SERVICE" alice open_session close_session >/dev/null 2>&1 & pids+=($!)
         timeout 60 pamtester "$SERVICE" bob open_session close_session >/dev/null 2>&1 & pids+=($!)
     done
     for i in "${pids[@]}"; do wait "$i" || fail=$((fail + 1)); done
+    rm -f /run/systemd/sessions/50
     echo "failed: $fail of ${#pids[@]}"
     ((fail == 0)) && no_sessions_left
 }
@@ -201,6 +215,7 @@ cat >"$T/remote.sh" <<'EOF'
 echo "session=${SESSIOND_SESSION:-} address=${SESSIOND_ADDRESS:-} loopback=${SESSIOND_LOOPBACK:-}"
 echo "eth0=$(ip -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}' | cut -d/ -f1)"
 echo "hostname=$(getent hosts "$(hostname)" | awk '{print $1}')"
+echo "cgroupfs=$(ls /sys/fs/cgroup | tr '\n' ',') sysnet=$(ls /sys/class/net | tr '\n' ',')"
 exec /usr/bin/python3 -c '
 import os, socket, time
 s = socket.socket(); s.bind(("0.0.0.0", 9000)); s.listen(4)
@@ -238,6 +253,14 @@ two_concurrent_logins() {
     local st; st=$(sessions); echo "daemon: $st"
     [[ $(jq length <<<"$st") == 2 ]] &&
     jq -e --argjson a "$(uid_of alice)" --argjson b "$(uid_of bob)" 'map(.owner_uid) | sort == ([$a, $b] | sort)' <<<"$st" >/dev/null
+}
+
+# The module's private /sys (for the session's /sys/class/net) keeps the host's cgroupfs.
+logins_see_cgroupfs() {
+    local host; host=$(ls /sys/fs/cgroup | tr '\n' ',')
+    [[ -n $host ]] || { echo "no cgroupfs on the host"; return 1; }
+    [[ $(field "$T/ssh-alice.out" cgroupfs) == "$host" ]] || { echo "in the login: '$(field "$T/ssh-alice.out" cgroupfs)', on the host: '$host'"; return 1; }
+    [[ $(field "$T/ssh-alice.out" sysnet) == *eth0* ]] || { echo "/sys/class/net is not the session's"; return 1; }
 }
 
 logins_reach_each_other_not_the_host_port() {
@@ -356,7 +379,7 @@ check "while open the daemon has the session, owned by the user's uid" pam_sessi
 check "root, exclude_users= and sudo members are not virtualized" excluded_users
 check "users= selects who is virtualized" users_filter
 check "groups= selects who is virtualized" groups_filter
-check "XDG_SESSION_ID picks the sid; sid=auto / sid=xdg force it" xdg_session_id
+check "XDG_SESSION_ID picks the sid when logind confirms it for the user; sid=auto / sid=xdg force it" xdg_session_id
 check "16 concurrent pamtester logins (8 sharing one sid): all succeed, nothing left" concurrent_pamtesters
 check "a mistyped argument refuses the session" bad_argument_refuses
 check "fail=closed: daemon down refuses the login, within the timeout" fail_closed_without_daemon
@@ -370,6 +393,7 @@ check "dnsmasq serves the LAN" "$REPO/scripts/dhcp-server" dnsmasq start
 check "daemon restarts with DHCP addressing" start_daemon "${DARGS[@]}"
 check "sshd with UsePAM and pam_sessiond on 127.0.0.1:$SSH_PORT" sshd_up
 check "two concurrent ssh logins: own address, loopback, hostname; both bind 0.0.0.0:9000" two_concurrent_logins
+check "a login's /sys shows its session's links and keeps the host's cgroupfs" logins_see_cgroupfs
 check "logins reach each other over the LAN; the host's port 9000 stays free" logins_reach_each_other_not_the_host_port
 check "logout stops both sessions: no netns, no holder counts" logout_removes_sessions
 check "logout: nothing of the login still holds the stopped namespaces" logout_leaves_nothing_holding_the_namespace

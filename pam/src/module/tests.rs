@@ -18,6 +18,10 @@ use super::*;
 struct Fake {
     user: Option<String>,
     users: BTreeMap<String, (u32, Vec<String>)>,
+    /// NSS that matches names whatever their case (sssd's case_sensitive = false, winbind).
+    case_insensitive: bool,
+    /// logind's session files: id -> contents.
+    logind: BTreeMap<String, String>,
     env: RefCell<BTreeMap<String, String>>,
     logs: RefCell<Vec<(Level, String)>>,
     told: RefCell<Vec<String>>,
@@ -42,6 +46,17 @@ impl Fake {
         self.env.borrow_mut().insert(k.into(), v.into());
         self
     }
+    /// A login whose XDG_SESSION_ID is `id`, as pam_systemd sets it: logind's file for it
+    /// names the user's uid.
+    fn in_logind_session(mut self, id: &str) -> Fake {
+        let uid = self.entry(self.user.as_deref().unwrap()).unwrap().0;
+        self.logind.insert(id.into(), format!("# This is private data. Do not parse.\nUID={uid}\nUSER=x\nACTIVE=1\n"));
+        self.with_env("XDG_SESSION_ID", id)
+    }
+    fn entry(&self, name: &str) -> Option<(u32, Vec<String>)> {
+        let name = if self.case_insensitive { name.to_lowercase() } else { name.to_string() };
+        self.users.get(&name).cloned()
+    }
     fn var(&self, k: &str) -> Option<String> {
         self.env.borrow().get(k).cloned()
     }
@@ -55,7 +70,13 @@ impl Env for Fake {
         self.user.clone()
     }
     fn lookup_user(&self, name: &str) -> Result<Option<(u32, Vec<String>)>, String> {
-        Ok(self.users.get(name).cloned())
+        Ok(self.entry(name))
+    }
+    fn uid_of(&self, name: &str) -> Result<Option<u32>, String> {
+        Ok(self.entry(name).map(|(uid, _)| uid))
+    }
+    fn logind_session(&self, id: &str) -> Option<String> {
+        self.logind.get(id).cloned()
     }
     fn getenv(&self, name: &str) -> Option<String> {
         self.var(name)
@@ -129,6 +150,13 @@ impl Daemon {
             Request::Start { session, owner_uid } => {
                 let sid = session.unwrap_or_else(|| Sid::new((1..).find(|n| !s.contains_key(n)).unwrap() as u64).unwrap());
                 let rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
+                // as manager::start_locked: a running session is only returned to its owner
+                if rec.owner_uid != owner_uid {
+                    return Response::error(
+                        ErrorKind::OtherOwner,
+                        format!("session {sid} is running for another user (uid {:?}, not uid {owner_uid:?})", rec.owner_uid),
+                    );
+                }
                 Response::Sessions { sessions: vec![rec] }
             }
             Request::Status { session: Some(sid) } => match s.get(&sid.get()) {
@@ -280,8 +308,8 @@ fn a_silent_daemon_times_out_within_the_limit() {
 #[test]
 fn xdg_session_id_is_used_and_shared_holders_are_counted() {
     let r = rig(&[]);
-    let a = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
-    let b = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
+    let a = Fake::new("alice").in_logind_session("42");
+    let b = Fake::new("alice").in_logind_session("42");
     assert_eq!(open_session(&a, &r.args), PAM_SUCCESS);
     assert_eq!(open_session(&b, &r.args), PAM_SUCCESS);
     assert_eq!(*b.entered.borrow(), vec!["sessiond-42".to_string()]);
@@ -302,7 +330,7 @@ fn xdg_session_id_is_used_and_shared_holders_are_counted() {
 #[test]
 fn sid_modes_are_forced() {
     let r = rig(&["sid=auto"]);
-    let f = Fake::new("alice").with_env("XDG_SESSION_ID", "42");
+    let f = Fake::new("alice").in_logind_session("42");
     assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
     assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
     let r = rig(&["sid=xdg", "fail=open"]);
@@ -315,21 +343,94 @@ fn sid_modes_are_forced() {
 #[test]
 fn never_joins_another_users_or_a_foreign_session() {
     let r = rig(&[]);
-    let bob = Fake::new("bob").with_env("XDG_SESSION_ID", "5");
+    let bob = Fake::new("bob").in_logind_session("5");
     assert_eq!(open_session(&bob, &r.args), PAM_SUCCESS);
     // alice's login with the same XDG id (e.g. su inside bob's session) gets her own.
     let alice = Fake::new("alice").with_env("XDG_SESSION_ID", "5");
+    let mut alice = alice;
+    alice.logind = bob.logind.clone();
     assert_eq!(open_session(&alice, &r.args), PAM_SUCCESS);
     assert_eq!(alice.var("SESSIOND_SESSION").as_deref(), Some("1"));
-    assert!(alice.logged("belongs to uid Some(1001)"));
+    assert!(alice.logged("logind's session of uid 1001, not of uid 1000"), "{:?}", alice.logs.borrow());
     assert_eq!(refcount(&r, 5).as_deref(), Some("1"));
-    // A session made outside PAM (sessiond start --session 7) is not joined, nor stopped.
+    // A session made outside PAM (sessiond start --session 7) is not joined, nor stopped,
+    // and the look at its holder count leaves no file behind.
     r.daemon.sessions.lock().unwrap().insert(7, record(Sid::new(7).unwrap(), Some(1000)));
-    let again = Fake::new("alice").with_env("XDG_SESSION_ID", "7");
+    let again = Fake::new("alice").in_logind_session("7");
     assert_eq!(open_session(&again, &r.args), PAM_SUCCESS);
     assert_eq!(again.var("SESSIOND_SESSION").as_deref(), Some("2"));
+    assert_eq!(refcount(&r, 7), None, "no empty holder file for the session it did not join");
     assert_eq!(close_session(&again, &r.args), PAM_SUCCESS);
     assert!(r.daemon.has(7) && !r.daemon.has(2));
+}
+
+#[test]
+fn a_session_of_another_owner_falls_back_to_a_fresh_sid() {
+    // bob's login holds session 5; alice's login asks for 5 too (logind says 5 is hers: say,
+    // an id logind reused while bob's sessiond session lived on). The daemon refuses to hand
+    // her bob's session, as the real one does; the module must then let the daemon pick.
+    for fail in ["fail=closed", "fail=open"] {
+        let r = rig(&[fail]);
+        let bob = Fake::new("bob").in_logind_session("5");
+        assert_eq!(open_session(&bob, &r.args), PAM_SUCCESS);
+        let alice = Fake::new("alice").in_logind_session("5");
+        assert_eq!(open_session(&alice, &r.args), PAM_SUCCESS, "{fail}: {:?}", alice.logs.borrow());
+        assert_eq!(*alice.entered.borrow(), vec!["sessiond-1".to_string()], "{fail}: isolated, in a session of her own");
+        assert!(alice.logged("running for another user"), "{:?}", alice.logs.borrow());
+        assert_eq!(r.daemon.sessions.lock().unwrap()[&5].owner_uid, Some(1001), "bob's session untouched");
+        assert_eq!((refcount(&r, 5).as_deref(), refcount(&r, 1).as_deref()), (Some("1"), Some("1")));
+        assert_eq!(close_session(&alice, &r.args), PAM_SUCCESS);
+        assert!(r.daemon.has(5) && !r.daemon.has(1));
+    }
+}
+
+#[test]
+fn xdg_session_id_is_trusted_only_when_logind_made_it_for_this_user() {
+    let r = rig(&[]);
+    // set from ~/.pam_environment: no logind session 9, or another user's, or a file without UID
+    let forged = Fake::new("alice").with_env("XDG_SESSION_ID", "9");
+    let mut others = Fake::new("alice").with_env("XDG_SESSION_ID", "9");
+    others.logind.insert("9".into(), "UID=1001\n".into());
+    let mut no_uid = Fake::new("alice").with_env("XDG_SESSION_ID", "9");
+    no_uid.logind.insert("9".into(), "USER=alice\n".into());
+    for (f, why) in [(&forged, "is not a logind session"), (&others, "of uid 1001"), (&no_uid, "names no UID")] {
+        assert_eq!(open_session(f, &r.args), PAM_SUCCESS);
+        assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"), "{why}: the daemon picks");
+        assert!(f.logged(why) && f.logged("letting sessiond pick"), "{:?}", f.logs.borrow());
+        assert_eq!(close_session(f, &r.args), PAM_SUCCESS);
+    }
+    assert!(!r.daemon.requests.lock().unwrap().iter().any(|q| matches!(q, Request::Start { session: Some(_), .. })), "never asked for sid 9");
+    // sid=xdg insists on a trusted id: refused
+    let r = rig(&["sid=xdg", "fail=open"]);
+    assert_eq!(open_session(&forged, &r.args), PAM_SESSION_ERR);
+    assert_eq!(r.daemon.count(), 0);
+    let real = Fake::new("alice").in_logind_session("9");
+    assert_eq!(open_session(&real, &r.args), PAM_SUCCESS);
+    assert_eq!(real.var("SESSIOND_SESSION").as_deref(), Some("9"));
+}
+
+#[test]
+fn users_lists_match_by_uid_not_by_the_typed_name() {
+    // case-insensitive NSS: "ALICE" logs in as alice (uid 1000)
+    let r = rig(&["users=alice", "exclude_groups="]);
+    let f = Fake { case_insensitive: true, ..Fake::new("ALICE") };
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(*f.entered.borrow(), vec!["sessiond-1".to_string()], "ALICE did not escape users=alice");
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    let r = rig(&["exclude_users=bob"]);
+    let f = Fake { case_insensitive: true, ..Fake::new("BOB") };
+    assert_eq!(open_session(&f, &r.args), PAM_IGNORE, "BOB is the excluded bob");
+    assert!(r.daemon.requests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_refused_start_leaves_no_holder_file() {
+    let r = rig(&[]);
+    *r.daemon.refuse.lock().unwrap() = true;
+    let f = Fake::new("alice").in_logind_session("42");
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+    assert_eq!(refcount(&r, 42), None, "no empty holder file after the failed acquire");
+    assert_eq!(std::fs::read_dir(&r.args.refdir).unwrap().count(), 0);
 }
 
 #[test]
