@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_and_its_commented_keys_parse() {
+        // sessiond.toml(5) shows the sample; its `# key = value` lines are offered for
+        // uncommenting, so each must be a valid line too.
+        let path = repo().join("etc/sessiond.toml.sample");
+        let text = std::fs::read_to_string(&path).unwrap();
+        RawSettings::parse(&text, &path).unwrap();
+        let commented: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# ")).filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))).collect();
+        assert!(commented.len() >= 5, "{commented:?}");
+        for line in commented {
+            RawSettings::parse(line, &path).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+
+    #[test]
     fn toml_types_follow_the_flags() {
         let cmd = RawSettings::augment_args(Command::new("sessiond"));
         let ty = |id: &str| toml_type(cmd.get_arguments().find(|a| a.get_id() == id).unwrap());
