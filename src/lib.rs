@@ -14,6 +14,7 @@ pub mod dhcp_session;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
+pub mod holders;
 pub mod identity;
 pub mod lease_driver;
 pub mod logging;
