@@ -36,7 +36,7 @@ pub enum ManagerError {
     StopIncomplete { sid: Sid, errors: Vec<StepError> },
     #[error("session {sid} torn down, but its state file remains: {source}")]
     StateRemains { sid: Sid, source: StateError },
-    #[error("session {0} not started: the requester hung up before the answer (its start was rolled back)")]
+    #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
     RequesterGone(Sid),
     /// `stop --all`: every session that could not be stopped.
     #[error("{}", join(.0))]
@@ -244,6 +244,7 @@ impl<P: Platform> Manager<P> {
         let result = async {
             let held = lock.lock_owned().await;
             if gone() {
+                info!("the requester hung up before the start began: not starting it");
                 return Err(ManagerError::RequesterGone(sid));
             }
             let existed = self.table.lock().unwrap().session(sid).is_some_and(|s| s.record.state == SessionState::Up);
