@@ -58,6 +58,15 @@ pub struct Admission {
     all: Arc<tokio::sync::Semaphore>,
 }
 
+/// Why a connection was refused (its one reply).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many connections for uid {uid} (at most {max} at once); try again")]
+    TooManyForUser { uid: u32, max: usize },
+    #[error("too many connections; try again")]
+    TooMany,
+}
+
 /// A non-root connection's place, given back when dropped.
 pub struct Admitted {
     admission: Arc<Admission>,
@@ -70,17 +79,17 @@ impl Admission {
         Arc::new(Admission { per_user, open: Mutex::new(HashMap::new()), all: Arc::new(tokio::sync::Semaphore::new(MAX_USER_CONNECTIONS)) })
     }
 
-    /// Ok(None) for root (not counted); Err: the refusal to send.
-    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Option<Admitted>, String> {
+    /// Ok(None) for root (not counted).
+    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Option<Admitted>, Refusal> {
         if uid == 0 {
             return Ok(None);
         }
         let mut open = self.open.lock().unwrap();
         let mine = open.entry(uid).or_default();
         if *mine >= self.per_user {
-            return Err(format!("too many connections for uid {uid} (at most {} at once); try again", self.per_user));
+            return Err(Refusal::TooManyForUser { uid, max: self.per_user });
         }
-        let all = self.all.clone().try_acquire_owned().map_err(|_| "too many connections; try again".to_string())?;
+        let all = self.all.clone().try_acquire_owned().map_err(|_| Refusal::TooMany)?;
         *mine += 1;
         Ok(Some(Admitted { admission: self.clone(), uid, _all: all }))
     }
@@ -128,7 +137,7 @@ pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
                 debug!(uid, "refusing a connection: {refusal}");
                 tokio::spawn(async move {
                     let mut s = stream;
-                    let _ = send(&mut s, &Response::error(ErrorKind::Failed, refusal)).await;
+                    let _ = send(&mut s, &Response::error(ErrorKind::Failed, refusal.to_string())).await;
                 });
             }
         }
@@ -312,7 +321,8 @@ mod tests {
         let a = Admission::new(3);
         let mut mine: Vec<_> = (0..3).map(|_| a.admit(1000).unwrap().expect("counted")).collect();
         let e = a.admit(1000).err().expect("a fourth is refused");
-        assert!(e.contains("too many connections for uid 1000") && e.contains("at most 3"), "{e}");
+        assert_eq!(e, Refusal::TooManyForUser { uid: 1000, max: 3 });
+        assert_eq!(e.to_string(), "too many connections for uid 1000 (at most 3 at once); try again");
         let theirs = a.admit(1001).unwrap();
         assert!(theirs.is_some(), "another user is still let in");
         assert!(a.admit(0).unwrap().is_none(), "root: never refused, never counted");
@@ -321,7 +331,7 @@ mod tests {
         // and all users together
         let a = Admission::new(MAX_USER_CONNECTIONS);
         let _all: Vec<_> = (0..MAX_USER_CONNECTIONS as u32).map(|i| a.admit(1000 + i % 3).unwrap()).collect();
-        assert!(a.admit(2000).err().expect("full").contains("too many connections"));
+        assert_eq!(a.admit(2000).err(), Some(Refusal::TooMany));
         assert!(a.admit(0).is_ok());
     }
 

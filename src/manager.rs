@@ -1097,7 +1097,7 @@ mod tests {
         m
     }
 
-    async fn running(m: &Manager<FakePlatform>, n: u64) -> Option<SessionRecord> {
+    fn running(m: &Manager<FakePlatform>, n: u64) -> Option<SessionRecord> {
         m.status(Some(sid(n))).ok().map(|mut v| v.remove(0))
     }
 
@@ -1105,11 +1105,26 @@ mod tests {
         r.holding.as_ref().map(|h| h.holders.iter().map(|x| x.pid).collect()).unwrap_or_default()
     }
 
+    fn unheld(r: &SessionRecord) -> bool {
+        r.holding.as_ref().is_some_and(|h| h.holders.is_empty() && h.unheld_since.is_some())
+    }
+
+    /// Waits (real time: the watches wait on real processes) until `f` holds.
+    async fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + within;
+        while !f() {
+            assert!(std::time::Instant::now() < end, "not within {within:?}: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    const SEC: std::time::Duration = std::time::Duration::from_secs(1);
+
     #[tokio::test]
     async fn a_session_whose_logins_all_vanished_is_stopped_after_the_grace_period() {
         let d = tempfile::tempdir().unwrap();
         let p = FakePlatform::new();
-        let m = reaping_manager(p.clone(), d.path(), 1);
+        let m = reaping_manager(p.clone(), d.path(), 2);
         let (mut a, mut b) = (Login::new(), Login::new());
         let r = m.start_for(Some(sid(1)), Some(1000), Some(a.watched()), &|| false).await.unwrap();
         assert_eq!(holders_of(&r), vec![a.0.id()]);
@@ -1120,15 +1135,16 @@ mod tests {
         assert_eq!(m.start(Some(sid(2)), None).await.unwrap().holding, None);
         assert_eq!(m.state.load_all().0.iter().find(|r| r.session == sid(1)).map(holders_of), Some(vec![a.0.id(), b.0.id()]), "persisted");
         a.kill();
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let r = running(&m, 1).await.expect("b still holds it");
-        assert_eq!(holders_of(&r), vec![b.0.id()]);
+        eventually("a's exit seen", SEC, || running(&m, 1).is_some_and(|r| holders_of(&r) == vec![b.0.id()])).await;
+        tokio::time::sleep(3 * SEC).await;
+        assert!(running(&m, 1).is_some(), "b still holds it");
         b.kill();
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let h = running(&m, 1).await.expect("not before the grace period").holding.unwrap();
-        assert!(h.holders.is_empty() && h.unheld_since.is_some(), "{h:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-        assert!(running(&m, 1).await.is_none(), "reaped");
+        let killed = std::time::Instant::now();
+        eventually("b's exit seen", SEC, || running(&m, 1).is_some_and(|r| unheld(&r))).await;
+        tokio::time::sleep((2 * SEC).saturating_sub(killed.elapsed() + std::time::Duration::from_millis(300))).await;
+        assert!(running(&m, 1).is_some(), "not before the grace period ends");
+        eventually("reaped", 3 * SEC, || running(&m, 1).is_none()).await;
+        assert!(killed.elapsed() >= 2 * SEC);
         assert_eq!(m.status(None).unwrap().iter().map(|r| r.session).collect::<Vec<_>>(), vec![sid(2)]);
         assert!(!p.objects().iter().any(|o| o.contains("sessiond-1")), "{:?}", p.objects());
         assert_eq!(m.state.load_all().0.len(), 1);
@@ -1138,25 +1154,25 @@ mod tests {
     async fn a_new_login_or_a_stop_within_the_grace_period_cancels_the_reaping() {
         let d = tempfile::tempdir().unwrap();
         let p = FakePlatform::new();
-        let m = reaping_manager(p.clone(), d.path(), 1);
+        let m = reaping_manager(p.clone(), d.path(), 2);
         let (mut a, b) = (Login::new(), Login::new());
         m.start_for(Some(sid(1)), Some(1000), Some(a.watched()), &|| false).await.unwrap();
         a.kill();
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        eventually("a's exit seen", SEC, || running(&m, 1).is_some_and(|r| unheld(&r))).await;
         let r = m.start_for(Some(sid(1)), Some(1000), Some(b.watched()), &|| false).await.unwrap();
         assert_eq!(r.holding.unwrap().unheld_since, None);
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        assert_eq!(holders_of(&running(&m, 1).await.expect("held again: kept")), vec![b.0.id()]);
+        tokio::time::sleep(3 * SEC).await;
+        assert_eq!(holders_of(&running(&m, 1).expect("held again: kept")), vec![b.0.id()]);
         // stopped while unheld: the pending reap finds nothing, and a new session of the sid
         // started meanwhile is not touched by it
         let mut c = Login::new();
         m.start_for(Some(sid(3)), None, Some(c.watched()), &|| false).await.unwrap();
         c.kill();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        eventually("c's exit seen", SEC, || running(&m, 3).is_some_and(|r| unheld(&r))).await;
         m.stop(sid(3)).await.unwrap();
         m.start(Some(sid(3)), None).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-        assert!(running(&m, 3).await.is_some());
+        tokio::time::sleep(3 * SEC).await;
+        assert!(running(&m, 3).is_some());
     }
 
     #[tokio::test]
@@ -1165,7 +1181,7 @@ mod tests {
         let p = FakePlatform::new();
         let (mut a, mut b) = (Login::new(), Login::new());
         {
-            let m1 = reaping_manager(p.clone(), d.path(), 1);
+            let m1 = reaping_manager(p.clone(), d.path(), 2);
             m1.start_for(Some(sid(1)), None, Some(a.watched()), &|| false).await.unwrap();
             m1.start_for(Some(sid(2)), None, Some(b.watched()), &|| false).await.unwrap();
         }
@@ -1173,19 +1189,19 @@ mod tests {
         b.kill();
         let m2 = {
             let mut s = settings("10.0.0.100-10.0.0.110/24");
-            s.reap_after_secs = 1;
+            s.reap_after_secs = 2;
             Arc::new(Manager::new(p.clone(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap())
         };
         assert_eq!(m2.recover().await.adopted, vec![sid(1), sid(2)]);
+        let restarted = std::time::Instant::now();
         tokio::spawn(m2.clone().reap_vanished());
-        assert_eq!(holders_of(&running(&m2, 1).await.unwrap()), vec![a.0.id()]);
-        assert!(holders_of(&running(&m2, 2).await.unwrap()).is_empty());
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        assert!(running(&m2, 2).await.is_none(), "its grace period started at the restart");
-        assert!(running(&m2, 1).await.is_some());
+        assert_eq!(holders_of(&running(&m2, 1).unwrap()), vec![a.0.id()]);
+        assert!(unheld(&running(&m2, 2).unwrap()));
+        eventually("2 reaped", 4 * SEC, || running(&m2, 2).is_none()).await;
+        assert!(restarted.elapsed() >= 2 * SEC - std::time::Duration::from_millis(100), "its grace period started at the restart");
+        assert!(running(&m2, 1).is_some());
         a.kill();
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        assert!(running(&m2, 1).await.is_none(), "the re-opened pidfd saw the exit");
+        eventually("1 reaped: the re-opened pidfd saw the exit", 4 * SEC, || running(&m2, 1).is_none()).await;
         assert!(p.is_empty(), "{:?}", p.objects());
     }
 
@@ -1202,7 +1218,7 @@ mod tests {
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let hangs_up_after_the_first_look = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
         let e = m.start_for(Some(sid(1)), None, None, &hangs_up_after_the_first_look).await.unwrap_err();
-        assert!(e.to_string().contains("rolled back"), "{e}");
+        assert!(matches!(e, ManagerError::RequesterGone(_)) && e.to_string().contains("hung up"), "{e}");
         assert!(p.log().iter().any(|l| l.contains("sessiond-1")), "it was built: {:?}", p.log());
         assert!(p.is_empty(), "{:?}", p.objects());
         assert!(m.state.load_all().0.is_empty());
@@ -1212,7 +1228,7 @@ mod tests {
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let hangs_up_after_the_first_look = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
         m.start_for(Some(sid(2)), None, None, &hangs_up_after_the_first_look).await.unwrap();
-        assert!(running(&m, 2).await.is_some());
+        assert!(running(&m, 2).is_some());
     }
 
     #[tokio::test]
@@ -1235,7 +1251,7 @@ mod tests {
             let (v, w) = (vanishing.await.unwrap(), waiting.await.unwrap());
             let up = w.expect("the waiting request gets its session");
             assert!(v.is_err() || v.unwrap() == up);
-            assert_eq!(running(&m, 7).await, Some(up), "and keeps it");
+            assert_eq!(running(&m, 7), Some(up), "and keeps it");
             m.stop(sid(7)).await.unwrap();
         }
     }

@@ -1126,7 +1126,7 @@ login_user() { id "$LUSER" >/dev/null 2>&1 || make_login_user "$LUSER"; }
 login_session() { status_json | jq -c --argjson u "$(id -u "$LUSER")" 'map(select(.owner_uid == $u)) | .[0] // empty'; }
 # login_bg OUT: an ssh login of LUSER in the background (pid in LOGIN_PID) that prints "ready"
 # and waits until $W/release12 exists; its holder pid in HOLDER, its session in LSID.
-LOGIN_PID= HOLDER= LSID=
+LOGIN_PID='' HOLDER='' LSID=''
 login_bg() {
     ssh_as "$LUSER" "echo ready session=\$SESSIOND_SESSION; while [ ! -e $W/release12 ]; do sleep 0.2; done" >"$1" 2>&1 &
     LOGIN_PID=$!; bg_track "$LOGIN_PID"
@@ -1181,6 +1181,7 @@ scenario_12() {
     # a new login gets the lowest free slot, the reaped one; logging out stops it at once
     local mark out t0; mark=$(log_mark)
     t0=$(now_ms)
+    # shellcheck disable=SC2016  # expanded by the login's shell
     out=$(ssh_as "$LUSER" 'echo session=$SESSIOND_SESSION' 2>&1)
     expect "a new login gets the reaped slot ($LSID)" test "$out" = "session=$LSID"
     expect "its logout stops the session within 2 s (not after the $REAP12 s grace period)" wait_until_ms $(( $(now_ms) + 2000 )) session_gone "$LSID"
