@@ -33,7 +33,7 @@ fn parse_sid(s: &str) -> Result<Sid, String> {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (as root)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>), // boxed: the daemon's settings dwarf the other commands' arguments
     /// Start a session (or return it if running) and print it
     Start {
         /// Session id; omitted: the lowest free one
@@ -306,7 +306,7 @@ mod tests {
     fn daemon(args: &[&str]) -> Result<DaemonArgs, clap::Error> {
         let argv = ["sessiond", "daemon"].iter().chain(args);
         match Cli::try_parse_from(argv)?.cmd {
-            Cmd::Daemon(a) => Ok(a),
+            Cmd::Daemon(a) => Ok(*a),
             other => panic!("{other:?}"),
         }
     }
@@ -339,6 +339,8 @@ mod tests {
             "7",
             "--max-connections-per-user",
             "8",
+            "--dhcp-min-lease",
+            "20",
         ])
         .unwrap();
         let dns: Vec<Ipv4Addr> = vec!["10.0.0.53".parse().unwrap(), "10.0.0.54".parse().unwrap()];
@@ -352,6 +354,7 @@ mod tests {
                 dhcp_fqdn: Some(true),
                 reap_after_secs: Some(7),
                 max_connections_per_user: Some(8),
+                dhcp_min_lease_secs: Some(20),
                 ..Default::default()
             }
         );

@@ -79,6 +79,11 @@ pub struct RawSettings {
     /// no limit)
     #[arg(long)]
     pub max_connections_per_user: Option<usize>,
+    /// Shortest DHCP lease used as given, in seconds (default 4): a shorter one is used as if
+    /// this long, and no renewal comes sooner than half of it (a server cannot make sessions
+    /// renew in a loop)
+    #[arg(long = "dhcp-min-lease", value_name = "DHCP_MIN_LEASE")]
+    pub dhcp_min_lease_secs: Option<u32>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -114,6 +119,8 @@ pub enum ConfigError {
     BadReapAfter(u64),
     #[error("max_connections_per_user must be between 1 and {MAX_USER_CONNECTIONS} (all non-root connections), got {0}")]
     BadConnectionLimit(usize),
+    #[error("DHCP minimum lease must be between {lo} and {hi} seconds, got {0}", lo = MIN_LEASE_RANGE.start(), hi = MIN_LEASE_RANGE.end())]
+    BadMinLease(u32),
 }
 
 impl ConfigError {
@@ -155,6 +162,7 @@ impl RawSettings {
             dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
             reap_after_secs: self.reap_after_secs.or(under.reap_after_secs),
             max_connections_per_user: self.max_connections_per_user.or(under.max_connections_per_user),
+            dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
         }
     }
 }
@@ -177,7 +185,12 @@ pub struct Settings {
     pub dhcp_fqdn: bool,
     pub reap_after_secs: u64,
     pub max_connections_per_user: usize,
+    pub dhcp_min_lease_secs: u32,
 }
+
+/// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
+/// 1 s; at most a day.
+pub const MIN_LEASE_RANGE: std::ops::RangeInclusive<u32> = 2..=86_400;
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
@@ -204,6 +217,7 @@ impl Settings {
             dhcp_fqdn,
             reap_after_secs,
             max_connections_per_user,
+            dhcp_min_lease_secs,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -238,6 +252,10 @@ impl Settings {
         if !(1..=MAX_DHCP_TIMEOUT_SECS).contains(&dhcp_timeout_secs) {
             return Err(ConfigError::BadTimeout(dhcp_timeout_secs));
         }
+        let dhcp_min_lease_secs = dhcp_min_lease_secs.unwrap_or(crate::dhcp::DEFAULT_MIN_LEASE_SECS);
+        if !MIN_LEASE_RANGE.contains(&dhcp_min_lease_secs) {
+            return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
+        }
         Ok(Settings {
             uplink,
             link,
@@ -254,6 +272,7 @@ impl Settings {
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
             reap_after_secs,
             max_connections_per_user,
+            dhcp_min_lease_secs,
         })
     }
 }
@@ -326,6 +345,21 @@ state_dir = "/tmp/state"
         assert!(matches!(Settings::merge(st3, RawSettings::default()), Err(ConfigError::Pool(PoolError::GatewayInRange { .. }))));
         let badif = RawSettings { uplink: Some("a/b".into()), ..Default::default() };
         assert!(matches!(Settings::merge(badif, RawSettings::default()), Err(ConfigError::BadIfName(_))));
+        for bad in [0, 1, 86_401] {
+            let e = Settings::merge(RawSettings { dhcp_min_lease_secs: Some(bad), ..base() }, RawSettings::default()).unwrap_err();
+            assert!(matches!(e, ConfigError::BadMinLease(b) if b == bad), "{e}");
+            assert!(e.to_string().contains("between 2 and 86400 seconds"), "{e}");
+        }
+    }
+
+    #[test]
+    fn min_lease_from_file_flag_or_default() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().dhcp_min_lease_secs, crate::dhcp::DEFAULT_MIN_LEASE_SECS);
+        let file = parse("dhcp_min_lease_secs = 20\n").unwrap();
+        assert_eq!(Settings::merge(base(), file.clone()).unwrap().dhcp_min_lease_secs, 20);
+        let flags = RawSettings { dhcp_min_lease_secs: Some(60), ..base() };
+        assert_eq!(Settings::merge(flags, file).unwrap().dhcp_min_lease_secs, 60);
     }
 
     #[test]

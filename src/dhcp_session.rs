@@ -22,6 +22,9 @@ pub enum DhcpError {
     Net(#[from] NetError),
     #[error("no DHCP lease on uplink {uplink} within {secs} s: {why}")]
     NoLease { uplink: String, secs: u64, why: WaitError },
+    /// The server granted a lease the session could not put on its interface; it was released.
+    #[error("{0}")]
+    NotApplied(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("sending DHCPRELEASE: {0}")]
@@ -36,6 +39,7 @@ pub struct Dhcp {
     name_template: String,
     fqdn: bool,
     timeout_secs: u64,
+    min_lease_secs: u32,
     uplink: String,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
@@ -54,6 +58,7 @@ impl Dhcp {
             name_template: settings.hostname_template.clone(),
             fqdn: settings.dhcp_fqdn,
             timeout_secs: settings.dhcp_timeout_secs,
+            min_lease_secs: settings.dhcp_min_lease_secs,
             uplink: settings.uplink.clone(),
             lan_neighbours: Default::default(),
         }
@@ -62,10 +67,12 @@ impl Dhcp {
     fn client_config(&self, id: &Identity) -> ClientConfig {
         let short = self.hostname.split('.').next().unwrap_or(&self.hostname);
         let name = self.name_template.replace("{hostname}", short).replace("{sid}", &id.sid.to_string());
-        ClientConfig { mac: id.mac, client_id: id.client_id.clone(), hostname: Some(name), fqdn: self.fqdn, seed: 0 }
+        ClientConfig { mac: id.mac, client_id: id.client_id.clone(), hostname: Some(name), fqdn: self.fqdn, seed: 0, min_lease_secs: self.min_lease_secs }
     }
 
-    fn context<N: NetOps>(&self, p: &impl Platform, id: &Identity, inside: N) -> DriverContext<N> {
+    async fn context<N: NetOps>(&self, p: &impl Platform, id: &Identity, inside: N) -> DriverContext<N> {
+        // Read once per task: a changed uplink MTU is seen when the uplink comes back (restore).
+        let uplink_mtu = p.host().link_mtu(&self.uplink).await.ok().flatten();
         DriverContext {
             sid: id.sid,
             netns: id.netns.clone(),
@@ -75,6 +82,7 @@ impl Dhcp {
             loopback: id.loopback,
             write_file: p.file_writer(),
             lan_neighbours: self.lan_neighbours.clone(),
+            uplink_mtu,
         }
     }
 
@@ -85,15 +93,29 @@ impl Dhcp {
             Some(n) => n,
             None => p.inside(&id.netns).await?,
         };
-        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside), socket, self.client_config(id), first) })
+        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside).await, socket, self.client_config(id), first) })
     }
 
-    /// A new session: DHCP from INIT, waiting until bound or the configured timeout (then the
-    /// task is ended and nothing is left running).
+    /// The first event of a session with no lease to INIT-REBOOT: DISCOVER, asking for the
+    /// address the slot last had (remembered past `stop`, with the static pool's memory).
+    fn fresh_start(&self, sid: Sid) -> Event {
+        match self.state.load_last_address(sid) {
+            Some(addr) => Event::StartRequesting(addr),
+            None => Event::Start,
+        }
+    }
+
+    /// A new session: DHCP from INIT, waiting until bound (with the lease on the interface) or
+    /// the configured timeout (then the task is ended and nothing is left running).
     pub async fn start<P: Platform>(&self, p: &P, id: &Identity, inside: P::Net) -> Result<DhcpSession, DhcpError> {
-        let mut s = self.spawn(p, id, Event::Start, Some(inside)).await?;
+        let mut s = self.spawn(p, id, self.fresh_start(id.sid), Some(inside)).await?;
         match s.driver.wait_bound(Duration::from_secs(self.timeout_secs)).await {
             Ok(_) => Ok(s),
+            Err(WaitError::NotApplied(why)) => {
+                // Never "up" with half a lease: give it back, so it is not held for nothing.
+                s.driver.release(true).await;
+                Err(DhcpError::NotApplied(why))
+            }
             Err(why) => {
                 s.driver.abandon();
                 Err(DhcpError::NoLease { uplink: self.uplink.clone(), secs: self.timeout_secs, why })
@@ -124,7 +146,7 @@ impl Dhcp {
     async fn resume_with<P: Platform>(&self, p: &P, id: &Identity, persisted: Option<Lease>, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
         let first = match persisted {
             Some(l) => Event::StartWithLease(l),
-            None => Event::Start,
+            None => self.fresh_start(id.sid),
         };
         self.spawn(p, id, first, inside).await
     }
@@ -141,7 +163,7 @@ impl Dhcp {
             put_on_link(&inside, &lease).await?;
         }
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
-        crate::lease_driver::release_orphan(self.context(p, id, inside), &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
+        crate::lease_driver::release_orphan(self.context(p, id, inside).await, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
     }
 
     /// Forgets the session's persisted lease (after it was released or the session is gone).
@@ -183,7 +205,7 @@ impl DhcpSession {
     /// What the task knows now (renewals may have changed it since the start).
     pub fn view(&self) -> LeaseView {
         let s = self.driver.status.borrow();
-        LeaseView { state: s.state, lease: s.lease.clone() }
+        LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone() }
     }
 
     /// DHCPRELEASE (if bound), the address off the interface if asked, and the task ends.
@@ -202,12 +224,17 @@ impl DhcpSession {
 pub struct LeaseView {
     pub state: State,
     pub lease: Option<Lease>,
+    /// Why the lease is not fully on the interface (a renewal's change failed to apply).
+    pub unapplied: Option<String>,
 }
 
 impl LeaseView {
     /// Fills the lease's facts into a session's status record.
     pub fn fill(&self, r: &mut SessionRecord) {
         let dhcp_state = self.state;
+        if let Some(why) = &self.unapplied {
+            r.fault.get_or_insert_with(|| why.clone());
+        }
         let Some(l) = &self.lease else {
             r.address = None;
             r.lease = Some(LeaseInfo { held: None, dhcp_state });
@@ -218,5 +245,44 @@ impl LeaseView {
         r.dns = l.dns.clone();
         let held = HeldLease { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: l.renew_at() };
         r.lease = Some(LeaseInfo { held: Some(held), dhcp_state });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_a_lease_that_is_not_fully_applied() {
+        let lease = Lease {
+            address: Ipv4Addr::new(10, 0, 0, 10),
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(10, 0, 0, 1),
+            routers: vec![],
+            classless_routes: vec![],
+            dns: vec![],
+            domain: None,
+            search: vec![],
+            mtu: None,
+            broadcast: None,
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+            acquired_at: 0,
+        };
+        let why = "the lease of 10.0.0.10/24 from 10.0.0.1 could not be applied: add route".to_string();
+        let mut r = crate::state::sample_record(1);
+        r.fault = None;
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some(why.clone()) }.fill(&mut r);
+        assert_eq!(r.fault, Some(why));
+        // An uplink fault is not hidden by it; a fully applied lease adds none.
+        let mut r = crate::state::sample_record(1);
+        r.fault = Some("uplink br-lan does not exist".into());
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some("x".into()) }.fill(&mut r);
+        assert_eq!(r.fault.as_deref(), Some("uplink br-lan does not exist"));
+        let mut r = crate::state::sample_record(1);
+        r.fault = None;
+        LeaseView { state: State::Bound, lease: Some(lease), unapplied: None }.fill(&mut r);
+        assert_eq!(r.fault, None);
     }
 }

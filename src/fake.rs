@@ -24,6 +24,8 @@ struct World {
     macs: std::collections::BTreeMap<String, [u8; 6]>,
     /// Neighbour entries by `NS/LINK/IP`.
     neighbours: std::collections::BTreeMap<String, crate::netlink::Neighbour>,
+    /// MTU of each link by `NS/NAME`, once set (1500 until then).
+    mtus: std::collections::BTreeMap<String, u32>,
 }
 
 impl World {
@@ -169,7 +171,15 @@ impl NetOps for FakeNet {
         op(&self.world, self.line(format!("up {name}")), |_| if ok { Ok(()) } else { Err(NetError::NoSuchLink(name.into())) })
     }
     async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {
-        op(&self.world, self.line(format!("mtu {name} {mtu}")), |_| Ok(()))
+        let key = format!("{}/{name}", self.ns);
+        op(&self.world, self.line(format!("mtu {name} {mtu}")), |w| {
+            w.mtus.insert(key, mtu);
+            Ok(())
+        })
+    }
+    async fn link_mtu(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let w = self.world.lock().unwrap();
+        Ok(self.has_link(&w, name).then(|| w.mtus.get(&format!("{}/{name}", self.ns)).copied().unwrap_or(1500)))
     }
     async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
         let scope = if host_scope { " scope host" } else { "" };

@@ -29,6 +29,9 @@ pub struct LeaseStatus {
     pub discovers: u32,
     /// Set when the socket failed (the task keeps trying).
     pub failed: Option<String>,
+    /// Why the last lease could not be fully put on the interface (an address, route, MTU or
+    /// file step failed); `None` once one was. A session must not be reported up meanwhile.
+    pub unapplied: Option<String>,
 }
 
 enum Command {
@@ -54,6 +57,9 @@ pub struct DriverContext<N: NetOps> {
     pub loopback: Ipv4Addr,
     pub write_file: crate::platform::FileWriter,
     pub lan_neighbours: LanNeighbours,
+    /// The uplink's MTU: a lease's MTU (option 26) above it is clamped to it (a macvlan
+    /// cannot be larger than its parent, and frames larger than the uplink's would be dropped).
+    pub uplink_mtu: Option<u32>,
 }
 
 /// The task's memory of what it already did, so that a renewal that changes nothing costs
@@ -69,6 +75,9 @@ struct Done {
     persisted: Option<(Ipv4Addr, Ipv4Addr)>,
     /// Neighbours whose entry this task has pinned or seeded.
     pinned: std::collections::HashSet<Ipv4Addr>,
+    /// Why the last ApplyLease failed part-way (see `LeaseStatus::unapplied`): the next one
+    /// then takes the full path, whatever changed.
+    unapplied: Option<String>,
 }
 
 /// A session's context plus what its task has done: everything `execute` touches.
@@ -76,6 +85,7 @@ struct Task<N: NetOps> {
     ctx: DriverContext<N>,
     done: Done,
     rejects: RejectLog,
+    renewals: RenewLog,
 }
 
 pub fn lease_file(sid: Sid) -> String {
@@ -100,10 +110,10 @@ impl LeaseDriver {
     /// Starts the task with `first` (`Event::Start`, or `Event::StartWithLease` for INIT-REBOOT).
     pub fn spawn<N: NetOps + 'static>(ctx: DriverContext<N>, socket: UdpSocket, cfg: ClientConfig, first: Event) -> LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
-        let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None });
+        let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None });
         // A root span: the task outlives the request that started it.
         let span = info_span!(parent: None, "dhcp", session = %ctx.sid);
-        let task = Task { ctx, done: Done::default(), rejects: RejectLog::default() };
+        let task = Task { ctx, done: Done::default(), rejects: RejectLog::default(), renewals: RenewLog::default() };
         let task = tokio::spawn(run(task, socket, seeded(cfg), first, rx, status_tx).instrument(span));
         LeaseDriver { tx, status: status_rx, task }
     }
@@ -123,18 +133,32 @@ impl LeaseDriver {
         self.task.abort();
     }
 
-    /// Waits until bound, the socket fails, or `timeout` passes.
+    /// Waits until bound with the lease fully applied, the socket fails, the lease cannot be
+    /// applied, or `timeout` passes.
     pub async fn wait_bound(&mut self, timeout: Duration) -> Result<Lease, WaitError> {
-        let bound = |s: &LeaseStatus| s.state == State::Bound && s.lease.is_some() || s.failed.is_some();
-        let seen = tokio::time::timeout(timeout, self.status.wait_for(bound)).await.map(|w| w.map(|s| (s.failed.clone(), s.lease.clone())));
+        let seen = tokio::time::timeout(timeout, self.status.wait_for(|s| bound_outcome(s).is_some())).await.map(|w| w.map(|s| bound_outcome(&s)));
         match seen {
-            Ok(Ok((Some(f), _))) => Err(WaitError::Failed(f)),
-            Ok(Ok((None, Some(l)))) => Ok(l),
-            Ok(Ok((None, None))) => Err(WaitError::NoLease),
+            Ok(Ok(outcome)) => outcome.expect("waited for an outcome"),
             Ok(Err(_)) => Err(WaitError::Ended),
             Err(_) => Err(WaitError::Unanswered(self.status.borrow().discovers)),
         }
     }
+}
+
+/// What a start waiting on the task learns from one status, if it is an outcome: a bound
+/// lease counts only once it is fully on the interface (a half-applied one is not "up").
+fn bound_outcome(s: &LeaseStatus) -> Option<Result<Lease, WaitError>> {
+    if let Some(f) = &s.failed {
+        return Some(Err(WaitError::Failed(f.clone())));
+    }
+    if s.state != State::Bound {
+        return None;
+    }
+    Some(match (&s.unapplied, &s.lease) {
+        (Some(why), _) => Err(WaitError::NotApplied(why.clone())),
+        (None, Some(l)) => Ok(l.clone()),
+        (None, None) => Err(WaitError::NoLease),
+    })
 }
 
 /// Why a start got no lease.
@@ -148,13 +172,15 @@ pub enum WaitError {
     Ended,
     #[error("{0} DISCOVERs went unanswered")]
     Unanswered(u32),
+    #[error("{0}")]
+    NotApplied(String),
 }
 
 /// Releases a lease that no task holds (a daemon that died left it): runs one machine for
 /// `Event::ReleaseOrphan` and does what it says. The lease's address must be on the
 /// interface, so the kernel can send from it. Returns whether a DHCPRELEASE went out.
 pub async fn release_orphan<N: NetOps>(ctx: DriverContext<N>, socket: &UdpSocket, cfg: ClientConfig, lease: Lease) -> Result<bool, std::io::Error> {
-    let mut task = Task { ctx, done: Done::default(), rejects: RejectLog::default() };
+    let mut task = Task { ctx, done: Done::default(), rejects: RejectLog::default(), renewals: RenewLog::default() };
     let mut sent = false;
     for a in seeded(cfg).on_event(Event::ReleaseOrphan(lease), now_ms()) {
         sent |= matches!(a, Action::Send { .. });
@@ -189,10 +215,16 @@ async fn run<N: NetOps>(
             }
         }
         if client.state() != last_state {
-            info!("DHCP state {last_state} -> {}", client.state());
+            task.log_transition(last_state, client.state());
             last_state = client.state();
         }
-        let _ = status.send(LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });
+        let _ = status.send(LeaseStatus {
+            state: client.state(),
+            lease: client.lease().cloned(),
+            discovers: client.discovers_sent(),
+            failed: failed.take(),
+            unapplied: task.done.unapplied.clone(),
+        });
         if client.state() == State::Released {
             return;
         }
@@ -226,7 +258,7 @@ async fn run<N: NetOps>(
                         warn!("DHCP send: {e}");
                     }
                 }
-                let _ = status.send(LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None });
+                let _ = status.send(LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None, unapplied: None });
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -271,7 +303,58 @@ impl RejectLog {
     }
 }
 
+/// Rate limit for the lines of routine renewals (bound -> renewing -> bound, and the lease
+/// applied by it): a server with short lease times must not flood the journal from every
+/// session. The first few renewals of each window are logged, the rest at debug, counted.
+/// State changes that are not a routine renewal (rebinding, NAK, expiry) are always logged.
+#[derive(Default)]
+struct RenewLog {
+    window_start: Millis,
+    shown: u32,
+    suppressed: u32,
+    /// The renewal under way is one of the suppressed.
+    quiet: bool,
+}
+
+const RENEW_WINDOW_MS: Millis = 60_000;
+/// Every renewal of a lease of 24 s or more is logged.
+const RENEWALS_PER_WINDOW: u32 = 5;
+
+impl RenewLog {
+    /// A renewal begins at `now`: whether its lines are logged.
+    fn begin(&mut self, now: Millis) -> bool {
+        if now.saturating_sub(self.window_start) >= RENEW_WINDOW_MS {
+            if self.suppressed > 0 {
+                info!("{} more lease renewals in the last minute (not logged)", self.suppressed);
+            }
+            *self = RenewLog { window_start: now, ..RenewLog::default() };
+        }
+        self.quiet = self.shown >= RENEWALS_PER_WINDOW;
+        if self.quiet {
+            self.suppressed += 1;
+        } else {
+            self.shown += 1;
+        }
+        !self.quiet
+    }
+}
+
 impl<N: NetOps> Task<N> {
+    /// Logs a change of the machine's state; routine renewals through `RenewLog`.
+    fn log_transition(&mut self, from: State, to: State) {
+        if (from, to) == (State::Bound, State::Renewing) {
+            self.renewals.begin(now_ms());
+        }
+        if self.renewals.quiet && matches!((from, to), (State::Bound, State::Renewing) | (State::Renewing, State::Bound)) {
+            debug!("DHCP state {from} -> {to}");
+        } else {
+            info!("DHCP state {from} -> {to}");
+        }
+        if from == State::Renewing {
+            self.renewals.quiet = false;
+        }
+    }
+
     /// Does one action; only a failed send is returned (everything else is logged here).
     async fn execute(&mut self, sock: &UdpSocket, a: Action) -> std::io::Result<()> {
         let ctx = &self.ctx;
@@ -291,8 +374,18 @@ impl<N: NetOps> Task<N> {
                 sock.send_to(&bytes, to).await.map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), format!("to {to}: {e}")))?;
             }
             Action::ApplyLease { lease, previous } => match apply(ctx, &mut self.done, &lease, previous.as_ref()).await {
-                Err(e) => warn!(address = %lease.address, "applying lease: {e}"),
-                Ok(()) => info!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied"),
+                Err(e) => {
+                    warn!(address = %lease.address, "applying lease: {e}");
+                    self.done.unapplied = Some(format!("the lease of {} from {} could not be applied: {e}", lease.network(), lease.server_id));
+                }
+                Ok(()) => {
+                    self.done.unapplied = None;
+                    if self.renewals.quiet {
+                        debug!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
+                    } else {
+                        info!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
+                    }
+                }
             },
             Action::RemoveLease(lease) => {
                 for (dest, gw) in lease.routes() {
@@ -308,7 +401,16 @@ impl<N: NetOps> Task<N> {
                 let persisted = &mut self.done.persisted;
                 let r = match l {
                     Some(l) if *persisted == Some((l.address, l.server_id)) => ctx.state.save_blob_unsynced(&name, &l),
-                    Some(l) => ctx.state.save_blob(&name, &l).inspect(|_| *persisted = Some((l.address, l.server_id))),
+                    Some(l) => ctx
+                        .state
+                        .save_blob(&name, &l)
+                        // The slot's memory of its address, which outlives the lease (`stop`):
+                        // its next start asks for it again.
+                        .and_then(|_| match ctx.state.load_last_address(ctx.sid) {
+                            Some(a) if a == l.address => Ok(()),
+                            _ => ctx.state.save_last_address(ctx.sid, l.address),
+                        })
+                        .inspect(|_| *persisted = Some((l.address, l.server_id))),
                     None => ctx.state.remove_blob(&name).inspect(|_| *persisted = None),
                 };
                 if let Err(e) = r {
@@ -383,7 +485,7 @@ async fn keep_neighbour<N: NetOps>(ctx: &DriverContext<N>, pinned: &mut std::col
 async fn apply<N: NetOps>(ctx: &DriverContext<N>, done: &mut Done, lease: &Lease, previous: Option<&Lease>) -> Result<(), NetError> {
     let net: Ipv4Net = lease.network();
     ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
-    if previous.is_some_and(|p| same_configuration(p, lease)) {
+    if done.unapplied.is_none() && previous.is_some_and(|p| same_configuration(p, lease)) {
         // A renewal that changed nothing but the times: the new lifetimes are all the
         // interface needs (routes, MTU and files are as the previous lease left them).
         keep_neighbours(ctx, &mut done.pinned, lease).await;
@@ -392,7 +494,14 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, done: &mut Done, lease: &Lease
     if let Some(mtu) = lease.mtu
         && mtu >= 576
     {
-        ctx.inside.set_mtu(SESSION_IF, u32::from(mtu)).await?;
+        let mtu = match ctx.uplink_mtu {
+            Some(max) if u32::from(mtu) > max => {
+                warn!(address = %lease.address, "the server's MTU {mtu} is above the uplink's {max}: using {max}");
+                max
+            }
+            _ => u32::from(mtu),
+        };
+        ctx.inside.set_mtu(SESSION_IF, mtu).await?;
     }
     let routes = lease.routes();
     for (dest, gw) in &routes {
@@ -471,6 +580,7 @@ mod tests {
             loopback: Ipv4Addr::new(127, 0, 0, 2),
             write_file: p.file_writer(),
             lan_neighbours: lan.clone(),
+            uplink_mtu: Some(1500),
         }
     }
 
@@ -519,5 +629,111 @@ mod tests {
         moved.dns = vec![Ipv4Addr::new(10, 0, 0, 53)];
         apply(&a, &mut da, &moved, Some(&renewed)).await.unwrap();
         assert!(p.log().iter().any(|l| l.contains("route")) && p.log().iter().any(|l| l.contains("resolv.conf")), "{:?}", p.log());
+    }
+
+    fn task(ctx: DriverContext<crate::fake::FakeNet>) -> Task<crate::fake::FakeNet> {
+        Task { ctx, done: Done::default(), rejects: RejectLog::default(), renewals: RenewLog::default() }
+    }
+
+    async fn socket() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_mtu_above_the_uplinks_is_clamped_and_the_lease_fully_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let mut t = task(context(&p, 1, dir.path(), &LanNeighbours::default()).await);
+        let l = Lease { mtu: Some(9000), ..lease([10, 0, 0, 10], now_ms()) };
+        t.execute(&socket().await, Action::ApplyLease { lease: l.clone(), previous: None }).await.unwrap();
+        let log = p.log();
+        assert!(log.contains(&"sessiond-1: mtu eth0 1500".to_string()), "{log:?}");
+        assert!(log.iter().any(|x| x.contains("route 0.0.0.0/0 via 10.0.0.1")) && log.iter().any(|x| x.contains("resolv.conf")), "{log:?}");
+        assert_eq!(t.done.unapplied, None);
+        // Below the uplink's: as given.
+        p.clear_log();
+        let l = Lease { mtu: Some(1400), dns: vec![], ..l };
+        t.execute(&socket().await, Action::ApplyLease { lease: l.clone(), previous: None }).await.unwrap();
+        assert!(p.log().contains(&"sessiond-1: mtu eth0 1400".to_string()), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_half_applied_lease_is_never_bound_and_is_applied_whole_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let mut t = task(context(&p, 1, dir.path(), &LanNeighbours::default()).await);
+        let sock = socket().await;
+        let l = lease([10, 0, 0, 10], now_ms());
+        p.fail_on("sessiond-1: route 0.0.0.0/0");
+        t.execute(&sock, Action::ApplyLease { lease: l.clone(), previous: None }).await.unwrap();
+        let why = t.done.unapplied.clone().expect("the failure is remembered");
+        assert!(why.contains("10.0.0.10/24") && why.contains("injected failure"), "{why}");
+        assert!(!p.log().iter().any(|x| x.contains("resolv.conf")), "stopped at the failed step: {:?}", p.log());
+        // What a waiting start sees: bound, but not applied, so not "up".
+        let st = |unapplied: Option<String>| LeaseStatus { state: State::Bound, lease: Some(l.clone()), discovers: 0, failed: None, unapplied };
+        assert!(matches!(bound_outcome(&st(Some(why.clone()))), Some(Err(WaitError::NotApplied(w))) if w == why));
+        // A renewal of the same lease retries the whole of it (not only the lifetimes), and
+        // once that works the lease counts as applied.
+        p.clear_log();
+        t.execute(&sock, Action::ApplyLease { lease: l.clone(), previous: Some(l.clone()) }).await.unwrap();
+        assert!(t.done.unapplied.is_some(), "still failing");
+        assert!(p.log().iter().any(|x| x.contains("route 0.0.0.0/0")), "retried: {:?}", p.log());
+        let p2 = FakePlatform::new();
+        let mut t2 = task(context(&p2, 1, dir.path(), &LanNeighbours::default()).await);
+        t2.done.unapplied = Some(why);
+        t2.execute(&sock, Action::ApplyLease { lease: l.clone(), previous: Some(l.clone()) }).await.unwrap();
+        assert_eq!(t2.done.unapplied, None);
+        assert!(p2.log().iter().any(|x| x.contains("route 0.0.0.0/0")) && p2.log().iter().any(|x| x.contains("resolv.conf")), "{:?}", p2.log());
+        assert!(matches!(bound_outcome(&st(None)), Some(Ok(x)) if x == l));
+    }
+
+    #[test]
+    fn what_a_waiting_start_sees() {
+        let l = lease([10, 0, 0, 10], 0);
+        let st = |state, lease: Option<Lease>, failed: Option<&str>, unapplied: Option<&str>| LeaseStatus {
+            state,
+            lease,
+            discovers: 3,
+            failed: failed.map(String::from),
+            unapplied: unapplied.map(String::from),
+        };
+        assert!(bound_outcome(&st(State::Selecting, None, None, None)).is_none());
+        assert!(bound_outcome(&st(State::Renewing, Some(l.clone()), None, None)).is_none());
+        assert!(matches!(bound_outcome(&st(State::Selecting, None, Some("socket"), None)), Some(Err(WaitError::Failed(_)))));
+        assert!(matches!(bound_outcome(&st(State::Bound, Some(l.clone()), None, Some("x"))), Some(Err(WaitError::NotApplied(_)))));
+        assert!(matches!(bound_outcome(&st(State::Bound, Some(l.clone()), None, None)), Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn the_slots_address_is_remembered_past_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let ctx = context(&p, 4, dir.path(), &LanNeighbours::default()).await;
+        let state = ctx.state.clone();
+        let sid = ctx.sid;
+        let mut t = task(ctx);
+        let sock = socket().await;
+        let l = lease([10, 0, 0, 44], now_ms());
+        t.execute(&sock, Action::PersistLease(Some(l.clone()))).await.unwrap();
+        assert_eq!(state.load_last_address(sid), Some(l.address));
+        t.execute(&sock, Action::PersistLease(None)).await.unwrap();
+        assert_eq!(state.load_blob::<Option<Lease>>(&lease_file(sid)).unwrap(), None);
+        assert_eq!(state.load_last_address(sid), Some(l.address), "outlives the lease (stop, release)");
+        // A new address replaces it.
+        t.execute(&sock, Action::PersistLease(Some(lease([10, 0, 0, 45], now_ms())))).await.unwrap();
+        assert_eq!(state.load_last_address(sid), Some(Ipv4Addr::new(10, 0, 0, 45)));
+    }
+
+    #[test]
+    fn renewal_lines_are_rate_limited_per_window() {
+        let mut r = RenewLog::default();
+        let t0 = 1_000_000;
+        let shown: Vec<bool> = (0..8).map(|i| r.begin(t0 + i * 2_000)).collect();
+        assert_eq!(shown, [true, true, true, true, true, false, false, false]);
+        assert!(r.quiet);
+        assert_eq!(r.suppressed, 3);
+        // A new window logs again.
+        assert!(r.begin(t0 + RENEW_WINDOW_MS));
+        assert_eq!((r.shown, r.suppressed, r.quiet), (1, 0, false));
     }
 }

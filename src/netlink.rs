@@ -66,6 +66,8 @@ pub trait NetOps: Send + Sync {
     fn create_veth(&self, host: &str, bridge: &str, peer: &str, peer_mac: [u8; 6], target_ns: &str) -> impl Future<Output = Result<(), NetError>> + Send;
     fn set_up(&self, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
     fn set_mtu(&self, name: &str, mtu: u32) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The link's MTU; `None` when the link does not exist.
+    fn link_mtu(&self, name: &str) -> impl Future<Output = Result<Option<u32>, NetError>> + Send;
     fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_addr(&self, name: &str, addr: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
     fn addrs(&self, name: &str) -> impl Future<Output = Result<Vec<Ipv4Net>, NetError>> + Send;
@@ -300,6 +302,17 @@ impl NetOps for RtNet {
         .await
     }
 
+    async fn link_mtu(&self, name: &str) -> Result<Option<u32>, NetError> {
+        use netlink_packet_route::link::LinkAttribute;
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(m.attributes.into_iter().find_map(|a| if let LinkAttribute::Mtu(mtu) = a { Some(mtu) } else { None })),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("look up link {name}"))(e)),
+        }
+    }
+
     async fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> Result<(), NetError> {
         self.with_index(name, |idx| async move {
             let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
@@ -359,7 +372,8 @@ impl NetOps for RtNet {
                 Some(gw) => b.gateway(gw),
                 None => b.scope(RouteScope::Link),
             };
-            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} via {gateway:?} dev {name}")))
+            let via = gateway.map_or_else(|| "on-link".to_string(), |g| format!("via {g}"));
+            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} {via} dev {name}")))
         })
         .await
     }

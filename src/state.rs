@@ -67,6 +67,11 @@ fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), Sta
     result
 }
 
+/// One `addresses/<sid>` file: the address as text.
+fn read_address(path: &Path) -> Option<Ipv4Addr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
         for sub in ["sessions", "leases"] {
@@ -124,20 +129,25 @@ impl StateDir {
         (recs, errs)
     }
 
-    /// Remembers the static address a sid last had (one file per sid: concurrent starts of
-    /// different sids never overwrite each other's history).
+    /// Remembers the address a sid last had, static or leased (one file per sid: concurrent
+    /// starts of different sids never overwrite each other's history). It outlives `stop`:
+    /// the static pool gives the address back, DHCP asks the server for it.
     pub fn save_last_address(&self, sid: Sid, addr: Ipv4Addr) -> Result<(), StateError> {
         let dir = self.root.join("addresses");
         std::fs::create_dir_all(&dir).map_err(io(&dir, "create"))?;
         write_atomic(&dir.join(sid.to_string()), addr.to_string().as_bytes())
     }
 
+    /// The address `sid` last had, if remembered (an unreadable file counts as none).
+    pub fn load_last_address(&self, sid: Sid) -> Option<Ipv4Addr> {
+        read_address(&self.root.join("addresses").join(sid.to_string()))
+    }
+
     pub fn load_last_addresses(&self) -> crate::pool::PoolHistory {
         let mut h = crate::pool::PoolHistory::default();
         for ent in std::fs::read_dir(self.root.join("addresses")).into_iter().flatten().flatten() {
             let sid = ent.file_name().to_str().and_then(|n| n.parse::<Sid>().ok());
-            let addr = std::fs::read_to_string(ent.path()).ok().and_then(|t| t.trim().parse::<Ipv4Addr>().ok());
-            if let (Some(sid), Some(addr)) = (sid, addr) {
+            if let (Some(sid), Some(addr)) = (sid, read_address(&ent.path())) {
                 h.last_address.insert(sid.get(), addr);
             }
         }
@@ -240,6 +250,24 @@ mod tests {
         assert_eq!(v["loopback"], "127.0.0.8");
         assert_eq!(v["address"], "10.0.0.100/24");
         assert_eq!(v["state"], "up");
+    }
+
+    #[test]
+    fn last_address_outlives_the_session_and_serves_both_kinds() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let (one, two) = (Sid::new(1).unwrap(), Sid::new(2).unwrap());
+        assert_eq!(s.load_last_address(one), None);
+        s.save_last_address(one, "10.77.0.100".parse().unwrap()).unwrap();
+        s.save_last_address(two, "10.77.0.101".parse().unwrap()).unwrap();
+        s.save(&sample_record(1)).unwrap();
+        s.remove(one).unwrap(); // stop
+        assert_eq!(s.load_last_address(one), Some("10.77.0.100".parse().unwrap()));
+        let h = s.load_last_addresses();
+        assert_eq!(h.last_address.get(&2), Some(&"10.77.0.101".parse().unwrap()));
+        std::fs::write(d.path().join("addresses/3"), b"not an address").unwrap();
+        assert_eq!(s.load_last_address(Sid::new(3).unwrap()), None);
+        assert_eq!(s.load_last_addresses().last_address.len(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::{Decodable, Decoder, Encodable, Encoder, v4};
 use libfuzzer_sys::fuzz_target;
-use sessiond::dhcp::{Action, Client, ClientConfig, Event, Lease, State, client_identifier};
+use sessiond::dhcp::{Action, Client, ClientConfig, DEFAULT_MIN_LEASE_SECS, Event, Lease, State, client_identifier};
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -52,6 +52,7 @@ fn drive(state: u8) -> (Client, u64, Vec<u8>) {
         hostname: Some("fuzz".into()),
         fqdn: false,
         seed: 1,
+        min_lease_secs: DEFAULT_MIN_LEASE_SECS,
     };
     let mut c = Client::new(cfg);
     let mut now = T0;

@@ -36,8 +36,11 @@ impl Reply {
         self.hlen == 6 && self.chaddr[..6] == mac[..]
     }
 
+    /// Option 54, which must be a unicast address (see [`lease::check_server_id`]).
     pub(crate) fn server_id(&self) -> Result<Ipv4Addr, RejectReason> {
-        self.opts.ipv4(opt::SERVER_ID)?.ok_or(RejectReason::MissingServerId)
+        let id = self.opts.ipv4(opt::SERVER_ID)?.ok_or(RejectReason::MissingServerId)?;
+        lease::check_server_id(id)?;
+        Ok(id)
     }
 }
 
@@ -65,8 +68,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Reply, RejectReason> {
     Ok(Reply { msg_type, xid: msg.xid(), hlen: bytes[2], chaddr, yiaddr: msg.yiaddr(), opts })
 }
 
-/// Builds and validates the lease carried by an OFFER or ACK.
-pub(crate) fn lease_from_reply(r: &Reply, acquired_at: Millis) -> Result<Lease, RejectReason> {
+/// Builds and validates the lease carried by an OFFER or ACK; its times get the floors of
+/// [`lease::lease_times`] for `min_lease` seconds.
+pub(crate) fn lease_from_reply(r: &Reply, acquired_at: Millis, min_lease: u32) -> Result<Lease, RejectReason> {
     let o = &r.opts;
     let server_id = r.server_id()?;
     let address = r.yiaddr;
@@ -82,7 +86,7 @@ pub(crate) fn lease_from_reply(r: &Reply, acquired_at: Millis) -> Result<Lease, 
     if lease_secs == 0 {
         return Err(RejectReason::ZeroLeaseTime);
     }
-    let (t1_secs, t2_secs) = lease::timers(lease_secs, o.u32(opt::RENEWAL)?, o.u32(opt::REBINDING)?);
+    let (lease_secs, t1_secs, t2_secs) = lease::lease_times(lease_secs, o.u32(opt::RENEWAL)?, o.u32(opt::REBINDING)?, min_lease);
     let mtu = o.u16(opt::MTU)?;
     if mtu.is_some_and(|m| m < 68) {
         // RFC 2132 §5.1: 68 is the minimum legal MTU.

@@ -7,7 +7,7 @@ use super::Millis;
 use super::backoff::{lease_retry_at, retransmit_delay};
 use super::decode::{self, ACK, NAK, OFFER, Reply};
 use super::encode::{self, Kind, Outgoing};
-use super::lease::Lease;
+use super::lease::{Lease, renewal_floor_secs};
 use super::reject::RejectReason;
 use super::rng::SplitMix64;
 
@@ -28,6 +28,9 @@ pub struct ClientConfig {
     /// Seeds xids and jitter. Seed it from the OS RNG: xids are the only
     /// defence against off-path spoofed replies.
     pub seed: u64,
+    /// The shortest lease used as given (a shorter one is used as if this long), and twice
+    /// the shortest time to a renewal: see [`super::DEFAULT_MIN_LEASE_SECS`].
+    pub min_lease_secs: u32,
 }
 
 /// The client's state; the same enum `status` carries (one list of states, one name each).
@@ -37,6 +40,10 @@ pub use sessiond_client::DhcpState as State;
 pub enum Event {
     /// Begin from INIT (fresh DISCOVER). Ignored while a lease is held.
     Start,
+    /// `Start`, asking for this address in the DISCOVER (option 50, RFC 2131 §4.4.1): the one
+    /// the session slot last had, so that every server (not only those that keep affinity to
+    /// a released lease) hands it out again when it is free.
+    StartRequesting(Ipv4Addr),
     /// INIT-REBOOT with a persisted lease. An expired or invalid lease is
     /// deleted (`PersistLease(None)`) and the client starts from INIT.
     StartWithLease(Lease),
@@ -167,6 +174,12 @@ impl Client {
         let mut out = Vec::new();
         match ev {
             Event::Start => self.start(now, &mut out),
+            Event::StartRequesting(addr) => {
+                if !self.holds_lease() {
+                    self.hint = Some(addr);
+                }
+                self.start(now, &mut out)
+            }
             Event::StartWithLease(lease) => self.start_with_lease(lease, now, &mut out),
             Event::Packet { bytes } => {
                 if let Err(r) = self.on_packet(&bytes, now, &mut out) {
@@ -379,14 +392,23 @@ impl Client {
             return Err(RejectReason::UnexpectedMessageType { got: reply.msg_type, state: self.state });
         }
         let server_id = reply.server_id()?;
+        // A REQUEST that names its server (REQUESTING) or is unicast to it (RENEWING) is
+        // answered by that server only: a reply from another is a rogue's (or a confused
+        // server's), and accepting it would move the lease, its renewals and its RELEASE there.
+        let asked = match self.state {
+            State::Requesting => self.offer.map(|(_, s)| s),
+            State::Renewing => self.lease.as_ref().map(|l| l.server_id),
+            _ => None,
+        };
+        if let Some(expected) = asked
+            && server_id != expected
+        {
+            return Err(RejectReason::ServerIdMismatch { got: server_id, expected });
+        }
         match (self.state, reply.msg_type) {
             (State::Selecting, OFFER) => self.on_offer(&reply, server_id, now, out),
-            (State::Requesting, ACK | NAK) if Some(server_id) != self.offer.map(|(_, s)| s) => {
-                let expected = self.offer.map_or(Ipv4Addr::UNSPECIFIED, |(_, s)| s);
-                Err(RejectReason::ServerIdMismatch { got: server_id, expected })
-            }
             (State::Requesting | State::Rebooting | State::Renewing | State::Rebinding, ACK) => {
-                let lease = decode::lease_from_reply(&reply, self.first_request_at)?;
+                let lease = decode::lease_from_reply(&reply, self.first_request_at, self.cfg.min_lease_secs)?;
                 self.bind(lease, now, out);
                 Ok(())
             }
@@ -400,7 +422,7 @@ impl Client {
 
     fn on_offer(&mut self, reply: &Reply, server_id: Ipv4Addr, now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
         // Validate the whole lease now so we never REQUEST an unusable offer.
-        let offered = decode::lease_from_reply(reply, now)?;
+        let offered = decode::lease_from_reply(reply, now, self.cfg.min_lease_secs)?;
         self.offer = Some((offered.address, server_id));
         self.discovers = 0;
         self.state = State::Requesting;
@@ -421,8 +443,11 @@ impl Client {
         self.state = State::Bound;
         out.push(Action::ApplyLease { lease: lease.clone(), previous });
         out.push(Action::PersistLease(Some(lease.clone())));
+        // Never a zero gap: an ACK that came later than T1 after its request (a slow server,
+        // a clock step) would otherwise start the next renewal at once.
+        let floor_ms = u64::from(renewal_floor_secs(self.cfg.min_lease_secs)) * 1000;
         match lease.renew_at() {
-            Some(t) => self.arm(t, now, out),
+            Some(t) => self.arm(t.max(now.saturating_add(floor_ms)), now, out),
             None => self.timer = None,
         }
         self.lease = Some(lease);

@@ -45,7 +45,7 @@ pub use backoff::{INITIAL_RETRY_MS, JITTER_MS, MAX_RETRY_MS, MIN_LEASE_RETRY_MS}
 pub use client_id::client_identifier;
 pub use decode::MAX_PACKET;
 pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
-pub use lease::{INFINITE, Lease};
+pub use lease::{DEFAULT_MIN_LEASE_SECS, INFINITE, Lease, MIN_PREFIX_LEN};
 pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
 
@@ -55,7 +55,14 @@ pub(crate) mod tests_support {
 
     /// The first DISCOVER of a client named "ts1-s7", with or without the FQDN option.
     pub fn discover_bytes(fqdn: bool) -> Vec<u8> {
-        let cfg = ClientConfig { mac: [2, 0, 0, 0, 0, 7], client_id: vec![255, 0, 0, 0, 7], hostname: Some("ts1-s7".into()), fqdn, seed: 1 };
+        let cfg = ClientConfig {
+            mac: [2, 0, 0, 0, 0, 7],
+            client_id: vec![255, 0, 0, 0, 7],
+            hostname: Some("ts1-s7".into()),
+            fqdn,
+            seed: 1,
+            min_lease_secs: super::DEFAULT_MIN_LEASE_SECS,
+        };
         let actions = Client::new(cfg).on_event(Event::Start, 1_700_000_000_000);
         actions.into_iter().find_map(|a| if let Action::Send { bytes, .. } = a { Some(bytes) } else { None }).expect("a DISCOVER")
     }

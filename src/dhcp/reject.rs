@@ -34,12 +34,16 @@ pub enum RejectReason {
     MissingServerId,
     #[error("server identifier mismatch: got {got}, expected {expected}")]
     ServerIdMismatch { got: Ipv4Addr, expected: Ipv4Addr },
+    #[error("invalid server identifier {addr}: {why}")]
+    InvalidServerId { addr: Ipv4Addr, why: &'static str },
     #[error("invalid offered address {addr}: {why}")]
     InvalidAddress { addr: Ipv4Addr, why: &'static str },
     #[error("offered address {0} equals the server identifier")]
     AddressIsServer(Ipv4Addr),
     #[error("invalid netmask {0}: not contiguous or zero")]
     BadNetmask(Ipv4Addr),
+    #[error("netmask {mask} (/{prefix_len}) is wider than /{min}: it would put more than one /{min} on-link")]
+    NetmaskTooWide { mask: Ipv4Addr, prefix_len: u8, min: u8 },
     #[error("missing lease time (option 51)")]
     MissingLeaseTime,
     #[error("lease time is zero")]
@@ -54,7 +58,9 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// A reply meant for another client (or for an exchange that is over): routine on a LAN
-    /// where every session sees every broadcast reply, so not worth a warning.
+    /// where every session sees every broadcast reply, so not worth a warning. Everything else
+    /// (a bad server id, a reply from another server than the one asked, a netmask wider than
+    /// a LAN, ...) is a broken or rogue server, logged as a (rate-limited) warning.
     pub fn is_routine(&self) -> bool {
         matches!(self, RejectReason::XidMismatch { .. } | RejectReason::ChaddrMismatch | RejectReason::NoTransaction(_))
     }

@@ -7,7 +7,9 @@
 #   1. two sessions lease distinct addresses; eth0, default route, resolv.conf; the server's
 #      own lease DB lists both MACs
 #   2. kill -9 + restart of the daemon keeps both addresses via INIT-REBOOT (no new DISCOVER)
-#   3. stop sends DHCPRELEASE: the lease leaves the server's DB
+#   3. stop sends DHCPRELEASE: the lease leaves the server's DB; then the same slot started
+#      again gets the same address (the daemon asks for the slot's last address in DISCOVER:
+#      Kea's allocator would otherwise hand out the next one)
 #   4. short lease (not dnsmasq: 120 s minimum): renewal at T1 keeps the address, and the
 #      address's kernel lifetime covers the renewed lease
 #   5. server outage: RENEWING -> REBINDING past T2, address gone past expiry (not before),
@@ -149,6 +151,19 @@ stop_frees_lease() {
     [[ -e $STATE/leases/1.json ]] && left+=" lease-file"
     [[ -e /etc/netns/sessiond-1 ]] && left+=" /etc/netns/sessiond-1"
     [[ -z $left ]] || { echo "left behind:$left"; return 1; }
+}
+
+# After stop_frees_lease: session 1 (released) started again gets A1 back, and the server's DB
+# gives A1 to session 1's MAC.
+same_slot_same_address() {
+    local s a
+    s=$("$SESSIOND" start --session 1 --json) || return 1
+    a=$(field "$s" .address)
+    echo "session 1: $A1 before its stop, $a now"
+    info "$KIND: session 1 started again after its stop: ${A1%/*} -> ${a%/*}"
+    [[ $a == "$A1" ]] || { echo "session 1 got another address"; return 1; }
+    addr_on_eth0 1 "${A1%/*}" || { echo "${A1%/*} not on eth0"; return 1; }
+    srv leases | tee /dev/stderr | grep -qx "${A1%/*} $M1" || { echo "the server's DB does not give ${A1%/*} to $M1"; return 1; }
 }
 
 # ------------------------------------------------------------------ 4. renewal
@@ -360,6 +375,7 @@ for KIND in "${KINDS[@]}"; do
     check "$KIND: server's lease DB lists both MACs" server_lists_both
     check "$KIND: kill -9 + restart keeps both addresses (INIT-REBOOT, no DISCOVER)" restart_keeps_addresses
     check "$KIND: stop releases session 1's lease in the server's DB" stop_frees_lease
+    check "$KIND: same slot, same address: session 1 started again gets ${A1%/*} back" same_slot_same_address
     if [[ $KIND == dnsmasq ]]; then
         echo "SKIP: $KIND: short-lease renewal and outage (dnsmasq's minimum lease is ${DNSMASQ_LEASE} s; too slow for this suite)"
     else

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 12 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 11a..11c, 12 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -15,6 +15,10 @@
 #   8  the uplink (br-lan) deleted under live sessions, then re-created (+8b: while the DHCP
 #      server is down)
 #   9  500 sessions, daemon restarted 5 times (kill -9 / SIGTERM alternating)
+#   11a the same slot gets the same address back from Kea after stop (and a daemon restart)
+#   11b a DHCP server whose lease times would make sessions renew in a loop (T1 = 0, 1 s lease)
+#   11c a lease the session cannot fully apply: an MTU above the uplink's, a router off the
+#       subnet (never "up" with half a lease)
 #  12  a login's sshd process killed (kill -9): the session is reaped after its grace period,
 #      also across a daemon restart (+12b: a login that gives up before DHCP answers leaves
 #      nothing; the default PAM timeout outlasts a slow DHCP server)
@@ -41,7 +45,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 12)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c 12)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -609,11 +613,17 @@ REASONS4=(
     "bad magic cookie"
     "not a BOOTREPLY"
     "missing DHCP message type (option 53)"
+    "invalid server identifier 255.255.255.255: limited broadcast"
+    "invalid server identifier 127.0.0.1: loopback"
+    "invalid server identifier 0.0.0.0: in 0.0.0.0/8"
+    "invalid server identifier 224.0.0.1: multicast"
+    "netmask 128.0.0.0 (/1) is wider than /8"
+    "server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP"
 )
 scenario_4() {
     row_begin 4 "rogue DHCP server answering garbage next to the good one" \
-        "netns rogue on br-lan ($ROGUE_IP, faults/dhcp_fake.py --mode rogue) answering every DISCOVER/REQUEST with ${#REASONS4[@]} bad replies (wrong xid, wrong chaddr, yiaddr 127.0.0.1/0.0.0.0/255.255.255.255/its own, netmask 255.0.255.0, lease 0, no server id, 100-byte, 1600-byte, option 51 overrunning the packet, bad cookie, op BOOTREQUEST, no type) and spraying unsolicited garbage every second; br-lan made a hub (ageing_time 0) and the rogue sniffing promiscuously, so it also races the real server's ACK to every unicast renewal; good server dnsmasq with T1 4 s, T2 10 s, frozen (SIGSTOP) for 5 s so every session's renewal meets the rogue's garbage first; SESSIOND_LOG=debug" \
-        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason; no lease from the rogue is ever applied; same daemon PID throughout"
+        "netns rogue on br-lan ($ROGUE_IP, faults/dhcp_fake.py --mode rogue) answering every DISCOVER/REQUEST with $(( ${#REASONS4[@]} - 1 )) bad replies (wrong xid, wrong chaddr, yiaddr 127.0.0.1/0.0.0.0/255.255.255.255/its own, netmask 255.0.255.0, lease 0, no server id, 100-byte, 1600-byte, option 51 overrunning the packet, bad cookie, op BOOTREQUEST, no type; and, otherwise valid, server id 255.255.255.255/127.0.0.1/0.0.0.0/224.0.0.1, netmask 128.0.0.0) and spraying unsolicited garbage every second; br-lan made a hub (ageing_time 0) and the rogue sniffing promiscuously, so it also races the real server's ACK to every unicast renewal, with its bad replies and with a hijacking ACK (valid, the client's own address, but from $ROGUE_IP); good server dnsmasq with T1 4 s, T2 10 s, frozen (SIGSTOP) for 5 s so every session's renewal meets the rogue's replies first; SESSIOND_LOG=debug" \
+        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs (the hijacking one as from another server than its lease's) while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason; no lease from the rogue is ever applied; at \`stop --all\` every DHCPRELEASE goes to dnsmasq, none to the rogue; same daemon PID throughout"
     lan_host_add rogue rgh0 rg1 "$ROGUE_IP" || fail "rogue host on the LAN"
     ALLOWED_LINKS="lo br-lan lan0 rgh0"
     # a hub: the bridge floods every frame, so the rogue also sees the unicast renewals
@@ -652,6 +662,11 @@ scenario_4() {
         grep -qP "dhcp\{session=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
     done
     expect "while dnsmasq was frozen each renewing session rejected the rogue's bad ACKs" test -z "$renew_rej"
+    local hijack_rej=""
+    for i in 1 2 3 4; do
+        grep -qF "dhcp{session=$i}: ignored a DHCP packet: server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP" <<<"$wlog" || hijack_rej+=" $i"
+    done
+    expect "while dnsmasq was frozen each renewing session rejected the rogue's hijacking ACK (server identifier mismatch)" test -z "$hijack_rej"
     note "while dnsmasq was frozen the 4 sessions logged $(grep -c 'ignored a DHCP packet' <<<"$wlog") rejections, $(grep -cE 'WARN.*ignored a DHCP packet: (invalid|offered|lease time|missing server|bad magic|not a BOOT|missing DHCP)' <<<"$wlog") of them of the rogue's ACKs to their renewals"
     sleep 7
     local after; after=$(status_json | jq -c 'map({session, address, server: .lease.server}) | sort_by(.session)')
@@ -682,6 +697,10 @@ scenario_4() {
     expect "no lease other than dnsmasq's was ever applied" bash -c "! grep 'lease applied' '$DAEMON_LOG' | grep -v 'server=$SBX_SERVER_IP'"
     expect "no panic in the log" bash -c "! grep -qi 'panick' '$DAEMON_LOG'"
     expect "same daemon PID ($pid0) throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
+    expect "stop --all releases every lease to dnsmasq (its lease DB is empty afterwards)" bash -c "timeout 60 '$SESSIOND' stop --all >/dev/null &&
+        for i in \$(seq 50); do [[ -z \$(awk -v now=\$(date +%s) '\$1 != \"duid\" && NF >= 3 && \$1 > now' '$OWN_DNSMASQ_DIR/leases') ]] && exit 0; sleep 0.1; done; exit 1"
+    # (the rogue's UDP socket gets what is broadcast or sent to it; a RELEASE is always unicast)
+    expect "no DHCPRELEASE reached the rogue" bash -c "! grep 'got type 7 ' '$W/rogue.log'"
     local warns sprays
     warns=$(grep -c 'WARN.*ignored a DHCP packet' "$DAEMON_LOG"); sprays=$(grep -c 'sent spray' "$W/rogue.log")
     note "$(grep -c 'ignored a DHCP packet' "$DAEMON_LOG") rejections logged ($warns at WARN) for $(grep -c '^.* sent ' "$W/rogue.log") rogue packets ($sprays sprayed); warnings are rate-limited to 10 per session per minute (the rest at debug)"
@@ -1115,6 +1134,112 @@ scenario_9() {
     t0=$(now_ms)
     end_daemon
     note "stop --all of $N9 took $(( ($(now_ms) - t0) / 1000 )) s"
+    row_end
+}
+
+# ================================================================== 11: DHCP hardening
+
+# Kea's iterative allocator keeps no affinity to a released lease: after `stop`, a new start of
+# the same sid used to get the next free address. The daemon remembers each slot's address
+# (state dir addresses/<sid>) and asks for it in DISCOVER (option 50).
+scenario_11a() {
+    row_begin 11a "the same slot gets the same address back from Kea after stop" \
+        "Kea (pool 10.77.0.100-199, 600 s leases); sessions 1 and 2 started; session 1 stopped (DHCPRELEASE), then started again; stopped again, the daemon restarted (SIGTERM, same state dir), started once more" \
+        "each new start of session 1 gets the address it had (Kea would hand out the next free one), eth0 holds it, and Kea's lease DB gives it to session 1's MAC; session 2 keeps its own"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f11a || { fail "daemon did not start"; srv kea stop >/dev/null; row_end; return; }
+    local a1 a2 m1 again again2
+    a1=$("$SESSIOND" start --session 1 --json | jq -r .address); a2=$("$SESSIOND" start --session 2 --json | jq -r .address)
+    m1=$(st_field 1 .mac)
+    "$SESSIOND" stop --session 1 >/dev/null
+    expect "Kea freed session 1's lease at stop" srv kea wait --gone "$m1" --timeout 5
+    again=$(timeout 60 "$SESSIOND" start --session 1 --json | jq -r .address)
+    expect "session 1 started again after its stop: ${a1%/*} again" eq "$again" "$a1"
+    expect "eth0 holds it, and Kea's lease DB gives it to session 1's MAC" bash -c "[[ \$(ip -n sessiond-1 -4 -o addr show dev eth0 | awk '{print \$4}') == '$a1' ]] && '$DHCP' kea leases | grep -qx '${a1%/*} $m1'"
+    "$SESSIOND" stop --session 1 >/dev/null
+    kill_daemon TERM
+    restart_daemon || { fail "daemon did not restart"; end_daemon; srv kea stop >/dev/null; row_end; return; }
+    again2=$(timeout 60 "$SESSIOND" start --session 1 --json | jq -r .address)
+    expect "after a daemon restart too: ${a1%/*}" eq "$again2" "$a1"
+    expect "session 2 kept ${a2%/*}" eq "$(st_field 2 .address)" "$a2"
+    note "session 1: ${a1%/*}, after stop + start: ${again%/*}, after stop + daemon restart + start: ${again2%/*}; session 2: ${a2%/*}; Kea saw $(grep -c 'DHCP4_LEASE_ALLOC' /run/sbx-dhcp/kea/log) lease allocations"
+    end_daemon
+    srv kea stop >/dev/null
+    row_end
+}
+
+W11B=16
+# renewals_seen LOG MAC: REQUESTs in RENEWING/REBINDING (ciaddr set) the scripted server got from MAC
+renewals_seen() { grep -cE "got type 3 xid [0-9a-fx]+ mac $2 ciaddr 10\." "$1"; }
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+scenario_11b() {
+    row_begin 11b "a DHCP server whose lease times would make sessions renew in a loop" \
+        "faults/dhcp_fake.py --mode tight-renew as the LAN's server (answers every REQUEST at once): session 1 gets T1 = 0 on a 600 s lease, session 2 a 1 s lease (its default T1 and T2 round to 0); watched for ${W11B} s; daemon with the default dhcp_min_lease_secs (4 s)" \
+        "the server counts each session's renewals over the window: at most one per 2 s (the renewal floor, half the minimum lease), at least one per 4 s; the daemon's CPU (utime+stime) < 5 % of a core; both still bound with their addresses; session 2's lease is used as a 4 s one; the log shows at most 5 routine renewals per session in the minute (the rest at debug)"
+    local log=$W/fake11b.log
+    fake_start "$SBX_SERVER_NS" "$log" --mode tight-renew --iface "$SBX_SERVER_IF" --server-ip "$SBX_SERVER_IP" --pool-start 10.77.0.150 --lease 600 ||
+        fail "scripted server did not start"
+    begin_daemon f11b || { fail "daemon did not start"; fake_stop; row_end; return; }
+    local a1 a2 m1 m2
+    a1=$(timeout 60 "$SESSIOND" start --session 1 --json | jq -r .address); a2=$(timeout 60 "$SESSIOND" start --session 2 --json | jq -r .address)
+    expect "both sessions up (${a1:-none}, ${a2:-none})" bash -c "[[ '$a1' == 10.77.0.* && '$a2' == 10.77.0.* ]]"
+    m1=$(st_field 1 .mac); m2=$(st_field 2 .mac)
+    local r10 r20 r1 r2 k0 k1 t0 t1 tck
+    tck=$(getconf CLK_TCK)
+    r10=$(renewals_seen "$log" "$m1"); r20=$(renewals_seen "$log" "$m2"); k0=$(proc_ticks "$DAEMON_PID"); t0=$(now_ms)
+    sleep "$W11B"
+    r1=$(renewals_seen "$log" "$m1"); r2=$(renewals_seen "$log" "$m2"); k1=$(proc_ticks "$DAEMON_PID"); t1=$(now_ms)
+    local n1=$((r1 - r10)) n2=$((r2 - r20)) ms=$((t1 - t0))
+    local permille=$(( (k1 - k0) * 1000 * 1000 / tck / ms ))
+    note "in $((ms / 1000)) s the server got $n1 renewals from session 1 (T1 = 0) and $n2 from session 2 (1 s lease); daemon CPU $((permille / 10)).$((permille % 10)) % of a core"
+    local most=$((ms / 2000 + 1)) least=$((ms / 4000))
+    expect "session 1 (T1 = 0): $least..$most renewals in the window, got $n1" test "$n1" -ge "$least" -a "$n1" -le "$most"
+    expect "session 2 (1 s lease): $least..$most renewals in the window, got $n2" test "$n2" -ge "$least" -a "$n2" -le "$most"
+    expect "daemon CPU < 5 % of a core" test "$permille" -lt 50
+    expect "both still bound with their addresses" bash -c "[[ \$(timeout 10 '$SESSIOND' status --json | jq -c '[.[] | \"\(.session) \(.address) \(.lease.dhcp_state)\"]') == '[\"1 $a1 bound\",\"2 $a2 bound\"]' ]]"
+    local span2; span2=$(status_json | jq -r '.[] | select(.session == 2) | .lease.expires - .lease.lease_start')
+    expect "session 2's 1 s lease is used as a 4 s one (expires - lease_start = ${span2:-?} ms)" test "$span2" = 4000
+    local logged bad=""
+    for i in 1 2; do
+        logged=$(grep -c "dhcp{session=$i}: DHCP state bound -> renewing" "$DAEMON_LOG")
+        note "session $i: $logged renewals logged at info"
+        ((logged <= 5)) || bad+=" $i:$logged"
+    done
+    expect "at most 5 renewals per session logged at info in the first minute (the rest at debug)" test -z "$bad"
+    end_daemon
+    fake_stop
+    row_end
+}
+
+scenario_11c() {
+    row_begin 11c "a lease the session cannot fully apply: an MTU above the uplink's, a router off the subnet" \
+        "faults/dhcp_fake.py --mode serve as the LAN's server offering MTU 9000 (the uplink br-lan has $(ip -o link show "$SBX_BRIDGE" | grep -o 'mtu [0-9]*' | cut -d' ' -f2)); then one offering router 192.0.2.1 (outside the leased /24: the default route cannot be added)" \
+        "MTU 9000: the session is up with eth0's MTU clamped to br-lan's, a default route via 10.77.0.1, resolv.conf and hosts naming the lease, no fault in status (set_mtu used to fail, skipping routes and files, while status said up); router off the subnet: start exits 1 saying the lease could not be applied and naming the route, nothing of the sid is left, and the server got a DHCPRELEASE of the address"
+    local umtu a out rc
+    umtu=$(ip -o link show "$SBX_BRIDGE" | grep -o 'mtu [0-9]*' | cut -d' ' -f2)
+    fake_start "$SBX_SERVER_NS" "$W/fake11c-mtu.log" --mode serve --mtu 9000 --iface "$SBX_SERVER_IF" --server-ip "$SBX_SERVER_IP" --pool-start 10.77.0.150 --lease 600 ||
+        fail "scripted server did not start"
+    begin_daemon f11c || { fail "daemon did not start"; fake_stop; row_end; return; }
+    a=$(timeout 60 "$SESSIOND" start --session 1 --json | jq -r .address)
+    expect "MTU 9000: session 1 up (${a:-none})" bash -c "[[ '$a' == 10.77.0.150/24 ]]"
+    expect "eth0's MTU is br-lan's ($umtu)" eq "$(ip -n sessiond-1 -o link show eth0 | grep -o 'mtu [0-9]*')" "mtu $umtu"
+    expect "default route via $SBX_GATEWAY" bash -c "ip -n sessiond-1 route show default | grep -q 'via $SBX_GATEWAY dev eth0'"
+    expect "resolv.conf and hosts name the lease" bash -c "grep -q '^nameserver $SBX_SERVER_IP' /etc/netns/sessiond-1/resolv.conf && grep -q '^${a%/*}[[:space:]]' /etc/netns/sessiond-1/hosts"
+    expect "status: up, no fault" eq "$(st_field 1 '"\(.state) \(.fault)"')" "up null"
+    grep -q "above the uplink" "$DAEMON_LOG" && note "logged: $(grep -o "the server's MTU.*" "$DAEMON_LOG" | head -1)"
+    "$SESSIOND" stop --session 1 >/dev/null
+    fake_stop
+    fake_start "$SBX_SERVER_NS" "$W/fake11c-router.log" --mode serve --router 192.0.2.1 --iface "$SBX_SERVER_IF" --server-ip "$SBX_SERVER_IP" --pool-start 10.77.0.160 --lease 600 ||
+        fail "scripted server did not start"
+    out=$(timeout 60 "$SESSIOND" start --session 2 2>&1); rc=$?
+    note "router off the subnet: \`start --session 2\` -> exit $rc: $out"
+    expect "router off the subnet: start exits 1" test "$rc" -eq 1
+    expect "the error says the lease could not be applied and names the route" bash -c "grep -q 'could not be applied' <<<'$out' && grep -q '192.0.2.1' <<<'$out'"
+    expect "nothing of sid 2 is left" nothing_for_sid 2
+    expect "no lease file for sid 2" test ! -e "$STATE/leases/2.json"
+    expect "the server got a DHCPRELEASE of 10.77.0.160" poll 3 grep -q "RELEASE 10.77.0.160" "$W/fake11c-router.log"
+    end_daemon
+    fake_stop
     row_end
 }
 

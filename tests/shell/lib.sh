@@ -119,3 +119,39 @@ expect_exit() {
     [[ $rc == "$want" ]] || { echo "expected exit $want, got $rc"; return 1; }
     grep -qiF -- "$word" <<<"$OUT" || { echo "the message does not mention '$word'"; return 1; }
 }
+
+# ----------------------------------------------------------- log-in suites (pam.sh, xrdp.sh)
+
+# sandbox_user NAME HOME: a user that exists only in the sandbox's /etc overlay, with its home
+# on the sandbox's /run tmpfs (/home is shared with the host). Refuses a name that exists.
+sandbox_user() {
+    local u=$1 home=$2
+    getent passwd "$u" >/dev/null && { echo "user $u already exists in the sandbox overlay"; return 1; }
+    useradd -M -d "$home" -s /bin/bash "$u" || return 1
+    mkdir -p "$home" && chown "$u:$u" "$home" && chmod 700 "$home"
+}
+
+# wait_pid SECONDS PID...: bounded wait for background jobs of this shell (TERM after SECONDS).
+wait_pid() {
+    local secs=$1 p; shift
+    for p in "$@"; do
+        wait_for "$secs" bash -c "! kill -0 $p" || kill "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    return 0
+}
+
+# What the daemon holds, one line of JSON: [{session, owner_uid, address, loopback}].
+sessions() { "$SESSIOND" status --json | jq -c 'map({session, owner_uid, address: (.address // "" | sub("/.*"; "")), loopback})'; }
+
+# no_sessions_left: the daemon has no session, no sessiond-* netns is left, and the PAM module's
+# holder counts (in $REFDIR, default /run/sessiond/pam) are gone.
+no_sessions_left() {
+    local refdir=${REFDIR:-/run/sessiond/pam}
+    [[ $("$SESSIOND" status --json | jq length) == 0 ]] || { echo "still running: $(sessions)"; return 1; }
+    ! ip netns list | grep -q sessiond- || { echo "netns left: $(ip netns list)"; return 1; }
+    [[ -z "$(ls -A "$refdir" 2>/dev/null)" ]] || { echo "holder counts left: $(ls "$refdir")"; return 1; }
+}
+
+# dnsmasq_leases_all_released: the sandbox's dnsmasq lists no active lease in its own database.
+dnsmasq_leases_all_released() { [[ -z "$("$REPO/scripts/dhcp-server" dnsmasq leases)" ]]; }

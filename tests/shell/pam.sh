@@ -14,13 +14,6 @@ REFDIR=/run/sessiond/pam
 DARGS=(--uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" --state-dir "$STATE")
 mkdir -p "$T" && chmod 755 "$T"
 
-leases_all_released() { [[ -z "$("$REPO/scripts/dhcp-server" dnsmasq leases)" ]]; }
-sessions() { "$SESSIOND" status --json | jq -c 'map({session, owner_uid, address: (.address // "" | sub("/.*"; "")), loopback})'; }
-no_sessions_left() {
-    [[ $("$SESSIOND" status --json | jq length) == 0 ]] || { echo "still running: $(sessions)"; return 1; }
-    ! ip netns list | grep -q sessiond- || { echo "netns left: $(ip netns list)"; return 1; }
-    [[ -z "$(ls -A "$REFDIR" 2>/dev/null)" ]] || { echo "holder counts left: $(ls "$REFDIR")"; return 1; }
-}
 
 # --------------------------------------------------------------------- setup
 
@@ -64,15 +57,6 @@ pt() {
 probe() { cat "$T/probe-$1.out" 2>/dev/null; }
 probe_field() { probe "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
 uid_of() { id -u "$1"; }
-# wait_pid SECONDS PID...: bounded wait for background jobs of this shell.
-wait_pid() {
-    local secs=$1 p; shift
-    for p in "$@"; do
-        wait_for "$secs" bash -c "! kill -0 $p" || kill "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    return 0
-}
 
 # --------------------------------------------------------------------- (a) pamtester
 
@@ -335,7 +319,7 @@ check "two concurrent ssh logins: own address, loopback, hostname; both bind 0.0
 check "logins reach each other over the LAN; the host's port 9000 stays free" logins_reach_each_other_not_the_host_port
 check "logout stops both sessions: no netns, no holder counts" logout_removes_sessions
 check "logout: nothing of the login still holds the stopped namespaces" logout_leaves_nothing_holding_the_namespace
-check "logout released both DHCP leases in the server's own database" wait_for 10 leases_all_released
+check "logout released both DHCP leases in the server's own database" wait_for 10 dnsmasq_leases_all_released
 check "a sudo member logs in over ssh on the host's network" excluded_user_over_ssh
 check "daemon restart during a login keeps it; logout still cleans up" daemon_restart_keeps_login
 check "daemon down: ssh login refused (default fail=closed); sshd keeps serving" ssh_refused_while_daemon_down

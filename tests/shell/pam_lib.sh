@@ -15,8 +15,7 @@ SSHD_PID=
 # $T/id_NAME (no password, home under $T: /home is the host's).
 make_login_user() {
     local u=$1
-    getent passwd "$u" >/dev/null && { echo "user $u already exists in the sandbox overlay"; return 1; }
-    useradd -M -d "$T/home/$u" -s /bin/bash "$u" || return 1
+    sandbox_user "$u" "$T/home/$u" || return 1
     usermod -p '*' "$u" || return 1           # no password, not "locked" for sshd
     mkdir -p "$T/home/$u/.ssh"
     ssh-keygen -q -t ed25519 -N '' -C "$u@test" -f "$T/id_$u" || return 1

@@ -12,7 +12,14 @@ pub const T0: Millis = 1_700_000_000_000;
 pub const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
 
 pub fn cfg() -> ClientConfig {
-    ClientConfig { mac: MAC, client_id: client_identifier(MACHINE_ID, 7), hostname: Some("session7".into()), fqdn: false, seed: 0xdead_beef }
+    ClientConfig {
+        mac: MAC,
+        client_id: client_identifier(MACHINE_ID, 7),
+        hostname: Some("session7".into()),
+        fqdn: false,
+        seed: 0xdead_beef,
+        min_lease_secs: DEFAULT_MIN_LEASE_SECS,
+    }
 }
 
 pub fn client() -> Client {

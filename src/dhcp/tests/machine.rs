@@ -635,3 +635,135 @@ fn an_orphaned_lease_is_released_to_its_server_and_forgotten() {
     let x2 = one_send(&c.on_event(Event::ReleaseOrphan(lease), T0)).0.xid();
     assert_ne!(x1, x2);
 }
+
+#[test]
+fn discover_asks_for_the_slots_last_address() {
+    let last = Ipv4Addr::new(192, 168, 1, 61);
+    let mut c = client();
+    let a = c.on_event(Event::StartRequesting(last), T0);
+    let (m, discover, dest, _) = one_send(&a);
+    assert_eq!((msg_type(&m), dest), (v4::MessageType::Discover, Dest::Broadcast));
+    assert_eq!(opt_ip(&m, OptionCode::RequestedIpAddress), Some(last), "option 50 in DISCOVER (RFC 2131 §4.4.1)");
+    assert_eq!(opt_ip(&m, OptionCode::ServerIdentifier), None);
+    assert_eq!(c.state(), State::Selecting);
+    // Retransmissions keep asking for it.
+    let (_, a) = fire(&mut c);
+    assert_eq!(opt_ip(&one_send(&a).0, OptionCode::RequestedIpAddress), Some(last));
+    // A server that cannot give it offers another one, which is taken.
+    let other = ServerParams { yiaddr: Ipv4Addr::new(192, 168, 1, 62), ..Default::default() };
+    let now = c.next_timer().unwrap() - 10;
+    let a = c.on_event(Event::Packet { bytes: srv::offer(&discover, &other) }, now);
+    let (req, ..) = one_send(&a);
+    assert_eq!(opt_ip(&req, OptionCode::RequestedIpAddress), Some(other.yiaddr));
+    c.on_event(Event::Packet { bytes: srv::ack(&srv::encode(&req), &other) }, now + 1);
+    assert_eq!(c.lease().unwrap().address, other.yiaddr);
+    // Bound: the hint is spent; after a release a plain start asks for nothing.
+    assert!(c.on_event(Event::StartRequesting(last), now + 2).is_empty(), "ignored while a lease is held");
+    c.on_event(Event::Release, now + 3);
+    let (m, ..) = one_send(&c.on_event(Event::Start, now + 4));
+    assert_eq!(opt_ip(&m, OptionCode::RequestedIpAddress), None);
+}
+
+/// Drives a client bound by a server that answers every renewal at once with `p`, for `secs`
+/// of simulated time; returns the renewal REQUESTs sent and, for each ACK, the time from it to
+/// the next renewal.
+fn renewals_against(p: &ServerParams, cfg: ClientConfig, secs: u64) -> (usize, Vec<Millis>) {
+    let mut c = Client::new(cfg);
+    let mut now = T0;
+    let mut sent = one_send(&c.on_event(Event::Start, now)).1;
+    let mut requests = 0;
+    let mut gaps = vec![];
+    for _ in 0..100_000 {
+        let answer = match msg_type(&srv::decode(&sent)) {
+            v4::MessageType::Discover => srv::offer(&sent, p),
+            _ => srv::ack(&sent, p),
+        };
+        now += 1; // the server answers within 1 ms
+        let a = c.on_event(Event::Packet { bytes: answer }, now);
+        if a.iter().any(|x| matches!(x, Action::ApplyLease { .. })) {
+            gaps.push(timer_of(&a) - now);
+        }
+        if let Some((_, b, ..)) = sends(&a).into_iter().next() {
+            sent = b; // the REQUEST after the OFFER
+            continue;
+        }
+        let t = c.next_timer().expect("a bound finite lease has a timer");
+        if t > T0 + secs * 1000 {
+            break;
+        }
+        now = t;
+        let a = c.on_event(Event::Timer, now);
+        sent = one_send(&a).1;
+        requests += 1;
+    }
+    (requests, gaps)
+}
+
+#[test]
+fn a_server_cannot_make_the_client_renew_in_a_loop() {
+    // T1 = 0 on an hour's lease, T1 = T2 = 0, and a 1 s lease (T1 = T2 = 0 by default): each
+    // renewal is answered at once; over 60 s the client renews at most every 2 s (the floor
+    // for the default 4 s minimum lease), never with a zero gap.
+    for p in [
+        ServerParams { t1: Some(0), ..Default::default() },
+        ServerParams { t1: Some(0), t2: Some(0), ..Default::default() },
+        ServerParams { lease_secs: Some(1), ..Default::default() },
+    ] {
+        let (requests, gaps) = renewals_against(&p, cfg(), 60);
+        assert!((25..=30).contains(&requests), "{p:?}: {requests} renewals in 60 s");
+        assert!(gaps.iter().all(|g| *g >= 2_000), "{p:?}: gaps {gaps:?}");
+    }
+    // The 1 s lease is used as a 4 s one (renewed after 2 s, rebinding after 3 s).
+    let (_, l) = bound(&ServerParams { lease_secs: Some(1), ..Default::default() });
+    assert_eq!((l.lease_secs, l.t1_secs, l.t2_secs), (4, 2, 3));
+    // A larger configured minimum raises the floor: 20 s -> renewals every 10 s.
+    let (requests, gaps) = renewals_against(&ServerParams { t1: Some(0), ..Default::default() }, ClientConfig { min_lease_secs: 20, ..cfg() }, 60);
+    assert!((5..=6).contains(&requests), "{requests}");
+    assert!(gaps.iter().all(|g| *g >= 10_000), "{gaps:?}");
+    // Legitimate short test-network leases are used as given.
+    let (_, l) = bound(&ServerParams { lease_secs: Some(8), t1: Some(2), t2: Some(6), ..Default::default() });
+    assert_eq!((l.lease_secs, l.t1_secs, l.t2_secs), (8, 2, 6));
+}
+
+#[test]
+fn a_late_ack_does_not_start_the_next_renewal_at_once() {
+    // T1 is 2 s, counted from the REQUEST; the ACK comes 5 s after it: the next renewal is
+    // still 2 s away, not due at once.
+    let p = ServerParams { lease_secs: Some(60), t1: Some(2), t2: Some(50), ..Default::default() };
+    let (mut c, request) = requesting(&p);
+    let late = T0 + 100 + 5_000;
+    let a = c.on_event(Event::Packet { bytes: srv::ack(&request, &p) }, late);
+    assert_eq!(c.lease().unwrap().renew_at(), Some(T0 + 100 + 2_000));
+    assert_eq!(timer_of(&a), late + 2_000);
+}
+
+#[test]
+fn renewing_rejects_an_ack_from_another_server_and_releases_to_its_own() {
+    let (mut c, lease, req, t1) = renewing();
+    let rogue = Ipv4Addr::new(192, 168, 1, 66);
+    // A valid ACK for our own address, from a server that was not asked (a rogue sniffing the
+    // unicast renewal): rejected, nothing changes.
+    let hijack = ServerParams { server_id: Some(rogue), routers: vec![rogue], ..Default::default() };
+    let timer = c.next_timer();
+    for bytes in [srv::ack(&req, &hijack), srv::nak(&req, &hijack)] {
+        let a = c.on_event(Event::Packet { bytes }, t1 + 5);
+        assert_eq!(a, vec![Action::Reject { reason: RejectReason::ServerIdMismatch { got: rogue, expected: srv::SERVER } }]);
+        assert_eq!((c.state(), c.lease(), c.server(), c.next_timer()), (State::Renewing, Some(&lease), Some(srv::SERVER), timer));
+    }
+    // The RELEASE still goes to the lease's server.
+    let a = c.on_event(Event::Release, t1 + 10);
+    let (m, _, dest, _) = one_send(&a);
+    assert_eq!((msg_type(&m), dest), (v4::MessageType::Release, Dest::Unicast(srv::SERVER)));
+    assert_eq!(opt_ip(&m, OptionCode::ServerIdentifier), Some(srv::SERVER));
+
+    // The real server's ACK is taken, and so (RFC 2131 §4.4.5) is another server's while
+    // REBINDING: a broadcast REQUEST may be answered by any server.
+    let (mut c, _, req, t1) = renewing();
+    c.on_event(Event::Packet { bytes: srv::ack(&req, &ServerParams::default()) }, t1 + 5);
+    assert_eq!(c.state(), State::Bound);
+    let (mut c, lease, _, _) = renewing();
+    let a = c.on_event(Event::Timer, lease.rebind_at().unwrap());
+    assert_eq!(c.state(), State::Rebinding);
+    c.on_event(Event::Packet { bytes: srv::ack(&one_send(&a).1, &hijack) }, lease.rebind_at().unwrap() + 5);
+    assert_eq!((c.state(), c.server()), (State::Bound, Some(rogue)));
+}

@@ -122,12 +122,14 @@ fn check_lease(l: &Lease) -> Result<(), TestCaseError> {
     let o = l.address.octets();
     prop_assert!(o[0] != 0 && o[0] != 127 && o[0] < 224, "bad address {}", l.address);
     prop_assert_ne!(l.address, l.server_id);
-    prop_assert!((1..=32).contains(&l.prefix_len));
+    prop_assert!((MIN_PREFIX_LEN..=32).contains(&l.prefix_len));
+    prop_assert!(crate::dhcp::lease::check_server_id(l.server_id).is_ok(), "server id {}", l.server_id);
     if l.prefix_len <= 30 {
         let host = u32::from(l.address) & (u32::MAX >> l.prefix_len);
         prop_assert!(host != 0 && host != u32::MAX >> l.prefix_len, "network/broadcast address {}", l.address);
     }
-    prop_assert!(l.lease_secs > 0);
+    prop_assert!(l.lease_secs >= DEFAULT_MIN_LEASE_SECS, "lease below the floor {l:?}");
+    prop_assert!(l.t1_secs >= DEFAULT_MIN_LEASE_SECS / 2, "renewal below the floor {l:?}");
     prop_assert!(l.t1_secs <= l.t2_secs && l.t2_secs <= l.lease_secs, "timers {l:?}");
     Ok(())
 }
@@ -264,7 +266,8 @@ proptest! {
             check_lease(&l)?;
             prop_assert_eq!(l.address, p.yiaddr);
             if let Some(t) = l.renew_at() {
-                prop_assert_eq!(a.last(), Some(&Action::SetTimer(t.max(T0 + 2))));
+                let floor_ms = u64::from(DEFAULT_MIN_LEASE_SECS / 2) * 1000;
+                prop_assert_eq!(a.last(), Some(&Action::SetTimer(t.max(T0 + 2 + floor_ms))));
             }
         } else {
             let rejected = matches!(&a[..], [Action::Reject { .. }]);

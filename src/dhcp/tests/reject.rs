@@ -181,6 +181,65 @@ fn bad_netmask() {
 }
 
 #[test]
+fn netmask_wider_than_a_lan() {
+    for (m, prefix_len) in [([128, 0, 0, 0], 1), ([254, 0, 0, 0], 7)] {
+        let mask = Ipv4Addr::from(m);
+        check_offer(
+            ServerParams { yiaddr: Ipv4Addr::new(10, 77, 0, 250), mask: Some(mask), ..Default::default() },
+            RejectReason::NetmaskTooWide { mask, prefix_len, min: MIN_PREFIX_LEN },
+        );
+    }
+    // /8 is the widest accepted; /31 and /32 (point-to-point, cloud networks) are fine.
+    for m in [[255, 0, 0, 0], [255, 255, 255, 254], [255, 255, 255, 255]] {
+        let (mut c, bytes) = offer_with(ServerParams { yiaddr: Ipv4Addr::new(10, 77, 0, 250), mask: Some(Ipv4Addr::from(m)), ..Default::default() }, |_| {});
+        c.on_event(Event::Packet { bytes }, T0 + 1);
+        assert_eq!(c.state(), State::Requesting, "{m:?}");
+    }
+}
+
+#[test]
+fn server_id_must_be_unicast() {
+    for (a, why) in [
+        ([255, 255, 255, 255], "limited broadcast"),
+        ([0, 0, 0, 0], "in 0.0.0.0/8"),
+        ([127, 0, 0, 1], "loopback"),
+        ([224, 0, 0, 1], "multicast"),
+        ([240, 0, 0, 9], "reserved class E"),
+    ] {
+        let addr = Ipv4Addr::from(a);
+        let bad = ServerParams { server_id: Some(addr), ..Default::default() };
+        check_offer(bad.clone(), RejectReason::InvalidServerId { addr, why });
+        // In every state that takes an ACK or NAK.
+        let (mut c, req) = requesting(&ServerParams::default());
+        assert_rejected(&mut c, srv::ack(&req, &bad), RejectReason::InvalidServerId { addr, why });
+        assert_rejected(&mut c, srv::nak(&req, &bad), RejectReason::InvalidServerId { addr, why });
+        let (mut c, lease) = bound(&ServerParams::default());
+        let req = one_send(&c.on_event(Event::Timer, lease.rebind_at().unwrap())).1;
+        assert_eq!(c.state(), State::Rebinding);
+        assert_rejected(&mut c, srv::ack(&req, &bad), RejectReason::InvalidServerId { addr, why });
+        let mut c = client();
+        let req = one_send(&c.on_event(Event::StartWithLease(expected_lease(T0)), T0)).1;
+        assert_rejected(&mut c, srv::ack(&req, &bad), RejectReason::InvalidServerId { addr, why });
+    }
+}
+
+#[test]
+fn only_replies_for_other_clients_are_routine() {
+    let routine = [RejectReason::XidMismatch { got: 1, expected: 2 }, RejectReason::ChaddrMismatch, RejectReason::NoTransaction(State::Bound)];
+    assert!(routine.iter().all(RejectReason::is_routine));
+    let a = Ipv4Addr::new(10, 0, 0, 1);
+    let not = [
+        RejectReason::InvalidServerId { addr: Ipv4Addr::BROADCAST, why: "limited broadcast" },
+        RejectReason::ServerIdMismatch { got: a, expected: a },
+        RejectReason::NetmaskTooWide { mask: Ipv4Addr::new(128, 0, 0, 0), prefix_len: 1, min: 8 },
+        RejectReason::BadNetmask(a),
+        RejectReason::ZeroLeaseTime,
+        RejectReason::MissingServerId,
+    ];
+    assert!(!not.iter().any(RejectReason::is_routine));
+}
+
+#[test]
 fn lease_time_missing_or_zero() {
     check_offer(ServerParams { lease_secs: None, ..Default::default() }, RejectReason::MissingLeaseTime);
     check_offer(ServerParams { lease_secs: Some(0), ..Default::default() }, RejectReason::ZeroLeaseTime);

@@ -8,11 +8,17 @@ Modes
                  never a NAK. With --spray SECS it also broadcasts unsolicited garbage that often.
                  With --sniff it also reads, on a promiscuous AF_PACKET socket, the unicast
                  REQUESTs meant for another server (RENEWING; seen when the bridge floods,
-                 e.g. ageing_time 0) and answers those too, racing the real server's ACK.
+                 e.g. ageing_time 0) and answers those too, racing the real server's ACK, plus
+                 one hijacking ACK: valid in every way (the client's own address, a long lease)
+                 except that it comes from this server, not the one the client renews with.
   nak-renew      A working server, except that the first REQUEST of each client in RENEWING or
                  REBINDING (ciaddr set) is NAKed; the client is then given another address.
   move-on-renew  A working server, except that the first renewal of each client is ACKed with
                  another address (and other DNS options) than the one being renewed.
+  serve          A working server (with --mtu: option 26; --router: option 3, default itself).
+  tight-renew    A working server whose lease times would make a client renew in a loop: the
+                 1st, 3rd, ... client it meets gets T1 = 0 on a --lease lease, the 2nd, 4th, ...
+                 a 1 s lease (no T1/T2, so the defaults round to 0).
 
 Working modes hand out --pool-start + n (n = order of first contact), lease --lease seconds
 with T1 --t1 / T2 --t2; after a NAK or a move, leases last --after-lease seconds.
@@ -53,6 +59,11 @@ VARIANTS = [
     "bad_magic",          # bad magic cookie
     "not_bootreply",      # not a BOOTREPLY (op 1)
     "no_msg_type",        # missing DHCP message type (option 53)
+    "server_id_broadcast",  # invalid server identifier 255.255.255.255: limited broadcast
+    "server_id_loopback",   # invalid server identifier 127.0.0.1: loopback
+    "server_id_zero",       # invalid server identifier 0.0.0.0: in 0.0.0.0/8
+    "server_id_multicast",  # invalid server identifier 224.0.0.1: multicast
+    "netmask_slash1",     # netmask 128.0.0.0 (/1) is wider than /8
 ]
 
 
@@ -98,10 +109,12 @@ def header(op, xid, flags, ciaddr, yiaddr, siaddr, chaddr, hlen=6):
             + ip4(siaddr) + ip4("0.0.0.0") + chaddr[:16].ljust(16, b"\0") + b"\0" * 192)
 
 
-def lease_opts(server_id, lease, t1, t2, mask="255.255.255.0", router=None, dns=None, domain=None):
+def lease_opts(server_id, lease, t1, t2, mask="255.255.255.0", router=None, dns=None, domain=None, mtu=None):
     o = b""
     if mask is not None:
         o += opt(1, ip4(mask))
+    if mtu is not None:
+        o += opt(26, struct.pack("!H", mtu))
     if router:
         o += opt(3, ip4(router))
     if dns:
@@ -119,13 +132,13 @@ def lease_opts(server_id, lease, t1, t2, mask="255.255.255.0", router=None, dns=
     return o
 
 
-def reply(kind, m, yiaddr, server_id, lease, t1, t2, router, dns=None, domain=None, ciaddr="0.0.0.0"):
+def reply(kind, m, yiaddr, server_id, lease, t1, t2, router, dns=None, domain=None, ciaddr="0.0.0.0", mtu=None):
     """A well-formed OFFER/ACK/NAK."""
     h = header(BOOTREPLY, m["xid"], m["flags"], ciaddr, yiaddr, server_id, m["chaddr"])
     if kind == NAK:
         o = opt(53, bytes([NAK])) + opt(54, ip4(server_id))
     else:
-        o = opt(53, bytes([kind])) + lease_opts(server_id, lease, t1, t2, router=router, dns=dns, domain=domain)
+        o = opt(53, bytes([kind])) + lease_opts(server_id, lease, t1, t2, router=router, dns=dns, domain=domain, mtu=mtu)
     return h + MAGIC + o + b"\xff"
 
 
@@ -157,6 +170,16 @@ def bad(variant, kind, m, server_id, good_yiaddr):
         op = BOOTREQUEST
     elif variant == "no_msg_type":
         with_type = False
+    elif variant == "server_id_broadcast":
+        sid = "255.255.255.255"
+    elif variant == "server_id_loopback":
+        sid = "127.0.0.1"
+    elif variant == "server_id_zero":
+        sid = "0.0.0.0"
+    elif variant == "server_id_multicast":
+        sid = "224.0.0.1"
+    elif variant == "netmask_slash1":
+        mask = "128.0.0.0"
     h = header(op, xid, m["flags"], "0.0.0.0", yiaddr, server_id, chaddr)
     o = opt(53, bytes([kind])) if with_type else b""
     o += lease_opts(sid, lease, None, None, mask=mask, router=server_id, dns=server_id)
@@ -184,6 +207,7 @@ class Server:
         self.sock.bind(("0.0.0.0", 67))
         self.lock = threading.Lock()
         self.addr = {}      # mac -> address handed out
+        self.order = {}     # mac -> order of first contact (0, 1, ...)
         self.next = 0
         self.done = set()   # macs already NAKed / moved once
 
@@ -204,6 +228,7 @@ class Server:
             if mac not in self.addr:
                 base = ipaddress.IPv4Address(self.a.pool_start)
                 self.addr[mac] = str(base + self.next)
+                self.order[mac] = len(self.order)
                 self.next += 1
             return self.addr[mac]
 
@@ -222,6 +247,12 @@ class Server:
         for v in VARIANTS:
             self.send(bad(v, kind, m, self.a.server_ip, bait), m, f"{v} {'OFFER' if kind == OFFER else 'ACK'} xid={m['xid']:#010x} mac={m['mac']}")
 
+    def hijack(self, m):
+        """A valid ACK of the client's own address, from this server instead of the one asked."""
+        ip = self.a.server_ip
+        pkt = reply(ACK, m, m["ciaddr"], ip, 3600, None, None, ip, dns=ip, ciaddr=m["ciaddr"])
+        self.send(pkt, m, f"hijack ACK {m['ciaddr']} xid={m['xid']:#010x} mac={m['mac']}")
+
     def spray(self):
         fake = {"xid": 0, "flags": 0x8000, "ciaddr": "0.0.0.0", "chaddr": b"\0" * 16, "mac": "-"}
         while True:
@@ -237,9 +268,14 @@ class Server:
         t = m["type"]
         after = mac in self.done
         lease, t1, t2 = (a.after_lease, None, None) if after else (a.lease, a.t1, a.t2)
+        router = a.router or a.server_ip
+        if a.mode == "tight-renew":
+            self.alloc(mac)
+            lease, t1, t2 = (a.lease, 0, None) if self.order[mac] % 2 == 0 else (1, None, None)
         if t == DISCOVER:
             y = self.alloc(mac)
-            self.send(reply(OFFER, m, y, a.server_ip, lease, t1, t2, a.server_ip, dns=a.server_ip, domain="sbx.test"), m, f"OFFER {y} mac={mac}")
+            self.send(reply(OFFER, m, y, a.server_ip, lease, t1, t2, router, dns=a.server_ip, domain="sbx.test", mtu=a.mtu), m,
+                      f"OFFER {y} mac={mac}")
         elif t == REQUEST:
             renewing = m["ciaddr"] != "0.0.0.0"
             if renewing and not after and a.mode == "nak-renew":
@@ -260,7 +296,8 @@ class Server:
                 self.send(reply(NAK, m, "0.0.0.0", a.server_ip, None, None, None, None), m, f"NAK {want} (has {y}) mac={mac}")
                 return
             dns, dom = (a.moved_dns, a.moved_domain) if (after and a.mode == "move-on-renew") else (a.server_ip, "sbx.test")
-            self.send(reply(ACK, m, y, a.server_ip, lease, t1, t2, a.server_ip, dns=dns, domain=dom, ciaddr=m["ciaddr"]), m, f"ACK {y} mac={mac}")
+            self.send(reply(ACK, m, y, a.server_ip, lease, t1, t2, router, dns=dns, domain=dom, ciaddr=m["ciaddr"], mtu=a.mtu), m,
+                      f"ACK {y} mac={mac}")
         elif t == RELEASE:
             log("RELEASE", m["ciaddr"], "mac", mac)
         elif t == DECLINE:
@@ -287,6 +324,7 @@ class Server:
             log("sniffed type", m["type"], "xid", f"{m['xid']:#010x}", "mac", m["mac"], "ciaddr", m["ciaddr"],
                 "to", socket.inet_ntoa(ip[16:20]))
             self.rogue(m)
+            self.hijack(m)
 
     def run(self):
         log("listening", self.a.mode, "on", self.a.iface, "as", self.a.server_ip, "pid", os.getpid())
@@ -309,7 +347,7 @@ class Server:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", required=True, choices=["rogue", "nak-renew", "move-on-renew"])
+    p.add_argument("--mode", required=True, choices=["rogue", "nak-renew", "move-on-renew", "serve", "tight-renew"])
     p.add_argument("--iface", required=True)
     p.add_argument("--server-ip", required=True)
     p.add_argument("--bait", default="10.77.0.150", help="rogue: the otherwise-valid yiaddr of bad replies")
@@ -323,6 +361,8 @@ def main():
     p.add_argument("--after-lease", type=int, default=600)
     p.add_argument("--moved-dns", default="10.77.0.53")
     p.add_argument("--moved-domain", default="moved.test")
+    p.add_argument("--mtu", type=int, default=None, help="working modes: option 26")
+    p.add_argument("--router", default=None, help="working modes: option 3 (default: --server-ip)")
     a = p.parse_args()
     if not os.path.exists("/run/sbx-sandbox"):
         sys.exit("dhcp_fake.py: refusing to run outside the test sandbox (/run/sbx-sandbox missing)")
