@@ -4,7 +4,9 @@
 //!
 //! A holder whose process is gone (killed before close_session could run) no longer counts:
 //! the daemon names holders the same way, and stops a session once all of its holders have
-//! exited (its reaper), so the two agree on who holds a session.
+//! exited (its reaper), so the two agree on who holds a session. A bare count (the format of
+//! older modules, found after an upgrade with logins open) stands for that many holds whose
+//! processes are unknown: they count until closed.
 //!
 //! The file is removed when its count reaches zero. Removing a locked file races with a
 //! process that opened the old inode and waits for its lock, so `lock` re-checks after
@@ -72,54 +74,79 @@ pub fn lock(dir: &Path, sid: u32, timeout: Duration) -> std::io::Result<Held> {
     }
 }
 
-impl Held {
+/// What a holder file says.
+#[derive(Default)]
+struct Entries {
+    /// Holds counted by an older module, which wrote a bare count: their processes are not
+    /// known, so they count until closed.
+    unknown: u32,
     /// The holders whose processes still run (one entry per open).
-    pub fn holders(&mut self) -> std::io::Result<Vec<Holder>> {
+    live: Vec<Holder>,
+}
+
+impl Held {
+    fn read(&mut self) -> std::io::Result<Entries> {
         let mut s = String::new();
         self.file.seek(SeekFrom::Start(0))?;
         self.file.read_to_string(&mut s)?;
-        let mut live = Vec::new();
+        let mut e = Entries::default();
         for line in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Ok(n) = line.parse::<u32>() {
+                e.unknown += n;
+                continue;
+            }
             let h = line
                 .split_once(' ')
                 .and_then(|(pid, start)| Some(Holder { pid: pid.parse().ok()?, start_time: start.trim().parse().ok()? }))
                 .ok_or_else(|| std::io::Error::other(format!("{}: not a holder line (PID START_TIME): {line:?}", self.path.display())))?;
             if h.is_alive() {
-                live.push(h);
+                e.live.push(h);
             }
         }
-        Ok(live)
+        Ok(e)
     }
 
-    /// How many live holders there are.
+    /// The holders whose processes still run (one entry per open).
+    pub fn holders(&mut self) -> std::io::Result<Vec<Holder>> {
+        Ok(self.read()?.live)
+    }
+
+    /// How many holders there are (those of exited processes do not count).
     pub fn count(&mut self) -> std::io::Result<u32> {
-        Ok(self.holders()?.len() as u32)
+        let e = self.read()?;
+        Ok(e.unknown + e.live.len() as u32)
     }
 
     /// Adds one hold by `h`.
     pub fn add(&mut self, h: Holder) -> std::io::Result<()> {
-        let mut all = self.holders()?;
-        all.push(h);
-        self.store(&all)
+        let mut e = self.read()?;
+        e.live.push(h);
+        self.store(&e)
     }
 
     /// Drops one hold by `h`, or, if `h` holds none (close_session ran in another process than
-    /// open_session), one of the others: each close ends one open.
+    /// open_session, or an older module counted it), one of the others: each close ends one
+    /// open.
     pub fn remove(&mut self, h: Holder) -> std::io::Result<()> {
-        let mut all = self.holders()?;
-        if let Some(i) = all.iter().position(|x| *x == h).or((!all.is_empty()).then_some(0)) {
-            all.remove(i);
+        let mut e = self.read()?;
+        if let Some(i) = e.live.iter().position(|x| *x == h) {
+            e.live.remove(i);
+        } else if e.unknown > 0 {
+            e.unknown -= 1;
+        } else if !e.live.is_empty() {
+            e.live.remove(0);
         }
-        self.store(&all)
+        self.store(&e)
     }
 
-    /// Stores `holders`; none removes the file (the lock is released on drop).
-    fn store(&mut self, holders: &[Holder]) -> std::io::Result<()> {
+    /// Stores `e`; no holder removes the file (the lock is released on drop).
+    fn store(&mut self, e: &Entries) -> std::io::Result<()> {
         self.file.set_len(0)?;
-        if holders.is_empty() {
+        if e.unknown == 0 && e.live.is_empty() {
             return self.clear();
         }
-        let text: String = holders.iter().map(|h| format!("{} {}\n", h.pid, h.start_time)).collect();
+        let unknown = (e.unknown > 0).then(|| format!("{}\n", e.unknown));
+        let text: String = unknown.into_iter().chain(e.live.iter().map(|h| format!("{} {}\n", h.pid, h.start_time))).collect();
         self.file.seek(SeekFrom::Start(0))?;
         self.file.write_all(text.as_bytes())?;
         self.file.sync_data()
@@ -179,9 +206,31 @@ mod tests {
         h.remove(Holder { pid: me.pid, start_time: me.start_time + 1 }).unwrap();
         assert_eq!(h.count().unwrap(), 0);
         assert!(!dir.join("2").exists());
-        std::fs::write(dir.join("3"), "12\n").unwrap();
+        std::fs::write(dir.join("3"), "12 x\n").unwrap();
         let e = lock(&dir, 3, Duration::from_secs(1)).unwrap().count().unwrap_err().to_string();
         assert!(e.contains("not a holder line"), "{e}");
+    }
+
+    #[test]
+    fn counts_written_by_an_older_module_still_count() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pam");
+        let me = Holder::me().unwrap();
+        lock(&dir, 4, Duration::from_secs(1)).unwrap().count().unwrap();
+        std::fs::write(dir.join("4"), "2\n").unwrap(); // two logins from before an upgrade
+        let mut h = lock(&dir, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(h.count().unwrap(), 2);
+        h.add(me).unwrap();
+        assert_eq!(h.count().unwrap(), 3);
+        assert_eq!(std::fs::read_to_string(dir.join("4")).unwrap(), format!("2\n{} {}\n", me.pid, me.start_time));
+        // their closes (from other processes) end the old holds first
+        let other = Holder { pid: me.pid, start_time: me.start_time + 1 };
+        h.remove(other).unwrap();
+        h.remove(other).unwrap();
+        assert_eq!(h.holders().unwrap(), vec![me]);
+        assert_eq!(h.count().unwrap(), 1);
+        h.remove(me).unwrap();
+        assert!(!dir.join("4").exists());
     }
 
     #[test]
