@@ -15,6 +15,7 @@ pub mod exec;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
+pub mod holders;
 pub mod identity;
 pub mod lease_driver;
 pub mod logging;

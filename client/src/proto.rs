@@ -15,6 +15,11 @@ pub enum Request {
         session: Option<Sid>,
         #[serde(default)]
         owner_uid: Option<u32>,
+        /// The process sending this request holds the session (the PAM module, from the
+        /// login's process): once every holder has exited the daemon stops the session.
+        /// Without it (`sessiond start`, units) the session lives until `stop`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
     },
     Status {
         session: Option<Sid>,
@@ -80,8 +85,8 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for r in [
-            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000) },
-            Request::Start { session: None, owner_uid: None },
+            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000), hold: true },
+            Request::Start { session: None, owner_uid: None, hold: false },
             Request::Status { session: None },
             Request::Stop { session: Sid::new(9).unwrap() },
             Request::StopAll,
@@ -92,7 +97,12 @@ mod tests {
             assert!(!body.contains('\n'));
             assert_eq!(parse_request(body).unwrap(), r);
         }
-        assert_eq!(parse_request(r#"{"op":"start","session":4}"#).unwrap(), Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None });
+        assert_eq!(
+            parse_request(r#"{"op":"start","session":4}"#).unwrap(),
+            Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None, hold: false }
+        );
+        // Only a holding start says so: the CLI's requests are what they always were.
+        assert_eq!(encode_line(&Request::Start { session: None, owner_uid: None, hold: false }), b"{\"op\":\"start\",\"session\":null,\"owner_uid\":null}\n");
     }
 
     #[test]
