@@ -53,9 +53,14 @@ pub enum Cmd {
         /// Only this session
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Option<Sid>,
-        /// Print JSON instead of a table (a list of records; one record with --session)
+        /// Print JSON instead of a table (a list of records; one record with --session; with
+        /// --watch, the daemon's event lines as they come)
         #[arg(long)]
         json: bool,
+        /// Keep watching: a live table that refreshes as sessions change, and each change as it
+        /// happens (until interrupted)
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -157,7 +162,14 @@ fn run(cli: Cli) -> Result<(), Exit> {
             print_sessions(&sessions, json, true);
             Ok(())
         }
-        Cmd::Status { session, json, socket } => {
+        Cmd::Status { session, json, watch: true, socket } => {
+            let path = client::socket_path(socket.socket.as_deref());
+            crate::live::run(&path, session, json).map_err(|e| match e {
+                ClientError::Refused(m) => failed(anyhow::anyhow!(m)),
+                other => failed(other),
+            })
+        }
+        Cmd::Status { session, json, watch: false, socket } => {
             let sessions = expect_sessions(call(&socket, &Request::Status { session }, Duration::from_secs(30))?)?;
             print_sessions(&sessions, json, session.is_some());
             Ok(())
@@ -209,7 +221,18 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         println!("{}", text.expect("records serialize"));
         return;
     }
-    println!("{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} LEASE", "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE");
+    print!("{}", table(sessions));
+}
+
+/// The sessions as `status` shows them, one line each under a header.
+pub(crate) fn table(sessions: &[SessionRecord]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} LEASE",
+        "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE"
+    );
     let now = crate::lease_driver::now_ms();
     for r in sessions {
         let addr = r.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
@@ -217,7 +240,8 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
             None => format!("{:?}", r.state).to_lowercase(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {}",
             r.session,
             r.netns,
@@ -230,6 +254,7 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             lease_summary(r, now)
         );
     }
+    out
 }
 
 /// "bound, server 10.0.0.1, renew in 290 s, expires in 590 s" (or "-" for static sessions).

@@ -1,5 +1,5 @@
 //! Daemon settings: /etc/sessiond/sessiond.toml merged under command-line flags, then validated.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -62,6 +62,10 @@ pub struct RawSettings {
     /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub dhcp_fqdn: Option<bool>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (default: off). No TLS, no
+    /// authentication: keep it on loopback or a management network
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -132,6 +136,7 @@ impl RawSettings {
             dhcp_timeout_secs: self.dhcp_timeout_secs.or(under.dhcp_timeout_secs),
             hostname_template: self.hostname_template.or(under.hostname_template),
             dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
+            metrics_listen: self.metrics_listen.or(under.metrics_listen),
         }
     }
 }
@@ -152,6 +157,7 @@ pub struct Settings {
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
     pub dhcp_fqdn: bool,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
@@ -177,6 +183,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template,
             dhcp_fqdn,
+            metrics_listen,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -217,6 +224,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
+            metrics_listen,
         })
     }
 }
@@ -248,6 +256,16 @@ state_dir = "/tmp/state"
         assert_eq!(s.link, LinkKind::Veth);
         assert_eq!(s.dns, vec!["10.1.0.53".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(s.pool.unwrap().size(), 11);
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_given_and_must_be_an_address_and_port() {
+        let s = Settings::merge(RawSettings { uplink: Some("br0".into()), ..Default::default() }, RawSettings::default()).unwrap();
+        assert_eq!(s.metrics_listen, None);
+        let f = parse("uplink = \"br0\"\nmetrics_listen = \"127.0.0.1:9737\"\n").unwrap();
+        assert_eq!(Settings::merge(RawSettings::default(), f).unwrap().metrics_listen, Some("127.0.0.1:9737".parse().unwrap()));
+        let e = parse("metrics_listen = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen") && e.contains("socket address"), "{e}");
     }
 
     #[test]

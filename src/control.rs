@@ -122,6 +122,8 @@ async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: 
             Err(_) => Response::error(ErrorKind::BadRequest, "request is not UTF-8"),
             Ok(text) => match parse_request(text.trim_end()) {
                 Err(e) => Response::error(ErrorKind::BadRequest, e),
+                // The connection becomes the watcher's stream (see `events`).
+                Ok(Request::Watch) => return crate::events::stream(&mgr.events(), crate::events::Viewer::from_uid(uid), reader, wr).await,
                 Ok(req) => handle(&mgr, req, uid).await,
             },
         };
@@ -176,6 +178,7 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
             Ok(sessions) => Response::Stopped { absent: sessions.is_empty(), sessions },
             Err(e) => from_manager(e),
         },
+        Request::Watch => Response::error(ErrorKind::BadRequest, "watch is answered by a stream, on a connection of its own"),
     }
 }
 
@@ -185,6 +188,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Status { .. } => "status",
         Request::Stop { .. } => "stop",
         Request::StopAll => "stop --all",
+        Request::Watch => "watch",
     }
 }
 

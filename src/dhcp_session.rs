@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::dhcp::{ClientConfig, Event, Lease, State};
+use crate::events::Events;
 use crate::identity::Identity;
 use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, WaitError, lease_file, now_ms};
+use crate::metrics::Metrics;
 use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
 use crate::session::SESSION_IF;
@@ -39,6 +41,9 @@ pub struct Dhcp {
     uplink: String,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
+    /// Where the tasks report lease changes (watchers) and count messages (metrics).
+    events: Events,
+    metrics: Metrics,
 }
 
 /// A session's running DHCP task.
@@ -47,7 +52,7 @@ pub struct DhcpSession {
 }
 
 impl Dhcp {
-    pub fn new(settings: &Settings, state: StateDir, hostname: String) -> Dhcp {
+    pub fn new(settings: &Settings, state: StateDir, hostname: String, events: Events, metrics: Metrics) -> Dhcp {
         Dhcp {
             state,
             hostname,
@@ -56,6 +61,8 @@ impl Dhcp {
             timeout_secs: settings.dhcp_timeout_secs,
             uplink: settings.uplink.clone(),
             lan_neighbours: Default::default(),
+            events,
+            metrics,
         }
     }
 
@@ -75,6 +82,8 @@ impl Dhcp {
             loopback: id.loopback,
             write_file: p.file_writer(),
             lan_neighbours: self.lan_neighbours.clone(),
+            events: self.events.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::dhcp::{Action, Client, ClientConfig, Dest, Event, Lease, Millis, RejectReason, State};
 use crate::dhcp_session::{lifetimes, next_hop};
+use crate::metrics::Direction;
 use crate::netlink::{NetError, NetOps};
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
@@ -54,6 +55,9 @@ pub struct DriverContext<N: NetOps> {
     pub loopback: Ipv4Addr,
     pub write_file: crate::platform::FileWriter,
     pub lan_neighbours: LanNeighbours,
+    /// Told each lease status (watchers see address changes); counts messages and renewals.
+    pub events: crate::events::Events,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The task's memory of what it already did, so that a renewal that changes nothing costs
@@ -102,7 +106,7 @@ impl LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
         let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None });
         // A root span: the task outlives the request that started it.
-        let span = info_span!(parent: None, "dhcp", session = %ctx.sid);
+        let span = info_span!(parent: None, "dhcp", sid = %ctx.sid);
         let task = Task { ctx, done: Done::default(), rejects: RejectLog::default() };
         let task = tokio::spawn(run(task, socket, seeded(cfg), first, rx, status_tx).instrument(span));
         LeaseDriver { tx, status: status_rx, task }
@@ -190,9 +194,10 @@ async fn run<N: NetOps>(
         }
         if client.state() != last_state {
             info!("DHCP state {last_state} -> {}", client.state());
+            task.ctx.metrics.dhcp_state_changed(last_state, client.state());
             last_state = client.state();
         }
-        let _ = status.send(LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });
+        task.report(&status, LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });
         if client.state() == State::Released {
             return;
         }
@@ -201,6 +206,7 @@ async fn run<N: NetOps>(
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     debug!(%from, bytes = n, "DHCP packet");
+                    task.ctx.metrics.dhcp_message(Direction::Received, &buf[..n]);
                     actions = client.on_event(Event::Packet { bytes: buf[..n].to_vec() }, now_ms());
                 }
                 Err(e) => {
@@ -226,7 +232,7 @@ async fn run<N: NetOps>(
                         warn!("DHCP send: {e}");
                     }
                 }
-                let _ = status.send(LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None });
+                task.report(&status, LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None });
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -272,6 +278,13 @@ impl RejectLog {
 }
 
 impl<N: NetOps> Task<N> {
+    /// The one place a task's lease status changes: for `status` and `start` (the watch
+    /// channel) and for watchers (the events hub).
+    fn report(&self, status: &watch::Sender<LeaseStatus>, s: LeaseStatus) {
+        self.ctx.events.lease(self.ctx.sid, crate::dhcp_session::LeaseView { state: s.state, lease: s.lease.clone() });
+        let _ = status.send(s);
+    }
+
     /// Does one action; only a failed send is returned (everything else is logged here).
     async fn execute(&mut self, sock: &UdpSocket, a: Action) -> std::io::Result<()> {
         let ctx = &self.ctx;
@@ -289,10 +302,13 @@ impl<N: NetOps> Task<N> {
                     }
                 };
                 sock.send_to(&bytes, to).await.map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), format!("to {to}: {e}")))?;
+                ctx.metrics.dhcp_message(Direction::Sent, &bytes);
             }
             Action::ApplyLease { lease, previous } => match apply(ctx, &mut self.done, &lease, previous.as_ref()).await {
                 Err(e) => warn!(address = %lease.address, "applying lease: {e}"),
-                Ok(()) => info!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied"),
+                Ok(()) => {
+                    info!(address = %lease.address, prefix_len = lease.prefix_len, server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied")
+                }
             },
             Action::RemoveLease(lease) => {
                 for (dest, gw) in lease.routes() {
@@ -316,7 +332,10 @@ impl<N: NetOps> Task<N> {
                 }
             }
             Action::SetTimer(_) => {} // the run loop keeps the deadline
-            Action::Reject { reason } => self.rejects.log(&reason),
+            Action::Reject { reason } => {
+                ctx.metrics.dhcp_rejected(&reason);
+                self.rejects.log(&reason)
+            }
         }
         Ok(())
     }
@@ -471,6 +490,8 @@ mod tests {
             loopback: Ipv4Addr::new(127, 0, 0, 2),
             write_file: p.file_writer(),
             lan_neighbours: lan.clone(),
+            events: Default::default(),
+            metrics: Default::default(),
         }
     }
 

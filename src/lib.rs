@@ -11,14 +11,17 @@ pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod dhcp_session;
+pub mod events;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
 pub mod identity;
 pub mod lease_driver;
+pub mod live;
 pub mod logging;
 pub mod mac;
 pub mod manager;
+pub mod metrics;
 pub mod netlink;
 pub mod ns;
 pub mod platform;
