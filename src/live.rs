@@ -52,11 +52,14 @@ pub struct View {
     only: Option<Sid>,
     sessions: BTreeMap<Sid, SessionRecord>,
     recent: VecDeque<String>,
+    /// The address the last line about each session showed: an address change that line
+    /// already told (a session coming up with its lease) is not told again.
+    told_address: BTreeMap<Sid, Option<ipnet::Ipv4Net>>,
 }
 
 impl View {
     pub fn new(only: Option<Sid>) -> View {
-        View { only, sessions: BTreeMap::new(), recent: VecDeque::new() }
+        View { only, sessions: BTreeMap::new(), recent: VecDeque::new(), told_address: BTreeMap::new() }
     }
 
     pub fn sessions(&self) -> Vec<SessionRecord> {
@@ -86,6 +89,7 @@ impl View {
             }
             WatchEvent::State { session, from, to, record } => {
                 self.sessions.insert(*session, record.clone());
+                self.told_address.insert(*session, record.address);
                 let addr = record.address.map(|a| format!(" ({a})")).unwrap_or_default();
                 match from {
                     None => format!("session {session}: new, {}{addr}", state_name(*to)),
@@ -94,6 +98,9 @@ impl View {
             }
             WatchEvent::Address { session, from, to, record } => {
                 self.sessions.insert(*session, record.clone());
+                if self.told_address.insert(*session, *to) == Some(*to) {
+                    return None;
+                }
                 let name = |a: &Option<ipnet::Ipv4Net>| a.map(|a| a.to_string()).unwrap_or_else(|| "none".into());
                 format!("session {session}: address {} -> {}", name(from), name(to))
             }
@@ -106,6 +113,7 @@ impl View {
             }
             WatchEvent::Gone { session } => {
                 self.sessions.remove(session);
+                self.told_address.remove(session);
                 format!("session {session}: gone")
             }
         };
@@ -191,8 +199,14 @@ mod tests {
         assert_eq!(strip_clock(&l), "session 2: new, starting (10.0.0.6/24)");
         let mut up = r2.clone();
         up.state = SessionState::Up;
-        let l = v.apply(&WatchEvent::State { session: up.session, from: Some(SessionState::Starting), to: SessionState::Up, record: up }).unwrap();
+        let l = v.apply(&WatchEvent::State { session: up.session, from: Some(SessionState::Starting), to: SessionState::Up, record: up.clone() }).unwrap();
         assert_eq!(strip_clock(&l), "session 2: starting -> up (10.0.0.6/24)");
+        // told with the state change already; a later change of address is told
+        assert_eq!(v.apply(&WatchEvent::Address { session: up.session, from: None, to: up.address, record: up.clone() }), None);
+        let mut moved = up.clone();
+        moved.address = Some("10.0.0.7/24".parse().unwrap());
+        let l = v.apply(&WatchEvent::Address { session: up.session, from: up.address, to: moved.address, record: moved }).unwrap();
+        assert_eq!(strip_clock(&l), "session 2: address 10.0.0.6/24 -> 10.0.0.7/24");
         let mut f = record(1, SessionState::Up, Some("10.0.0.5/24"));
         f.fault = Some("uplink br-lan is down".into());
         let l = v.apply(&WatchEvent::Fault { session: s1, fault: f.fault.clone(), record: f }).unwrap();

@@ -193,7 +193,7 @@ text_view_prints_changes() {
     wait_for 5 grep -q "session 2: gone" "$W_TEXT" || { cat "$W_TEXT"; return 1; }
     cat "$W_TEXT"
     grep -qE "^[0-9:]{8}Z session 1: new, starting$" "$W_TEXT" && grep -qE "^[0-9:]{8}Z session 1: starting -> up \($A1\)$" "$W_TEXT" &&
-    grep -qE "session 1: address none -> $A1$" "$W_TEXT"
+    grep -qE "^[0-9:]{8}Z session 1: up -> stopping$" "$W_TEXT" && grep -qE "^[0-9:]{8}Z session 1: gone$" "$W_TEXT"
 }
 
 terminal_view_redraws_in_place() {
