@@ -226,20 +226,24 @@ journal_entries_are_well_formed() {
     [[ $(jq -c 'select(type == "array") | map(select(.[0] == "SYSLOG_IDENTIFIER") | .[1]) | unique' "$JOURNAL_OUT" | sort -u) == '["sessiond"]' ]]
 }
 
+# has JSON-LINES JQ-CONDITION: some line satisfies the condition (false for no line at all:
+# `jq -e` alone succeeds on empty input).
+has() { jq -s -e "any(.[]; $2)" <<<"$1" >/dev/null; }
+
 journalctl_sid_7_shows_its_life() {
     local e; e=$(journal SESSIOND_SID=7) || return 1
     jq -c '{MESSAGE, SESSIOND_ADDRESS, SPAN_NAME, PRIORITY}' <<<"$e"
-    jq -e --arg a "$SBX_POOL_FIRST" 'select(.MESSAGE == "session up" and .SESSIOND_ADDRESS == $a and .PRIORITY == "5")' <<<"$e" >/dev/null &&
-    jq -e 'select(.MESSAGE == "session stopped")' <<<"$e" >/dev/null &&
-    ! jq -e 'select(.MESSAGE | test("not started"))' <<<"$e" >/dev/null && # session 8's failure is not session 7's
-    journal "SESSIOND_ADDRESS=$SBX_POOL_FIRST" | jq -c .
-    [[ $(journal "SESSIOND_ADDRESS=$SBX_POOL_FIRST" | jq -r .SESSIOND_SID | sort -u) == 7 ]]
+    has "$e" ".MESSAGE == \"session up\" and .SESSIOND_ADDRESS == \"$SBX_POOL_FIRST\" and .PRIORITY == \"5\"" &&
+    has "$e" '.MESSAGE == "session stopped" and .SPAN_NAME == "stop"' &&
+    ! has "$e" '.MESSAGE // "" | test("not started")' && # session 8's failure is not session 7's
+    [[ $(journal "SESSIOND_ADDRESS=$SBX_POOL_FIRST" | jq -r .SESSIOND_SID | sort -u) == 7 ]] ||
+        { echo "entries with SESSIOND_ADDRESS=$SBX_POOL_FIRST:"; journal "SESSIOND_ADDRESS=$SBX_POOL_FIRST"; return 1; }
 }
 
 failed_start_names_its_step() {
     local e; e=$(journal SESSIOND_SID=8) || return 1
     jq -c '{MESSAGE, SESSIOND_STEP, PRIORITY}' <<<"$e"
-    jq -e 'select((.MESSAGE | test("session not started: .*exhausted")) and .SESSIOND_STEP == "allocate an address" and .PRIORITY == "4")' <<<"$e" >/dev/null
+    has "$e" '(.MESSAGE | test("session not started: .*exhausted")) and .SESSIOND_STEP == "allocate an address" and .PRIORITY == "4"'
 }
 
 check "set-up: users, dnsmasq, a fake journald, the daemon with --metrics-listen" setup || finish
