@@ -104,31 +104,39 @@ impl Events {
     /// The manager's table entered or changed a session (`has_lease`: it holds a lease task).
     pub fn record(&self, record: &SessionRecord, has_lease: bool) {
         let mut hub = self.inner.lock().unwrap();
+        let watched = hub.watched();
         let entry = hub.sessions.entry(record.session).or_default();
         if entry.record.as_ref() == Some(record) && entry.has_lease == has_lease {
             return; // the common case: touched, not changed
         }
-        let before = entry.view();
+        let before = if watched { entry.view() } else { None };
         entry.record = Some(record.clone());
         entry.has_lease = has_lease;
-        let after = entry.view();
-        hub.publish(before, after);
+        if watched {
+            let after = entry.view();
+            hub.publish(before, after);
+        }
     }
 
     /// A session's lease task changed its lease status.
     pub fn lease(&self, sid: Sid, lease: LeaseView) {
         let mut hub = self.inner.lock().unwrap();
+        let watched = hub.watched();
         let entry = hub.sessions.entry(sid).or_default();
-        let before = entry.view();
+        let before = if watched { entry.view() } else { None };
         entry.lease = Some(lease);
-        let after = entry.view();
-        hub.publish(before, after);
+        if watched {
+            let after = entry.view();
+            hub.publish(before, after);
+        }
     }
 
     /// The manager's table no longer holds the session.
     pub fn gone(&self, sid: Sid) {
         let mut hub = self.inner.lock().unwrap();
-        if let Some(entry) = hub.sessions.remove(&sid) {
+        if let Some(entry) = hub.sessions.remove(&sid)
+            && hub.watched()
+        {
             hub.publish(entry.view(), None);
         }
     }
@@ -142,10 +150,13 @@ impl Events {
 }
 
 impl Hub {
+    /// Whether anyone watches: without watchers the hub only keeps each session's latest
+    /// record and lease for the next snapshot, and works out no changes.
+    fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     fn publish(&self, before: Option<SessionRecord>, after: Option<SessionRecord>) {
-        if self.tx.receiver_count() == 0 {
-            return;
-        }
         let owner_uid = after.as_ref().or(before.as_ref()).and_then(|r| r.owner_uid);
         for event in changes(before, after) {
             // A send fails only when nobody listens: nothing to do then.
