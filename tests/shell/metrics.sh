@@ -11,7 +11,7 @@
 #            native protocol with SESSIOND_SID, SESSIOND_ADDRESS and a failed start's
 #            SESSIOND_STEP (received by a fake journald on the sandbox's private /run);
 #            a JOURNAL_STREAM that is not its stderr leaves the logs on stderr
-# Usage: tests/shell/metrics.sh      (about 15 s)
+# Usage: tests/shell/metrics.sh      (about 6 s)
 # shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"
