@@ -53,9 +53,14 @@ pub enum Cmd {
         /// Only this session
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Option<Sid>,
-        /// Print JSON instead of a table (a list of records; one record with --session)
+        /// Print JSON instead of a table (a list of records; one record with --session; with
+        /// --watch, the daemon's event lines as they come)
         #[arg(long)]
         json: bool,
+        /// Keep watching: a live table that refreshes as sessions change, and each change as it
+        /// happens (until interrupted)
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -169,7 +174,14 @@ fn run(cli: Cli) -> Result<i32, Exit> {
             print_sessions(&sessions, json, true);
             Ok(())
         }
-        Cmd::Status { session, json, socket } => {
+        Cmd::Status { session, json, watch: true, socket } => {
+            let path = client::socket_path(socket.socket.as_deref());
+            crate::live::run(&path, session, json).map_err(|e| match e {
+                ClientError::Refused(m) => failed(anyhow::anyhow!(m)),
+                other => failed(other),
+            })
+        }
+        Cmd::Status { session, json, watch: false, socket } => {
             let sessions = expect_sessions(call(&socket, &Request::Status { session }, Duration::from_secs(30))?)?;
             print_sessions(&sessions, json, session.is_some());
             Ok(())
@@ -227,7 +239,15 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         println!("{}", text.expect("records serialize"));
         return;
     }
-    println!(
+    print!("{}", table(sessions));
+}
+
+/// The sessions as `status` shows them, one line each under a header.
+pub(crate) fn table(sessions: &[SessionRecord]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {:<16} LEASE",
         "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE", "HOLDERS"
     );
@@ -238,7 +258,8 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
             None => format!("{:?}", r.state).to_lowercase(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {:<16} {}",
             r.session,
             r.netns,
@@ -252,6 +273,7 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             lease_summary(r, now)
         );
     }
+    out
 }
 
 /// The pids of the logins holding the session ("pid 812,907"), "none for 12 s" once they are

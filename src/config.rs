@@ -1,5 +1,5 @@
 //! Daemon settings: /etc/sessiond/sessiond.toml merged under command-line flags, then validated.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -84,6 +84,10 @@ pub struct RawSettings {
     /// renew in a loop)
     #[arg(long = "dhcp-min-lease", value_name = "DHCP_MIN_LEASE")]
     pub dhcp_min_lease_secs: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (default: off). No TLS, no
+    /// authentication: keep it on loopback or a management network
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -163,6 +167,7 @@ impl RawSettings {
             reap_after_secs: self.reap_after_secs.or(under.reap_after_secs),
             max_connections_per_user: self.max_connections_per_user.or(under.max_connections_per_user),
             dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
+            metrics_listen: self.metrics_listen.or(under.metrics_listen),
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct Settings {
     pub reap_after_secs: u64,
     pub max_connections_per_user: usize,
     pub dhcp_min_lease_secs: u32,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -218,6 +224,7 @@ impl Settings {
             reap_after_secs,
             max_connections_per_user,
             dhcp_min_lease_secs,
+            metrics_listen,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -273,6 +280,7 @@ impl Settings {
             reap_after_secs,
             max_connections_per_user,
             dhcp_min_lease_secs,
+            metrics_listen,
         })
     }
 }
@@ -304,6 +312,16 @@ state_dir = "/tmp/state"
         assert_eq!(s.link, LinkKind::Veth);
         assert_eq!(s.dns, vec!["10.1.0.53".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(s.pool.unwrap().size(), 11);
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_given_and_must_be_an_address_and_port() {
+        let s = Settings::merge(RawSettings { uplink: Some("br0".into()), ..Default::default() }, RawSettings::default()).unwrap();
+        assert_eq!(s.metrics_listen, None);
+        let f = parse("uplink = \"br0\"\nmetrics_listen = \"127.0.0.1:9737\"\n").unwrap();
+        assert_eq!(Settings::merge(RawSettings::default(), f).unwrap().metrics_listen, Some("127.0.0.1:9737".parse().unwrap()));
+        let e = parse("metrics_listen = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen") && e.contains("socket address"), "{e}");
     }
 
     #[test]

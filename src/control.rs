@@ -186,6 +186,8 @@ async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: 
             Err(_) => Response::error(ErrorKind::BadRequest, "request is not UTF-8"),
             Ok(text) => match parse_request(text.trim_end()) {
                 Err(e) => Response::error(ErrorKind::BadRequest, e),
+                // The connection becomes the watcher's stream (see `events`).
+                Ok(Request::Watch) => return crate::events::stream(&mgr.events(), crate::events::Viewer::from_uid(uid), reader, wr).await,
                 Ok(req) => answer(&mgr, req, uid, Some(reader.get_ref().as_ref())).await,
             },
         };
@@ -254,6 +256,7 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
             Ok(sessions) => Response::Stopped { absent: sessions.is_empty(), sessions },
             Err(e) => from_manager(e),
         },
+        Request::Watch => Response::error(ErrorKind::BadRequest, "watch is answered by a stream, on a connection of its own"),
     }
 }
 
@@ -263,6 +266,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Status { .. } => "status",
         Request::Stop { .. } => "stop",
         Request::StopAll => "stop --all",
+        Request::Watch => "watch",
     }
 }
 

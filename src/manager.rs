@@ -9,9 +9,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Addressing, LinkKind, Settings};
 use crate::dhcp_session::{Dhcp, DhcpError, DhcpSession};
+use crate::events::Events;
 use crate::holders::{Holder, Watch, Watched};
 use crate::identity::Identity;
 use crate::lease_driver::now_ms;
+use crate::metrics::{Census, Metrics, StartResult};
 use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
 use crate::pool::{PoolError, PoolHistory};
@@ -92,6 +94,35 @@ fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
     }
 }
 
+impl StartError {
+    /// The step that failed, for the logs (journald's `SESSIOND_STEP`).
+    pub fn step(&self) -> &'static str {
+        match self {
+            StartError::Record(_) => "record the session's state",
+            StartError::Pool(_) => "allocate an address",
+            StartError::Build(e) => e.step,
+            StartError::Dhcp(_) => "lease an address by DHCP",
+        }
+    }
+}
+
+impl ManagerError {
+    /// The step of a start that failed in one.
+    pub fn step(&self) -> Option<&'static str> {
+        match self {
+            ManagerError::NotStarted { source, .. } => Some(source.step()),
+            ManagerError::Uplink(_) => Some("check the uplink"),
+            _ => None,
+        }
+    }
+}
+
+/// What a start did (for the metrics: a start that made nothing new is not timed).
+enum Started {
+    New(SessionRecord),
+    AlreadyUp(SessionRecord),
+}
+
 fn join<E: std::fmt::Display>(errors: &[E]) -> String {
     errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
 }
@@ -140,6 +171,9 @@ impl Session {
 struct Table {
     slots: BTreeMap<Sid, Slot>,
     history: PoolHistory,
+    /// Told of every session entered, changed (through `Changing`) or removed: the table is
+    /// the one place records change, so watchers see every change.
+    events: Events,
 }
 
 impl Table {
@@ -147,22 +181,60 @@ impl Table {
         self.slots.get(&sid)?.session.as_ref()
     }
 
-    fn session_mut(&mut self, sid: Sid) -> Option<&mut Session> {
-        self.slots.get_mut(&sid)?.session.as_mut()
+    fn session_mut(&mut self, sid: Sid) -> Option<Changing<'_>> {
+        let Table { slots, events, .. } = self;
+        slots.get_mut(&sid)?.session.as_mut().map(|session| Changing { session, events })
     }
 
     fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.slots.values().filter_map(|s| s.session.as_ref())
     }
 
-    fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
-        self.slots.values_mut().filter_map(|s| s.session.as_mut())
+    fn sessions_mut(&mut self) -> impl Iterator<Item = Changing<'_>> {
+        let Table { slots, events, .. } = self;
+        slots.values_mut().filter_map(|s| s.session.as_mut()).map(|session| Changing { session, events: &*events })
     }
 
     /// Enters a session into its sid's slot (replacing what was there).
     fn insert(&mut self, session: Session) {
         let sid = session.identity.sid;
+        self.events.record(&session.record, session.lease.is_some());
         self.slots.entry(sid).or_default().session = Some(session);
+    }
+
+    /// Removes the sid's session (its namespace handle with it).
+    fn remove(&mut self, sid: Sid) {
+        if let Some(slot) = self.slots.get_mut(&sid)
+            && slot.session.take().is_some()
+        {
+            self.events.gone(sid);
+        }
+    }
+}
+
+/// A session being changed in the table: when the change is done (dropped), watchers are told
+/// what it changed.
+struct Changing<'a> {
+    session: &'a mut Session,
+    events: &'a Events,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.events.record(&self.session.record, self.session.lease.is_some());
     }
 }
 
@@ -174,6 +246,7 @@ pub struct Manager<P: Platform> {
     hostname: String,
     dhcp: Dhcp,
     table: Mutex<Table>,
+    metrics: Metrics,
     reaper: Reaper,
 }
 
@@ -190,20 +263,41 @@ impl<P: Platform> Manager<P> {
         let history = state.load_last_addresses();
         let (exits, reports) = tokio::sync::mpsc::unbounded_channel();
         let reaper = Reaper { exits, reports: Mutex::new(Some(reports)), grace: std::time::Duration::from_secs(settings.reap_after_secs) };
+        let (events, metrics) = (Events::new(), Metrics::new());
         Ok(Manager {
             reaper,
-            dhcp: Dhcp::new(&settings, state.clone(), hostname.clone()),
+            dhcp: Dhcp::new(&settings, state.clone(), hostname.clone(), events.clone(), metrics.clone()),
             platform,
             settings,
             state,
             machine_id,
             hostname,
-            table: Mutex::new(Table { slots: BTreeMap::new(), history }),
+            table: Mutex::new(Table { slots: BTreeMap::new(), history, events }),
+            metrics,
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Every change of a session, for watchers.
+    pub fn events(&self) -> Events {
+        self.table.lock().unwrap().events.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many sessions are in each state, and how many show a fault, now.
+    pub fn census(&self) -> Census {
+        let t = self.table.lock().unwrap();
+        let mut c = Census::default();
+        for s in t.sessions() {
+            c.count(s.record.state, s.record.fault.is_some());
+        }
+        c
     }
 
     /// The slot's names, derived once per session (at start, or when recovery finds it).
@@ -255,31 +349,45 @@ impl<P: Platform> Manager<P> {
             None => self.pick_free_sid()?,
         };
         let lock = self.sid_lock(sid);
+        let began = std::time::Instant::now();
+        let span = info_span!("start", sid = %sid);
         let result = async {
             let held = lock.lock_owned().await;
             if gone() {
                 info!("the requester hung up before the start began: not starting it");
                 return Err(ManagerError::RequesterGone(sid));
             }
-            let existed = self.table.lock().unwrap().session(sid).is_some_and(|s| s.record.state == SessionState::Up);
-            let view = self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder)).await?;
-            if !existed && gone() {
+            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(step = e.step(), "session not started: {e}");
+                    return Err(e);
+                }
+            };
+            if matches!(started, Started::New(_)) && gone() {
                 info!("the requester hung up before the answer: rolling the start back");
                 self.stop_with_lock(sid, held).await?;
                 return Err(ManagerError::RequesterGone(sid));
             }
-            Ok(match holder {
-                Some(w) if !gone() => self.hold(sid, w),
-                _ => view,
+            Ok(match (holder, started) {
+                (Some(w), Started::New(_)) if !gone() => Started::New(self.hold(sid, w)),
+                (Some(w), Started::AlreadyUp(_)) if !gone() => Started::AlreadyUp(self.hold(sid, w)),
+                (_, started) => started,
             })
         }
-        .instrument(info_span!("start", session = %sid))
+        .instrument(span)
         .await;
         self.set_reserved(sid, false);
+        let (outcome, result) = match result {
+            Ok(Started::New(r)) => (StartResult::Started, Ok(r)),
+            Ok(Started::AlreadyUp(r)) => (StartResult::AlreadyUp, Ok(r)),
+            Err(e) => (StartResult::Failed, Err(e)),
+        };
+        self.metrics.start_finished(outcome, began.elapsed());
         result
     }
 
-    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<SessionRecord, ManagerError> {
+    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<Started, ManagerError> {
         if let Some(s) = self.table.lock().unwrap().session(sid)
             && s.record.state == SessionState::Up
         {
@@ -288,7 +396,7 @@ impl<P: Platform> Manager<P> {
             if owner_uid != s.record.owner_uid {
                 return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
-            return Ok(s.view());
+            return Ok(Started::AlreadyUp(s.view()));
         }
         self.check_uplink().await?;
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
@@ -329,11 +437,14 @@ impl<P: Platform> Manager<P> {
         }
         let netns = self.platform.hold_netns(&identity.netns);
         let mut t = self.table.lock().unwrap();
-        let s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
+        let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
         (s.record, s.lease, s.netns) = (up, lease, netns);
         let view = s.view();
-        info!(session = %sid, address = ?view.address, "session up");
-        Ok(view)
+        match view.address {
+            Some(a) => info!(address = %a.addr(), prefix_len = a.prefix_len(), "session up"),
+            None => info!("session up"),
+        }
+        Ok(Started::New(view))
     }
 
     /// Refuses a start (or reports a fault) while the uplink, or a veth's bridge, is missing.
@@ -400,19 +511,17 @@ impl<P: Platform> Manager<P> {
 
     /// Drops the sid's session from the table (its namespace handle with it).
     fn forget(&self, sid: Sid) {
-        if let Some(slot) = self.table.lock().unwrap().slots.get_mut(&sid) {
-            slot.session = None;
-        }
+        self.table.lock().unwrap().remove(sid);
     }
 
     /// Rolls a half-made session back completely.
     async fn abandon(&self, sid: Sid, spec: &TeardownSpec) {
         for e in session::teardown(&self.platform, spec).await {
-            warn!(session = %sid, "cleanup: {e}");
+            warn!(sid = %sid, step = e.step, "cleanup: {e}");
         }
         self.forget(sid);
         if let Err(e) = self.state.remove(sid) {
-            warn!(session = %sid, "cleanup: {e}");
+            warn!(sid = %sid, "cleanup: {e}");
         }
     }
 
@@ -439,7 +548,7 @@ impl<P: Platform> Manager<P> {
 
     /// `stop`, with the sid's lock already held (it is let go once the session is gone).
     async fn stop_with_lock(&self, sid: Sid, held: tokio::sync::OwnedMutexGuard<()>) -> Result<Stopped, ManagerError> {
-        let span = info_span!("stop", session = %sid);
+        let span = info_span!("stop", sid = %sid);
         let (result, pending) = match self.stop_locked(sid).instrument(span.clone()).await {
             Ok((s, pending)) => (Ok(s), pending),
             Err(e) => (Err(e), None),
@@ -462,7 +571,7 @@ impl<P: Platform> Manager<P> {
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
     /// free, and the MAC of the interface in it.
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
-        let taken = self.table.lock().unwrap().session_mut(sid).map(|s| {
+        let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
             (s.record.clone(), s.identity.mac, s.lease.take())
         });
@@ -474,7 +583,7 @@ impl<P: Platform> Manager<P> {
             return Ok((Stopped::WasAbsent, None));
         };
         if let Err(e) = self.state.save(&rec) {
-            warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
+            warn!("cannot record stopping state (tearing down anyway): {e}");
         }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
@@ -486,10 +595,10 @@ impl<P: Platform> Manager<P> {
         let (errors, pending) =
             if leave_link { session::teardown_leaving_link(&self.platform, &spec).await } else { (session::teardown(&self.platform, &spec).await, None) };
         if let Err(e) = self.dhcp.forget(sid) {
-            warn!(session = %sid, "removing lease file: {e}");
+            warn!("removing lease file: {e}");
         }
         // Our own handle must go for the namespace to go.
-        if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+        if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
             s.netns = None;
         }
         if !errors.is_empty() {
@@ -497,7 +606,8 @@ impl<P: Platform> Manager<P> {
         }
         self.forget(sid);
         self.state.remove(sid).map_err(|source| ManagerError::StateRemains { sid, source })?;
-        info!(session = %sid, "session stopped");
+        info!("session stopped");
+        self.metrics.session_stopped();
         Ok((Stopped::Stopped, pending.map(|nsid| (nsid, mac))))
     }
 
@@ -546,10 +656,10 @@ impl<P: Platform> Manager<P> {
 
     fn mark_fault(&self, why: &str) {
         let mut t = self.table.lock().unwrap();
-        for s in t.sessions_mut() {
+        for mut s in t.sessions_mut() {
             let r = &mut s.record;
             if r.state == SessionState::Up && r.fault.is_none() {
-                warn!(session = %r.session, "fault: {why}");
+                warn!(sid = %r.session, "fault: {why}");
                 r.fault = Some(why.to_string());
             }
         }
@@ -558,14 +668,14 @@ impl<P: Platform> Manager<P> {
     async fn repair(&self, sid: Sid) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
-        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|s| {
+        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|mut s| {
             if let Some(l) = s.lease.take() {
                 l.abandon(); // keep the lease: the new task asks for it again
             }
             (s.record.clone(), s.identity.clone())
         });
         let Some((rec, identity)) = taken else { return };
-        let span = info_span!("repair", session = %sid);
+        let span = info_span!("repair", sid = %sid);
         async {
             let mut plan = self.plan_for(&rec, &identity);
             if rec.addressing == Addressing::Dhcp {
@@ -579,7 +689,7 @@ impl<P: Platform> Manager<P> {
                 },
                 Ok(()) => Ok(None),
             };
-            if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+            if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
                 match result {
                     Ok(lease) => {
                         info!("uplink back: session restored");
@@ -610,7 +720,7 @@ impl<P: Platform> Manager<P> {
     fn hold(&self, sid: Sid, w: Watched) -> SessionRecord {
         let (view, changed) = {
             let mut t = self.table.lock().unwrap();
-            let s = t.session_mut(sid).expect("a session that just started or was found stays in the table (its sid is locked)");
+            let mut s = t.session_mut(sid).expect("a session that just started or was found stays in the table (its sid is locked)");
             let Some(h) = s.record.holding.as_mut() else {
                 info!(pid = w.holder.pid, "the session is not held by logins (started outside PAM): not counting this one");
                 return s.view();
@@ -631,7 +741,7 @@ impl<P: Platform> Manager<P> {
         if let Some(rec) = changed
             && let Err(e) = self.state.save(&rec)
         {
-            warn!(session = %sid, "recording the session's holders: {e}");
+            warn!(sid = %sid, "recording the session's holders: {e}");
         }
         view
     }
@@ -664,7 +774,7 @@ impl<P: Platform> Manager<P> {
         if h.holders.len() != before
             && let Err(e) = self.state.save(rec)
         {
-            warn!(session = %sid, "recording the session's holders: {e}");
+            warn!(sid = %sid, "recording the session's holders: {e}");
         }
         watches
     }
@@ -702,7 +812,7 @@ impl<P: Platform> Manager<P> {
         let _held = lock.lock().await;
         let rec = {
             let mut t = self.table.lock().unwrap();
-            let s = t.session_mut(sid)?;
+            let mut s = t.session_mut(sid)?;
             s.watches.retain(|w| w.holder != holder);
             let h = s.record.holding.as_mut()?;
             let before = h.holders.len();
@@ -716,9 +826,9 @@ impl<P: Platform> Manager<P> {
             s.record.clone()
         };
         let h = rec.holding.as_ref().expect("set above");
-        info!(session = %sid, pid = holder.pid, left = h.holders.len(), "a login holding the session exited");
+        info!(sid = %sid, pid = holder.pid, left = h.holders.len(), "a login holding the session exited");
         if let Err(e) = self.state.save(&rec) {
-            warn!(session = %sid, "recording the session's holders: {e}");
+            warn!(sid = %sid, "recording the session's holders: {e}");
         }
         h.unheld_since
     }
@@ -727,7 +837,7 @@ impl<P: Platform> Manager<P> {
     fn reap_after_grace(self: Arc<Self>, sid: Sid, since: u64) {
         let grace = self.reaper.grace;
         let wait = std::time::Duration::from_millis((since + grace.as_millis() as u64).saturating_sub(now_ms()));
-        let span = info_span!(parent: None, "reap", session = %sid);
+        let span = info_span!(parent: None, "reap", sid = %sid);
         tokio::spawn(
             async move {
                 tokio::time::sleep(wait).await;
@@ -763,7 +873,7 @@ impl<P: Platform> Manager<P> {
         }
         let known: BTreeSet<Sid> = records.iter().map(|r| r.session).collect();
         for rec in records {
-            let span = info_span!("recover", session = %rec.session);
+            let span = info_span!("recover", sid = %rec.session);
             async {
                 if rec.state == SessionState::Up && self.is_live(&rec).await {
                     self.adopt(rec, &mut report).await;
@@ -850,7 +960,7 @@ impl<P: Platform> Manager<P> {
             if let Some(sid) = Sid::from_netns_name(&name)
                 && !known.contains(&sid)
             {
-                info!(session = %sid, "removing an orphan namespace with no state");
+                info!(sid = %sid, "removing an orphan namespace with no state");
                 let errs = session::teardown(&self.platform, &TeardownSpec::for_sid(sid, None, None)).await;
                 report.errors.extend(errs.iter().map(|e| format!("orphan {name}: {e}")));
                 report.cleaned.push(sid);
@@ -861,7 +971,7 @@ impl<P: Platform> Manager<P> {
                 && !known.contains(&sid)
                 && !self.platform.netns_exists(&name)
             {
-                info!(session = %sid, "removing /etc/netns/{name}: no such session");
+                info!(sid = %sid, "removing /etc/netns/{name}: no such session");
                 if let Err(e) = self.platform.remove_netns_files(&name) {
                     report.errors.push(format!("orphan files {name}: {e}"));
                 }

@@ -624,10 +624,51 @@ REASONS4=(
     "netmask 128.0.0.0 (/1) is wider than /8"
     "server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP"
 )
+# Each RejectReason's log text (ERE) and its label in sessiond_dhcp_rejected_total{reason}.
+REJECT_LABELS=(
+    "xid mismatch=xid_mismatch"
+    "chaddr mismatch=chaddr_mismatch"
+    "invalid offered address=invalid_address"
+    "offered address [0-9.]+ equals the server identifier=address_is_server"
+    "invalid netmask=bad_netmask"
+    "lease time is zero=zero_lease_time"
+    "missing lease time=missing_lease_time"
+    "invalid lease timers=bad_timers"
+    "missing server identifier=missing_server_id"
+    "server identifier mismatch=server_id_mismatch"
+    "truncated packet=truncated"
+    "oversize packet=oversize"
+    "undecodable packet=undecodable"
+    "malformed options area=malformed_options"
+    "malformed option [0-9]+=malformed_option"
+    "malformed classless static routes=malformed_classless_routes"
+    "bad magic cookie=bad_magic"
+    "not a BOOTREPLY=not_bootreply"
+    "missing DHCP message type=missing_message_type"
+    "unexpected DHCP message type=unexpected_message_type"
+    "no transaction in progress=no_transaction"
+)
+F4_METRICS=127.0.0.1:9737
+# rejects_counted_as_logged: /metrics counts each rejection the debug log names, by reason (the
+# log is read between two scrapes, so each count must lie between the two).
+rejects_counted_as_logged() {
+    local m0 m1 lines pair re label n lo hi bad="" total=0
+    m0=$(scrape "$F4_METRICS") && lines=$(grep -E 'ignored a DHCP packet: ' "$DAEMON_LOG") && m1=$(scrape "$F4_METRICS") || return 1
+    for pair in "${REJECT_LABELS[@]}"; do
+        re=${pair%=*} label=${pair##*=}
+        n=$(grep -cE "ignored a DHCP packet: $re" <<<"$lines")
+        lo=$(metric "sessiond_dhcp_rejected_total{reason=\"$label\"}" "$m0") hi=$(metric "sessiond_dhcp_rejected_total{reason=\"$label\"}" "$m1") || return 1
+        ((n > 0)) && echo "$label: logged $n, counted $lo..$hi"
+        ((lo <= n && n <= hi)) || bad+=" $label"
+        total=$((total + n))
+    done
+    [[ $total == $(grep -c . <<<"$lines") ]] || { echo "some logged rejections match no label"; return 1; }
+    ((total > 0)) && [[ -z $bad ]] || { echo "mismatch:$bad"; return 1; }
+}
 scenario_4() {
     row_begin 4 "rogue DHCP server answering garbage next to the good one" \
         "netns rogue on br-lan ($ROGUE_IP, faults/dhcp_fake.py --mode rogue) answering every DISCOVER/REQUEST with $(( ${#REASONS4[@]} - 1 )) bad replies (wrong xid, wrong chaddr, yiaddr 127.0.0.1/0.0.0.0/255.255.255.255/its own, netmask 255.0.255.0, lease 0, no server id, 100-byte, 1600-byte, option 51 overrunning the packet, bad cookie, op BOOTREQUEST, no type; and, otherwise valid, server id 255.255.255.255/127.0.0.1/0.0.0.0/224.0.0.1, netmask 128.0.0.0) and spraying unsolicited garbage every second; br-lan made a hub (ageing_time 0) and the rogue sniffing promiscuously, so it also races the real server's ACK to every unicast renewal, with its bad replies and with a hijacking ACK (valid, the client's own address, but from $ROGUE_IP); good server dnsmasq with T1 4 s, T2 10 s, frozen (SIGSTOP) for 5 s so every session's renewal meets the rogue's replies first; SESSIOND_LOG=debug" \
-        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs (the hijacking one as from another server than its lease's) while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason; no lease from the rogue is ever applied; at \`stop --all\` every DHCPRELEASE goes to dnsmasq, none to the rogue; same daemon PID throughout"
+        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs (the hijacking one as from another server than its lease's) while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason, and /metrics counts each by reason; no lease from the rogue is ever applied; at \`stop --all\` every DHCPRELEASE goes to dnsmasq, none to the rogue; same daemon PID throughout"
     lan_host_add rogue rgh0 rg1 "$ROGUE_IP" || fail "rogue host on the LAN"
     ALLOWED_LINKS="lo br-lan lan0 rgh0"
     # a hub: the bridge floods every frame, so the rogue also sees the unicast renewals
@@ -635,7 +676,7 @@ scenario_4() {
     ip link set "$SBX_BRIDGE" type bridge ageing_time 0
     ip -n rogue link set rg1 promisc on
     fake_start rogue "$W/rogue.log" --mode rogue --iface rg1 --server-ip "$ROGUE_IP" --bait "$BAIT" --spray 1 --sniff || fail "rogue server did not start"
-    SESSIOND_LOG=debug begin_daemon f4 || { fail "daemon did not start"; row_end; return; }
+    SESSIOND_LOG=debug begin_daemon f4 --metrics-listen "$F4_METRICS" || { fail "daemon did not start"; row_end; return; }
     local pid0=$DAEMON_PID
     timeout 60 "$SESSIOND" start --session 1 --json >"$W/s4-1.json" 2>&1 &
     local sp=$!
@@ -663,12 +704,12 @@ scenario_4() {
     for i in 1 2 3 4; do
         # Which bad reply each renewal meets is a race between the rogue's kinds; any
         # content-level rejection (not a reply for another client) shows the check worked.
-        grep -qP "dhcp\{session=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
+        grep -qP "dhcp\{sid=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
     done
     expect "while dnsmasq was frozen each renewing session rejected the rogue's bad ACKs" test -z "$renew_rej"
     local hijack_rej=""
     for i in 1 2 3 4; do
-        grep -qF "dhcp{session=$i}: ignored a DHCP packet: server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP" <<<"$wlog" || hijack_rej+=" $i"
+        grep -qF "dhcp{sid=$i}: ignored a DHCP packet: server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP" <<<"$wlog" || hijack_rej+=" $i"
     done
     expect "while dnsmasq was frozen each renewing session rejected the rogue's hijacking ACK (server identifier mismatch)" test -z "$hijack_rej"
     note "while dnsmasq was frozen the 4 sessions logged $(grep -c 'ignored a DHCP packet' <<<"$wlog") rejections, $(grep -cE 'WARN.*ignored a DHCP packet: (invalid|offered|lease time|missing server|bad magic|not a BOOT|missing DHCP)' <<<"$wlog") of them of the rogue's ACKs to their renewals"
@@ -698,6 +739,7 @@ scenario_4() {
     expect "the log names every rejection reason the sessions see (${#REASONS4[@]} kinds, less those the socket filter drops)" test ${#unexplained[@]} -eq 0
     expect "the socket filter dropped the wrong-chaddr and BOOTREQUEST packets ($drops drops counted)" test "$drops" -gt 0
     ((${#missing[@]})) && note "dropped by the socket filter before the client sees them (so not logged): ${missing[*]}; $drops packets counted as filter drops"
+    expect "sessiond_dhcp_rejected_total{reason} counts each rejection the log names" rejects_counted_as_logged
     expect "no lease other than dnsmasq's was ever applied" bash -c "! grep 'lease applied' '$DAEMON_LOG' | grep -v 'server=$SBX_SERVER_IP'"
     expect "no panic in the log" bash -c "! grep -qi 'panick' '$DAEMON_LOG'"
     expect "same daemon PID ($pid0) throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
@@ -1205,7 +1247,7 @@ scenario_11b() {
     expect "session 2's 1 s lease is used as a 4 s one (expires - lease_start = ${span2:-?} ms)" test "$span2" = 4000
     local logged bad=""
     for i in 1 2; do
-        logged=$(grep -c "dhcp{session=$i}: DHCP state bound -> renewing" "$DAEMON_LOG")
+        logged=$(grep -c "dhcp{sid=$i}: DHCP state bound -> renewing" "$DAEMON_LOG")
         note "session $i: $logged renewals logged at info"
         ((logged <= 5)) || bad+=" $i:$logged"
     done
