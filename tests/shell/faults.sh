@@ -647,6 +647,8 @@ REJECT_LABELS=(
     "missing DHCP message type=missing_message_type"
     "unexpected DHCP message type=unexpected_message_type"
     "no transaction in progress=no_transaction"
+    "invalid server identifier=invalid_server_id"
+    "netmask [0-9.]+ \\(/[0-9]+\\) is wider than=netmask_too_wide"
 )
 F4_METRICS=127.0.0.1:9737
 # rejects_counted_as_logged: /metrics counts each rejection the debug log names, by reason (the
