@@ -5,6 +5,7 @@
 // they keep their old paths here.
 pub use sessiond_client::{client, loopback, proto, sid};
 
+pub mod acd;
 pub mod cli;
 pub mod config;
 pub mod control;

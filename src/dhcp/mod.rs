@@ -48,6 +48,8 @@ pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{INFINITE, Lease};
 pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
+/// The machine's seeded PRNG, shared with `acd` (same sans-IO rule: randomness from a seed).
+pub(crate) use rng::SplitMix64;
 
 #[cfg(test)]
 pub(crate) mod tests_support {
