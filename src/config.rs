@@ -62,6 +62,10 @@ pub struct RawSettings {
     /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub dhcp_fqdn: Option<bool>,
+    /// Probe each address with ARP for this many ms before using it, and defend it (RFC 5227;
+    /// default 200; 0: off; 7000: the RFC's own timing)
+    #[arg(long = "acd-probe-ms", value_name = "MS")]
+    pub acd_probe_ms: Option<u64>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -93,6 +97,8 @@ pub enum ConfigError {
     BadIfName(String),
     #[error("DHCP timeout must be between 1 and 3600 seconds, got {0}")]
     BadTimeout(u64),
+    #[error("acd_probe_ms must be 0 (no address conflict detection) to 7000 (RFC 5227's own timing), got {0}")]
+    BadAcdProbe(u64),
 }
 
 impl ConfigError {
@@ -132,6 +138,7 @@ impl RawSettings {
             dhcp_timeout_secs: self.dhcp_timeout_secs.or(under.dhcp_timeout_secs),
             hostname_template: self.hostname_template.or(under.hostname_template),
             dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
+            acd_probe_ms: self.acd_probe_ms.or(under.acd_probe_ms),
         }
     }
 }
@@ -152,7 +159,15 @@ pub struct Settings {
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
     pub dhcp_fqdn: bool,
+    /// Length of the RFC 5227 probe before an address is used; 0: no conflict detection.
+    pub acd_probe_ms: u64,
 }
+
+/// Default probe length: NetworkManager's default DAD timeout. An ARP reply on a LAN comes
+/// within a millisecond or two; the scaled RFC schedule (three probes, then 57 ms of waiting
+/// for late replies) leaves a slow host tens of ms to answer, and a start costs ~160 ms on
+/// average (docs/performance.md, "Design notes: address conflict detection").
+pub const DEFAULT_ACD_PROBE_MS: u64 = 200;
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
@@ -177,6 +192,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template,
             dhcp_fqdn,
+            acd_probe_ms,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -203,6 +219,10 @@ impl Settings {
         if !(1..=3600).contains(&dhcp_timeout_secs) {
             return Err(ConfigError::BadTimeout(dhcp_timeout_secs));
         }
+        let acd_probe_ms = acd_probe_ms.unwrap_or(DEFAULT_ACD_PROBE_MS);
+        if acd_probe_ms > crate::acd::RFC_PROBE_MS {
+            return Err(ConfigError::BadAcdProbe(acd_probe_ms));
+        }
         Ok(Settings {
             uplink,
             link,
@@ -217,6 +237,7 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
+            acd_probe_ms,
         })
     }
 }
@@ -289,6 +310,19 @@ state_dir = "/tmp/state"
         assert!(matches!(Settings::merge(st3, RawSettings::default()), Err(ConfigError::Pool(PoolError::GatewayInRange { .. }))));
         let badif = RawSettings { uplink: Some("a/b".into()), ..Default::default() };
         assert!(matches!(Settings::merge(badif, RawSettings::default()), Err(ConfigError::BadIfName(_))));
+    }
+
+    #[test]
+    fn acd_probe_defaults_on_and_is_bounded() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().acd_probe_ms, DEFAULT_ACD_PROBE_MS);
+        let off = parse("acd_probe_ms = 0\n").unwrap();
+        assert_eq!(Settings::merge(base(), off).unwrap().acd_probe_ms, 0);
+        let rfc = RawSettings { acd_probe_ms: Some(7000), ..base() };
+        assert_eq!(Settings::merge(rfc, RawSettings::default()).unwrap().acd_probe_ms, 7000);
+        let e = Settings::merge(RawSettings { acd_probe_ms: Some(7001), ..base() }, RawSettings::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::BadAcdProbe(7001)) && e.to_string().contains("acd_probe_ms"), "{e}");
+        assert!(parse("acd_probe_ms = -1\n").is_err());
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "listening");
     notify_ready();
     tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
+    tokio::spawn(mgr.clone().watch_conflicts());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {

@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::acd_driver::AcdLink;
 use crate::config::Settings;
 use crate::dhcp::{ClientConfig, Event, Lease, State};
 use crate::identity::Identity;
@@ -37,6 +38,8 @@ pub struct Dhcp {
     fqdn: bool,
     timeout_secs: u64,
     uplink: String,
+    /// The RFC 5227 probe's length; 0: no conflict detection.
+    acd_probe_ms: u64,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
 }
@@ -55,6 +58,7 @@ impl Dhcp {
             fqdn: settings.dhcp_fqdn,
             timeout_secs: settings.dhcp_timeout_secs,
             uplink: settings.uplink.clone(),
+            acd_probe_ms: settings.acd_probe_ms,
             lan_neighbours: Default::default(),
         }
     }
@@ -81,11 +85,15 @@ impl Dhcp {
     /// `inside`: a netlink connection in the session's namespace, if the caller has one.
     async fn spawn<P: Platform>(&self, p: &P, id: &Identity, first: Event, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
+        let acd = match self.acd_probe_ms {
+            0 => None,
+            ms => Some(AcdLink::new(p.arp_socket(&id.netns).await?, id.mac, ms)),
+        };
         let inside = match inside {
             Some(n) => n,
             None => p.inside(&id.netns).await?,
         };
-        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside), socket, self.client_config(id), first) })
+        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside), socket, acd, self.client_config(id), first) })
     }
 
     /// A new session: DHCP from INIT, waiting until bound or the configured timeout (then the
@@ -183,7 +191,7 @@ impl DhcpSession {
     /// What the task knows now (renewals may have changed it since the start).
     pub fn view(&self) -> LeaseView {
         let s = self.driver.status.borrow();
-        LeaseView { state: s.state, lease: s.lease.clone() }
+        LeaseView { state: s.state, lease: s.lease.clone(), trouble: s.stopped.clone().or_else(|| s.lost.clone()) }
     }
 
     /// DHCPRELEASE (if bound), the address off the interface if asked, and the task ends.
@@ -202,12 +210,17 @@ impl DhcpSession {
 pub struct LeaseView {
     pub state: State,
     pub lease: Option<Lease>,
+    /// Why the client has no address (a conflict), if that is why.
+    pub trouble: Option<String>,
 }
 
 impl LeaseView {
     /// Fills the lease's facts into a session's status record.
     pub fn fill(&self, r: &mut SessionRecord) {
         let dhcp_state = self.state;
+        if r.fault.is_none() {
+            r.fault = self.trouble.clone();
+        }
         let Some(l) = &self.lease else {
             r.address = None;
             r.lease = Some(LeaseInfo { held: None, dhcp_state });

@@ -10,7 +10,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::acd::Conflict;
+use crate::acd_driver::{AcdLink, Outcome};
 use crate::dhcp::{Action, Client, ClientConfig, Dest, Event, Lease, Millis, RejectReason, State};
+use crate::platform::ArpIo;
 use crate::dhcp_session::{lifetimes, next_hop};
 use crate::netlink::{NetError, NetOps};
 use crate::session::SESSION_IF;
@@ -29,6 +32,16 @@ pub struct LeaseStatus {
     pub discovers: u32,
     /// Set when the socket failed (the task keeps trying).
     pub failed: Option<String>,
+    /// Why the last address was declined or given up (address conflict); cleared once bound.
+    pub lost: Option<String>,
+    /// Why the client stopped trying for good (a persistent conflict, a cloned machine).
+    pub stopped: Option<String>,
+}
+
+impl Default for LeaseStatus {
+    fn default() -> Self {
+        LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, lost: None, stopped: None }
+    }
 }
 
 enum Command {
@@ -82,7 +95,8 @@ pub fn lease_file(sid: Sid) -> String {
     format!("leases/{sid}.json")
 }
 
-fn seed() -> u64 {
+/// A seed from the OS RNG (for the DHCP and ACD machines).
+pub(crate) fn seed() -> u64 {
     use std::io::Read;
     let mut b = [0u8; 8];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
@@ -98,13 +112,15 @@ fn seeded(mut cfg: ClientConfig) -> Client {
 
 impl LeaseDriver {
     /// Starts the task with `first` (`Event::Start`, or `Event::StartWithLease` for INIT-REBOOT).
-    pub fn spawn<N: NetOps + 'static>(ctx: DriverContext<N>, socket: UdpSocket, cfg: ClientConfig, first: Event) -> LeaseDriver {
+    /// With `acd`, each new address is probed before use and the held one defended.
+    pub fn spawn<N: NetOps + 'static, A: ArpIo>(ctx: DriverContext<N>, socket: UdpSocket, acd: Option<AcdLink<A>>, cfg: ClientConfig, first: Event) -> LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
-        let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None });
+        let (status_tx, status_rx) = watch::channel(LeaseStatus::default());
         // A root span: the task outlives the request that started it.
         let span = info_span!(parent: None, "dhcp", session = %ctx.sid);
         let task = Task { ctx, done: Done::default(), rejects: RejectLog::default() };
-        let task = tokio::spawn(run(task, socket, seeded(cfg), first, rx, status_tx).instrument(span));
+        let client = seeded(cfg).with_address_check(acd.is_some());
+        let task = tokio::spawn(run(task, socket, acd, client, first, rx, status_tx).instrument(span));
         LeaseDriver { tx, status: status_rx, task }
     }
 
@@ -123,16 +139,24 @@ impl LeaseDriver {
         self.task.abort();
     }
 
-    /// Waits until bound, the socket fails, or `timeout` passes.
+    /// Waits until bound, the socket fails, the client stops trying, or `timeout` passes.
     pub async fn wait_bound(&mut self, timeout: Duration) -> Result<Lease, WaitError> {
-        let bound = |s: &LeaseStatus| s.state == State::Bound && s.lease.is_some() || s.failed.is_some();
-        let seen = tokio::time::timeout(timeout, self.status.wait_for(bound)).await.map(|w| w.map(|s| (s.failed.clone(), s.lease.clone())));
+        let bound = |s: &LeaseStatus| s.state == State::Bound && s.lease.is_some() || s.failed.is_some() || s.stopped.is_some();
+        let seen = tokio::time::timeout(timeout, self.status.wait_for(bound))
+            .await
+            .map(|w| w.map(|s| (s.stopped.clone().or_else(|| s.failed.clone()), s.lease.clone())));
         match seen {
             Ok(Ok((Some(f), _))) => Err(WaitError::Failed(f)),
             Ok(Ok((None, Some(l)))) => Ok(l),
             Ok(Ok((None, None))) => Err(WaitError::NoLease),
             Ok(Err(_)) => Err(WaitError::Ended),
-            Err(_) => Err(WaitError::Unanswered(self.status.borrow().discovers)),
+            Err(_) => {
+                let s = self.status.borrow();
+                match &s.lost {
+                    Some(why) => Err(WaitError::Declined(why.clone())),
+                    None => Err(WaitError::Unanswered(s.discovers)),
+                }
+            }
         }
     }
 }
@@ -148,6 +172,8 @@ pub enum WaitError {
     Ended,
     #[error("{0} DISCOVERs went unanswered")]
     Unanswered(u32),
+    #[error("the last address offered was in use: {0}")]
+    Declined(String),
 }
 
 /// Releases a lease that no task holds (a daemon that died left it): runs one machine for
@@ -163,9 +189,10 @@ pub async fn release_orphan<N: NetOps>(ctx: DriverContext<N>, socket: &UdpSocket
     Ok(sent)
 }
 
-async fn run<N: NetOps>(
+async fn run<N: NetOps, A: ArpIo>(
     mut task: Task<N>,
     sock: UdpSocket,
+    mut acd: Option<AcdLink<A>>,
     mut client: Client,
     first: Event,
     mut rx: mpsc::Receiver<Command>,
@@ -174,30 +201,101 @@ async fn run<N: NetOps>(
     let mut actions = client.on_event(first, now_ms());
     let mut deadline: Option<Millis> = None;
     let mut buf = vec![0u8; 4096];
+    let mut arp_buf = vec![0u8; 1536];
     let mut last_state = client.state();
     let mut failed = None;
+    let (mut lost, mut stopped) = (None, None);
     info!(state = last_state.as_str(), "DHCP client started");
     loop {
-        for a in actions.drain(..) {
-            match a {
-                Action::SetTimer(at) => deadline = Some(at),
-                a => {
-                    if let Err(e) = task.execute(&sock, a).await {
-                        warn!("DHCP send: {e}");
+        while !actions.is_empty() {
+            let mut answers = Vec::new();
+            for a in std::mem::take(&mut actions) {
+                match a {
+                    Action::SetTimer(at) => deadline = Some(at),
+                    Action::CheckAddress(addr) => match acd.as_mut() {
+                        Some(l) => l.probe(addr).await,
+                        None => answers.push(Event::AddressFree),
+                    },
+                    Action::GiveUp { declined, address, by } => {
+                        let why = format!(
+                            "gave up after {declined} offered addresses in a row were in use by other hosts (the last, {address}, by {}): \
+                             a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)",
+                            crate::mac::format_mac(&by)
+                        );
+                        warn!("{why}");
+                        stopped = Some(why);
+                    }
+                    a => {
+                        let applied = match &a {
+                            Action::ApplyLease { lease, .. } => Some(lease.address),
+                            _ => None,
+                        };
+                        let removed = match &a {
+                            Action::RemoveLease(l) => Some(l.address),
+                            _ => None,
+                        };
+                        if let Err(e) = task.execute(&sock, a).await {
+                            warn!("DHCP send: {e}");
+                        }
+                        if let Some(l) = acd.as_mut() {
+                            if let Some(addr) = removed {
+                                l.stop(Some(addr));
+                            }
+                            if let Some(addr) = applied {
+                                l.defend(addr);
+                            }
+                        }
                     }
                 }
+            }
+            for ev in answers {
+                actions.extend(client.on_event(ev, now_ms()));
             }
         }
         if client.state() != last_state {
             info!("DHCP state {last_state} -> {}", client.state());
             last_state = client.state();
         }
-        let _ = status.send(LeaseStatus { state: client.state(), lease: client.lease().cloned(), discovers: client.discovers_sent(), failed: failed.take() });
+        if client.state() == State::Bound {
+            lost = None;
+        }
+        let _ = status.send(LeaseStatus {
+            state: client.state(),
+            lease: client.lease().cloned(),
+            discovers: client.discovers_sent(),
+            failed: failed.take(),
+            lost: lost.clone(),
+            stopped: stopped.clone(),
+        });
         if client.state() == State::Released {
             return;
         }
         let wake = deadline.map(|t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())));
+        let arp_input = async {
+            match acd.as_ref() {
+                Some(l) => l.wait(&mut arp_buf).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            input = arp_input => {
+                let Some(l) = acd.as_mut() else { continue };
+                match l.handle(input).await {
+                    None => {}
+                    Some(Outcome::Free(_)) => actions = client.on_event(Event::AddressFree, now_ms()),
+                    Some(Outcome::Conflict(addr, Conflict::SameMac)) => {
+                        let why = format!("address {addr} {}", Conflict::SameMac);
+                        warn!("{why}");
+                        stopped = Some(why);
+                    }
+                    Some(Outcome::Conflict(addr, c @ (Conflict::InUse { by } | Conflict::Lost { by }))) => {
+                        let why = format!("address {addr} {c}: sent DHCPDECLINE, asking for another one");
+                        warn!("{why}");
+                        lost = Some(why);
+                        actions = client.on_event(Event::AddressInUse { by }, now_ms());
+                    }
+                }
+            },
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     debug!(%from, bytes = n, "DHCP packet");
@@ -226,7 +324,7 @@ async fn run<N: NetOps>(
                         warn!("DHCP send: {e}");
                     }
                 }
-                let _ = status.send(LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None });
+                let _ = status.send(LeaseStatus { state: State::Released, ..LeaseStatus::default() });
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -315,7 +413,8 @@ impl<N: NetOps> Task<N> {
                     warn!("persisting lease: {e}");
                 }
             }
-            Action::SetTimer(_) => {} // the run loop keeps the deadline
+            // the run loop keeps the deadline, probes and gives up
+            Action::SetTimer(_) | Action::CheckAddress(_) | Action::GiveUp { .. } => {}
             Action::Reject { reason } => self.rejects.log(&reason),
         }
         Ok(())

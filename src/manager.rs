@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 use ipnet::Ipv4Net;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::acd::{Conflict, MAX_CONFLICTS};
+use crate::acd_driver::{AcdLink, Outcome};
 use crate::config::{Addressing, LinkKind, Settings};
 use crate::dhcp_session::{Dhcp, DhcpError, DhcpSession};
 use crate::identity::Identity;
 use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
-use crate::pool::{PoolError, PoolHistory};
+use crate::pool::{Conflicts, PoolError, PoolHistory};
 use crate::proto::ErrorKind;
 use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
@@ -72,6 +74,12 @@ pub enum StartError {
     Build(#[from] StepError),
     #[error(transparent)]
     Dhcp(#[from] DhcpError),
+    #[error("cannot probe the address: {0}")]
+    Probe(NetError),
+    #[error("address {address} {conflict}")]
+    AddressConflict { address: std::net::Ipv4Addr, conflict: Conflict },
+    #[error("gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)")]
+    PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
 }
 
 fn join<E: std::fmt::Display>(errors: &[E]) -> String {
@@ -105,7 +113,21 @@ struct Session {
     lease: Option<DhcpSession>,
     /// The namespace, held open so it outlives an accidental `ip netns delete`.
     netns: Option<std::fs::File>,
+    /// A static session's address defence (RFC 5227 §2.4); ends with the session.
+    defence: Option<Defence>,
 }
+
+/// The task defending a static session's address; aborted when dropped.
+struct Defence(tokio::task::JoinHandle<()>);
+
+impl Drop for Defence {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A static session lost its address to another host: (sid, the address, why).
+type Lost = (Sid, std::net::Ipv4Addr, Conflict);
 
 impl Session {
     fn view(&self) -> SessionRecord {
@@ -120,6 +142,8 @@ impl Session {
 struct Table {
     slots: BTreeMap<Sid, Slot>,
     history: PoolHistory,
+    /// Static pool addresses another host was found using.
+    conflicts: Conflicts,
 }
 
 impl Table {
@@ -154,19 +178,25 @@ pub struct Manager<P: Platform> {
     hostname: String,
     dhcp: Dhcp,
     table: Mutex<Table>,
+    /// Static sessions' defences report a lost address here; `watch_conflicts` handles it.
+    lost_tx: tokio::sync::mpsc::UnboundedSender<Lost>,
+    lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Lost>>>,
 }
 
 impl<P: Platform> Manager<P> {
     pub fn new(platform: P, settings: Settings, state: StateDir, machine_id: String, hostname: String) -> Result<Self, ManagerError> {
         let history = state.load_last_addresses();
+        let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Manager {
+            lost_tx,
+            lost_rx: Mutex::new(Some(lost_rx)),
             dhcp: Dhcp::new(&settings, state.clone(), hostname.clone()),
             platform,
             settings,
             state,
             machine_id,
             hostname,
-            table: Mutex::new(Table { slots: BTreeMap::new(), history }),
+            table: Mutex::new(Table { slots: BTreeMap::new(), history, conflicts: Conflicts::default() }),
         })
     }
 
@@ -238,7 +268,11 @@ impl<P: Platform> Manager<P> {
             self.forget(sid);
             return Err(not_started(StartError::Record(e)));
         }
-        let plan = self.plan_for(&rec, &identity);
+        let mut plan = self.plan_for(&rec, &identity);
+        let probe = rec.addressing == Addressing::Static && self.settings.acd_probe_ms > 0;
+        if probe {
+            plan.address = None; // probed first (RFC 5227), then put on the interface
+        }
         let inside = match session::build(&self.platform, &plan).await {
             Ok(inside) => inside,
             Err(e) => {
@@ -247,7 +281,20 @@ impl<P: Platform> Manager<P> {
                 return Err(not_started(e.into()));
             }
         };
+        let mut rec = rec;
+        let mut defence = None;
         let lease = match rec.addressing {
+            Addressing::Static if probe => match self.claim_static(&identity, &rec, &inside).await {
+                Ok((address, link)) => {
+                    rec.address = Some(address);
+                    defence = Some(self.defend_static(&identity, link));
+                    None
+                }
+                Err(e) => {
+                    self.abandon(sid, &plan.teardown_spec()).await;
+                    return Err(not_started(e));
+                }
+            },
             Addressing::Static => None,
             Addressing::Dhcp => match self.dhcp.start(&self.platform, &identity, inside).await {
                 Ok(l) => Some(l),
@@ -269,10 +316,140 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&identity.netns);
         let mut t = self.table.lock().unwrap();
         let s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
-        (s.record, s.lease, s.netns) = (up, lease, netns);
+        (s.record, s.lease, s.netns, s.defence) = (up, lease, netns, defence);
         let view = s.view();
         info!(session = %sid, address = ?view.address, "session up");
         Ok(view)
+    }
+
+    /// Probes a new static session's address (RFC 5227) and puts it on the interface; an
+    /// address another host uses is skipped (remembered for a while) and the next one from
+    /// the pool is probed, at most MAX_CONFLICTS in a row. Returns the address and the ARP
+    /// link, whose machine goes on to announce and defend it.
+    async fn claim_static(&self, id: &Identity, rec: &SessionRecord, inside: &P::Net) -> Result<(Ipv4Net, AcdLink<P::Arp>), StartError> {
+        let arp = self.platform.arp_socket(&id.netns).await.map_err(StartError::Probe)?;
+        let mut link = AcdLink::new(arp, id.mac, self.settings.acd_probe_ms);
+        let mut address = rec.address.expect("a static session has its address from reserve");
+        let mut conflicts = 0;
+        loop {
+            link.probe(address.addr()).await;
+            match link.outcome().await {
+                Outcome::Free(_) => break,
+                Outcome::Conflict(a, conflict @ Conflict::SameMac) => return Err(StartError::AddressConflict { address: a, conflict }),
+                Outcome::Conflict(a, c @ (Conflict::InUse { by } | Conflict::Lost { by })) => {
+                    warn!(address = %a, "static address {a} {c}: skipping it");
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(StartError::PersistentConflict { count: conflicts, last: a, by: crate::mac::format_mac(&by) });
+                    }
+                    address = self.reallocate(id.sid, a)?;
+                    info!(address = %address, "trying the next pool address");
+                }
+            }
+        }
+        let plan = self.plan_for(&SessionRecord { address: Some(address), ..rec.clone() }, id);
+        session::apply_address(inside, address, plan.gateway, None).await?;
+        self.platform.write_netns_file(&id.netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
+        self.platform.write_netns_file(&id.netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })?;
+        Ok((address, link))
+    }
+
+    /// Notes `conflicting` as used by another host and allocates the sid another address
+    /// (entered in its record and the pool history, and persisted with them).
+    fn reallocate(&self, sid: Sid, conflicting: std::net::Ipv4Addr) -> Result<Ipv4Net, StartError> {
+        let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
+        let now = crate::lease_driver::now_ms();
+        let mut t = self.table.lock().unwrap();
+        t.conflicts.note(conflicting, now);
+        let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+        in_use.extend(t.conflicts.current(now));
+        let addr = pool.allocate(sid, &in_use, &t.history)?;
+        t.history.last_address.insert(sid.get(), addr);
+        let net = Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix");
+        if let Some(s) = t.session_mut(sid) {
+            s.record.address = Some(net);
+        }
+        drop(t);
+        if let Err(e) = self.state.save_last_address(sid, addr) {
+            warn!("remembering the address: {e}");
+        }
+        Ok(net)
+    }
+
+    /// Runs a static session's address defence (the link's machine, after its probe) until
+    /// the address is lost, which `watch_conflicts` then handles.
+    fn defend_static(&self, id: &Identity, mut link: AcdLink<P::Arp>) -> Defence {
+        let tx = self.lost_tx.clone();
+        let sid = id.sid;
+        let task = async move {
+            if let Outcome::Conflict(a, c) = link.outcome().await {
+                let _ = tx.send((sid, a, c));
+            }
+        };
+        Defence(tokio::spawn(task.instrument(info_span!(parent: None, "acd", session = %sid))))
+    }
+
+    /// `defend_static` for an address already in use (a re-adopted or repaired session).
+    async fn defend_static_addr(&self, id: &Identity, address: std::net::Ipv4Addr) -> Option<Defence> {
+        match self.platform.arp_socket(&id.netns).await {
+            Ok(arp) => {
+                let mut link = AcdLink::new(arp, id.mac, self.settings.acd_probe_ms);
+                link.defend(address);
+                Some(self.defend_static(id, link))
+            }
+            Err(e) => {
+                warn!(session = %id.sid, "cannot defend the address {address}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Handles static sessions that lost their address to another host (RFC 5227 §2.4):
+    /// each takes the next free pool address, probed first. Runs for the daemon's life.
+    pub async fn watch_conflicts(self: Arc<Self>) {
+        let Some(mut rx) = self.lost_rx.lock().unwrap().take() else { return };
+        while let Some((sid, address, conflict)) = rx.recv().await {
+            let me = self.clone();
+            tokio::spawn(async move { me.readdress(sid, address, conflict).await }.instrument(info_span!("readdress", session = %sid)));
+        }
+    }
+
+    async fn readdress(&self, sid: Sid, lost: std::net::Ipv4Addr, conflict: Conflict) {
+        let lock = self.sid_lock(sid);
+        let _held = lock.lock().await;
+        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.state == SessionState::Up && s.record.address.map(|a| a.addr()) == Some(lost)).map(|s| {
+            s.defence = None;
+            (s.record.clone(), s.identity.clone())
+        });
+        let Some((rec, id)) = taken else { return };
+        warn!(address = %lost, "gave up the static address {lost}: {conflict}; taking another one from the pool");
+        let result = async {
+            let inside = self.platform.inside(&id.netns).await.map_err(StartError::Probe)?;
+            let old = rec.address.expect("checked above");
+            let _ = inside.del_addr(SESSION_IF, old).await;
+            let next = self.reallocate(sid, lost)?;
+            let (address, link) = self.claim_static(&id, &SessionRecord { address: Some(next), ..rec.clone() }, &inside).await?;
+            Ok::<_, StartError>((address, link))
+        }
+        .await;
+        let mut t = self.table.lock().unwrap();
+        let Some(s) = t.session_mut(sid) else { return };
+        match result {
+            Ok((address, link)) => {
+                info!(address = %address, "now using {address} (the previous address, {lost}, was taken by another host)");
+                s.record.address = Some(address);
+                s.defence = Some(self.defend_static(&id, link));
+            }
+            Err(e) => {
+                warn!("the session has no address now: {e}");
+                s.record.address = None;
+            }
+        }
+        let record = s.record.clone();
+        drop(t);
+        if let Err(e) = self.state.save(&record) {
+            warn!("recording the new address: {e}");
+        }
     }
 
     /// Refuses a start (or reports a fault) while the uplink, or a veth's bridge, is missing.
@@ -301,7 +478,8 @@ impl<P: Platform> Manager<P> {
             Addressing::Dhcp => (None, None, Vec::new()),
             Addressing::Static => {
                 let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
-                let in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                in_use.extend(t.conflicts.current(crate::lease_driver::now_ms()));
                 let addr = pool.allocate(id.sid, &in_use, &t.history)?;
                 t.history.last_address.insert(id.sid.get(), addr);
                 (Some(Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix")), self.settings.gateway, self.settings.dns.clone())
@@ -324,7 +502,7 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None };
+        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, defence: None };
         t.insert(session);
         Ok(record)
     }
@@ -397,6 +575,7 @@ impl<P: Platform> Manager<P> {
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
         let taken = self.table.lock().unwrap().session_mut(sid).map(|s| {
             s.record.state = SessionState::Stopping;
+            s.defence = None;
             (s.record.clone(), s.identity.mac, s.lease.take())
         });
         let Some((rec, mac, lease)) = taken else {
@@ -512,12 +691,18 @@ impl<P: Platform> Manager<P> {
                 },
                 Ok(()) => Ok(None),
             };
+            // A re-created interface needs a new ARP socket.
+            let defence = match (rec.addressing, rec.address) {
+                (Addressing::Static, Some(a)) if result.is_ok() && self.settings.acd_probe_ms > 0 => self.defend_static_addr(&identity, a.addr()).await,
+                _ => None,
+            };
             if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
                 match result {
                     Ok(lease) => {
                         info!("uplink back: session restored");
                         s.record.fault = None;
                         s.lease = lease;
+                        s.defence = defence;
                     }
                     Err(e) => {
                         warn!("{e}");
@@ -588,7 +773,11 @@ impl<P: Platform> Manager<P> {
             }
         }
         let netns = self.platform.hold_netns(&rec.netns);
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns });
+        let defence = match (rec.addressing, rec.address) {
+            (Addressing::Static, Some(a)) if self.settings.acd_probe_ms > 0 => self.defend_static_addr(&identity, a.addr()).await,
+            _ => None,
+        };
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, defence });
         report.adopted.push(sid);
     }
 
@@ -616,7 +805,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None });
+        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, defence: None });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

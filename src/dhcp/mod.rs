@@ -46,7 +46,7 @@ pub use client_id::client_identifier;
 pub use decode::MAX_PACKET;
 pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{INFINITE, Lease};
-pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
+pub use machine::{Action, Client, ClientConfig, DECLINE_WAIT_MS, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
 /// The machine's seeded PRNG, shared with `acd` (same sans-IO rule: randomness from a seed).
 pub(crate) use rng::SplitMix64;
