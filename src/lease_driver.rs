@@ -13,9 +13,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::acd::Conflict;
 use crate::acd_driver::{AcdLink, Outcome};
 use crate::dhcp::{Action, Client, ClientConfig, Dest, Event, Lease, Millis, RejectReason, State};
-use crate::platform::ArpIo;
 use crate::dhcp_session::{lifetimes, next_hop};
 use crate::netlink::{NetError, NetOps};
+use crate::platform::ArpIo;
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
 use crate::state::StateDir;
@@ -113,7 +113,13 @@ fn seeded(mut cfg: ClientConfig) -> Client {
 impl LeaseDriver {
     /// Starts the task with `first` (`Event::Start`, or `Event::StartWithLease` for INIT-REBOOT).
     /// With `acd`, each new address is probed before use and the held one defended.
-    pub fn spawn<N: NetOps + 'static, A: ArpIo>(ctx: DriverContext<N>, socket: UdpSocket, acd: Option<AcdLink<A>>, cfg: ClientConfig, first: Event) -> LeaseDriver {
+    pub fn spawn<N: NetOps + 'static, A: ArpIo>(
+        ctx: DriverContext<N>,
+        socket: UdpSocket,
+        acd: Option<AcdLink<A>>,
+        cfg: ClientConfig,
+        first: Event,
+    ) -> LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
         let (status_tx, status_rx) = watch::channel(LeaseStatus::default());
         // A root span: the task outlives the request that started it.

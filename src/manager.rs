@@ -78,7 +78,9 @@ pub enum StartError {
     Probe(NetError),
     #[error("address {address} {conflict}")]
     AddressConflict { address: std::net::Ipv4Addr, conflict: Conflict },
-    #[error("gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)")]
+    #[error(
+        "gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)"
+    )]
     PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
 }
 
@@ -417,10 +419,13 @@ impl<P: Platform> Manager<P> {
     async fn readdress(&self, sid: Sid, lost: std::net::Ipv4Addr, conflict: Conflict) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
-        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.state == SessionState::Up && s.record.address.map(|a| a.addr()) == Some(lost)).map(|s| {
-            s.defence = None;
-            (s.record.clone(), s.identity.clone())
-        });
+        let taken =
+            self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.state == SessionState::Up && s.record.address.map(|a| a.addr()) == Some(lost)).map(
+                |s| {
+                    s.defence = None;
+                    (s.record.clone(), s.identity.clone())
+                },
+            );
         let Some((rec, id)) = taken else { return };
         warn!(address = %lost, "gave up the static address {lost}: {conflict}; taking another one from the pool");
         let result = async {
@@ -1040,6 +1045,120 @@ mod tests {
         assert!(log.iter().any(|l| l.starts_with("host: macvlan eth0 on br-lan") && l.ends_with("in sessiond-1")), "{log:?}");
         assert!(log.contains(&"sessiond-1: addr add 10.0.0.100/24 dev eth0".to_string()), "{log:?}");
         assert!(p.objects().contains("link:sessiond-1/eth0"));
+    }
+
+    /// A manager whose static sessions probe for 7 ms (the fake LAN answers at once).
+    fn probing_manager(p: FakePlatform, dir: &std::path::Path, pool: &str) -> Arc<Manager<FakePlatform>> {
+        let mut s = settings(pool);
+        s.acd_probe_ms = 7;
+        let m = Arc::new(Manager::new(p, s, StateDir::open(dir).unwrap(), "mid".into(), "host1".into()).unwrap());
+        tokio::spawn(m.clone().watch_conflicts());
+        m
+    }
+
+    const SQUATTER: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn ip(s: &str) -> std::net::Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_static_address_another_host_holds_is_skipped_before_it_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let a = m.start(Some(sid(1)), None).await.unwrap();
+        assert_eq!(a.address.unwrap().to_string(), "10.0.0.101/24");
+        let log = p.log();
+        let at = |l: &str| log.iter().position(|x| x == l).unwrap_or_else(|| panic!("no {l:?} in {log:?}"));
+        assert!(at("sessiond-1: arp probe 10.0.0.100") < at("sessiond-1: arp probe 10.0.0.101"));
+        assert!(at("sessiond-1: arp probe 10.0.0.101") < at("sessiond-1: addr add 10.0.0.101/24 dev eth0"), "probed before use");
+        assert!(!log.iter().any(|l| l.contains("addr add 10.0.0.100")), "the taken address never went on eth0: {log:?}");
+        assert!(log.contains(&"sessiond-1: arp announce 10.0.0.101".to_string()), "announced once claimed");
+        // recorded, and remembered for the sid
+        assert_eq!(m.state.load_all().0[0].address, a.address);
+        assert_eq!(m.state.load_last_addresses().last_address.get(&1), Some(&ip("10.0.0.101")));
+        // the next session skips the taken address without probing it again
+        p.clear_log();
+        assert_eq!(m.start(Some(sid(2)), None).await.unwrap().address.unwrap().to_string(), "10.0.0.102/24");
+        assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.100")), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_host_with_the_sessions_own_mac_ends_the_start_with_the_likely_cause() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), Identity::new("mid", sid(1)).mac);
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains("10.0.0.100") && e.contains("own MAC") && e.contains("/etc/machine-id"), "{e}");
+        assert!(p.is_empty(), "nothing left: {:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+        assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.101")), "no other address tried: {:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_persistent_conflict_ends_the_start_after_max_conflicts() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        for n in 100..120 {
+            p.add_lan_host(ip(&format!("10.0.0.{n}")), SQUATTER);
+        }
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.130/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("after {MAX_CONFLICTS} pool addresses")) && e.contains("10.0.0.109"), "{e}");
+        assert_eq!(p.log().iter().filter(|l| l.contains("arp probe")).count(), MAX_CONFLICTS as usize);
+        assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    #[tokio::test]
+    async fn a_static_address_taken_while_up_is_defended_then_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m.start(Some(sid(1)), None).await.unwrap();
+        let claim = crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.100")).frame();
+        p.clear_log();
+        p.arp_inject("sessiond-1", &claim);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.100"], "defended once");
+        assert_eq!(m.status(None).unwrap()[0].address.unwrap().to_string(), "10.0.0.100/24");
+        // claimed again within DEFEND_INTERVAL: given up, the next pool address probed and used
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        p.arp_inject("sessiond-1", &claim);
+        let added = "sessiond-1: addr add 10.0.0.101/24 dev eth0".to_string();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if p.log().contains(&added) {
+                break;
+            }
+        }
+        let log = p.log();
+        let at = |l: &str| log.iter().position(|x| x == l).unwrap_or_else(|| panic!("no {l:?} in {log:?}"));
+        assert!(at("sessiond-1: arp probe 10.0.0.101") < at(&added), "probed before use");
+        assert_eq!(m.status(None).unwrap()[0].address.unwrap().to_string(), "10.0.0.101/24");
+        assert!(log.contains(&"sessiond-1: addr del 10.0.0.100/24 dev eth0".to_string()), "{log:?}");
+        assert!(log.contains(&"sessiond-1: addr add 10.0.0.101/24 dev eth0".to_string()), "{log:?}");
+        assert_eq!(m.state.load_all().0[0].address.unwrap().to_string(), "10.0.0.101/24", "recorded");
+        // and the new address is defended in turn
+        p.clear_log();
+        p.arp_inject("sessiond-1", &crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.101")).frame());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.101"]);
+        assert!(m.stop(sid(1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn with_acd_off_nothing_is_probed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        let mut s = settings("10.0.0.100-10.0.0.110/24");
+        s.acd_probe_ms = 0;
+        let m = Manager::new(p.clone(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
+        assert_eq!(m.start(Some(sid(1)), None).await.unwrap().address.unwrap().to_string(), "10.0.0.100/24");
+        assert!(!p.log().iter().any(|l| l.contains("arp")));
     }
 
     #[test]

@@ -314,17 +314,17 @@ fn arp_filter(address: Option<std::net::Ipv4Addr>) -> Vec<socket2::SockFilter> {
     let (ld_h, ld_w) = ((libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16, (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16);
     let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     vec![
-        SockFilter::new(ld_h, 0, 0, ETHERTYPE),  // 0
-        SockFilter::new(jeq, 0, 8, 0x0806),      // 1: not ARP -> drop
-        SockFilter::new(ld_w, 0, 0, SENDER_IP),  // 2
-        SockFilter::new(jeq, 5, 0, addr),        // 3: from the address -> accept
-        SockFilter::new(jeq, 0, 5, 0),           // 4: from another address -> drop
-        SockFilter::new(ld_w, 0, 0, TARGET_IP),  // 5: a probe: for which address?
-        SockFilter::new(jeq, 0, 3, addr),        // 6: another one -> drop
-        SockFilter::new(ld_h, 0, 0, OP),         // 7
-        SockFilter::new(jeq, 0, 1, 1),           // 8: a request (probe) -> accept, else drop
-        SockFilter::new(ret, 0, 0, u32::MAX),    // 9: accept
-        SockFilter::new(ret, 0, 0, 0),           // 10: drop
+        SockFilter::new(ld_h, 0, 0, ETHERTYPE), // 0
+        SockFilter::new(jeq, 0, 8, 0x0806),     // 1: not ARP -> drop
+        SockFilter::new(ld_w, 0, 0, SENDER_IP), // 2
+        SockFilter::new(jeq, 5, 0, addr),       // 3: from the address -> accept
+        SockFilter::new(jeq, 0, 5, 0),          // 4: from another address -> drop
+        SockFilter::new(ld_w, 0, 0, TARGET_IP), // 5: a probe: for which address?
+        SockFilter::new(jeq, 0, 3, addr),       // 6: another one -> drop
+        SockFilter::new(ld_h, 0, 0, OP),        // 7
+        SockFilter::new(jeq, 0, 1, 1),          // 8: a request (probe) -> accept, else drop
+        SockFilter::new(ret, 0, 0, u32::MAX),   // 9: accept
+        SockFilter::new(ret, 0, 0, 0),          // 10: drop
     ]
 }
 

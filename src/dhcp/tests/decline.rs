@@ -104,7 +104,9 @@ fn a_persistent_conflict_gives_up_after_max_conflicts() {
     let p = ServerParams::default();
     let mut t = T0;
     for n in 1..=crate::acd::MAX_CONFLICTS {
-        let a = if n == 1 { to_ack(&mut c, &p, t) } else {
+        let a = if n == 1 {
+            to_ack(&mut c, &p, t)
+        } else {
             let (_, a) = fire(&mut c);
             let (_, request, ..) = one_send(&c.on_event(Event::Packet { bytes: srv::offer(&m_bytes(&a), &p) }, t + 10));
             c.on_event(Event::Packet { bytes: srv::ack(&request, &p) }, t + 20)
