@@ -117,6 +117,9 @@ struct Session {
     netns: Option<std::fs::File>,
     /// A static session's address defence (RFC 5227 §2.4); ends with the session.
     defence: Option<Defence>,
+    /// A static session is probing a new address after losing its own: the record holds the
+    /// candidate (so no other start takes it), which `status` must not show yet.
+    claiming: bool,
 }
 
 /// The task defending a static session's address; aborted when dropped.
@@ -134,6 +137,9 @@ type Lost = (Sid, std::net::Ipv4Addr, Conflict);
 impl Session {
     fn view(&self) -> SessionRecord {
         let mut r = self.record.clone();
+        if self.claiming {
+            r.address = None;
+        }
         if let Some(l) = &self.lease {
             l.view().fill(&mut r);
         }
@@ -423,6 +429,7 @@ impl<P: Platform> Manager<P> {
             self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.state == SessionState::Up && s.record.address.map(|a| a.addr()) == Some(lost)).map(
                 |s| {
                     s.defence = None;
+                    s.claiming = true;
                     (s.record.clone(), s.identity.clone())
                 },
             );
@@ -439,6 +446,7 @@ impl<P: Platform> Manager<P> {
         .await;
         let mut t = self.table.lock().unwrap();
         let Some(s) = t.session_mut(sid) else { return };
+        s.claiming = false;
         match result {
             Ok((address, link)) => {
                 info!(address = %address, "now using {address} (the previous address, {lost}, was taken by another host)");
@@ -507,7 +515,7 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, defence: None };
+        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, defence: None, claiming: false };
         t.insert(session);
         Ok(record)
     }
@@ -782,7 +790,7 @@ impl<P: Platform> Manager<P> {
             (Addressing::Static, Some(a)) if self.settings.acd_probe_ms > 0 => self.defend_static_addr(&identity, a.addr()).await,
             _ => None,
         };
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, defence });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, defence, claiming: false });
         report.adopted.push(sid);
     }
 
@@ -810,7 +818,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, defence: None });
+        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, defence: None, claiming: false });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

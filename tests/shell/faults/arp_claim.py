@@ -32,11 +32,11 @@ def main():
     frame += b"\0" * (60 - len(frame))
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((a.iface, 0))
+    print(f"sending {a.count} ARP announcements of {a.ip} from {mac} on {a.iface}", flush=True)
     for i in range(a.count):
         s.send(frame)
         if i + 1 < a.count:
             time.sleep(a.interval_ms / 1000)
-    print(f"sent {a.count} ARP announcements of {a.ip} from {mac} on {a.iface}")
 
 
 if __name__ == "__main__":
