@@ -255,20 +255,40 @@ fn dhcp_reply_filter(mac: [u8; 6]) -> [socket2::SockFilter; 8] {
 /// `UdpSocket`: that is only a datagram fd with send(2)/recv(2) (no addresses are used), and
 /// tokio offers no safe registration for other sockets.
 pub struct LinuxArp {
-    sock: tokio::net::UdpSocket,
+    /// Always `Some` until dropped.
+    sock: Option<tokio::net::UdpSocket>,
+}
+
+impl LinuxArp {
+    fn sock(&self) -> &tokio::net::UdpSocket {
+        self.sock.as_ref().expect("present until dropped")
+    }
 }
 
 impl ArpIo for LinuxArp {
     fn watch(&self, address: Option<std::net::Ipv4Addr>) -> Result<(), NetError> {
-        socket2::SockRef::from(&self.sock).attach_filter(&arp_filter(address)).map_err(io_err("ARP socket filter".into()))
+        socket2::SockRef::from(self.sock()).attach_filter(&arp_filter(address)).map_err(io_err("ARP socket filter".into()))
     }
 
     async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.sock.send(frame).await.map(|_| ())
+        self.sock().send(frame).await.map(|_| ())
     }
 
     async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf).await
+        self.sock().recv(buf).await
+    }
+}
+
+/// Closing a packet socket waits out an RCU grace period in the kernel (`packet_release`
+/// calls `synchronize_net`): ~10 ms that would block an async worker, and that stops of many
+/// sessions would queue behind. The socket is closed on the blocking pool instead.
+impl Drop for LinuxArp {
+    fn drop(&mut self) {
+        let Some(sock) = self.sock.take() else { return };
+        // Without a runtime it is closed here.
+        if let (Ok(std), Ok(rt)) = (sock.into_std(), tokio::runtime::Handle::try_current()) {
+            drop(rt.spawn_blocking(move || drop(std)));
+        }
     }
 }
 
@@ -295,7 +315,7 @@ async fn arp_socket_in(netns: &str) -> Result<LinuxArp, NetError> {
     .await?
     .map_err(io_err(format!("ARP socket in {netns}")))?;
     let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(io_err("register ARP socket".into()))?;
-    Ok(LinuxArp { sock })
+    Ok(LinuxArp { sock: Some(sock) })
 }
 
 /// A classic BPF filter for the ARP socket (frames from the Ethernet header): accept ARP whose
