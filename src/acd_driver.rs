@@ -119,7 +119,7 @@ impl<A: ArpIo> AcdLink<A> {
     /// Feeds what `wait` returned to the machine and does what it says.
     pub async fn handle(&mut self, input: Input) -> Option<Outcome> {
         let now = now_ms();
-        let Some(m) = self.machine.as_mut() else { return None };
+        let m = self.machine.as_mut()?;
         let actions = match input {
             Input::Frame(f) => match ArpPacket::parse_frame(&f) {
                 Some(p) => m.on_packet(&p, now),
