@@ -24,6 +24,10 @@
 //!   log [`RejectReason::is_routine`] ones at debug level, rate-limit the rest.
 //! - Seed [`ClientConfig::seed`] from the OS RNG: the xid is what stops
 //!   off-path spoofed replies.
+//! - With [`Client::with_address_check`], answer every `CheckAddress` with
+//!   `Event::AddressFree` or `Event::AddressInUse` (an RFC 5227 probe, `crate::acd`),
+//!   and report a held address that another host took with `Event::AddressInUse`.
+//!   After `GiveUp` the client makes no further attempt.
 
 mod backoff;
 mod client_id;
