@@ -79,6 +79,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     notify_ready();
     tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
     tokio::spawn(mgr.clone().watch_conflicts());
+    tokio::spawn(mgr.clone().defend_adopted());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {

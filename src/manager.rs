@@ -412,6 +412,39 @@ impl<P: Platform> Manager<P> {
         }
     }
 
+    /// After recovery, while the daemon already serves: defends the addresses of the static
+    /// sessions it adopted (an ARP socket each, made in their namespaces one after the other;
+    /// recovery itself does not wait for them).
+    pub async fn defend_adopted(self: Arc<Self>) {
+        if self.settings.acd_probe_ms == 0 {
+            return;
+        }
+        let sids: Vec<Sid> = self
+            .table
+            .lock()
+            .unwrap()
+            .sessions()
+            .filter(|s| s.record.addressing == Addressing::Static && s.defence.is_none())
+            .map(|s| s.record.session)
+            .collect();
+        for sid in sids {
+            let lock = self.sid_lock(sid);
+            let _held = lock.lock().await;
+            let todo = self
+                .table
+                .lock()
+                .unwrap()
+                .session(sid)
+                .filter(|s| s.record.state == SessionState::Up && s.defence.is_none() && !s.claiming)
+                .and_then(|s| Some((s.identity.clone(), s.record.address?.addr())));
+            let Some((id, address)) = todo else { continue };
+            let defence = self.defend_static_addr(&id, address).await;
+            if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+                s.defence = defence;
+            }
+        }
+    }
+
     /// Handles static sessions that lost their address to another host (RFC 5227 §2.4):
     /// each takes the next free pool address, probed first. Runs for the daemon's life.
     pub async fn watch_conflicts(self: Arc<Self>) {
@@ -786,11 +819,8 @@ impl<P: Platform> Manager<P> {
             }
         }
         let netns = self.platform.hold_netns(&rec.netns);
-        let defence = match (rec.addressing, rec.address) {
-            (Addressing::Static, Some(a)) if self.settings.acd_probe_ms > 0 => self.defend_static_addr(&identity, a.addr()).await,
-            _ => None,
-        };
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, defence, claiming: false });
+        // A static session's defence is set up once the daemon serves (`defend_adopted`).
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, defence: None, claiming: false });
         report.adopted.push(sid);
     }
 
@@ -1155,6 +1185,24 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.101"]);
         assert!(m.stop(sid(1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_re_adopted_static_session_is_defended_once_the_daemon_serves() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let mut settings = settings("10.0.0.100-10.0.0.110/24");
+        settings.acd_probe_ms = 7;
+        let m = Manager::new(p.clone(), settings, StateDir::open(d.path()).unwrap(), "mid".into(), "host1".into()).unwrap();
+        m.start(Some(sid(1)), None).await.unwrap();
+        drop(m); // the daemon dies: so does its defence
+        let m2 = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        assert_eq!(m2.recover().await.adopted, vec![sid(1)]);
+        m2.clone().defend_adopted().await;
+        p.clear_log();
+        p.arp_inject("sessiond-1", &crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.100")).frame());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.100"], "defended, no probe (the address was in use)");
     }
 
     #[tokio::test]

@@ -252,11 +252,13 @@ fn dhcp_reply_filter(mac: [u8; 6]) -> [socket2::SockFilter; 8] {
 }
 
 /// A packet socket for ARP on the session's interface (see `ArpIo`). Held as a tokio
-/// `UdpSocket`: that is only a datagram fd with send(2)/recv(2) (no addresses are used), and
-/// tokio offers no safe registration for other sockets.
+/// `UdpSocket`: that is only a datagram fd for readiness and recv(2), and tokio offers no safe
+/// registration for other sockets.
 pub struct LinuxArp {
     /// Always `Some` until dropped.
     sock: Option<tokio::net::UdpSocket>,
+    /// The session interface's link address (its index; protocol 0: taken from the frame).
+    link: nix::sys::socket::LinkAddr,
 }
 
 impl LinuxArp {
@@ -267,11 +269,15 @@ impl LinuxArp {
 
 impl ArpIo for LinuxArp {
     fn watch(&self, address: Option<std::net::Ipv4Addr>) -> Result<(), NetError> {
-        socket2::SockRef::from(self.sock()).attach_filter(&arp_filter(address)).map_err(io_err("ARP socket filter".into()))
+        let filter = arp_filter(self.link.ifindex() as u32, address);
+        socket2::SockRef::from(self.sock()).attach_filter(&filter).map_err(io_err("ARP socket filter".into()))
     }
 
     async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.sock().send(frame).await.map(|_| ())
+        use std::os::fd::AsRawFd;
+        let fd = self.sock().as_raw_fd();
+        let send = || nix::sys::socket::sendto(fd, frame, &self.link, nix::sys::socket::MsgFlags::empty()).map_err(std::io::Error::from);
+        self.sock().async_io(tokio::io::Interest::WRITABLE, send).await.map(|_| ())
     }
 
     async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -292,38 +298,39 @@ impl Drop for LinuxArp {
     }
 }
 
-/// Makes the ARP socket inside `netns`: an AF_PACKET socket for ARP frames, bound to the
-/// session interface (its link address comes from getifaddrs in the namespace), filtered to
-/// nothing until `watch`.
+/// Makes the ARP socket inside `netns`: an AF_PACKET socket for ARP frames, filtered to
+/// nothing until `watch`. It is not bound: binding a socket that already receives (one made
+/// with a protocol) waits out an RCU grace period in the kernel (~15 ms, which 500 re-adopted
+/// sessions paid one after the other); the filter keeps to the session interface instead, and
+/// frames go out with sendto to its link address (from getifaddrs in the namespace).
 async fn arp_socket_in(netns: &str) -> Result<LinuxArp, NetError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::AsRawFd;
     let ns = crate::ns::open_netns(netns)?;
-    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<Socket> {
-        let eth_p_arp = i32::from((libc::ETH_P_ARP as u16).to_be());
-        let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(eth_p_arp)))?;
-        s.attach_filter(&arp_filter(None))?;
+    let (sock, link) = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<(Socket, nix::sys::socket::LinkAddr)> {
         let link = nix::ifaddrs::getifaddrs()?
             .filter(|i| i.interface_name == crate::session::SESSION_IF)
             .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no link address for {}", crate::session::SESSION_IF)))?;
-        // Protocol 0 in the address: the socket's own (ETH_P_ARP) is kept.
-        nix::sys::socket::bind(s.as_raw_fd(), &link)?;
+        let eth_p_arp = i32::from((libc::ETH_P_ARP as u16).to_be());
+        let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(eth_p_arp)))?;
+        s.attach_filter(&arp_filter(link.ifindex() as u32, None))?;
         s.set_nonblocking(true)?;
-        Ok(s)
+        Ok((s, link))
     })
     .await?
     .map_err(io_err(format!("ARP socket in {netns}")))?;
     let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(io_err("register ARP socket".into()))?;
-    Ok(LinuxArp { sock: Some(sock) })
+    Ok(LinuxArp { sock: Some(sock), link })
 }
 
-/// A classic BPF filter for the ARP socket (frames from the Ethernet header): accept ARP whose
-/// sender IP is `address` (a reply, announcement or request from it) and probes (sender IP 0)
-/// for it; drop the rest, all of it for `None`. With 1000 sessions on a macvlan every ARP
-/// broadcast on the LAN reaches every session's interface: this keeps them from waking up.
-fn arp_filter(address: Option<std::net::Ipv4Addr>) -> Vec<socket2::SockFilter> {
+/// A classic BPF filter for the ARP socket (frames from the Ethernet header): accept ARP
+/// received on interface `ifindex` whose sender IP is `address` (a reply, announcement or
+/// request from it) and probes (sender IP 0) for it; drop the rest, all of it for `None`. With
+/// 1000 sessions on a macvlan every ARP broadcast on the LAN reaches every session's interface:
+/// this keeps them from waking up.
+fn arp_filter(ifindex: u32, address: Option<std::net::Ipv4Addr>) -> Vec<socket2::SockFilter> {
     use socket2::SockFilter;
+    const IFINDEX: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_IFINDEX) as u32; // ancillary: the receiving interface
     const ETHERTYPE: u32 = 12;
     const OP: u32 = 14 + 6;
     const SENDER_IP: u32 = 14 + 14;
@@ -334,17 +341,19 @@ fn arp_filter(address: Option<std::net::Ipv4Addr>) -> Vec<socket2::SockFilter> {
     let (ld_h, ld_w) = ((libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16, (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16);
     let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     vec![
-        SockFilter::new(ld_h, 0, 0, ETHERTYPE), // 0
-        SockFilter::new(jeq, 0, 8, 0x0806),     // 1: not ARP -> drop
-        SockFilter::new(ld_w, 0, 0, SENDER_IP), // 2
-        SockFilter::new(jeq, 5, 0, addr),       // 3: from the address -> accept
-        SockFilter::new(jeq, 0, 5, 0),          // 4: from another address -> drop
-        SockFilter::new(ld_w, 0, 0, TARGET_IP), // 5: a probe: for which address?
-        SockFilter::new(jeq, 0, 3, addr),       // 6: another one -> drop
-        SockFilter::new(ld_h, 0, 0, OP),        // 7
-        SockFilter::new(jeq, 0, 1, 1),          // 8: a request (probe) -> accept, else drop
-        SockFilter::new(ret, 0, 0, u32::MAX),   // 9: accept
-        SockFilter::new(ret, 0, 0, 0),          // 10: drop
+        SockFilter::new(ld_w, 0, 0, IFINDEX),   // 0
+        SockFilter::new(jeq, 0, 10, ifindex),   // 1: another interface -> drop
+        SockFilter::new(ld_h, 0, 0, ETHERTYPE), // 2
+        SockFilter::new(jeq, 0, 8, 0x0806),     // 3: not ARP -> drop
+        SockFilter::new(ld_w, 0, 0, SENDER_IP), // 4
+        SockFilter::new(jeq, 5, 0, addr),       // 5: from the address -> accept
+        SockFilter::new(jeq, 0, 5, 0),          // 6: from another address -> drop
+        SockFilter::new(ld_w, 0, 0, TARGET_IP), // 7: a probe: for which address?
+        SockFilter::new(jeq, 0, 3, addr),       // 8: another one -> drop
+        SockFilter::new(ld_h, 0, 0, OP),        // 9
+        SockFilter::new(jeq, 0, 1, 1),          // 10: a request (probe) -> accept, else drop
+        SockFilter::new(ret, 0, 0, u32::MAX),   // 11: accept
+        SockFilter::new(ret, 0, 0, 0),          // 12: drop
     ]
 }
 
