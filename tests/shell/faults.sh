@@ -28,7 +28,7 @@
 # of the run there.
 # A daemon defect makes its row FAIL with the reason; assertions are never loosened to pass.
 # Every wait is bounded in time and count; only processes this suite started are signalled,
-# by PID. Runtime: about 4-5 minutes.
+# by PID. Runtime: about 5 minutes.
 # shellcheck source-path=SCRIPTDIR disable=SC2317  # SC2317: scenario functions are called by name
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"   # (refuses to go on outside scripts/sandbox)
