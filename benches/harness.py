@@ -345,13 +345,17 @@ class Bench:
 
     # ---- sessiond daemon
 
-    def start_daemon(self, state_dir, label):
+    def start_daemon(self, state_dir, label, acd_probe_ms=0, extra=()):
+        """acd_probe_ms: 0 (conflict detection off) for every section that compares with the
+        baselines, which probe nothing either; the acd section measures what probing costs
+        (None: the daemon's default)."""
         os.makedirs(state_dir, exist_ok=True)
         self.daemon_log = os.path.join(self.work, f"sessiond-{label}.log")
         logf = open(self.daemon_log, "ab")
         env = dict(self.env, SESSIOND_LOG=self.a.log_level)
+        acd = [] if acd_probe_ms is None else ["--acd-probe-ms", str(acd_probe_ms)]
         self.daemon = subprocess.Popen([self.bin, "daemon", "--uplink", self.a.uplink, "--state-dir", state_dir,
-                                        "--socket", self.sock], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env)
+                                        "--socket", self.sock, *acd, *extra], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env)
         logf.close()
 
         def ready():
@@ -534,6 +538,83 @@ class Bench:
         """The same daemon with --state-dir on the disk: what durable records cost (fsync,
         and on this VM's journal-less ext4 the inode allocator, see docs/performance.md)."""
         self.sessiond_variant_suite("diskstate", os.path.join(self.a.disk_dir, "state"))
+
+    def acd_suite(self):
+        """What address conflict detection (RFC 5227) costs: DHCP start latency with the
+        default probe and with it off, one daemon after the other; then N static sessions
+        started at once with and without it, and the daemon's CPU and wake-ups while the LAN
+        carries ARP broadcasts that are about none of its sessions (each session's kernel filter
+        should keep them from waking the daemon)."""
+        a = self.a
+        for label, probe in (("acd200", None), ("acd0", 0)):
+            self.start_daemon(os.path.join(self.work, f"state-{label}"), label, acd_probe_ms=probe)
+            try:
+                for s in (1, 2):
+                    sock_call(self.sock, {"op": "start", "session": s})
+                sock_call(self.sock, {"op": "stop_all"})
+                time.sleep(0.5)
+                for via, mode in (("socket", "seq"), ("cli", "seq"), ("socket", "conc")):
+                    self.sessiond_round(a.acd_n, via, mode, section="sessiond-acd", suffix=f"-{label}")
+            finally:
+                self.stop_daemon()
+        n = a.acd_static_n
+        pool = "10.77.128.1-10.77.135.254/16"
+        for label, probe in (("acd200", None), ("acd0", 0)):
+            self.start_daemon(os.path.join(self.work, f"state-static-{label}"), f"static-{label}", acd_probe_ms=probe,
+                              extra=["--addressing", "static", "--pool", pool, "--gateway", "10.77.0.1"])
+            try:
+                sids = list(range(1, n + 1))
+                ticks0 = proc_stat_ticks(self.daemon.pid)
+                lat, err, total, _ = run_conc_sock(self.sock, [{"op": "start", "session": s} for s in sids], "start")
+                cpu = (proc_stat_ticks(self.daemon.pid) - ticks0) * 1000 / CLK_TCK / n
+                up = len(sock_call(self.sock, {"op": "status", "session": None}).get("sessions", []))
+                self.add(Result("sessiond-acd", f"sessiond-socket-static-{label}", "start", "conc", n, lat, total, err,
+                                "" if up == n else f"{up} of {n} up", cpu_ms=cpu))
+                time.sleep(3)  # the announcements (2 s apart) are over
+                self.arp_load(n, label)
+                sock_call(self.sock, {"op": "stop_all"}, timeout=300)
+                settle(n)
+            finally:
+                self.stop_daemon()
+
+    def arp_load(self, n, label):
+        """The daemon's CPU and context switches (wake-ups) over a window of ARP broadcasts from
+        the LAN's server about addresses no session holds, and over an idle window as long."""
+        a = self.a
+        pid = self.daemon.pid
+
+        def ctx():
+            total = 0
+            for t in os.listdir(f"/proc/{pid}/task"):
+                st = proc_status(f"{pid}/task/{t}")
+                total += int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+            return total
+        rate, secs = a.acd_arp_rate, a.acd_arp_secs
+        gen = ("import socket,time,sys\n"
+               "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW); s.bind((sys.argv[1],0))\n"
+               "mac=bytes.fromhex(open('/sys/class/net/'+sys.argv[1]+'/address').read().strip().replace(':',''))\n"
+               "rate,secs=int(sys.argv[2]),float(sys.argv[3]); n=int(rate*secs); t0=time.monotonic()\n"
+               "for i in range(n):\n"
+               "  tip=bytes([10,77,200+(i>>8)%50,i&255])\n"
+               "  f=b'\\xff'*6+mac+b'\\x08\\x06'+bytes([0,1,8,0,6,4,0,1])+mac+bytes([10,77,0,1])+b'\\0'*6+tip\n"
+               "  s.send(f+b'\\0'*(60-len(f)))\n"
+               "  d=t0+(i+1)/rate-time.monotonic()\n"
+               "  d>0 and time.sleep(d)\n"
+               "print(n)\n")
+        for window, cmd in (("idle", None), ("arp", ["ip", "netns", "exec", a.server_ns, "python3", "-c", gen, a.server_if, str(rate), str(secs)])):
+            t0, c0 = proc_stat_ticks(pid), ctx()
+            w0 = time.monotonic()
+            if cmd:
+                sh(cmd)
+            else:
+                time.sleep(secs)
+            wall = time.monotonic() - w0
+            cpu_ms = (proc_stat_ticks(pid) - t0) * 1000 / CLK_TCK
+            switches = ctx() - c0
+            what = f"{n} static sessions up, {wall:.0f} s " + (f"of {rate} ARP broadcasts/s about no session's address" if cmd else "idle")
+            self.extra_row("acd", f"sessiond-{label}", f"cpu_ms_{window}", n, cpu_ms, "ms", what)
+            self.extra_row("acd", f"sessiond-{label}", f"wakeups_{window}", n, switches, "context switches", what)
+            log(f"acd {label} {window}: {cpu_ms:.0f} ms CPU, {switches} context switches in {wall:.1f} s")
 
     def soak(self):
         """Holds the sessions through DHCP renewals and measures the daemon meanwhile."""
@@ -921,8 +1002,9 @@ def derive(rows, run_at):
 
 def render_md(rows):
     meta = {r["op"]: r["note"] for r in rows if r["section"] == "meta" and r["system"] == "machine"}
-    lat = [r for r in rows if r["section"] not in ("meta", "soak", "ratio", "target")]
+    lat = [r for r in rows if r["section"] not in ("meta", "soak", "ratio", "target", "acd")]
     soak = [r for r in rows if r["section"] == "soak"]
+    acd = [r for r in rows if r["section"] == "acd"]
     ratios = [r for r in rows if r["section"] == "ratio"]
     targets = [r for r in rows if r["section"] == "target"]
     runs = sorted({r["run_at"] for r in rows if r["run_at"]})
@@ -1020,6 +1102,18 @@ def render_md(rows):
           "The same, with /etc/netns on tmpfs too: no disk cost at all (what the sandbox's own /etc overlay gives).")
     table("sessiond, --state-dir on disk", sorted([r for r in lat if r["section"] == "sessiond-diskstate"], key=key),
           "The same, with the state dir moved to the disk (ext4, like /etc/netns): durable records, fsync included.")
+    table("sessiond, address conflict detection", sorted([r for r in lat if r["section"] == "sessiond-acd"], key=key),
+          "`-acd200`: the default RFC 5227 probe (`acd_probe_ms` 200) before each address is used; `-acd0`: off "
+          "(`--acd-probe-ms 0`, as every other section runs, like the baselines, which probe nothing). "
+          "`static`: a static pool, all N started at once.")
+    if acd:
+        L.append("### Address conflict detection: the daemon under ARP traffic")
+        L.append("")
+        L.append("| daemon | metric | sessions | value | unit | window |")
+        L.append("| --- | --- | ---: | ---: | --- | --- |")
+        for r in acd:
+            L.append(f"| {r['system']} | {r['op']} | {r['n']} | {fnum(r['value'], 2)} | {r['unit']} | {r['note']} |")
+        L.append("")
     table("Baseline (a): udhcpc script", sorted([r for r in lat if r["section"] == "udhcpc-script"], key=key),
           "`benches/baselines/admin-start.sh`: ip netns add, macvlan created in the netns, lo + loopback, "
           "`ip netns exec … busybox udhcpc -q -n` with an event script applying address, route, resolv.conf. "
@@ -1096,6 +1190,7 @@ SECTIONS = [
     ("spaced", "sessiond, one request at a time with pauses", "sessiond_spaced_suite", ["sessiond-spaced"]),
     ("tmpfs", "sessiond, state dir and /etc/netns on tmpfs", "sessiond_tmpfs_suite", ["sessiond-tmpfs"]),
     ("diskstate", "sessiond, --state-dir on disk", "sessiond_diskstate_suite", ["sessiond-diskstate"]),
+    ("acd", "sessiond, address conflict detection (RFC 5227 probe on and off)", "acd_suite", ["sessiond-acd", "acd"]),
     ("udhcpc", "baseline (a): udhcpc script", "admin_suite", ["udhcpc-script"]),
     ("cni", "baseline (b): CNI macvlan + dhcp IPAM", "cni_suite", ["cni-dhcp"]),
 ]
@@ -1104,7 +1199,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--render-only", action="store_true", help="rewrite docs/performance.md from the CSV; measure nothing")
-    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,diskstate,udhcpc,cni")
+    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,diskstate,acd,udhcpc,cni")
     p.add_argument("--repo")
     p.add_argument("--sessiond")
     p.add_argument("--bin-desc", default="")
@@ -1141,11 +1236,13 @@ def main():
         a.admin_ns, a.cni_ns, a.lower_ns, a.tmpfs_ns = [1, 10, 100], [1, 10, 100], [1, 10, 100], [10]
         a.admin_budget, a.admin_big_budget, a.cni_budget = 30.0, 0.0, 5.0
         a.spaced_n, a.spaced_gap = 10, 0.1
+        a.acd_n, a.acd_static_n, a.acd_arp_rate, a.acd_arp_secs = 10, 100, 500, 10
     else:
         a.sessiond_ns, a.soak_n, a.soak_s = [1, 10, 100, 1000], 1000, 300
         a.admin_ns, a.cni_ns, a.lower_ns, a.tmpfs_ns = [1, 10, 100, 1000], [1, 10, 100], [1, 10, 100], [100]
         a.admin_budget, a.admin_big_budget, a.cni_budget = 60.0, 130.0, 75.0
         a.spaced_n, a.spaced_gap = 50, 0.1
+        a.acd_n, a.acd_static_n, a.acd_arp_rate, a.acd_arp_secs = 100, 1000, 500, 20
     if a.sessiond_n:  # development overrides
         a.sessiond_ns = [int(x) for x in a.sessiond_n.split(",")]
         a.soak_n = a.sessiond_ns[-1]

@@ -88,6 +88,10 @@ pub struct RawSettings {
     /// authentication: keep it on loopback or a management network
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Probe each address with ARP for this many ms before using it, and defend it (RFC 5227;
+    /// default 200; 0: off; 7000: the RFC's own timing)
+    #[arg(long = "acd-probe-ms", value_name = "MS")]
+    pub acd_probe_ms: Option<u64>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -125,6 +129,8 @@ pub enum ConfigError {
     BadConnectionLimit(usize),
     #[error("DHCP minimum lease must be between {lo} and {hi} seconds, got {0}", lo = MIN_LEASE_RANGE.start(), hi = MIN_LEASE_RANGE.end())]
     BadMinLease(u32),
+    #[error("acd_probe_ms must be 0 (no address conflict detection) to 7000 (RFC 5227's own timing), got {0}")]
+    BadAcdProbe(u64),
 }
 
 impl ConfigError {
@@ -168,6 +174,7 @@ impl RawSettings {
             max_connections_per_user: self.max_connections_per_user.or(under.max_connections_per_user),
             dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
             metrics_listen: self.metrics_listen.or(under.metrics_listen),
+            acd_probe_ms: self.acd_probe_ms.or(under.acd_probe_ms),
         }
     }
 }
@@ -192,11 +199,19 @@ pub struct Settings {
     pub max_connections_per_user: usize,
     pub dhcp_min_lease_secs: u32,
     pub metrics_listen: Option<SocketAddr>,
+    /// Length of the RFC 5227 probe before an address is used; 0: no conflict detection.
+    pub acd_probe_ms: u64,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
 /// 1 s; at most a day.
 pub const MIN_LEASE_RANGE: std::ops::RangeInclusive<u32> = 2..=86_400;
+
+/// Default probe length: NetworkManager's default DAD timeout. An ARP reply on a LAN comes
+/// within a millisecond or two; the scaled RFC schedule (three probes, then 57 ms of waiting
+/// for late replies) leaves a slow host tens of ms to answer, and a start costs ~160 ms on
+/// average (docs/performance.md, "Design notes: address conflict detection").
+pub const DEFAULT_ACD_PROBE_MS: u64 = 200;
 
 pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty() && name.len() < 16 && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
@@ -225,6 +240,7 @@ impl Settings {
             max_connections_per_user,
             dhcp_min_lease_secs,
             metrics_listen,
+            acd_probe_ms,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -263,6 +279,10 @@ impl Settings {
         if !MIN_LEASE_RANGE.contains(&dhcp_min_lease_secs) {
             return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
         }
+        let acd_probe_ms = acd_probe_ms.unwrap_or(DEFAULT_ACD_PROBE_MS);
+        if acd_probe_ms > crate::acd::RFC_PROBE_MS {
+            return Err(ConfigError::BadAcdProbe(acd_probe_ms));
+        }
         Ok(Settings {
             uplink,
             link,
@@ -281,6 +301,7 @@ impl Settings {
             max_connections_per_user,
             dhcp_min_lease_secs,
             metrics_listen,
+            acd_probe_ms,
         })
     }
 }
@@ -394,6 +415,19 @@ state_dir = "/tmp/state"
             let e = Settings::merge(RawSettings { max_connections_per_user: Some(n), ..base() }, RawSettings::default()).unwrap_err().to_string();
             assert!(e.contains("max_connections_per_user"), "{e}");
         }
+    }
+
+    #[test]
+    fn acd_probe_defaults_on_and_is_bounded() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().acd_probe_ms, DEFAULT_ACD_PROBE_MS);
+        let off = parse("acd_probe_ms = 0\n").unwrap();
+        assert_eq!(Settings::merge(base(), off).unwrap().acd_probe_ms, 0);
+        let rfc = RawSettings { acd_probe_ms: Some(7000), ..base() };
+        assert_eq!(Settings::merge(rfc, RawSettings::default()).unwrap().acd_probe_ms, 7000);
+        let e = Settings::merge(RawSettings { acd_probe_ms: Some(7001), ..base() }, RawSettings::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::BadAcdProbe(7001)) && e.to_string().contains("acd_probe_ms"), "{e}");
+        assert!(parse("acd_probe_ms = -1\n").is_err());
     }
 
     #[test]

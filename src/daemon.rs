@@ -93,6 +93,8 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     if let Some(listener) = metrics {
         serve_metrics(listener, mgr.clone());
     }
+    tokio::spawn(mgr.clone().watch_conflicts());
+    tokio::spawn(mgr.clone().defend_adopted());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {

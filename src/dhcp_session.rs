@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::acd_driver::AcdLink;
 use crate::config::Settings;
 use crate::dhcp::{ClientConfig, Event, Lease, State};
 use crate::events::Events;
@@ -43,6 +44,8 @@ pub struct Dhcp {
     timeout_secs: u64,
     min_lease_secs: u32,
     uplink: String,
+    /// The RFC 5227 probe's length; 0: no conflict detection.
+    acd_probe_ms: u64,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
     /// Where the tasks report lease changes (watchers) and count messages (metrics).
@@ -65,6 +68,7 @@ impl Dhcp {
             timeout_secs: settings.dhcp_timeout_secs,
             min_lease_secs: settings.dhcp_min_lease_secs,
             uplink: settings.uplink.clone(),
+            acd_probe_ms: settings.acd_probe_ms,
             lan_neighbours: Default::default(),
             events,
             metrics,
@@ -98,11 +102,15 @@ impl Dhcp {
     /// `inside`: a netlink connection in the session's namespace, if the caller has one.
     async fn spawn<P: Platform>(&self, p: &P, id: &Identity, first: Event, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
+        let acd = match self.acd_probe_ms {
+            0 => None,
+            ms => Some(AcdLink::new(p.arp_socket(&id.netns).await?, id.mac, ms)),
+        };
         let inside = match inside {
             Some(n) => n,
             None => p.inside(&id.netns).await?,
         };
-        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside).await, socket, self.client_config(id), first) })
+        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside).await, socket, acd, self.client_config(id), first) })
     }
 
     /// The first event of a session with no lease to INIT-REBOOT: DISCOVER, asking for the
@@ -214,7 +222,7 @@ impl DhcpSession {
     /// What the task knows now (renewals may have changed it since the start).
     pub fn view(&self) -> LeaseView {
         let s = self.driver.status.borrow();
-        LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone() }
+        LeaseView::of(&s)
     }
 
     /// DHCPRELEASE (if bound), the address off the interface if asked, and the task ends.
@@ -235,13 +243,20 @@ pub struct LeaseView {
     pub lease: Option<Lease>,
     /// Why the lease is not fully on the interface (a renewal's change failed to apply).
     pub unapplied: Option<String>,
+    /// Why the client has no address (a conflict), if that is why.
+    pub trouble: Option<String>,
 }
 
 impl LeaseView {
+    /// What a lease task's status says of the session's lease.
+    pub fn of(s: &crate::lease_driver::LeaseStatus) -> LeaseView {
+        LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone(), trouble: s.stopped.clone().or_else(|| s.lost.clone()) }
+    }
+
     /// Fills the lease's facts into a session's status record.
     pub fn fill(&self, r: &mut SessionRecord) {
         let dhcp_state = self.state;
-        if let Some(why) = &self.unapplied {
+        if let Some(why) = self.unapplied.as_ref().or(self.trouble.as_ref()) {
             r.fault.get_or_insert_with(|| why.clone());
         }
         let Some(l) = &self.lease else {
@@ -282,16 +297,16 @@ mod tests {
         let why = "the lease of 10.0.0.10/24 from 10.0.0.1 could not be applied: add route".to_string();
         let mut r = crate::state::sample_record(1);
         r.fault = None;
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some(why.clone()) }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some(why.clone()), trouble: None }.fill(&mut r);
         assert_eq!(r.fault, Some(why));
         // An uplink fault is not hidden by it; a fully applied lease adds none.
         let mut r = crate::state::sample_record(1);
         r.fault = Some("uplink br-lan does not exist".into());
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some("x".into()) }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some("x".into()), trouble: None }.fill(&mut r);
         assert_eq!(r.fault.as_deref(), Some("uplink br-lan does not exist"));
         let mut r = crate::state::sample_record(1);
         r.fault = None;
-        LeaseView { state: State::Bound, lease: Some(lease), unapplied: None }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease), unapplied: None, trouble: None }.fill(&mut r);
         assert_eq!(r.fault, None);
     }
 }

@@ -26,6 +26,10 @@ struct World {
     neighbours: std::collections::BTreeMap<String, crate::netlink::Neighbour>,
     /// MTU of each link by `NS/NAME`, once set (1500 until then).
     mtus: std::collections::BTreeMap<String, u32>,
+    /// Other hosts on the LAN, by the address they hold: they answer ARP probes for it.
+    lan_hosts: std::collections::BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Every ARP socket made, by namespace.
+    arp_sockets: Vec<FakeArp>,
 }
 
 impl World {
@@ -89,6 +93,17 @@ impl FakePlatform {
     }
     pub fn neighbour_entry(&self, netns: &str, name: &str, ip: Ipv4Addr) -> Option<crate::netlink::Neighbour> {
         self.world.lock().unwrap().neighbours.get(&format!("{netns}/{name}/{ip}")).cloned()
+    }
+    /// Another host on the LAN holds `ip` (answers probes for it with `mac`).
+    pub fn add_lan_host(&self, ip: Ipv4Addr, mac: [u8; 6]) {
+        self.world.lock().unwrap().lan_hosts.insert(ip, mac);
+    }
+    /// `frame` arrives on `netns`'s interface (each of its ARP sockets gets it, filter permitting).
+    pub fn arp_inject(&self, netns: &str, frame: &[u8]) {
+        let socks: Vec<FakeArp> = self.world.lock().unwrap().arp_sockets.iter().filter(|s| s.ns == netns).cloned().collect();
+        for s in socks {
+            s.deliver(frame);
+        }
     }
     pub fn add_host_link(&self, name: &str) {
         self.world.lock().unwrap().host_links.insert(name.into());
@@ -262,8 +277,68 @@ impl NetOps for FakeNet {
     }
 }
 
+/// An ARP socket on the fake LAN: probes for an address a LAN host holds are answered; what
+/// `watch` names is the kernel filter's job, emulated.
+#[derive(Clone)]
+pub struct FakeArp {
+    ns: String,
+    world: Arc<Mutex<World>>,
+    inbox: Arc<(Mutex<std::collections::VecDeque<Vec<u8>>>, tokio::sync::Notify)>,
+    watching: Arc<Mutex<Option<Ipv4Addr>>>,
+}
+
+impl FakeArp {
+    fn deliver(&self, frame: &[u8]) {
+        let Some(p) = crate::acd::ArpPacket::parse_frame(frame) else { return };
+        let Some(w) = *self.watching.lock().unwrap() else { return };
+        if p.sender_ip == w || (p.is_probe() && p.target_ip == w) {
+            self.inbox.0.lock().unwrap().push_back(frame.to_vec());
+            self.inbox.1.notify_one();
+        }
+    }
+}
+
+impl crate::platform::ArpIo for FakeArp {
+    fn watch(&self, address: Option<Ipv4Addr>) -> Result<(), NetError> {
+        *self.watching.lock().unwrap() = address;
+        Ok(())
+    }
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use crate::acd::{ArpOp, ArpPacket};
+        let p = ArpPacket::parse_frame(frame).ok_or_else(|| std::io::Error::other("not an ARP frame"))?;
+        let kind = if p.is_probe() { "probe" } else { "announce" };
+        let holder = op(&self.world, format!("{}: arp {kind} {}", self.ns, p.target_ip), |w| Ok(w.lan_hosts.get(&p.target_ip).copied()))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(mac) = holder.filter(|_| p.is_probe()) {
+            let reply = ArpPacket { op: ArpOp::Reply, sender_mac: mac, sender_ip: p.target_ip, target_mac: p.sender_mac, target_ip: p.sender_ip };
+            self.deliver(&reply.frame());
+        }
+        Ok(())
+    }
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let notified = self.inbox.1.notified();
+            if let Some(f) = self.inbox.0.lock().unwrap().pop_front() {
+                let n = f.len().min(buf.len());
+                buf[..n].copy_from_slice(&f[..n]);
+                return Ok(n);
+            }
+            notified.await;
+        }
+    }
+}
+
 impl Platform for FakePlatform {
     type Net = FakeNet;
+    type Arp = FakeArp;
+    async fn arp_socket(&self, netns: &str) -> Result<FakeArp, NetError> {
+        if !self.netns_exists(netns) {
+            return Err(NetError::Other(format!("no netns {netns}")));
+        }
+        let s = FakeArp { ns: netns.into(), world: self.world.clone(), inbox: Default::default(), watching: Default::default() };
+        self.world.lock().unwrap().arp_sockets.push(s.clone());
+        Ok(s)
+    }
     fn host(&self) -> &FakeNet {
         &self.host
     }

@@ -10,10 +10,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::acd::Conflict;
+use crate::acd_driver::{AcdLink, Outcome};
 use crate::dhcp::{Action, Client, ClientConfig, Dest, Event, Lease, Millis, RejectReason, State};
 use crate::dhcp_session::{lifetimes, next_hop};
 use crate::metrics::Direction;
 use crate::netlink::{NetError, NetOps};
+use crate::platform::ArpIo;
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
 use crate::state::StateDir;
@@ -33,6 +36,16 @@ pub struct LeaseStatus {
     /// Why the last lease could not be fully put on the interface (an address, route, MTU or
     /// file step failed); `None` once one was. A session must not be reported up meanwhile.
     pub unapplied: Option<String>,
+    /// Why the last address was declined or given up (address conflict); cleared once bound.
+    pub lost: Option<String>,
+    /// Why the client stopped trying for good (a persistent conflict, a cloned machine).
+    pub stopped: Option<String>,
+}
+
+impl Default for LeaseStatus {
+    fn default() -> Self {
+        LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None, lost: None, stopped: None }
+    }
 }
 
 enum Command {
@@ -96,7 +109,8 @@ pub fn lease_file(sid: Sid) -> String {
     format!("leases/{sid}.json")
 }
 
-fn seed() -> u64 {
+/// A seed from the OS RNG (for the DHCP and ACD machines).
+pub(crate) fn seed() -> u64 {
     use std::io::Read;
     let mut b = [0u8; 8];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
@@ -112,13 +126,21 @@ fn seeded(mut cfg: ClientConfig) -> Client {
 
 impl LeaseDriver {
     /// Starts the task with `first` (`Event::Start`, or `Event::StartWithLease` for INIT-REBOOT).
-    pub fn spawn<N: NetOps + 'static>(ctx: DriverContext<N>, socket: UdpSocket, cfg: ClientConfig, first: Event) -> LeaseDriver {
+    /// With `acd`, each new address is probed before use and the held one defended.
+    pub fn spawn<N: NetOps + 'static, A: ArpIo>(
+        ctx: DriverContext<N>,
+        socket: UdpSocket,
+        acd: Option<AcdLink<A>>,
+        cfg: ClientConfig,
+        first: Event,
+    ) -> LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
-        let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None });
+        let (status_tx, status_rx) = watch::channel(LeaseStatus::default());
         // A root span: the task outlives the request that started it.
         let span = info_span!(parent: None, "dhcp", sid = %ctx.sid);
         let task = Task { ctx, done: Done::default(), rejects: RejectLog::default(), renewals: RenewLog::default() };
-        let task = tokio::spawn(run(task, socket, seeded(cfg), first, rx, status_tx).instrument(span));
+        let client = seeded(cfg).with_address_check(acd.is_some());
+        let task = tokio::spawn(run(task, socket, acd, client, first, rx, status_tx).instrument(span));
         LeaseDriver { tx, status: status_rx, task }
     }
 
@@ -138,13 +160,19 @@ impl LeaseDriver {
     }
 
     /// Waits until bound with the lease fully applied, the socket fails, the lease cannot be
-    /// applied, or `timeout` passes.
+    /// applied, the client stops trying (a persistent conflict), or `timeout` passes.
     pub async fn wait_bound(&mut self, timeout: Duration) -> Result<Lease, WaitError> {
         let seen = tokio::time::timeout(timeout, self.status.wait_for(|s| bound_outcome(s).is_some())).await.map(|w| w.map(|s| bound_outcome(&s)));
         match seen {
             Ok(Ok(outcome)) => outcome.expect("waited for an outcome"),
             Ok(Err(_)) => Err(WaitError::Ended),
-            Err(_) => Err(WaitError::Unanswered(self.status.borrow().discovers)),
+            Err(_) => {
+                let s = self.status.borrow();
+                match &s.lost {
+                    Some(why) => Err(WaitError::Declined(why.clone())),
+                    None => Err(WaitError::Unanswered(s.discovers)),
+                }
+            }
         }
     }
 }
@@ -152,7 +180,7 @@ impl LeaseDriver {
 /// What a start waiting on the task learns from one status, if it is an outcome: a bound
 /// lease counts only once it is fully on the interface (a half-applied one is not "up").
 fn bound_outcome(s: &LeaseStatus) -> Option<Result<Lease, WaitError>> {
-    if let Some(f) = &s.failed {
+    if let Some(f) = s.stopped.as_ref().or(s.failed.as_ref()) {
         return Some(Err(WaitError::Failed(f.clone())));
     }
     if s.state != State::Bound {
@@ -178,6 +206,8 @@ pub enum WaitError {
     Unanswered(u32),
     #[error("{0}")]
     NotApplied(String),
+    #[error("the last address offered was in use: {0}")]
+    Declined(String),
 }
 
 /// Releases a lease that no task holds (a daemon that died left it): runs one machine for
@@ -193,9 +223,10 @@ pub async fn release_orphan<N: NetOps>(ctx: DriverContext<N>, socket: &UdpSocket
     Ok(sent)
 }
 
-async fn run<N: NetOps>(
+async fn run<N: NetOps, A: ArpIo>(
     mut task: Task<N>,
     sock: UdpSocket,
+    mut acd: Option<AcdLink<A>>,
     mut client: Client,
     first: Event,
     mut rx: mpsc::Receiver<Command>,
@@ -204,24 +235,64 @@ async fn run<N: NetOps>(
     let mut actions = client.on_event(first, now_ms());
     let mut deadline: Option<Millis> = None;
     let mut buf = vec![0u8; 4096];
+    let mut arp_buf = vec![0u8; 1536];
     let mut last_state = client.state();
     let mut failed = None;
+    let (mut lost, mut stopped) = (None, None);
     info!(state = last_state.as_str(), "DHCP client started");
     loop {
-        for a in actions.drain(..) {
-            match a {
-                Action::SetTimer(at) => deadline = Some(at),
-                a => {
-                    if let Err(e) = task.execute(&sock, a).await {
-                        warn!("DHCP send: {e}");
+        while !actions.is_empty() {
+            let mut answers = Vec::new();
+            for a in std::mem::take(&mut actions) {
+                match a {
+                    Action::SetTimer(at) => deadline = Some(at),
+                    Action::CheckAddress(addr) => match acd.as_mut() {
+                        Some(l) => l.probe(addr).await,
+                        None => answers.push(Event::AddressFree),
+                    },
+                    Action::GiveUp { declined, address, by } => {
+                        let why = format!(
+                            "gave up after {declined} offered addresses in a row were in use by other hosts (the last, {address}, by {}): \
+                             a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)",
+                            crate::mac::format_mac(&by)
+                        );
+                        warn!("{why}");
+                        stopped = Some(why);
+                    }
+                    a => {
+                        let applied = match &a {
+                            Action::ApplyLease { lease, .. } => Some(lease.address),
+                            _ => None,
+                        };
+                        let removed = match &a {
+                            Action::RemoveLease(l) => Some(l.address),
+                            _ => None,
+                        };
+                        if let Err(e) = task.execute(&sock, a).await {
+                            warn!("DHCP send: {e}");
+                        }
+                        if let Some(l) = acd.as_mut() {
+                            if let Some(addr) = removed {
+                                l.stop(Some(addr));
+                            }
+                            if let Some(addr) = applied {
+                                l.defend(addr);
+                            }
+                        }
                     }
                 }
+            }
+            for ev in answers {
+                actions.extend(client.on_event(ev, now_ms()));
             }
         }
         if client.state() != last_state {
             task.log_transition(last_state, client.state());
             task.ctx.metrics.dhcp_state_changed(last_state, client.state());
             last_state = client.state();
+        }
+        if client.state() == State::Bound {
+            lost = None;
         }
         task.report(
             &status,
@@ -231,13 +302,39 @@ async fn run<N: NetOps>(
                 discovers: client.discovers_sent(),
                 failed: failed.take(),
                 unapplied: task.done.unapplied.clone(),
+                lost: lost.clone(),
+                stopped: stopped.clone(),
             },
         );
         if client.state() == State::Released {
             return;
         }
         let wake = deadline.map(|t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())));
+        let arp_input = async {
+            match acd.as_ref() {
+                Some(l) => l.wait(&mut arp_buf).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            input = arp_input => {
+                let Some(l) = acd.as_mut() else { continue };
+                match l.handle(input).await {
+                    None => {}
+                    Some(Outcome::Free(_)) => actions = client.on_event(Event::AddressFree, now_ms()),
+                    Some(Outcome::Conflict(addr, Conflict::SameMac)) => {
+                        let why = format!("address {addr} {}", Conflict::SameMac);
+                        warn!("{why}");
+                        stopped = Some(why);
+                    }
+                    Some(Outcome::Conflict(addr, c @ (Conflict::InUse { by } | Conflict::Lost { by }))) => {
+                        let why = format!("address {addr} {c}: sent DHCPDECLINE, asking for another one");
+                        warn!("{why}");
+                        lost = Some(why);
+                        actions = client.on_event(Event::AddressInUse { by }, now_ms());
+                    }
+                }
+            },
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     debug!(%from, bytes = n, "DHCP packet");
@@ -267,7 +364,21 @@ async fn run<N: NetOps>(
                         warn!("DHCP send: {e}");
                     }
                 }
-                task.report(&status, LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None, unapplied: None });
+        if client.state() == State::Bound {
+            lost = None;
+        }
+        task.report(
+            &status,
+            LeaseStatus {
+                state: client.state(),
+                lease: client.lease().cloned(),
+                discovers: client.discovers_sent(),
+                failed: failed.take(),
+                unapplied: task.done.unapplied.clone(),
+                lost: lost.clone(),
+                stopped: stopped.clone(),
+            },
+        );
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -367,7 +478,7 @@ impl<N: NetOps> Task<N> {
     /// The one place a task's lease status changes: for `status` and `start` (the watch
     /// channel) and for watchers (the events hub).
     fn report(&self, status: &watch::Sender<LeaseStatus>, s: LeaseStatus) {
-        self.ctx.events.lease(self.ctx.sid, crate::dhcp_session::LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone() });
+        self.ctx.events.lease(self.ctx.sid, crate::dhcp_session::LeaseView::of(&s));
         let _ = status.send(s);
     }
 
@@ -434,7 +545,8 @@ impl<N: NetOps> Task<N> {
                     warn!("persisting lease: {e}");
                 }
             }
-            Action::SetTimer(_) => {} // the run loop keeps the deadline
+            // the run loop keeps the deadline, probes and gives up
+            Action::SetTimer(_) | Action::CheckAddress(_) | Action::GiveUp { .. } => {}
             Action::Reject { reason } => {
                 ctx.metrics.dhcp_rejected(&reason);
                 self.rejects.log(&reason)
@@ -692,7 +804,7 @@ mod tests {
         assert!(why.contains("10.0.0.10/24") && why.contains("injected failure"), "{why}");
         assert!(!p.log().iter().any(|x| x.contains("resolv.conf")), "stopped at the failed step: {:?}", p.log());
         // What a waiting start sees: bound, but not applied, so not "up".
-        let st = |unapplied: Option<String>| LeaseStatus { state: State::Bound, lease: Some(l.clone()), discovers: 0, failed: None, unapplied };
+        let st = |unapplied: Option<String>| LeaseStatus { state: State::Bound, lease: Some(l.clone()), discovers: 0, failed: None, unapplied, ..LeaseStatus::default() };
         assert!(matches!(bound_outcome(&st(Some(why.clone()))), Some(Err(WaitError::NotApplied(w))) if w == why));
         // A renewal of the same lease retries the whole of it (not only the lifetimes), and
         // once that works the lease counts as applied.
@@ -718,6 +830,7 @@ mod tests {
             discovers: 3,
             failed: failed.map(String::from),
             unapplied: unapplied.map(String::from),
+            ..LeaseStatus::default()
         };
         assert!(bound_outcome(&st(State::Selecting, None, None, None)).is_none());
         assert!(bound_outcome(&st(State::Renewing, Some(l.clone()), None, None)).is_none());

@@ -5,6 +5,8 @@
 // they keep their old paths here.
 pub use sessiond_client::{client, loopback, proto, sid};
 
+pub mod acd;
+pub mod acd_driver;
 pub mod cli;
 pub mod config;
 pub mod control;

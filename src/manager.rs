@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use ipnet::Ipv4Net;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::acd::{Conflict, MAX_CONFLICTS};
+use crate::acd_driver::{AcdLink, Outcome};
 use crate::config::{Addressing, LinkKind, Settings};
 use crate::dhcp_session::{Dhcp, DhcpError, DhcpSession};
 use crate::events::Events;
@@ -16,7 +18,7 @@ use crate::lease_driver::now_ms;
 use crate::metrics::{Census, Metrics, StartResult};
 use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
-use crate::pool::{PoolError, PoolHistory};
+use crate::pool::{Conflicts, PoolError, PoolHistory};
 use crate::proto::ErrorKind;
 use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
@@ -81,6 +83,14 @@ pub enum StartError {
     Build(#[from] StepError),
     #[error(transparent)]
     Dhcp(#[from] DhcpError),
+    #[error("cannot probe the address: {0}")]
+    Probe(NetError),
+    #[error("address {address} {conflict}")]
+    AddressConflict { address: std::net::Ipv4Addr, conflict: Conflict },
+    #[error(
+        "gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)"
+    )]
+    PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
 }
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
@@ -102,6 +112,7 @@ impl StartError {
             StartError::Pool(_) => "allocate an address",
             StartError::Build(e) => e.step,
             StartError::Dhcp(_) => "lease an address by DHCP",
+            StartError::Probe(_) | StartError::AddressConflict { .. } | StartError::PersistentConflict { .. } => "probe the address (RFC 5227)",
         }
     }
 }
@@ -156,11 +167,31 @@ struct Session {
     netns: Option<std::fs::File>,
     /// The holders' processes being watched (`record.holding`), one watch each.
     watches: Vec<Watch>,
+    /// A static session's address defence (RFC 5227 §2.4); ends with the session.
+    defence: Option<Defence>,
+    /// A static session is probing a new address after losing its own: the record holds the
+    /// candidate (so no other start takes it), which `status` must not show yet.
+    claiming: bool,
 }
+
+/// The task defending a static session's address; aborted when dropped.
+struct Defence(tokio::task::JoinHandle<()>);
+
+impl Drop for Defence {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A static session lost its address to another host: (sid, the address, why).
+type Lost = (Sid, std::net::Ipv4Addr, Conflict);
 
 impl Session {
     fn view(&self) -> SessionRecord {
         let mut r = self.record.clone();
+        if self.claiming {
+            r.address = None;
+        }
         if let Some(l) = &self.lease {
             l.view().fill(&mut r);
         }
@@ -174,6 +205,8 @@ struct Table {
     /// Told of every session entered, changed (through `Changing`) or removed: the table is
     /// the one place records change, so watchers see every change.
     events: Events,
+    /// Static pool addresses another host was found using.
+    conflicts: Conflicts,
 }
 
 impl Table {
@@ -248,6 +281,9 @@ pub struct Manager<P: Platform> {
     table: Mutex<Table>,
     metrics: Metrics,
     reaper: Reaper,
+    /// Static sessions' defences report a lost address here; `watch_conflicts` handles it.
+    lost_tx: tokio::sync::mpsc::UnboundedSender<Lost>,
+    lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Lost>>>,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -264,15 +300,18 @@ impl<P: Platform> Manager<P> {
         let (exits, reports) = tokio::sync::mpsc::unbounded_channel();
         let reaper = Reaper { exits, reports: Mutex::new(Some(reports)), grace: std::time::Duration::from_secs(settings.reap_after_secs) };
         let (events, metrics) = (Events::new(), Metrics::new());
+        let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Manager {
             reaper,
+            lost_tx,
+            lost_rx: Mutex::new(Some(lost_rx)),
             dhcp: Dhcp::new(&settings, state.clone(), hostname.clone(), events.clone(), metrics.clone()),
             platform,
             settings,
             state,
             machine_id,
             hostname,
-            table: Mutex::new(Table { slots: BTreeMap::new(), history, events }),
+            table: Mutex::new(Table { slots: BTreeMap::new(), history, events, conflicts: Conflicts::default() }),
             metrics,
         })
     }
@@ -407,7 +446,11 @@ impl<P: Platform> Manager<P> {
             self.forget(sid);
             return Err(not_started(StartError::Record(e)));
         }
-        let plan = self.plan_for(&rec, &identity);
+        let mut plan = self.plan_for(&rec, &identity);
+        let probe = rec.addressing == Addressing::Static && self.settings.acd_probe_ms > 0;
+        if probe {
+            plan.address = None; // probed first (RFC 5227), then put on the interface
+        }
         let inside = match session::build(&self.platform, &plan).await {
             Ok(inside) => inside,
             Err(e) => {
@@ -416,7 +459,20 @@ impl<P: Platform> Manager<P> {
                 return Err(not_started(e.into()));
             }
         };
+        let mut rec = rec;
+        let mut defence = None;
         let lease = match rec.addressing {
+            Addressing::Static if probe => match self.claim_static(&identity, &rec, &inside).await {
+                Ok((address, link)) => {
+                    rec.address = Some(address);
+                    defence = Some(self.defend_static(&identity, link));
+                    None
+                }
+                Err(e) => {
+                    self.abandon(sid, &plan.teardown_spec()).await;
+                    return Err(not_started(e));
+                }
+            },
             Addressing::Static => None,
             Addressing::Dhcp => match self.dhcp.start(&self.platform, &identity, inside).await {
                 Ok(l) => Some(l),
@@ -438,13 +494,182 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&identity.netns);
         let mut t = self.table.lock().unwrap();
         let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
-        (s.record, s.lease, s.netns) = (up, lease, netns);
+        (s.record, s.lease, s.netns, s.defence) = (up, lease, netns, defence);
         let view = s.view();
         match view.address {
             Some(a) => info!(address = %a.addr(), prefix_len = a.prefix_len(), "session up"),
             None => info!("session up"),
         }
         Ok(Started::New(view))
+    }
+
+    /// Probes a new static session's address (RFC 5227) and puts it on the interface; an
+    /// address another host uses is skipped (remembered for a while) and the next one from
+    /// the pool is probed, at most MAX_CONFLICTS in a row. Returns the address and the ARP
+    /// link, whose machine goes on to announce and defend it.
+    async fn claim_static(&self, id: &Identity, rec: &SessionRecord, inside: &P::Net) -> Result<(Ipv4Net, AcdLink<P::Arp>), StartError> {
+        let arp = self.platform.arp_socket(&id.netns).await.map_err(StartError::Probe)?;
+        let mut link = AcdLink::new(arp, id.mac, self.settings.acd_probe_ms);
+        let mut address = rec.address.expect("a static session has its address from reserve");
+        let mut conflicts = 0;
+        loop {
+            link.probe(address.addr()).await;
+            match link.outcome().await {
+                Outcome::Free(_) => break,
+                Outcome::Conflict(a, conflict @ Conflict::SameMac) => return Err(StartError::AddressConflict { address: a, conflict }),
+                Outcome::Conflict(a, c @ (Conflict::InUse { by } | Conflict::Lost { by })) => {
+                    warn!(address = %a, "static address {a} {c}: skipping it");
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(StartError::PersistentConflict { count: conflicts, last: a, by: crate::mac::format_mac(&by) });
+                    }
+                    address = self.reallocate(id.sid, a)?;
+                    info!(address = %address, "trying the next pool address");
+                }
+            }
+        }
+        let plan = self.plan_for(&SessionRecord { address: Some(address), ..rec.clone() }, id);
+        session::apply_address(inside, address, plan.gateway, None).await?;
+        self.platform.write_netns_file(&id.netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
+        self.platform.write_netns_file(&id.netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })?;
+        Ok((address, link))
+    }
+
+    /// Notes `conflicting` as used by another host and allocates the sid another address
+    /// (entered in its record and the pool history, and persisted with them).
+    fn reallocate(&self, sid: Sid, conflicting: std::net::Ipv4Addr) -> Result<Ipv4Net, StartError> {
+        let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
+        let now = crate::lease_driver::now_ms();
+        let mut t = self.table.lock().unwrap();
+        t.conflicts.note(conflicting, now);
+        let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+        in_use.extend(t.conflicts.current(now));
+        let addr = pool.allocate(sid, &in_use, &t.history)?;
+        t.history.last_address.insert(sid.get(), addr);
+        let net = Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix");
+        if let Some(mut s) = t.session_mut(sid) {
+            s.record.address = Some(net);
+        }
+        drop(t);
+        if let Err(e) = self.state.save_last_address(sid, addr) {
+            warn!("remembering the address: {e}");
+        }
+        Ok(net)
+    }
+
+    /// Runs a static session's address defence (the link's machine, after its probe) until
+    /// the address is lost, which `watch_conflicts` then handles.
+    fn defend_static(&self, id: &Identity, mut link: AcdLink<P::Arp>) -> Defence {
+        let tx = self.lost_tx.clone();
+        let sid = id.sid;
+        let task = async move {
+            if let Outcome::Conflict(a, c) = link.outcome().await {
+                let _ = tx.send((sid, a, c));
+            }
+        };
+        Defence(tokio::spawn(task.instrument(info_span!(parent: None, "acd", sid = %sid))))
+    }
+
+    /// `defend_static` for an address already in use (a re-adopted or repaired session).
+    async fn defend_static_addr(&self, id: &Identity, address: std::net::Ipv4Addr) -> Option<Defence> {
+        match self.platform.arp_socket(&id.netns).await {
+            Ok(arp) => {
+                let mut link = AcdLink::new(arp, id.mac, self.settings.acd_probe_ms);
+                link.defend(address);
+                Some(self.defend_static(id, link))
+            }
+            Err(e) => {
+                warn!(sid = %id.sid, "cannot defend the address {address}: {e}");
+                None
+            }
+        }
+    }
+
+    /// After recovery, while the daemon already serves: defends the addresses of the static
+    /// sessions it adopted (an ARP socket each, made in their namespaces one after the other;
+    /// recovery itself does not wait for them).
+    pub async fn defend_adopted(self: Arc<Self>) {
+        if self.settings.acd_probe_ms == 0 {
+            return;
+        }
+        let sids: Vec<Sid> = self
+            .table
+            .lock()
+            .unwrap()
+            .sessions()
+            .filter(|s| s.record.addressing == Addressing::Static && s.defence.is_none())
+            .map(|s| s.record.session)
+            .collect();
+        for sid in sids {
+            let lock = self.sid_lock(sid);
+            let _held = lock.lock().await;
+            let todo = self
+                .table
+                .lock()
+                .unwrap()
+                .session(sid)
+                .filter(|s| s.record.state == SessionState::Up && s.defence.is_none() && !s.claiming)
+                .and_then(|s| Some((s.identity.clone(), s.record.address?.addr())));
+            let Some((id, address)) = todo else { continue };
+            let defence = self.defend_static_addr(&id, address).await;
+            if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
+                s.defence = defence;
+            }
+        }
+    }
+
+    /// Handles static sessions that lost their address to another host (RFC 5227 §2.4):
+    /// each takes the next free pool address, probed first. Runs for the daemon's life.
+    pub async fn watch_conflicts(self: Arc<Self>) {
+        let Some(mut rx) = self.lost_rx.lock().unwrap().take() else { return };
+        while let Some((sid, address, conflict)) = rx.recv().await {
+            let me = self.clone();
+            tokio::spawn(async move { me.readdress(sid, address, conflict).await }.instrument(info_span!("readdress", sid = %sid)));
+        }
+    }
+
+    async fn readdress(&self, sid: Sid, lost: std::net::Ipv4Addr, conflict: Conflict) {
+        let lock = self.sid_lock(sid);
+        let _held = lock.lock().await;
+        let taken =
+            self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.state == SessionState::Up && s.record.address.map(|a| a.addr()) == Some(lost)).map(
+                |mut s| {
+                    s.defence = None;
+                    s.claiming = true;
+                    (s.record.clone(), s.identity.clone())
+                },
+            );
+        let Some((rec, id)) = taken else { return };
+        warn!(address = %lost, "gave up the static address {lost}: {conflict}; taking another one from the pool");
+        let result = async {
+            let inside = self.platform.inside(&id.netns).await.map_err(StartError::Probe)?;
+            let old = rec.address.expect("checked above");
+            let _ = inside.del_addr(SESSION_IF, old).await;
+            let next = self.reallocate(sid, lost)?;
+            let (address, link) = self.claim_static(&id, &SessionRecord { address: Some(next), ..rec.clone() }, &inside).await?;
+            Ok::<_, StartError>((address, link))
+        }
+        .await;
+        let mut t = self.table.lock().unwrap();
+        let Some(mut s) = t.session_mut(sid) else { return };
+        s.claiming = false;
+        match result {
+            Ok((address, link)) => {
+                info!(address = %address, "now using {address} (the previous address, {lost}, was taken by another host)");
+                s.record.address = Some(address);
+                s.defence = Some(self.defend_static(&id, link));
+            }
+            Err(e) => {
+                warn!("the session has no address now: {e}");
+                s.record.address = None;
+            }
+        }
+        let record = s.record.clone();
+        drop(s); // the change is told to watchers here, under the table's lock
+        drop(t);
+        if let Err(e) = self.state.save(&record) {
+            warn!("recording the new address: {e}");
+        }
     }
 
     /// Refuses a start (or reports a fault) while the uplink, or a veth's bridge, is missing.
@@ -473,7 +698,8 @@ impl<P: Platform> Manager<P> {
             Addressing::Dhcp => (None, None, Vec::new()),
             Addressing::Static => {
                 let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
-                let in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                in_use.extend(t.conflicts.current(crate::lease_driver::now_ms()));
                 let addr = pool.allocate(id.sid, &in_use, &t.history)?;
                 t.history.last_address.insert(id.sid.get(), addr);
                 (Some(Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix")), self.settings.gateway, self.settings.dns.clone())
@@ -497,7 +723,7 @@ impl<P: Platform> Manager<P> {
             fault: None,
             holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new() };
+        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false };
         t.insert(session);
         Ok(record)
     }
@@ -573,6 +799,7 @@ impl<P: Platform> Manager<P> {
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
         let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
+            s.defence = None;
             (s.record.clone(), s.identity.mac, s.lease.take())
         });
         let Some((rec, mac, lease)) = taken else {
@@ -689,12 +916,18 @@ impl<P: Platform> Manager<P> {
                 },
                 Ok(()) => Ok(None),
             };
+            // A re-created interface needs a new ARP socket.
+            let defence = match (rec.addressing, rec.address) {
+                (Addressing::Static, Some(a)) if result.is_ok() && self.settings.acd_probe_ms > 0 => self.defend_static_addr(&identity, a.addr()).await,
+                _ => None,
+            };
             if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
                 match result {
                     Ok(lease) => {
                         info!("uplink back: session restored");
                         s.record.fault = None;
                         s.lease = lease;
+                        s.defence = defence;
                     }
                     Err(e) => {
                         warn!("{e}");
@@ -921,7 +1154,8 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&rec.netns);
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches });
+        // A static session's defence is set up once the daemon serves (`defend_adopted`).
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false });
         report.adopted.push(sid);
     }
 
@@ -949,7 +1183,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, watches: Vec::new() });
+        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that
@@ -1396,6 +1630,138 @@ mod tests {
             assert_eq!(running(&m, 7), Some(up), "and keeps it");
             m.stop(sid(7)).await.unwrap();
         }
+    }
+
+    /// A manager whose static sessions probe for 7 ms (the fake LAN answers at once).
+    fn probing_manager(p: FakePlatform, dir: &std::path::Path, pool: &str) -> Arc<Manager<FakePlatform>> {
+        let mut s = settings(pool);
+        s.acd_probe_ms = 7;
+        let m = Arc::new(Manager::new(p, s, StateDir::open(dir).unwrap(), "mid".into(), "host1".into()).unwrap());
+        tokio::spawn(m.clone().watch_conflicts());
+        m
+    }
+
+    const SQUATTER: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn ip(s: &str) -> std::net::Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_static_address_another_host_holds_is_skipped_before_it_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let a = m.start(Some(sid(1)), None).await.unwrap();
+        assert_eq!(a.address.unwrap().to_string(), "10.0.0.101/24");
+        let log = p.log();
+        let at = |l: &str| log.iter().position(|x| x == l).unwrap_or_else(|| panic!("no {l:?} in {log:?}"));
+        assert!(at("sessiond-1: arp probe 10.0.0.100") < at("sessiond-1: arp probe 10.0.0.101"));
+        assert!(at("sessiond-1: arp probe 10.0.0.101") < at("sessiond-1: addr add 10.0.0.101/24 dev eth0"), "probed before use");
+        assert!(!log.iter().any(|l| l.contains("addr add 10.0.0.100")), "the taken address never went on eth0: {log:?}");
+        assert!(log.contains(&"sessiond-1: arp announce 10.0.0.101".to_string()), "announced once claimed");
+        // recorded, and remembered for the sid
+        assert_eq!(m.state.load_all().0[0].address, a.address);
+        assert_eq!(m.state.load_last_addresses().last_address.get(&1), Some(&ip("10.0.0.101")));
+        // the next session skips the taken address without probing it again
+        p.clear_log();
+        assert_eq!(m.start(Some(sid(2)), None).await.unwrap().address.unwrap().to_string(), "10.0.0.102/24");
+        assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.100")), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_host_with_the_sessions_own_mac_ends_the_start_with_the_likely_cause() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), Identity::new("mid", sid(1)).mac);
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains("10.0.0.100") && e.contains("own MAC") && e.contains("/etc/machine-id"), "{e}");
+        assert!(p.is_empty(), "nothing left: {:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+        assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.101")), "no other address tried: {:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_persistent_conflict_ends_the_start_after_max_conflicts() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        for n in 100..120 {
+            p.add_lan_host(ip(&format!("10.0.0.{n}")), SQUATTER);
+        }
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.130/24");
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("after {MAX_CONFLICTS} pool addresses")) && e.contains("10.0.0.109"), "{e}");
+        assert_eq!(p.log().iter().filter(|l| l.contains("arp probe")).count(), MAX_CONFLICTS as usize);
+        assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    #[tokio::test]
+    async fn a_static_address_taken_while_up_is_defended_then_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m.start(Some(sid(1)), None).await.unwrap();
+        let claim = crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.100")).frame();
+        p.clear_log();
+        p.arp_inject("sessiond-1", &claim);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.100"], "defended once");
+        assert_eq!(m.status(None).unwrap()[0].address.unwrap().to_string(), "10.0.0.100/24");
+        // claimed again within DEFEND_INTERVAL: given up, the next pool address probed and used
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        p.arp_inject("sessiond-1", &claim);
+        let added = "sessiond-1: addr add 10.0.0.101/24 dev eth0".to_string();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if p.log().contains(&added) {
+                break;
+            }
+        }
+        let log = p.log();
+        let at = |l: &str| log.iter().position(|x| x == l).unwrap_or_else(|| panic!("no {l:?} in {log:?}"));
+        assert!(at("sessiond-1: arp probe 10.0.0.101") < at(&added), "probed before use");
+        assert_eq!(m.status(None).unwrap()[0].address.unwrap().to_string(), "10.0.0.101/24");
+        assert!(log.contains(&"sessiond-1: addr del 10.0.0.100/24 dev eth0".to_string()), "{log:?}");
+        assert!(log.contains(&"sessiond-1: addr add 10.0.0.101/24 dev eth0".to_string()), "{log:?}");
+        assert_eq!(m.state.load_all().0[0].address.unwrap().to_string(), "10.0.0.101/24", "recorded");
+        // and the new address is defended in turn
+        p.clear_log();
+        p.arp_inject("sessiond-1", &crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.101")).frame());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.101"]);
+        assert!(m.stop(sid(1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_re_adopted_static_session_is_defended_once_the_daemon_serves() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let mut settings = settings("10.0.0.100-10.0.0.110/24");
+        settings.acd_probe_ms = 7;
+        let m = Manager::new(p.clone(), settings, StateDir::open(d.path()).unwrap(), "mid".into(), "host1".into()).unwrap();
+        m.start(Some(sid(1)), None).await.unwrap();
+        drop(m); // the daemon dies: so does its defence
+        let m2 = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        assert_eq!(m2.recover().await.adopted, vec![sid(1)]);
+        m2.clone().defend_adopted().await;
+        p.clear_log();
+        p.arp_inject("sessiond-1", &crate::acd::ArpPacket::announcement(SQUATTER, ip("10.0.0.100")).frame());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(p.log(), vec!["sessiond-1: arp announce 10.0.0.100"], "defended, no probe (the address was in use)");
+    }
+
+    #[tokio::test]
+    async fn with_acd_off_nothing_is_probed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_lan_host(ip("10.0.0.100"), SQUATTER);
+        let mut s = settings("10.0.0.100-10.0.0.110/24");
+        s.acd_probe_ms = 0;
+        let m = Manager::new(p.clone(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
+        assert_eq!(m.start(Some(sid(1)), None).await.unwrap().address.unwrap().to_string(), "10.0.0.100/24");
+        assert!(!p.log().iter().any(|l| l.contains("arp")));
     }
 
     #[test]

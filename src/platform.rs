@@ -7,6 +7,7 @@ use crate::netlink::{NetError, NetOps, RtNet};
 
 pub trait Platform: Send + Sync + 'static {
     type Net: NetOps + Clone + 'static;
+    type Arp: ArpIo;
     /// Netlink in the daemon's own (host) namespace.
     fn host(&self) -> &Self::Net;
     /// Netlink inside the named session namespace.
@@ -26,12 +27,28 @@ pub trait Platform: Send + Sync + 'static {
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
     /// The DHCP client socket inside the session namespace (port 68 on its interface).
     fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
+    /// The session's ARP socket (address conflict detection), on its interface, made inside the
+    /// namespace; it receives nothing until `ArpIo::watch`.
+    fn arp_socket(&self, netns: &str) -> impl Future<Output = Result<Self::Arp, NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
     /// Sets /proc/sys/KEY inside the namespace.
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError>;
     /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
     fn hold_netns(&self, name: &str) -> Option<std::fs::File>;
+}
+
+/// A session's ARP socket (RFC 5227 conflict detection): whole Ethernet frames on its
+/// interface. A kernel filter lets only ARP about the watched address through, so a session
+/// never wakes up for the rest of the LAN's ARP traffic.
+pub trait ArpIo: Send + Sync + 'static {
+    /// From now on only ARP packets about `address` are received (any ARP from it, and probes
+    /// for it); `None`: nothing.
+    fn watch(&self, address: Option<std::net::Ipv4Addr>) -> Result<(), NetError>;
+    /// Sends one frame as it is.
+    fn send(&self, frame: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Receives one frame (Ethernet header included) into `buf`; returns its length.
+    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
 }
 
 pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
@@ -112,6 +129,11 @@ fn io_err(op: String) -> impl FnOnce(std::io::Error) -> NetError {
 
 impl Platform for LinuxPlatform {
     type Net = RtNet;
+    type Arp = LinuxArp;
+
+    async fn arp_socket(&self, netns: &str) -> Result<LinuxArp, NetError> {
+        arp_socket_in(netns).await
+    }
 
     fn host(&self) -> &RtNet {
         &self.host
@@ -226,6 +248,112 @@ fn dhcp_reply_filter(mac: [u8; 6]) -> [socket2::SockFilter; 8] {
         SockFilter::new(jeq, 0, 1, lo),
         SockFilter::new(ret, 0, 0, u32::MAX), // accept the whole packet
         SockFilter::new(ret, 0, 0, 0),        // drop
+    ]
+}
+
+/// A packet socket for ARP on the session's interface (see `ArpIo`). Held as a tokio
+/// `UdpSocket`: that is only a datagram fd for readiness and recv(2), and tokio offers no safe
+/// registration for other sockets.
+pub struct LinuxArp {
+    /// Always `Some` until dropped.
+    sock: Option<tokio::net::UdpSocket>,
+    /// The session interface's link address (its index; protocol 0: taken from the frame).
+    link: nix::sys::socket::LinkAddr,
+}
+
+impl LinuxArp {
+    fn sock(&self) -> &tokio::net::UdpSocket {
+        self.sock.as_ref().expect("present until dropped")
+    }
+}
+
+impl ArpIo for LinuxArp {
+    fn watch(&self, address: Option<std::net::Ipv4Addr>) -> Result<(), NetError> {
+        let filter = arp_filter(self.link.ifindex() as u32, address);
+        socket2::SockRef::from(self.sock()).attach_filter(&filter).map_err(io_err("ARP socket filter".into()))
+    }
+
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.sock().as_raw_fd();
+        let send = || nix::sys::socket::sendto(fd, frame, &self.link, nix::sys::socket::MsgFlags::empty()).map_err(std::io::Error::from);
+        self.sock().async_io(tokio::io::Interest::WRITABLE, send).await.map(|_| ())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock().recv(buf).await
+    }
+}
+
+/// Closing a packet socket waits out an RCU grace period in the kernel (`packet_release`
+/// calls `synchronize_net`): ~10 ms that would block an async worker, and that stops of many
+/// sessions would queue behind. The socket is closed on the blocking pool instead.
+impl Drop for LinuxArp {
+    fn drop(&mut self) {
+        let Some(sock) = self.sock.take() else { return };
+        // Without a runtime it is closed here.
+        if let (Ok(std), Ok(rt)) = (sock.into_std(), tokio::runtime::Handle::try_current()) {
+            drop(rt.spawn_blocking(move || drop(std)));
+        }
+    }
+}
+
+/// Makes the ARP socket inside `netns`: an AF_PACKET socket for ARP frames, filtered to
+/// nothing until `watch`. It is not bound: binding a socket that already receives (one made
+/// with a protocol) waits out an RCU grace period in the kernel (~15 ms, which 500 re-adopted
+/// sessions paid one after the other); the filter keeps to the session interface instead, and
+/// frames go out with sendto to its link address (from getifaddrs in the namespace).
+async fn arp_socket_in(netns: &str) -> Result<LinuxArp, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let ns = crate::ns::open_netns(netns)?;
+    let (sock, link) = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<(Socket, nix::sys::socket::LinkAddr)> {
+        let link = nix::ifaddrs::getifaddrs()?
+            .filter(|i| i.interface_name == crate::session::SESSION_IF)
+            .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no link address for {}", crate::session::SESSION_IF)))?;
+        let eth_p_arp = i32::from((libc::ETH_P_ARP as u16).to_be());
+        let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(eth_p_arp)))?;
+        s.attach_filter(&arp_filter(link.ifindex() as u32, None))?;
+        s.set_nonblocking(true)?;
+        Ok((s, link))
+    })
+    .await?
+    .map_err(io_err(format!("ARP socket in {netns}")))?;
+    let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(io_err("register ARP socket".into()))?;
+    Ok(LinuxArp { sock: Some(sock), link })
+}
+
+/// A classic BPF filter for the ARP socket (frames from the Ethernet header): accept ARP
+/// received on interface `ifindex` whose sender IP is `address` (a reply, announcement or
+/// request from it) and probes (sender IP 0) for it; drop the rest, all of it for `None`. With
+/// 1000 sessions on a macvlan every ARP broadcast on the LAN reaches every session's interface:
+/// this keeps them from waking up.
+fn arp_filter(ifindex: u32, address: Option<std::net::Ipv4Addr>) -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter;
+    const IFINDEX: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_IFINDEX) as u32; // ancillary: the receiving interface
+    const ETHERTYPE: u32 = 12;
+    const OP: u32 = 14 + 6;
+    const SENDER_IP: u32 = 14 + 14;
+    const TARGET_IP: u32 = 14 + 24;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let Some(addr) = address else { return vec![SockFilter::new(ret, 0, 0, 0)] };
+    let addr = u32::from(addr);
+    let (ld_h, ld_w) = ((libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16, (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16);
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    vec![
+        SockFilter::new(ld_w, 0, 0, IFINDEX),   // 0
+        SockFilter::new(jeq, 0, 10, ifindex),   // 1: another interface -> drop
+        SockFilter::new(ld_h, 0, 0, ETHERTYPE), // 2
+        SockFilter::new(jeq, 0, 8, 0x0806),     // 3: not ARP -> drop
+        SockFilter::new(ld_w, 0, 0, SENDER_IP), // 4
+        SockFilter::new(jeq, 5, 0, addr),       // 5: from the address -> accept
+        SockFilter::new(jeq, 0, 5, 0),          // 6: from another address -> drop
+        SockFilter::new(ld_w, 0, 0, TARGET_IP), // 7: a probe: for which address?
+        SockFilter::new(jeq, 0, 3, addr),       // 8: another one -> drop
+        SockFilter::new(ld_h, 0, 0, OP),        // 9
+        SockFilter::new(jeq, 0, 1, 1),          // 10: a request (probe) -> accept, else drop
+        SockFilter::new(ret, 0, 0, u32::MAX),   // 11: accept
+        SockFilter::new(ret, 0, 0, 0),          // 12: drop
     ]
 }
 

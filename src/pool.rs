@@ -67,6 +67,28 @@ pub struct PoolHistory {
     pub last_address: BTreeMap<u32, Ipv4Addr>,
 }
 
+/// Pool addresses another host was found using (RFC 5227 probe or defence), skipped by
+/// allocation for a while. Not persisted: a probe finds them again, and a host that left
+/// gives its address back after `MEMORY_MS`.
+#[derive(Clone, Debug, Default)]
+pub struct Conflicts {
+    seen: BTreeMap<Ipv4Addr, u64>,
+}
+
+impl Conflicts {
+    /// How long a conflicting address is skipped without probing it again.
+    pub const MEMORY_MS: u64 = 600_000;
+
+    pub fn note(&mut self, address: Ipv4Addr, now_ms: u64) {
+        self.seen.insert(address, now_ms);
+    }
+
+    /// The addresses to skip at `now_ms`.
+    pub fn current(&self, now_ms: u64) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.seen.iter().filter(move |(_, at)| now_ms.saturating_sub(**at) < Self::MEMORY_MS).map(|(a, _)| *a)
+    }
+}
+
 impl Pool {
     pub fn network(&self) -> Ipv4Net {
         Ipv4Net::new(self.first, self.prefix_len).expect("validated prefix").trunc()
@@ -172,6 +194,23 @@ mod tests {
         // sid 4 takes over a remembered but unused address once one frees up
         used.remove(&a2);
         assert_eq!(p.allocate(sid(4), &used, &h).unwrap(), a2);
+    }
+
+    #[test]
+    fn conflicting_addresses_are_skipped_for_a_while() {
+        let p = pool("10.0.0.10-10.0.0.12/24");
+        let mut h = PoolHistory::default();
+        h.last_address.insert(1, ip("10.0.0.10"));
+        let mut c = Conflicts::default();
+        c.note(ip("10.0.0.10"), 1_000);
+        let skip = |c: &Conflicts, now| -> BTreeSet<Ipv4Addr> { c.current(now).collect() };
+        // the sid's own previous address is in use by another host: the next one
+        assert_eq!(p.allocate(sid(1), &skip(&c, 2_000), &h).unwrap(), ip("10.0.0.11"));
+        // forgotten after MEMORY_MS (a probe finds it again if it is still taken)
+        assert_eq!(p.allocate(sid(1), &skip(&c, 1_000 + Conflicts::MEMORY_MS), &h).unwrap(), ip("10.0.0.10"));
+        c.note(ip("10.0.0.11"), 1_000);
+        c.note(ip("10.0.0.12"), 1_000);
+        assert!(matches!(p.allocate(sid(1), &skip(&c, 2_000), &h), Err(PoolError::Exhausted { .. })));
     }
 
     #[test]

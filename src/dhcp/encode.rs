@@ -32,6 +32,7 @@ pub(crate) enum Kind {
     Discover,
     Request,
     Release,
+    Decline,
 }
 
 /// Fields that vary between the client's messages.
@@ -59,6 +60,7 @@ pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
         Kind::Discover => v4::MessageType::Discover,
         Kind::Request => v4::MessageType::Request,
         Kind::Release => v4::MessageType::Release,
+        Kind::Decline => v4::MessageType::Decline,
     }));
     // RFC 4361 §6.1 / RFC 2132 §9.14: option 61 must be at least 2 bytes.
     if cfg.client_id.len() >= 2 {
@@ -70,8 +72,8 @@ pub(crate) fn encode(o: &Outgoing, cfg: &ClientConfig) -> Vec<u8> {
     if let Some(ip) = o.server_id {
         opts.insert(v4::DhcpOption::ServerIdentifier(ip));
     }
-    // RFC 2131 table 5: DHCPRELEASE carries no hostname, PRL or size options.
-    if o.kind != Kind::Release {
+    // RFC 2131 table 5: DHCPRELEASE and DHCPDECLINE carry no hostname, PRL or size options.
+    if !matches!(o.kind, Kind::Release | Kind::Decline) {
         if let Some(h) = cfg.hostname.as_deref().filter(|h| !h.is_empty()) {
             match cfg.fqdn.then(|| <dhcproto::Name as std::str::FromStr>::from_str(h)) {
                 // S: ask the server to register the A record; E: canonical wire encoding.

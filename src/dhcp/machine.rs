@@ -15,6 +15,10 @@ use super::rng::SplitMix64;
 pub const MAX_SELECTING_REQUESTS: u32 = 4;
 /// REQUESTs sent in REBOOTING before falling back to INIT.
 pub const MAX_REBOOT_REQUESTS: u32 = 3;
+/// Pause after a DHCPDECLINE before DISCOVER again: RFC 2131 §3.1 step 5 ("SHOULD wait a
+/// minimum of ten seconds ... to avoid excessive network traffic in case of looping"). Fixed,
+/// and the declines in a row are bounded by `acd::MAX_CONFLICTS`.
+pub const DECLINE_WAIT_MS: Millis = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -57,6 +61,12 @@ pub enum Event {
     /// (RFC 2131 §4.4.6), so the server frees it now instead of at its expiry. Then `Released`.
     /// An expired lease is only forgotten.
     ReleaseOrphan(Lease),
+    /// The address of `Action::CheckAddress` is free (RFC 5227 probe): bind it.
+    AddressFree,
+    /// Another host (MAC `by`) uses the address being checked, or the held one (after a
+    /// defence failed, RFC 5227 §2.4): DHCPDECLINE it (RFC 2131 §4.4.1), drop it, and start
+    /// over from INIT after `DECLINE_WAIT_MS`. Ignored when neither is the case.
+    AddressInUse { by: [u8; 6] },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +95,13 @@ pub enum Action {
     /// A received packet was ignored; the driver logs `reason`
     /// ([`RejectReason::is_routine`] ones at debug level).
     Reject { reason: RejectReason },
+    /// Check that no other host uses this address before it is applied (only with
+    /// [`Client::with_address_check`]): answer `Event::AddressFree` or `Event::AddressInUse`.
+    /// The machine waits meanwhile (no timer of its own for it).
+    CheckAddress(Ipv4Addr),
+    /// `declined` addresses in a row were in use (the last, `address`, by MAC `by`): the client
+    /// stops trying (INIT, no timer) so that a persistent conflict ends with an error.
+    GiveUp { declined: u32, address: Ipv4Addr, by: [u8; 6] },
 }
 
 /// Sans-IO DHCPv4 client. Feed it events with the current time and execute the
@@ -115,6 +132,12 @@ pub struct Client {
     timer: Option<Millis>,
     discovers: u32,
     naks: u32,
+    /// Check each newly offered address before applying it (`Action::CheckAddress`).
+    check_addresses: bool,
+    /// An ACKed lease waiting for the outcome of its address check.
+    checking: Option<Lease>,
+    /// DHCPDECLINEs in a row (reset by a bound lease whose check passed).
+    declines: u32,
 }
 
 impl Client {
@@ -135,7 +158,23 @@ impl Client {
             timer: None,
             discovers: 0,
             naks: 0,
+            check_addresses: false,
+            checking: None,
+            declines: 0,
         }
+    }
+
+    /// Probe each newly offered address before applying it (RFC 2131 §4.4.1, RFC 5227): an
+    /// ACK in REQUESTING becomes `Action::CheckAddress`, and a conflict a DHCPDECLINE. Off by
+    /// default.
+    pub fn with_address_check(mut self, on: bool) -> Self {
+        self.check_addresses = on;
+        self
+    }
+
+    /// DHCPDECLINEs sent in a row (reset once a checked address is bound).
+    pub fn declines(&self) -> u32 {
+        self.declines
     }
 
     pub fn state(&self) -> State {
@@ -189,6 +228,13 @@ impl Client {
             Event::Timer => self.on_timer(now, &mut out),
             Event::Release => self.release(&mut out),
             Event::ReleaseOrphan(lease) => self.release_orphan(lease, now, &mut out),
+            Event::AddressFree => {
+                if let Some(lease) = self.checking.take() {
+                    self.declines = 0;
+                    self.bind(lease, now, &mut out);
+                }
+            }
+            Event::AddressInUse { by } => self.address_in_use(by, now, &mut out),
         }
         out
     }
@@ -407,6 +453,11 @@ impl Client {
         }
         match (self.state, reply.msg_type) {
             (State::Selecting, OFFER) => self.on_offer(&reply, server_id, now, out),
+            (State::Requesting, ACK) if self.check_addresses => {
+                let lease = decode::lease_from_reply(&reply, self.first_request_at, self.cfg.min_lease_secs)?;
+                self.check_address(lease, now, out);
+                Ok(())
+            }
             (State::Requesting | State::Rebooting | State::Renewing | State::Rebinding, ACK) => {
                 let lease = decode::lease_from_reply(&reply, self.first_request_at, self.cfg.min_lease_secs)?;
                 self.bind(lease, now, out);
@@ -451,6 +502,62 @@ impl Client {
             None => self.timer = None,
         }
         self.lease = Some(lease);
+    }
+
+    /// RFC 2131 §4.4.1: the client SHOULD check the offered address before using it. Later
+    /// replies of this exchange are ignored (no xid) and no retransmission is pending while
+    /// the driver probes.
+    fn check_address(&mut self, lease: Lease, now: Millis, out: &mut Vec<Action>) {
+        out.push(Action::CheckAddress(lease.address));
+        self.checking = Some(lease);
+        self.xid = None;
+        self.timer = None;
+        self.push_timer(now, out);
+    }
+
+    fn address_in_use(&mut self, by: [u8; 6], now: Millis, out: &mut Vec<Action>) {
+        let declined = match self.checking.take() {
+            Some(l) => l,
+            None if self.holds_lease() => match self.lease.take() {
+                Some(l) => {
+                    out.push(Action::RemoveLease(l.clone()));
+                    out.push(Action::PersistLease(None));
+                    l
+                }
+                None => return,
+            },
+            None => return,
+        };
+        // A persisted lease of the same address that an earlier daemon left configured goes too.
+        if let Some(u) = self.unconfirmed.take_if(|u| u.address == declined.address) {
+            out.push(Action::RemoveLease(u));
+            out.push(Action::PersistLease(None));
+        }
+        // RFC 2131 table 5: no ciaddr; requested address and server id MUST be present.
+        let msg = Outgoing {
+            kind: Kind::Decline,
+            xid: self.rng.next_u32(),
+            secs: 0,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            broadcast_flag: false,
+            requested: Some(declined.address),
+            server_id: Some(declined.server_id),
+        };
+        // §4.4.4: the client broadcasts DHCPDECLINE (it has no usable address).
+        out.push(Action::Send { bytes: encode::encode(&msg, &self.cfg), dest: Dest::Broadcast, broadcast_flag: false });
+        self.declines = self.declines.saturating_add(1);
+        self.state = State::Init;
+        self.offer = None;
+        self.hint = None;
+        self.xid = None;
+        self.discovers = 0;
+        if self.declines >= crate::acd::MAX_CONFLICTS {
+            self.timer = None;
+            out.push(Action::GiveUp { declined: self.declines, address: declined.address, by });
+            self.push_timer(now, out);
+        } else {
+            self.arm(now.saturating_add(DECLINE_WAIT_MS), now, out);
+        }
     }
 
     fn on_nak(&mut self, now: Millis, out: &mut Vec<Action>) {
@@ -509,6 +616,7 @@ impl Client {
 
     fn forget_all(&mut self) {
         self.state = State::Released;
+        self.checking = None;
         self.xid = None;
         self.offer = None;
         self.unconfirmed = None;

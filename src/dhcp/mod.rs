@@ -24,6 +24,10 @@
 //!   log [`RejectReason::is_routine`] ones at debug level, rate-limit the rest.
 //! - Seed [`ClientConfig::seed`] from the OS RNG: the xid is what stops
 //!   off-path spoofed replies.
+//! - With [`Client::with_address_check`], answer every `CheckAddress` with
+//!   `Event::AddressFree` or `Event::AddressInUse` (an RFC 5227 probe, `crate::acd`),
+//!   and report a held address that another host took with `Event::AddressInUse`.
+//!   After `GiveUp` the client makes no further attempt.
 
 mod backoff;
 mod client_id;
@@ -46,8 +50,10 @@ pub use client_id::client_identifier;
 pub use decode::{MAX_PACKET, message_type};
 pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{DEFAULT_MIN_LEASE_SECS, INFINITE, Lease, MIN_PREFIX_LEN};
-pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
+pub use machine::{Action, Client, ClientConfig, DECLINE_WAIT_MS, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
+/// The machine's seeded PRNG, shared with `acd` (same sans-IO rule: randomness from a seed).
+pub(crate) use rng::SplitMix64;
 
 #[cfg(test)]
 pub(crate) mod tests_support {

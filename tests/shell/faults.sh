@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 11a..11c, 12, 12b, 13 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 11a..11c, 12, 12b, 13 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -8,13 +8,16 @@
 #   3  DHCP server (Kea, 16 s leases) down for longer than a lease, then back
 #   4  a rogue DHCP server answering garbage next to the good one (dnsmasq)
 #   5  NAK on renew; a different address on renew (scripted server, and Kea with a new pool);
-#      a daemon restart across a server-side pool change; address conflict (known gap: no
-#      ARP probe / DHCPDECLINE)
+#      a daemon restart across a server-side pool change; an address another host holds
+#      (ARP probe, DHCPDECLINE, another address)
 #   6  state dir on a full, then a read-only file system
 #   7  control-socket abuse while root keeps being served
 #   8  the uplink (br-lan) deleted under live sessions, then re-created (+8b: while the DHCP
 #      server is down)
 #   9  500 sessions, daemon restarted 5 times (kill -9 / SIGTERM alternating)
+#  10  address conflicts (RFC 5227): a static pool address another host holds; a host taking a
+#      static or a DHCP session's address while it is up (defence, then a new address); a
+#      cloned host (the session's own MAC) ends the start with a clear error
 #   11a the same slot gets the same address back from Kea after stop (and a daemon restart)
 #   11b a DHCP server whose lease times would make sessions renew in a loop (T1 = 0, 1 s lease)
 #   11c a lease the session cannot fully apply: an MTU above the uplink's, a router off the
@@ -36,7 +39,7 @@
 # of the run there.
 # A daemon defect makes its row FAIL with the reason; assertions are never loosened to pass.
 # Every wait is bounded in time and count; only processes this suite started are signalled,
-# by PID. Runtime: about 4-5 minutes.
+# by PID. Runtime: about 5 minutes.
 # shellcheck source-path=SCRIPTDIR disable=SC2317  # SC2317: scenario functions are called by name
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"   # (refuses to go on outside scripts/sandbox)
@@ -49,7 +52,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c 12 12b 13)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 11a 11b 11c 12 12b 13)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -890,27 +893,37 @@ scenario_5d() {
     row_end
 }
 
+# kea_lease_state IP: the state of Kea's last lease row for IP (0 default, 1 declined, 2 expired-reclaimed).
+kea_lease_state() {
+    awk -F, -v ip="$1" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next } $1 == ip { st = $(col["state"]) } END { print st }' /run/sbx-dhcp/kea/leases4.csv
+}
+# not CMD...: CMD must fail.
+not() { ! "$@"; }
+
 scenario_5e() {
-    row_begin 5e "address taken by another host (no ARP conflict detection)" \
-        "host squat on br-lan holds 10.77.0.100 (Kea's first address) without a lease; a session leases from Kea" \
-        "documents the gap: sessiond does no ARP probe before using a lease and never sends DHCPDECLINE (RFC 2131 §4.4.1 SHOULD); recorded as a known gap, not a failure"
+    row_begin 5e "address taken by another host: ARP probe, DHCPDECLINE, another address" \
+        "host squat on br-lan holds 10.77.0.100 (Kea's first address) without a lease; a session leases from Kea (acd_probe_ms default, 200)" \
+        "the session probes the ACKed address before using it (RFC 5227), finds squat, sends DHCPDECLINE (RFC 2131 §4.4.1: Kea logs it and marks the lease declined), waits 10 s and binds another address; 10.77.0.100 is never applied; the start returns the other address"
     lan_host_add squat sqh0 sq1 10.77.0.100 || fail "squatter on the LAN"
     ALLOWED_LINKS="lo br-lan lan0 sqh0"
     srv kea start --lease 600 >/dev/null || fail "kea did not start"
     begin_daemon f5d || { fail "daemon did not start"; row_end; return; }
-    local a
-    a=$("$SESSIOND" start --session 4 --json | jq -r .address)
-    if [[ "$a" == 10.77.0.100/24 ]]; then
-        local declines; declines=$(awk 'tolower($0) ~ /decline/ {n++} END {print n + 0}' /run/sbx-dhcp/kea/log)
-        note "confirmed: session 4 bound 10.77.0.100 (eth0: $(eth0_addrs 4)) while squat holds it too (sq1: $(ip -n squat -4 -o addr show dev sq1 | awk '{print $4}')); Kea's lease DB gives it to the session ($(srv kea leases | grep -c '^10.77.0.100 ') lease); no DHCPDECLINE reached Kea ($declines log lines mention one)"
-    else
-        note "not reproduced this run: Kea gave ${a:-nothing} (expected 10.77.0.100)"
-    fi
+    local a t0 sqmac
+    sqmac=$(ip -n squat link show sq1 | awk '/link\/ether/ {print $2}')
+    t0=$(now_ms)
+    a=$(timeout 40 "$SESSIOND" start --session 4 --json | jq -r .address)
+    note "start took $(( $(now_ms) - t0 )) ms (probe, DECLINE, the RFC's 10 s wait, DISCOVER, probe)"
+    expect "the start returns another address than the squatted 10.77.0.100 (got ${a:-none})" bash -c "[[ '$a' =~ ^10\.77\.0\.1[0-9][0-9]/24$ && '$a' != 10.77.0.100/24 ]]"
+    expect "eth0 holds exactly $a" eq "$(eth0_addrs 4 | tr '\n' ' ')" "$a "
+    expect "the daemon log names the conflict and squat's MAC ($sqmac)" grep -q "address 10.77.0.100 in use by another host ($sqmac): sent DHCPDECLINE" "$DAEMON_LOG"
+    expect "10.77.0.100 was never applied to the session" not grep -q "address=10.77.0.100/24.*lease applied\|lease applied.*address=10.77.0.100/" "$DAEMON_LOG"
+    expect "Kea received the DHCPDECLINE for 10.77.0.100" grep -qi "decline.*10.77.0.100" /run/sbx-dhcp/kea/log
+    expect "Kea's lease DB marks 10.77.0.100 declined (state 1)" eq "$(kea_lease_state 10.77.0.100)" 1
     end_daemon
     srv kea stop >/dev/null
     lan_host_del squat sqh0
     ALLOWED_LINKS="lo br-lan lan0"
-    row_end KNOWN_GAP
+    row_end
 }
 
 scenario_5() { scenario_5a; scenario_5b; scenario_5c; scenario_5d; scenario_5e; }
@@ -1184,6 +1197,116 @@ scenario_9() {
     note "stop --all of $N9 took $(( ($(now_ms) - t0) / 1000 )) s"
     row_end
 }
+
+# ================================================================== 10: address conflicts
+
+ARP_CLAIM=$HERE/arp_claim.py
+P10_FIRST=10.77.0.210 P10_LAST=10.77.0.219
+static10() { begin_daemon "$1" --addressing static --pool "$P10_FIRST-$P10_LAST/24" --gateway "$SBX_GATEWAY" "${@:2}"; }
+
+scenario_10a() {
+    row_begin 10a "static pool: an address another host holds is skipped" \
+        "host squat on br-lan holds 10.77.0.210, the first address of the static pool 10.77.0.210-219; sessions 1 and 2 started" \
+        "session 1 probes 10.77.0.210, finds squat, logs it and takes 10.77.0.211 (10.77.0.210 never on its eth0); session 2 skips 10.77.0.210 without probing it again and takes 10.77.0.212"
+    lan_host_add squat sqh0 sq1 10.77.0.210 || fail "squatter on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 sqh0"
+    static10 f10a || { fail "daemon did not start"; row_end; return; }
+    local a1 a2 sqmac
+    sqmac=$(ip -n squat link show sq1 | awk '/link\/ether/ {print $2}')
+    a1=$(timeout 20 "$SESSIOND" start --session 1 --json | jq -r .address)
+    a2=$(timeout 20 "$SESSIOND" start --session 2 --json | jq -r .address)
+    expect "session 1 got 10.77.0.211 (got ${a1:-none})" eq "$a1" 10.77.0.211/24
+    expect "session 2 got 10.77.0.212 (got ${a2:-none})" eq "$a2" 10.77.0.212/24
+    expect "eth0 of session 1 holds exactly 10.77.0.211" eq "$(eth0_addrs 1 | tr '\n' ' ')" "10.77.0.211/24 "
+    expect "the daemon log names the skipped address and squat's MAC" grep -q "static address 10.77.0.210 in use by another host ($sqmac): skipping it" "$DAEMON_LOG"
+    end_daemon
+    lan_host_del squat sqh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+scenario_10b() {
+    row_begin 10b "static session: a host takes its address while it is up" \
+        "static session 3 up on 10.77.0.210; then host taker joins br-lan with 10.77.0.210 and announces it (ARP, twice, 1 s apart: faults/arp_claim.py)" \
+        "RFC 5227 §2.4: the session defends once (an announcement; log), then, claimed again within DEFEND_INTERVAL, gives the address up (log says why) and moves to the next pool address, probed first; eth0, status and the state record agree"
+    static10 f10b || { fail "daemon did not start"; row_end; return; }
+    local a b mark tkmac
+    a=$(timeout 20 "$SESSIOND" start --session 3 --json | jq -r .address)
+    expect "session 3 up on 10.77.0.210 (got ${a:-none})" eq "$a" 10.77.0.210/24
+    lan_host_add taker tkh0 tk1 10.77.0.210 || fail "taker on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 tkh0"
+    tkmac=$(ip -n taker link show tk1 | awk '/link\/ether/ {print $2}')
+    mark=$(log_mark)
+    ip netns exec taker python3 "$ARP_CLAIM" tk1 10.77.0.210 --count 2 --interval-ms 1000 >/dev/null || fail "arp_claim.py"
+    expect "within 5 s session 3 moved to another pool address" poll 5 bash -c "[[ \$(timeout 5 '$SESSIOND' status --session 3 --json | jq -r '.address') =~ ^10\.77\.0\.21[1-9]/24$ ]]"
+    b=$(st_field 3 .address)
+    note "10.77.0.210 -> ${b%/*}"
+    expect "log: defended once, against taker ($tkmac)" bash -c "tail -n +$((mark + 1)) '$DAEMON_LOG' | grep -q 'defended the address against another host.*$tkmac'"
+    expect "log: gave 10.77.0.210 up, naming taker and why" bash -c "tail -n +$((mark + 1)) '$DAEMON_LOG' | grep -q 'gave up the static address 10.77.0.210: taken by another host ($tkmac), which kept claiming it after it was defended'"
+    expect "eth0 holds exactly $b" eq "$(eth0_addrs 3 | tr '\n' ' ')" "$b "
+    expect "the state record and hosts name $b" bash -c "[[ \$(jq -r .address '$STATE/sessions/3.json') == '$b' ]] && grep -q '^${b%/*}[[:space:]]' /etc/netns/sessiond-3/hosts"
+    end_daemon
+    lan_host_del taker tkh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+scenario_10c() {
+    row_begin 10c "DHCP session: a host takes its address while it is bound" \
+        "session 5 bound by Kea; then host taker joins br-lan with the session's address and announces it (ARP, twice, 1 s apart)" \
+        "the session defends once, then gives the address up: DHCPDECLINE (Kea logs it), status shows why while it has no address, and after the 10 s wait it binds another address; eth0 holds exactly that one"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f10c || { fail "daemon did not start"; row_end; return; }
+    local a b mark tkmac why
+    a=$(timeout 20 "$SESSIOND" start --session 5 --json | jq -r .address)
+    lan_host_add taker tkh0 tk1 "${a%/*}" || fail "taker on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 tkh0"
+    tkmac=$(ip -n taker link show tk1 | awk '/link\/ether/ {print $2}')
+    mark=$(log_mark)
+    ip netns exec taker python3 "$ARP_CLAIM" tk1 "${a%/*}" --count 2 --interval-ms 1000 >/dev/null || fail "arp_claim.py"
+    expect "within 3 s the session has given ${a%/*} up (status: no address, dhcp_state init)" poll 3 bash -c "[[ \$(timeout 5 '$SESSIOND' status --session 5 --json | jq -r '\"\(.address) \(.lease.dhcp_state)\"') == 'null init' ]]"
+    why=$(st_field 5 .fault)
+    note "status while it has no address: fault \"$why\""
+    expect "status says why (the address, taker's MAC, DHCPDECLINE)" bash -c "[[ '$why' == *'${a%/*}'*'$tkmac'*DHCPDECLINE* ]]"
+    expect "Kea received the DHCPDECLINE for ${a%/*}" poll 3 grep -qi "decline.*${a%/*}" /run/sbx-dhcp/kea/log
+    expect "within 15 s bound to another address" poll 15 bash -c "x=\$(timeout 5 '$SESSIOND' status --session 5 --json | jq -r '\"\(.address) \(.lease.dhcp_state)\"'); [[ \$x =~ ^10\.77\.0\.1[0-9][0-9]/24\ bound$ && \${x%% *} != '$a' ]]"
+    b=$(st_field 5 .address)
+    note "${a%/*} -> ${b%/*} via: $(log_since "$mark" | grep -oE 'DHCP state [a-z-]+ -> [a-z-]+' | sed 's/DHCP state //' | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+    expect "eth0 holds exactly $b" eq "$(eth0_addrs 5 | tr '\n' ' ')" "$b "
+    expect "the fault is gone once bound again" eq "$(st_field 5 .fault)" null
+    end_daemon
+    srv kea stop >/dev/null
+    lan_host_del taker tkh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+scenario_10d() {
+    row_begin 10d "cloned host: another host with the session's own MAC holds its address" \
+        "veth sessions (--link veth: frames with the session's MAC from elsewhere reach it; a macvlan drops them, see README) and a static pool; host clone on br-lan has session 6's MAC (same machine-id, same sid) and 10.77.0.210, and announces it every 50 ms while session 6 starts" \
+        "the start fails with an error naming the cause (own MAC, /etc/machine-id) instead of sharing or skipping the address; nothing of session 6 is left"
+    static10 f10d --link veth --bridge "$SBX_BRIDGE" || { fail "daemon did not start"; row_end; return; }
+    local mac6 claim_pid
+    mac6=$(sid_macs 6 6 | cut -d' ' -f2)
+    lan_host_add clone clh0 cl1 10.77.0.210 || fail "clone on the LAN"
+    ip -n clone link set cl1 address "$mac6" || fail "clone MAC"
+    ALLOWED_LINKS="lo br-lan lan0 clh0"
+    ip netns exec clone python3 "$ARP_CLAIM" cl1 10.77.0.210 --count 200 --interval-ms 50 >"$W/claim10d.log" 2>&1 &
+    claim_pid=$!; bg_track "$claim_pid"
+    poll 10 grep -q sending "$W/claim10d.log" || fail "the clone did not start announcing"
+    expect "start fails (exit 1) naming /etc/machine-id" expect_exit 1 "machine-id" "$SESSIOND" start --session 6
+    note "start: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+    expect "the error names the session's own MAC and 10.77.0.210" bash -c "[[ \"\$1\" == *10.77.0.210*'own MAC'* ]]" _ "$OUT"
+    expect "no other pool address tried" not grep -q "trying the next pool address" "$DAEMON_LOG"
+    expect "nothing of session 6 is left" nothing_for_sid 6
+    stop_pid "$claim_pid"
+    end_daemon
+    lan_host_del clone clh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+scenario_10() { scenario_10a; scenario_10b; scenario_10c; scenario_10d; }
 
 # ================================================================== 11: DHCP hardening
 
