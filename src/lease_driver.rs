@@ -804,7 +804,14 @@ mod tests {
         assert!(why.contains("10.0.0.10/24") && why.contains("injected failure"), "{why}");
         assert!(!p.log().iter().any(|x| x.contains("resolv.conf")), "stopped at the failed step: {:?}", p.log());
         // What a waiting start sees: bound, but not applied, so not "up".
-        let st = |unapplied: Option<String>| LeaseStatus { state: State::Bound, lease: Some(l.clone()), discovers: 0, failed: None, unapplied, ..LeaseStatus::default() };
+        let st = |unapplied: Option<String>| LeaseStatus {
+            state: State::Bound,
+            lease: Some(l.clone()),
+            discovers: 0,
+            failed: None,
+            unapplied,
+            ..LeaseStatus::default()
+        };
         assert!(matches!(bound_outcome(&st(Some(why.clone()))), Some(Err(WaitError::NotApplied(w))) if w == why));
         // A renewal of the same lease retries the whole of it (not only the lifetimes), and
         // once that works the lease counts as applied.
