@@ -33,7 +33,7 @@ fn parse_sid(s: &str) -> Result<Sid, String> {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (as root)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>), // boxed: the daemon's settings dwarf the other commands' arguments
     /// Start a session (or return it if running) and print it
     Start {
         /// Session id; omitted: the lowest free one
@@ -53,9 +53,14 @@ pub enum Cmd {
         /// Only this session
         #[arg(long, value_parser = parse_sid, allow_hyphen_values = true)]
         session: Option<Sid>,
-        /// Print JSON instead of a table (a list of records; one record with --session)
+        /// Print JSON instead of a table (a list of records; one record with --session; with
+        /// --watch, the daemon's event lines as they come)
         #[arg(long)]
         json: bool,
+        /// Keep watching: a live table that refreshes as sessions change, and each change as it
+        /// happens (until interrupted)
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -163,11 +168,20 @@ fn run(cli: Cli) -> Result<i32, Exit> {
         }
         Cmd::Start { session, owner, json, socket } => {
             let owner_uid = owner.as_deref().map(lookup_user).transpose()?.map(|u| u.uid.as_raw());
-            let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid }, Duration::from_secs(120))?)?;
+            // As long as the daemon's longest start: one that gave up earlier would be rolled back.
+            let wait = Duration::from_secs(crate::config::MAX_DHCP_TIMEOUT_SECS + sessiond_client::START_MARGIN_SECS);
+            let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid, hold: false }, wait)?)?;
             print_sessions(&sessions, json, true);
             Ok(())
         }
-        Cmd::Status { session, json, socket } => {
+        Cmd::Status { session, json, watch: true, socket } => {
+            let path = client::socket_path(socket.socket.as_deref());
+            crate::live::run(&path, session, json).map_err(|e| match e {
+                ClientError::Refused(m) => failed(anyhow::anyhow!(m)),
+                other => failed(other),
+            })
+        }
+        Cmd::Status { session, json, watch: false, socket } => {
             let sessions = expect_sessions(call(&socket, &Request::Status { session }, Duration::from_secs(30))?)?;
             print_sessions(&sessions, json, session.is_some());
             Ok(())
@@ -225,7 +239,18 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         println!("{}", text.expect("records serialize"));
         return;
     }
-    println!("{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} LEASE", "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE");
+    print!("{}", table(sessions));
+}
+
+/// The sessions as `status` shows them, one line each under a header.
+pub(crate) fn table(sessions: &[SessionRecord]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {:<16} LEASE",
+        "SESSION", "NETNS", "IFACE", "MAC", "ADDRESS", "LOOPBACK", "ADDRESSING", "STATE", "HOLDERS"
+    );
     let now = crate::lease_driver::now_ms();
     for r in sessions {
         let addr = r.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
@@ -233,8 +258,9 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             Some(f) => format!("{:?} (fault: {f})", r.state).to_lowercase(),
             None => format!("{:?}", r.state).to_lowercase(),
         };
-        println!(
-            "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {}",
+        let _ = writeln!(
+            out,
+            "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {:<16} {}",
             r.session,
             r.netns,
             r.interface,
@@ -243,8 +269,21 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
             r.loopback,
             r.addressing,
             state,
+            holders_summary(r, now),
             lease_summary(r, now)
         );
+    }
+    out
+}
+
+/// The pids of the logins holding the session ("pid 812,907"), "none for 12 s" once they are
+/// all gone (the daemon stops it at the end of its grace period), "-" for a session that no
+/// login holds (it lives until `stop`).
+fn holders_summary(r: &SessionRecord, now: u64) -> String {
+    let Some(h) = &r.holding else { return "-".into() };
+    match h.unheld_since {
+        Some(t) if h.holders.is_empty() => format!("none for {} s", now.saturating_sub(t) / 1000),
+        _ => format!("pid {}", h.holders.iter().map(|x| x.pid.to_string()).collect::<Vec<_>>().join(",")),
     }
 }
 
@@ -292,7 +331,7 @@ mod tests {
     fn daemon(args: &[&str]) -> Result<DaemonArgs, clap::Error> {
         let argv = ["sessiond", "daemon"].iter().chain(args);
         match Cli::try_parse_from(argv)?.cmd {
-            Cmd::Daemon(a) => Ok(a),
+            Cmd::Daemon(a) => Ok(*a),
             other => panic!("{other:?}"),
         }
     }
@@ -339,6 +378,10 @@ mod tests {
             "--dhcp-timeout",
             "5",
             "--dhcp-fqdn",
+            "--reap-after",
+            "7",
+            "--max-connections-per-user",
+            "8",
             "--dhcp-min-lease",
             "20",
         ])
@@ -352,6 +395,8 @@ mod tests {
                 dns: Some(dns),
                 dhcp_timeout_secs: Some(5),
                 dhcp_fqdn: Some(true),
+                reap_after_secs: Some(7),
+                max_connections_per_user: Some(8),
                 dhcp_min_lease_secs: Some(20),
                 ..Default::default()
             }
@@ -360,6 +405,19 @@ mod tests {
         let a = daemon(&["--addressing", "static", "--config", "/tmp/x.toml"]).unwrap();
         assert_eq!(a.settings.addressing, Some(Addressing::Static));
         assert_eq!(a.config, Some(PathBuf::from("/tmp/x.toml")));
+    }
+
+    #[test]
+    fn the_holders_column_names_the_logins() {
+        use crate::holders::Holder;
+        use crate::state::Holding;
+        let mut r = crate::state::sample_record(1);
+        assert_eq!(holders_summary(&r, 0), "-", "not held by logins");
+        let h = |pid| Holder { pid, start_time: 1 };
+        r.holding = Some(Holding { holders: vec![h(812), h(907)], unheld_since: None });
+        assert_eq!(holders_summary(&r, 0), "pid 812,907");
+        r.holding = Some(Holding { holders: vec![], unheld_since: Some(1_000) });
+        assert_eq!(holders_summary(&r, 13_500), "none for 12 s");
     }
 
     #[test]

@@ -1,14 +1,23 @@
 //! Daemon settings: /etc/sessiond/sessiond.toml merged under command-line flags, then validated.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_SOCKET, LinkKind, SOCKET_ENV};
+pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, SOCKET_ENV};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
+/// A login's session is stopped this long after its last login process vanished.
+pub const DEFAULT_REAP_AFTER_SECS: u64 = 30;
+pub const MAX_REAP_AFTER_SECS: u64 = 86_400;
+/// Control-socket connections one non-root user may hold at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 32;
+/// All non-root users' connections together (root's are never refused).
+pub const MAX_USER_CONNECTIONS: usize = 1024;
+/// The longest `dhcp_timeout_secs` allowed (the CLI's `start` waits that long, and more).
+pub const MAX_DHCP_TIMEOUT_SECS: u64 = 3600;
 /// Runtime state, like systemd-networkd's leases under /run: the session records and leases
 /// describe namespaces and links that do not survive a reboot, so neither should they. It
 /// survives daemon restarts and crashes, which is what recovery needs.
@@ -53,7 +62,7 @@ pub struct RawSettings {
     /// like the sessions it describes)
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Give up a DHCP start after this many seconds (default 30)
+    /// Give up a DHCP start after this many seconds (default 30; PAM's timeout= must be longer)
     #[arg(long = "dhcp-timeout", value_name = "DHCP_TIMEOUT")]
     pub dhcp_timeout_secs: Option<u64>,
     /// DHCP host name (option 12) template: {hostname} and {sid} (default {hostname}-s{sid})
@@ -62,11 +71,23 @@ pub struct RawSettings {
     /// Send the DHCP host name as option 81 (client FQDN) instead of option 12
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub dhcp_fqdn: Option<bool>,
+    /// Stop a login's session this many seconds after all of its login processes vanished
+    /// without logging out (killed, OOM) (default 30)
+    #[arg(long = "reap-after", value_name = "REAP_AFTER")]
+    pub reap_after_secs: Option<u64>,
+    /// Most control-socket connections one non-root user may have open (default 32; root:
+    /// no limit)
+    #[arg(long)]
+    pub max_connections_per_user: Option<usize>,
     /// Shortest DHCP lease used as given, in seconds (default 4): a shorter one is used as if
     /// this long, and no renewal comes sooner than half of it (a server cannot make sessions
     /// renew in a loop)
     #[arg(long = "dhcp-min-lease", value_name = "DHCP_MIN_LEASE")]
     pub dhcp_min_lease_secs: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (default: off). No TLS, no
+    /// authentication: keep it on loopback or a management network
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -98,6 +119,10 @@ pub enum ConfigError {
     BadIfName(String),
     #[error("DHCP timeout must be between 1 and 3600 seconds, got {0}")]
     BadTimeout(u64),
+    #[error("reap_after_secs must be between 0 and {MAX_REAP_AFTER_SECS} seconds, got {0}")]
+    BadReapAfter(u64),
+    #[error("max_connections_per_user must be between 1 and {MAX_USER_CONNECTIONS} (all non-root connections), got {0}")]
+    BadConnectionLimit(usize),
     #[error("DHCP minimum lease must be between {lo} and {hi} seconds, got {0}", lo = MIN_LEASE_RANGE.start(), hi = MIN_LEASE_RANGE.end())]
     BadMinLease(u32),
 }
@@ -139,7 +164,10 @@ impl RawSettings {
             dhcp_timeout_secs: self.dhcp_timeout_secs.or(under.dhcp_timeout_secs),
             hostname_template: self.hostname_template.or(under.hostname_template),
             dhcp_fqdn: self.dhcp_fqdn.or(under.dhcp_fqdn),
+            reap_after_secs: self.reap_after_secs.or(under.reap_after_secs),
+            max_connections_per_user: self.max_connections_per_user.or(under.max_connections_per_user),
             dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
+            metrics_listen: self.metrics_listen.or(under.metrics_listen),
         }
     }
 }
@@ -160,7 +188,10 @@ pub struct Settings {
     pub dhcp_timeout_secs: u64,
     pub hostname_template: String,
     pub dhcp_fqdn: bool,
+    pub reap_after_secs: u64,
+    pub max_connections_per_user: usize,
     pub dhcp_min_lease_secs: u32,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -190,7 +221,10 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template,
             dhcp_fqdn,
+            reap_after_secs,
+            max_connections_per_user,
             dhcp_min_lease_secs,
+            metrics_listen,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -213,8 +247,16 @@ impl Settings {
         }
         // Static sessions without an explicit DNS list ask the gateway, the usual LAN resolver.
         let dns = dns.unwrap_or_else(|| gateway.into_iter().collect());
-        let dhcp_timeout_secs = dhcp_timeout_secs.unwrap_or(30);
-        if !(1..=3600).contains(&dhcp_timeout_secs) {
+        let reap_after_secs = reap_after_secs.unwrap_or(DEFAULT_REAP_AFTER_SECS);
+        if reap_after_secs > MAX_REAP_AFTER_SECS {
+            return Err(ConfigError::BadReapAfter(reap_after_secs));
+        }
+        let max_connections_per_user = max_connections_per_user.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_USER);
+        if !(1..=MAX_USER_CONNECTIONS).contains(&max_connections_per_user) {
+            return Err(ConfigError::BadConnectionLimit(max_connections_per_user));
+        }
+        let dhcp_timeout_secs = dhcp_timeout_secs.unwrap_or(DEFAULT_DHCP_TIMEOUT_SECS);
+        if !(1..=MAX_DHCP_TIMEOUT_SECS).contains(&dhcp_timeout_secs) {
             return Err(ConfigError::BadTimeout(dhcp_timeout_secs));
         }
         let dhcp_min_lease_secs = dhcp_min_lease_secs.unwrap_or(crate::dhcp::DEFAULT_MIN_LEASE_SECS);
@@ -235,7 +277,10 @@ impl Settings {
             dhcp_timeout_secs,
             hostname_template: hostname_template.unwrap_or_else(|| "{hostname}-s{sid}".into()),
             dhcp_fqdn: dhcp_fqdn.unwrap_or(false),
+            reap_after_secs,
+            max_connections_per_user,
             dhcp_min_lease_secs,
+            metrics_listen,
         })
     }
 }
@@ -267,6 +312,16 @@ state_dir = "/tmp/state"
         assert_eq!(s.link, LinkKind::Veth);
         assert_eq!(s.dns, vec!["10.1.0.53".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(s.pool.unwrap().size(), 11);
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_given_and_must_be_an_address_and_port() {
+        let s = Settings::merge(RawSettings { uplink: Some("br0".into()), ..Default::default() }, RawSettings::default()).unwrap();
+        assert_eq!(s.metrics_listen, None);
+        let f = parse("uplink = \"br0\"\nmetrics_listen = \"127.0.0.1:9737\"\n").unwrap();
+        assert_eq!(Settings::merge(RawSettings::default(), f).unwrap().metrics_listen, Some("127.0.0.1:9737".parse().unwrap()));
+        let e = parse("metrics_listen = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen") && e.contains("socket address"), "{e}");
     }
 
     #[test]
@@ -323,6 +378,22 @@ state_dir = "/tmp/state"
         assert_eq!(Settings::merge(base(), file.clone()).unwrap().dhcp_min_lease_secs, 20);
         let flags = RawSettings { dhcp_min_lease_secs: Some(60), ..base() };
         assert_eq!(Settings::merge(flags, file).unwrap().dhcp_min_lease_secs, 60);
+    }
+
+    #[test]
+    fn reaping_and_connection_limits() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        let s = Settings::merge(base(), RawSettings::default()).unwrap();
+        assert_eq!((s.reap_after_secs, s.max_connections_per_user), (30, 32));
+        let f = parse("uplink = \"br0\"\nreap_after_secs = 0\nmax_connections_per_user = 4\n").unwrap();
+        let s = Settings::merge(RawSettings::default(), f).unwrap();
+        assert_eq!((s.reap_after_secs, s.max_connections_per_user), (0, 4));
+        let e = Settings::merge(RawSettings { reap_after_secs: Some(86_401), ..base() }, RawSettings::default()).unwrap_err().to_string();
+        assert!(e.contains("reap_after_secs") && e.contains("86401"), "{e}");
+        for n in [0, MAX_USER_CONNECTIONS + 1] {
+            let e = Settings::merge(RawSettings { max_connections_per_user: Some(n), ..base() }, RawSettings::default()).unwrap_err().to_string();
+            assert!(e.contains("max_connections_per_user"), "{e}");
+        }
     }
 
     #[test]

@@ -1,23 +1,28 @@
 //! The control-socket server: newline-delimited JSON (`proto`), one task per connection,
 //! caller identified by SO_PEERCRED; root may do everything, others read their own sessions.
-//! Bad input gets an error reply and never affects other clients.
+//! Bad input gets an error reply and never affects other clients; no user can take the
+//! connections others need (a cap per user and for all users; idle and unread connections
+//! are closed). Root's connections are never refused.
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::config::MAX_USER_CONNECTIONS;
+use crate::holders;
 use crate::manager::{Manager, ManagerError, Stopped};
 use crate::platform::Platform;
 use crate::proto::{ErrorKind, MAX_LINE, Request, Response, encode_line, parse_request};
 
-/// More simultaneous non-root connections than this are answered with an error and closed;
-/// root's connections are never refused, so users cannot lock the admin out.
-pub const MAX_USER_CONNECTIONS: usize = 1024;
 /// A non-root connection idle this long is closed.
 pub const USER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// A connection whose client does not take its reply within this long is closed: a client
+/// that pipelines requests and never reads the replies cannot keep its connection forever.
+pub const REPLY_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -44,8 +49,66 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
+/// Who may open another connection: root always; another user while they have fewer than
+/// `per_user` open and all non-root users together fewer than MAX_USER_CONNECTIONS, so one
+/// user cannot take the connections the others need.
+pub struct Admission {
+    per_user: usize,
+    open: Mutex<HashMap<u32, usize>>,
+    all: Arc<tokio::sync::Semaphore>,
+}
+
+/// Why a connection was refused (its one reply).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many connections for uid {uid} (at most {max} at once); try again")]
+    TooManyForUser { uid: u32, max: usize },
+    #[error("too many connections; try again")]
+    TooMany,
+}
+
+/// A non-root connection's place, given back when dropped.
+pub struct Admitted {
+    admission: Arc<Admission>,
+    uid: u32,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn new(per_user: usize) -> Arc<Admission> {
+        Arc::new(Admission { per_user, open: Mutex::new(HashMap::new()), all: Arc::new(tokio::sync::Semaphore::new(MAX_USER_CONNECTIONS)) })
+    }
+
+    /// Ok(None) for root (not counted).
+    pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Option<Admitted>, Refusal> {
+        if uid == 0 {
+            return Ok(None);
+        }
+        let mut open = self.open.lock().unwrap();
+        let mine = open.entry(uid).or_default();
+        if *mine >= self.per_user {
+            return Err(Refusal::TooManyForUser { uid, max: self.per_user });
+        }
+        let all = self.all.clone().try_acquire_owned().map_err(|_| Refusal::TooMany)?;
+        *mine += 1;
+        Ok(Some(Admitted { admission: self.clone(), uid, _all: all }))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.admission.open.lock().unwrap();
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
 pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_USER_CONNECTIONS));
+    let admission = Admission::new(mgr.settings().max_connections_per_user);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -63,29 +126,30 @@ pub async fn serve<P: Platform>(listener: UnixListener, mgr: Arc<Manager<P>>) {
                 continue;
             }
         };
-        if uid == 0 {
-            tokio::spawn(connection(stream, mgr, uid));
-            continue;
-        }
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match admission.admit(uid) {
+            Ok(place) => {
                 tokio::spawn(async move {
                     connection(stream, mgr, uid).await;
-                    drop(permit);
+                    drop(place);
                 });
             }
-            Err(_) => {
+            Err(refusal) => {
+                debug!(uid, "refusing a connection: {refusal}");
                 tokio::spawn(async move {
                     let mut s = stream;
-                    let _ = send(&mut s, &Response::error(ErrorKind::Failed, "too many connections; try again")).await;
+                    let _ = send(&mut s, &Response::error(ErrorKind::Failed, refusal.to_string())).await;
                 });
             }
         }
     }
 }
 
+/// Writes a reply, giving up after REPLY_WRITE_TIMEOUT.
 async fn send(w: &mut (impl AsyncWrite + Unpin), r: &Response) -> std::io::Result<()> {
-    w.write_all(&encode_line(r)).await
+    match tokio::time::timeout(REPLY_WRITE_TIMEOUT, w.write_all(&encode_line(r))).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read its replies")),
+    }
 }
 
 async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: u32) {
@@ -122,11 +186,14 @@ async fn connection<P: Platform>(stream: UnixStream, mgr: Arc<Manager<P>>, uid: 
             Err(_) => Response::error(ErrorKind::BadRequest, "request is not UTF-8"),
             Ok(text) => match parse_request(text.trim_end()) {
                 Err(e) => Response::error(ErrorKind::BadRequest, e),
-                Ok(req) => handle(&mgr, req, uid).await,
+                // The connection becomes the watcher's stream (see `events`).
+                Ok(Request::Watch) => return crate::events::stream(&mgr.events(), crate::events::Viewer::from_uid(uid), reader, wr).await,
+                Ok(req) => answer(&mgr, req, uid, Some(reader.get_ref().as_ref())).await,
             },
         };
-        if send(&mut wr, &resp).await.is_err() {
-            return; // client went away; its request (if any) has completed regardless
+        if let Err(e) = send(&mut wr, &resp).await {
+            debug!(uid, "closing the connection: {e}");
+            return; // gone, or not reading: its request was answered or rolled back regardless
         }
     }
 }
@@ -137,6 +204,12 @@ fn from_manager(e: ManagerError) -> Response {
 
 /// Root may do everything; others may only read the status of their own sessions.
 pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Response {
+    answer(mgr, req, uid, None).await
+}
+
+/// `handle` for a request that came on `conn`: a holding start names the process at its
+/// other end as the holder, and a start whose client hangs up before the answer is undone.
+async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Option<&UnixStream>) -> Response {
     if uid != 0 {
         return match req {
             Request::Status { session } => match mgr.status(session) {
@@ -159,10 +232,17 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
         };
     }
     match req {
-        Request::Start { session, owner_uid } => match mgr.start(session, owner_uid).await {
-            Ok(r) => Response::Sessions { sessions: vec![r] },
-            Err(e) => from_manager(e),
-        },
+        Request::Start { session, owner_uid, hold } => {
+            let holder = match conn.filter(|_| hold).map(holders::peer).transpose() {
+                Ok(h) => h,
+                Err(e) => return Response::error(ErrorKind::Failed, format!("session not started: {e}")),
+            };
+            let gone = || conn.is_some_and(holders::hung_up);
+            match mgr.start_for(session, owner_uid, holder, &gone).await {
+                Ok(r) => Response::Sessions { sessions: vec![r] },
+                Err(e) => from_manager(e),
+            }
+        }
         Request::Status { session } => match mgr.status(session) {
             Ok(sessions) => Response::Sessions { sessions },
             Err(e) => from_manager(e),
@@ -176,6 +256,7 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
             Ok(sessions) => Response::Stopped { absent: sessions.is_empty(), sessions },
             Err(e) => from_manager(e),
         },
+        Request::Watch => Response::error(ErrorKind::BadRequest, "watch is answered by a stream, on a connection of its own"),
     }
 }
 
@@ -185,6 +266,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Status { .. } => "status",
         Request::Stop { .. } => "stop",
         Request::StopAll => "stop --all",
+        Request::Watch => "watch",
     }
 }
 
@@ -217,8 +299,8 @@ mod tests {
         let m = mgr(d.path());
         let s1 = Sid::new(1).unwrap();
         let s2 = Sid::new(2).unwrap();
-        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000) }, 0).await;
-        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001) }, 0).await;
+        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false }, 0).await;
+        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false }, 0).await;
         match handle(&m, Request::Status { session: None }, 1000).await {
             Response::Sessions { sessions } => assert_eq!(sessions.iter().map(|r| r.session).collect::<Vec<_>>(), vec![s1]),
             r => panic!("{r:?}"),
@@ -227,7 +309,7 @@ mod tests {
             Request::Status { session: Some(s2) },
             Request::Status { session: Some(Sid::new(77).unwrap()) },
             Request::Stop { session: s1 },
-            Request::Start { session: None, owner_uid: Some(1000) },
+            Request::Start { session: None, owner_uid: Some(1000), hold: false },
             Request::StopAll,
         ] {
             match handle(&m, req.clone(), 1000).await {
@@ -236,6 +318,49 @@ mod tests {
             }
         }
         assert_eq!(m.status(None).unwrap().len(), 2, "nothing was stopped");
+    }
+
+    #[test]
+    fn one_user_cannot_take_the_connections_others_need() {
+        let a = Admission::new(3);
+        let mut mine: Vec<_> = (0..3).map(|_| a.admit(1000).unwrap().expect("counted")).collect();
+        let e = a.admit(1000).err().expect("a fourth is refused");
+        assert_eq!(e, Refusal::TooManyForUser { uid: 1000, max: 3 });
+        assert_eq!(e.to_string(), "too many connections for uid 1000 (at most 3 at once); try again");
+        let theirs = a.admit(1001).unwrap();
+        assert!(theirs.is_some(), "another user is still let in");
+        assert!(a.admit(0).unwrap().is_none(), "root: never refused, never counted");
+        mine.pop();
+        assert!(a.admit(1000).unwrap().is_some(), "a closed connection gives its place back");
+        // and all users together
+        let a = Admission::new(MAX_USER_CONNECTIONS);
+        let _all: Vec<_> = (0..MAX_USER_CONNECTIONS as u32).map(|i| a.admit(1000 + i % 3).unwrap()).collect();
+        assert_eq!(a.admit(2000).err(), Some(Refusal::TooMany));
+        assert!(a.admit(0).is_ok());
+    }
+
+    /// A client pipelining requests and never reading the replies: the daemon's reply write
+    /// blocks; it gives up after REPLY_WRITE_TIMEOUT and closes, freeing the connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_its_replies_is_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let l = bind(&sock).unwrap();
+        tokio::spawn(serve(l, Arc::new(mgr(&d.path().join("state")))));
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let line = encode_line(&Request::Status { session: None });
+        let pipelining = async {
+            loop {
+                if let Err(e) = s.write_all(&line).await {
+                    return e;
+                }
+            }
+        };
+        let e = tokio::time::timeout(std::time::Duration::from_secs(600), pipelining).await.expect("the daemon closes the connection");
+        assert!(matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset), "{e}");
+        let took = t0.elapsed();
+        assert!(took >= REPLY_WRITE_TIMEOUT && took < REPLY_WRITE_TIMEOUT * 2, "{took:?}");
     }
 
     #[tokio::test]

@@ -65,6 +65,17 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Before recovery too: a taken port is refused before the daemon touches any session.
+    let metrics = match mgr.settings().metrics_listen {
+        None => None,
+        Some(addr) => match crate::metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e.into());
+            }
+        },
+    };
     if let Some(gid) = group {
         nix::unistd::chown(&socket, None, Some(gid)).with_context(|| format!("chgrp of {}", socket.display()))?;
     }
@@ -86,6 +97,10 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
+    tokio::spawn(mgr.clone().reap_vanished());
+    if let Some(listener) = metrics {
+        serve_metrics(listener, mgr.clone());
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();
@@ -97,6 +112,16 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     notify(&format!("STOPPING=1\nSTATUS=exiting; {} keep running", sessions(*running.borrow())));
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Serves /metrics: the counters, and the gauges counted from the session table at each scrape.
+fn serve_metrics<P: crate::platform::Platform>(listener: tokio::net::TcpListener, mgr: Arc<Manager<P>>) {
+    match listener.local_addr() {
+        Ok(addr) if addr.ip().is_loopback() => tracing::info!(%addr, "serving metrics at http://{addr}/metrics"),
+        Ok(addr) => tracing::warn!(%addr, "serving metrics at http://{addr}/metrics to the network: no TLS, no authentication"),
+        Err(_) => {}
+    }
+    tokio::spawn(crate::metrics::serve(listener, Arc::new(move || mgr.metrics().render(&mgr.census()))));
 }
 
 /// The kernel's one neighbour table for all namespaces has host-wide limits. The daemon's own

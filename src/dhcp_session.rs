@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::dhcp::{ClientConfig, Event, Lease, State};
+use crate::events::Events;
 use crate::identity::Identity;
 use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, WaitError, lease_file, now_ms};
+use crate::metrics::Metrics;
 use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
 use crate::session::SESSION_IF;
@@ -43,6 +45,9 @@ pub struct Dhcp {
     uplink: String,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
+    /// Where the tasks report lease changes (watchers) and count messages (metrics).
+    events: Events,
+    metrics: Metrics,
 }
 
 /// A session's running DHCP task.
@@ -51,7 +56,7 @@ pub struct DhcpSession {
 }
 
 impl Dhcp {
-    pub fn new(settings: &Settings, state: StateDir, hostname: String) -> Dhcp {
+    pub fn new(settings: &Settings, state: StateDir, hostname: String, events: Events, metrics: Metrics) -> Dhcp {
         Dhcp {
             state,
             hostname,
@@ -61,6 +66,8 @@ impl Dhcp {
             min_lease_secs: settings.dhcp_min_lease_secs,
             uplink: settings.uplink.clone(),
             lan_neighbours: Default::default(),
+            events,
+            metrics,
         }
     }
 
@@ -83,6 +90,8 @@ impl Dhcp {
             write_file: p.file_writer(),
             lan_neighbours: self.lan_neighbours.clone(),
             uplink_mtu,
+            events: self.events.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

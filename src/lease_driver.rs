@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::dhcp::{Action, Client, ClientConfig, Dest, Event, Lease, Millis, RejectReason, State};
 use crate::dhcp_session::{lifetimes, next_hop};
+use crate::metrics::Direction;
 use crate::netlink::{NetError, NetOps};
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
@@ -60,6 +61,9 @@ pub struct DriverContext<N: NetOps> {
     /// The uplink's MTU: a lease's MTU (option 26) above it is clamped to it (a macvlan
     /// cannot be larger than its parent, and frames larger than the uplink's would be dropped).
     pub uplink_mtu: Option<u32>,
+    /// Told each lease status (watchers see address changes); counts messages and renewals.
+    pub events: crate::events::Events,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The task's memory of what it already did, so that a renewal that changes nothing costs
@@ -112,7 +116,7 @@ impl LeaseDriver {
         let (tx, rx) = mpsc::channel(4);
         let (status_tx, status_rx) = watch::channel(LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None });
         // A root span: the task outlives the request that started it.
-        let span = info_span!(parent: None, "dhcp", session = %ctx.sid);
+        let span = info_span!(parent: None, "dhcp", sid = %ctx.sid);
         let task = Task { ctx, done: Done::default(), rejects: RejectLog::default(), renewals: RenewLog::default() };
         let task = tokio::spawn(run(task, socket, seeded(cfg), first, rx, status_tx).instrument(span));
         LeaseDriver { tx, status: status_rx, task }
@@ -216,15 +220,19 @@ async fn run<N: NetOps>(
         }
         if client.state() != last_state {
             task.log_transition(last_state, client.state());
+            task.ctx.metrics.dhcp_state_changed(last_state, client.state());
             last_state = client.state();
         }
-        let _ = status.send(LeaseStatus {
-            state: client.state(),
-            lease: client.lease().cloned(),
-            discovers: client.discovers_sent(),
-            failed: failed.take(),
-            unapplied: task.done.unapplied.clone(),
-        });
+        task.report(
+            &status,
+            LeaseStatus {
+                state: client.state(),
+                lease: client.lease().cloned(),
+                discovers: client.discovers_sent(),
+                failed: failed.take(),
+                unapplied: task.done.unapplied.clone(),
+            },
+        );
         if client.state() == State::Released {
             return;
         }
@@ -233,6 +241,7 @@ async fn run<N: NetOps>(
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     debug!(%from, bytes = n, "DHCP packet");
+                    task.ctx.metrics.dhcp_message(Direction::Received, &buf[..n]);
                     actions = client.on_event(Event::Packet { bytes: buf[..n].to_vec() }, now_ms());
                 }
                 Err(e) => {
@@ -258,7 +267,7 @@ async fn run<N: NetOps>(
                         warn!("DHCP send: {e}");
                     }
                 }
-                let _ = status.send(LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None, unapplied: None });
+                task.report(&status, LeaseStatus { state: State::Released, lease: None, discovers: 0, failed: None, unapplied: None });
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
@@ -355,6 +364,13 @@ impl<N: NetOps> Task<N> {
         }
     }
 
+    /// The one place a task's lease status changes: for `status` and `start` (the watch
+    /// channel) and for watchers (the events hub).
+    fn report(&self, status: &watch::Sender<LeaseStatus>, s: LeaseStatus) {
+        self.ctx.events.lease(self.ctx.sid, crate::dhcp_session::LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone() });
+        let _ = status.send(s);
+    }
+
     /// Does one action; only a failed send is returned (everything else is logged here).
     async fn execute(&mut self, sock: &UdpSocket, a: Action) -> std::io::Result<()> {
         let ctx = &self.ctx;
@@ -372,6 +388,7 @@ impl<N: NetOps> Task<N> {
                     }
                 };
                 sock.send_to(&bytes, to).await.map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), format!("to {to}: {e}")))?;
+                ctx.metrics.dhcp_message(Direction::Sent, &bytes);
             }
             Action::ApplyLease { lease, previous } => match apply(ctx, &mut self.done, &lease, previous.as_ref()).await {
                 Err(e) => {
@@ -381,9 +398,9 @@ impl<N: NetOps> Task<N> {
                 Ok(()) => {
                     self.done.unapplied = None;
                     if self.renewals.quiet {
-                        debug!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
+                        debug!(address = %lease.address, prefix_len = lease.prefix_len, server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
                     } else {
-                        info!(address = %lease.network(), server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
+                        info!(address = %lease.address, prefix_len = lease.prefix_len, server = %lease.server_id, lease_secs = lease.lease_secs, "lease applied");
                     }
                 }
             },
@@ -418,7 +435,10 @@ impl<N: NetOps> Task<N> {
                 }
             }
             Action::SetTimer(_) => {} // the run loop keeps the deadline
-            Action::Reject { reason } => self.rejects.log(&reason),
+            Action::Reject { reason } => {
+                ctx.metrics.dhcp_rejected(&reason);
+                self.rejects.log(&reason)
+            }
         }
         Ok(())
     }
@@ -581,6 +601,8 @@ mod tests {
             write_file: p.file_writer(),
             lan_neighbours: lan.clone(),
             uplink_mtu: Some(1500),
+            events: Default::default(),
+            metrics: Default::default(),
         }
     }
 

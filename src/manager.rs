@@ -9,14 +9,18 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Addressing, LinkKind, Settings};
 use crate::dhcp_session::{Dhcp, DhcpError, DhcpSession};
+use crate::events::Events;
+use crate::holders::{Holder, Watch, Watched};
 use crate::identity::Identity;
+use crate::lease_driver::now_ms;
+use crate::metrics::{Census, Metrics, StartResult};
 use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
 use crate::pool::{PoolError, PoolHistory};
 use crate::proto::ErrorKind;
 use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
-use crate::state::{PendingReap, SessionRecord, SessionState, StateDir, StateError};
+use crate::state::{Holding, PendingReap, SessionRecord, SessionState, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -36,6 +40,8 @@ pub enum ManagerError {
     StopIncomplete { sid: Sid, errors: Vec<StepError> },
     #[error("session {sid} torn down, but its state file remains: {source}")]
     StateRemains { sid: Sid, source: StateError },
+    #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
+    RequesterGone(Sid),
     /// `stop --all`: every session that could not be stopped.
     #[error("{}", join(.0))]
     Several(Vec<ManagerError>),
@@ -88,6 +94,35 @@ fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
     }
 }
 
+impl StartError {
+    /// The step that failed, for the logs (journald's `SESSIOND_STEP`).
+    pub fn step(&self) -> &'static str {
+        match self {
+            StartError::Record(_) => "record the session's state",
+            StartError::Pool(_) => "allocate an address",
+            StartError::Build(e) => e.step,
+            StartError::Dhcp(_) => "lease an address by DHCP",
+        }
+    }
+}
+
+impl ManagerError {
+    /// The step of a start that failed in one.
+    pub fn step(&self) -> Option<&'static str> {
+        match self {
+            ManagerError::NotStarted { source, .. } => Some(source.step()),
+            ManagerError::Uplink(_) => Some("check the uplink"),
+            _ => None,
+        }
+    }
+}
+
+/// What a start did (for the metrics: a start that made nothing new is not timed).
+enum Started {
+    New(SessionRecord),
+    AlreadyUp(SessionRecord),
+}
+
 fn join<E: std::fmt::Display>(errors: &[E]) -> String {
     errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
 }
@@ -119,6 +154,8 @@ struct Session {
     lease: Option<DhcpSession>,
     /// The namespace, held open so it outlives an accidental `ip netns delete`.
     netns: Option<std::fs::File>,
+    /// The holders' processes being watched (`record.holding`), one watch each.
+    watches: Vec<Watch>,
 }
 
 impl Session {
@@ -134,6 +171,9 @@ impl Session {
 struct Table {
     slots: BTreeMap<Sid, Slot>,
     history: PoolHistory,
+    /// Told of every session entered, changed (through `Changing`) or removed: the table is
+    /// the one place records change, so watchers see every change.
+    events: Events,
 }
 
 impl Table {
@@ -141,22 +181,60 @@ impl Table {
         self.slots.get(&sid)?.session.as_ref()
     }
 
-    fn session_mut(&mut self, sid: Sid) -> Option<&mut Session> {
-        self.slots.get_mut(&sid)?.session.as_mut()
+    fn session_mut(&mut self, sid: Sid) -> Option<Changing<'_>> {
+        let Table { slots, events, .. } = self;
+        slots.get_mut(&sid)?.session.as_mut().map(|session| Changing { session, events })
     }
 
     fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.slots.values().filter_map(|s| s.session.as_ref())
     }
 
-    fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
-        self.slots.values_mut().filter_map(|s| s.session.as_mut())
+    fn sessions_mut(&mut self) -> impl Iterator<Item = Changing<'_>> {
+        let Table { slots, events, .. } = self;
+        slots.values_mut().filter_map(|s| s.session.as_mut()).map(|session| Changing { session, events: &*events })
     }
 
     /// Enters a session into its sid's slot (replacing what was there).
     fn insert(&mut self, session: Session) {
         let sid = session.identity.sid;
+        self.events.record(&session.record, session.lease.is_some());
         self.slots.entry(sid).or_default().session = Some(session);
+    }
+
+    /// Removes the sid's session (its namespace handle with it).
+    fn remove(&mut self, sid: Sid) {
+        if let Some(slot) = self.slots.get_mut(&sid)
+            && slot.session.take().is_some()
+        {
+            self.events.gone(sid);
+        }
+    }
+}
+
+/// A session being changed in the table: when the change is done (dropped), watchers are told
+/// what it changed.
+struct Changing<'a> {
+    session: &'a mut Session,
+    events: &'a Events,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.events.record(&self.session.record, self.session.lease.is_some());
     }
 }
 
@@ -168,21 +246,36 @@ pub struct Manager<P: Platform> {
     hostname: String,
     dhcp: Dhcp,
     table: Mutex<Table>,
+    metrics: Metrics,
+    reaper: Reaper,
     /// How many sessions are up, for whoever reports it (the daemon's STATUS= to systemd).
     sessions_up: tokio::sync::watch::Sender<usize>,
+}
+
+/// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
+struct Reaper {
+    exits: tokio::sync::mpsc::UnboundedSender<(Sid, Holder)>,
+    reports: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Sid, Holder)>>>,
+    /// How long a session may stay without holders before it is stopped.
+    grace: std::time::Duration,
 }
 
 impl<P: Platform> Manager<P> {
     pub fn new(platform: P, settings: Settings, state: StateDir, machine_id: String, hostname: String) -> Result<Self, ManagerError> {
         let history = state.load_last_addresses();
+        let (exits, reports) = tokio::sync::mpsc::unbounded_channel();
+        let reaper = Reaper { exits, reports: Mutex::new(Some(reports)), grace: std::time::Duration::from_secs(settings.reap_after_secs) };
+        let (events, metrics) = (Events::new(), Metrics::new());
         Ok(Manager {
-            dhcp: Dhcp::new(&settings, state.clone(), hostname.clone()),
+            reaper,
+            dhcp: Dhcp::new(&settings, state.clone(), hostname.clone(), events.clone(), metrics.clone()),
             platform,
             settings,
             state,
             machine_id,
             hostname,
-            table: Mutex::new(Table { slots: BTreeMap::new(), history }),
+            table: Mutex::new(Table { slots: BTreeMap::new(), history, events }),
+            metrics,
             sessions_up: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -199,6 +292,25 @@ impl<P: Platform> Manager<P> {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Every change of a session, for watchers.
+    pub fn events(&self) -> Events {
+        self.table.lock().unwrap().events.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How many sessions are in each state, and how many show a fault, now.
+    pub fn census(&self) -> Census {
+        let t = self.table.lock().unwrap();
+        let mut c = Census::default();
+        for s in t.sessions() {
+            c.count(s.record.state, s.record.fault.is_some());
+        }
+        c
     }
 
     /// The slot's names, derived once per session (at start, or when recovery finds it).
@@ -226,6 +338,22 @@ impl<P: Platform> Manager<P> {
     }
 
     pub async fn start(&self, sid: Option<Sid>, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
+        self.start_for(sid, owner_uid, None, &|| false).await
+    }
+
+    /// `start` for a requester that may go away: `holder`, the requesting process if it holds
+    /// the session (a login); `gone`, whether the requester has hung up. A start whose
+    /// requester hung up before it was answered is not begun, or is rolled back (its lease
+    /// released) before the sid is unlocked, so nobody else ever saw it: a concurrent request
+    /// for the same sid, which waits on that lock, then starts the session itself. A
+    /// requester hanging up never undoes a session that was already up.
+    pub async fn start_for(
+        &self,
+        sid: Option<Sid>,
+        owner_uid: Option<u32>,
+        holder: Option<Watched>,
+        gone: &(dyn Fn() -> bool + Sync),
+    ) -> Result<SessionRecord, ManagerError> {
         let sid = match sid {
             Some(s) => {
                 self.set_reserved(s, true);
@@ -234,18 +362,46 @@ impl<P: Platform> Manager<P> {
             None => self.pick_free_sid()?,
         };
         let lock = self.sid_lock(sid);
+        let began = std::time::Instant::now();
+        let span = info_span!("start", sid = %sid);
         let result = async {
-            let _held = lock.lock().await;
-            self.start_locked(sid, owner_uid).await
+            let held = lock.lock_owned().await;
+            if gone() {
+                info!("the requester hung up before the start began: not starting it");
+                return Err(ManagerError::RequesterGone(sid));
+            }
+            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(step = e.step(), "session not started: {e}");
+                    return Err(e);
+                }
+            };
+            if matches!(started, Started::New(_)) && gone() {
+                info!("the requester hung up before the answer: rolling the start back");
+                self.stop_with_lock(sid, held).await?;
+                return Err(ManagerError::RequesterGone(sid));
+            }
+            Ok(match (holder, started) {
+                (Some(w), Started::New(_)) if !gone() => Started::New(self.hold(sid, w)),
+                (Some(w), Started::AlreadyUp(_)) if !gone() => Started::AlreadyUp(self.hold(sid, w)),
+                (_, started) => started,
+            })
         }
-        .instrument(info_span!("start", session = %sid))
+        .instrument(span)
         .await;
         self.set_reserved(sid, false);
         self.publish_sessions_up();
+        let (outcome, result) = match result {
+            Ok(Started::New(r)) => (StartResult::Started, Ok(r)),
+            Ok(Started::AlreadyUp(r)) => (StartResult::AlreadyUp, Ok(r)),
+            Err(e) => (StartResult::Failed, Err(e)),
+        };
+        self.metrics.start_finished(outcome, began.elapsed());
         result
     }
 
-    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>) -> Result<SessionRecord, ManagerError> {
+    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<Started, ManagerError> {
         if let Some(s) = self.table.lock().unwrap().session(sid)
             && s.record.state == SessionState::Up
         {
@@ -254,12 +410,12 @@ impl<P: Platform> Manager<P> {
             if owner_uid != s.record.owner_uid {
                 return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
-            return Ok(s.view());
+            return Ok(Started::AlreadyUp(s.view()));
         }
         self.check_uplink().await?;
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
         let identity = self.identity(sid);
-        let rec = self.reserve(&identity, owner_uid).map_err(not_started)?;
+        let rec = self.reserve(&identity, owner_uid, holder).map_err(not_started)?;
         // The intent is on disk before anything is made, so a crash can be cleaned up.
         if let Err(e) = self.persist_new(&rec) {
             self.forget(sid);
@@ -295,11 +451,14 @@ impl<P: Platform> Manager<P> {
         }
         let netns = self.platform.hold_netns(&identity.netns);
         let mut t = self.table.lock().unwrap();
-        let s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
+        let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
         (s.record, s.lease, s.netns) = (up, lease, netns);
         let view = s.view();
-        info!(session = %sid, address = ?view.address, "session up");
-        Ok(view)
+        match view.address {
+            Some(a) => info!(address = %a.addr(), prefix_len = a.prefix_len(), "session up"),
+            None => info!("session up"),
+        }
+        Ok(Started::New(view))
     }
 
     /// Refuses a start (or reports a fault) while the uplink, or a veth's bridge, is missing.
@@ -321,8 +480,8 @@ impl<P: Platform> Manager<P> {
     }
 
     /// The new session's record (with a static address allocated), entered in the table as
-    /// `Starting`, atomically with the allocation.
-    fn reserve(&self, id: &Identity, owner_uid: Option<u32>) -> Result<SessionRecord, StartError> {
+    /// `Starting`, atomically with the allocation. `holder`: the login holding it, if any.
+    fn reserve(&self, id: &Identity, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<SessionRecord, StartError> {
         let mut t = self.table.lock().unwrap();
         let (address, gateway, dns) = match self.settings.addressing {
             Addressing::Dhcp => (None, None, Vec::new()),
@@ -350,8 +509,9 @@ impl<P: Platform> Manager<P> {
             owner_uid,
             lease: None,
             fault: None,
+            holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None };
+        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new() };
         t.insert(session);
         Ok(record)
     }
@@ -365,19 +525,17 @@ impl<P: Platform> Manager<P> {
 
     /// Drops the sid's session from the table (its namespace handle with it).
     fn forget(&self, sid: Sid) {
-        if let Some(slot) = self.table.lock().unwrap().slots.get_mut(&sid) {
-            slot.session = None;
-        }
+        self.table.lock().unwrap().remove(sid);
     }
 
     /// Rolls a half-made session back completely.
     async fn abandon(&self, sid: Sid, spec: &TeardownSpec) {
         for e in session::teardown(&self.platform, spec).await {
-            warn!(session = %sid, "cleanup: {e}");
+            warn!(sid = %sid, step = e.step, "cleanup: {e}");
         }
         self.forget(sid);
         if let Err(e) = self.state.remove(sid) {
-            warn!(session = %sid, "cleanup: {e}");
+            warn!(sid = %sid, "cleanup: {e}");
         }
     }
 
@@ -399,7 +557,12 @@ impl<P: Platform> Manager<P> {
 
     pub async fn stop(&self, sid: Sid) -> Result<Stopped, ManagerError> {
         let held = self.sid_lock(sid).lock_owned().await;
-        let span = info_span!("stop", session = %sid);
+        self.stop_with_lock(sid, held).await
+    }
+
+    /// `stop`, with the sid's lock already held (it is let go once the session is gone).
+    async fn stop_with_lock(&self, sid: Sid, held: tokio::sync::OwnedMutexGuard<()>) -> Result<Stopped, ManagerError> {
+        let span = info_span!("stop", sid = %sid);
         let (result, pending) = match self.stop_locked(sid).instrument(span.clone()).await {
             Ok((s, pending)) => (Ok(s), pending),
             Err(e) => (Err(e), None),
@@ -410,7 +573,7 @@ impl<P: Platform> Manager<P> {
             // so a new start of the same slot cannot meet the old MAC on the parent.
             let reap = PendingReap { session: sid, nsid, mac };
             if let Err(e) = self.state.save_reap(&reap) {
-                warn!(session = %sid, "cannot record the pending check that its namespace went (a restart now would skip it): {e}");
+                warn!(sid = %sid, "cannot record the pending check that its namespace went (a restart now would skip it): {e}");
             }
             self.check_namespace_went(reap, held, span);
         }
@@ -446,16 +609,16 @@ impl<P: Platform> Manager<P> {
                 let _ = self.state.remove_reap(sid);
                 continue;
             }
-            info!(session = %sid, "checking that the namespace of a session stopped by the last run went");
+            info!(sid = %sid, "checking that the namespace of a session stopped by the last run went");
             let held = self.sid_lock(sid).lock_owned().await;
-            self.check_namespace_went(reap, held, info_span!("stop", session = %sid));
+            self.check_namespace_went(reap, held, info_span!("stop", sid = %sid));
         }
     }
 
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
     /// free, and the MAC of the interface in it.
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
-        let taken = self.table.lock().unwrap().session_mut(sid).map(|s| {
+        let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
             (s.record.clone(), s.identity.mac, s.lease.take())
         });
@@ -467,7 +630,7 @@ impl<P: Platform> Manager<P> {
             return Ok((Stopped::WasAbsent, None));
         };
         if let Err(e) = self.state.save(&rec) {
-            warn!(session = %sid, "cannot record stopping state (tearing down anyway): {e}");
+            warn!("cannot record stopping state (tearing down anyway): {e}");
         }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
@@ -479,10 +642,10 @@ impl<P: Platform> Manager<P> {
         let (errors, pending) =
             if leave_link { session::teardown_leaving_link(&self.platform, &spec).await } else { (session::teardown(&self.platform, &spec).await, None) };
         if let Err(e) = self.dhcp.forget(sid) {
-            warn!(session = %sid, "removing lease file: {e}");
+            warn!("removing lease file: {e}");
         }
         // Our own handle must go for the namespace to go.
-        if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+        if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
             s.netns = None;
         }
         if !errors.is_empty() {
@@ -490,7 +653,8 @@ impl<P: Platform> Manager<P> {
         }
         self.forget(sid);
         self.state.remove(sid).map_err(|source| ManagerError::StateRemains { sid, source })?;
-        info!(session = %sid, "session stopped");
+        info!("session stopped");
+        self.metrics.session_stopped();
         Ok((Stopped::Stopped, pending.map(|nsid| (nsid, mac))))
     }
 
@@ -539,10 +703,10 @@ impl<P: Platform> Manager<P> {
 
     fn mark_fault(&self, why: &str) {
         let mut t = self.table.lock().unwrap();
-        for s in t.sessions_mut() {
+        for mut s in t.sessions_mut() {
             let r = &mut s.record;
             if r.state == SessionState::Up && r.fault.is_none() {
-                warn!(session = %r.session, "fault: {why}");
+                warn!(sid = %r.session, "fault: {why}");
                 r.fault = Some(why.to_string());
             }
         }
@@ -551,14 +715,14 @@ impl<P: Platform> Manager<P> {
     async fn repair(&self, sid: Sid) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
-        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|s| {
+        let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|mut s| {
             if let Some(l) = s.lease.take() {
                 l.abandon(); // keep the lease: the new task asks for it again
             }
             (s.record.clone(), s.identity.clone())
         });
         let Some((rec, identity)) = taken else { return };
-        let span = info_span!("repair", session = %sid);
+        let span = info_span!("repair", sid = %sid);
         async {
             let mut plan = self.plan_for(&rec, &identity);
             if rec.addressing == Addressing::Dhcp {
@@ -572,7 +736,7 @@ impl<P: Platform> Manager<P> {
                 },
                 Ok(()) => Ok(None),
             };
-            if let Some(s) = self.table.lock().unwrap().session_mut(sid) {
+            if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
                 match result {
                     Ok(lease) => {
                         info!("uplink back: session restored");
@@ -590,6 +754,160 @@ impl<P: Platform> Manager<P> {
         .await
     }
 
+    /// Watches `w`'s process for `sid`: its exit goes to `reap_vanished`.
+    fn watch(&self, sid: Sid, w: Watched) -> Watch {
+        let exits = self.reaper.exits.clone();
+        w.watch(move |h| {
+            let _ = exits.send((sid, h));
+        })
+    }
+
+    /// Counts `w` (a login that asked for the session) as one of the session's holders.
+    /// Sessions not held by logins (`sessiond start`, units) stay so: they are never reaped.
+    fn hold(&self, sid: Sid, w: Watched) -> SessionRecord {
+        let (view, changed) = {
+            let mut t = self.table.lock().unwrap();
+            let mut s = t.session_mut(sid).expect("a session that just started or was found stays in the table (its sid is locked)");
+            let Some(h) = s.record.holding.as_mut() else {
+                info!(pid = w.holder.pid, "the session is not held by logins (started outside PAM): not counting this one");
+                return s.view();
+            };
+            let known = h.holders.contains(&w.holder);
+            let changed = !known || h.unheld_since.is_some();
+            if !known {
+                h.holders.push(w.holder);
+            }
+            h.unheld_since = None;
+            if !s.watches.iter().any(|x| x.holder == w.holder) {
+                info!(pid = w.holder.pid, "watching a login holding the session");
+                let watch = self.watch(sid, w);
+                s.watches.push(watch);
+            }
+            (s.view(), changed.then(|| s.record.clone()))
+        };
+        if let Some(rec) = changed
+            && let Err(e) = self.state.save(&rec)
+        {
+            warn!(sid = %sid, "recording the session's holders: {e}");
+        }
+        view
+    }
+
+    /// Watches again the holders a record names (after a restart); those that exited meanwhile
+    /// are dropped, and a session left with none waits out its grace period from now.
+    fn rewatch(&self, rec: &mut SessionRecord) -> Vec<Watch> {
+        let sid = rec.session;
+        let Some(h) = rec.holding.as_mut() else { return Vec::new() };
+        let mut watches = Vec::new();
+        let before = h.holders.len();
+        h.holders.retain(|holder| match crate::holders::reopen(*holder) {
+            Ok(Some(w)) => {
+                watches.push(self.watch(sid, w));
+                true
+            }
+            Ok(None) => {
+                info!(pid = holder.pid, "a login holding the session exited while the daemon was down");
+                false
+            }
+            Err(e) => {
+                // Kept (never reaped for it) rather than stopping a session on a guess.
+                warn!(pid = holder.pid, "{e}; keeping it as a holder");
+                true
+            }
+        });
+        if h.holders.is_empty() && h.unheld_since.is_none() {
+            h.unheld_since = Some(now_ms());
+        }
+        if h.holders.len() != before
+            && let Err(e) = self.state.save(rec)
+        {
+            warn!(sid = %sid, "recording the session's holders: {e}");
+        }
+        watches
+    }
+
+    /// Stops sessions whose logins all vanished without logging out (sshd's process killed,
+    /// OOM): a holder's exit is reported by its watch; once a session has no holder left it
+    /// is stopped `reap_after_secs` later, unless a login holds it again first (or it is
+    /// stopped). Runs for the daemon's life, from after recovery.
+    pub async fn reap_vanished(self: Arc<Self>) {
+        let Some(mut exits) = self.reaper.reports.lock().unwrap().take() else { return };
+        // Those whose holders all went while the daemon was down (or before a restart).
+        let unheld: Vec<(Sid, u64)> = self
+            .table
+            .lock()
+            .unwrap()
+            .sessions()
+            .filter_map(|s| s.record.holding.as_ref().filter(|h| h.holders.is_empty()).and_then(|h| h.unheld_since).map(|t| (s.record.session, t)))
+            .collect();
+        for (sid, since) in unheld {
+            self.clone().reap_after_grace(sid, since);
+        }
+        while let Some((sid, holder)) = exits.recv().await {
+            let m = self.clone();
+            tokio::spawn(async move {
+                if let Some(since) = m.holder_exited(sid, holder).await {
+                    m.reap_after_grace(sid, since);
+                }
+            });
+        }
+    }
+
+    /// Drops an exited holder; returns when the session was left without any, if it was.
+    async fn holder_exited(&self, sid: Sid, holder: Holder) -> Option<u64> {
+        let lock = self.sid_lock(sid);
+        let _held = lock.lock().await;
+        let rec = {
+            let mut t = self.table.lock().unwrap();
+            let mut s = t.session_mut(sid)?;
+            s.watches.retain(|w| w.holder != holder);
+            let h = s.record.holding.as_mut()?;
+            let before = h.holders.len();
+            h.holders.retain(|x| *x != holder);
+            if h.holders.len() == before {
+                return None;
+            }
+            if h.holders.is_empty() {
+                h.unheld_since = Some(now_ms());
+            }
+            s.record.clone()
+        };
+        let h = rec.holding.as_ref().expect("set above");
+        info!(sid = %sid, pid = holder.pid, left = h.holders.len(), "a login holding the session exited");
+        if let Err(e) = self.state.save(&rec) {
+            warn!(sid = %sid, "recording the session's holders: {e}");
+        }
+        h.unheld_since
+    }
+
+    /// Stops `sid` once the grace period after `since` is over, if it has had no holder since.
+    fn reap_after_grace(self: Arc<Self>, sid: Sid, since: u64) {
+        let grace = self.reaper.grace;
+        let wait = std::time::Duration::from_millis((since + grace.as_millis() as u64).saturating_sub(now_ms()));
+        let span = info_span!(parent: None, "reap", sid = %sid);
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(wait).await;
+                let held = self.sid_lock(sid).lock_owned().await;
+                let due = self
+                    .table
+                    .lock()
+                    .unwrap()
+                    .session(sid)
+                    .and_then(|s| s.record.holding.as_ref())
+                    .is_some_and(|h| h.holders.is_empty() && h.unheld_since == Some(since));
+                if !due {
+                    return; // held again, or stopped
+                }
+                info!("no login has held the session for {} s: stopping it", grace.as_secs());
+                if let Err(e) = self.stop_with_lock(sid, held).await {
+                    warn!("stopping a session no login holds: {e}");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
     /// After a (re)start: adopt the live sessions, undo the half-made (or half-stopped) ones,
     /// and sweep what has no record at all.
     pub async fn recover(&self) -> RecoveryReport {
@@ -602,7 +920,7 @@ impl<P: Platform> Manager<P> {
         }
         let known: BTreeSet<Sid> = records.iter().map(|r| r.session).collect();
         for rec in records {
-            let span = info_span!("recover", session = %rec.session);
+            let span = info_span!("recover", sid = %rec.session);
             async {
                 if rec.state == SessionState::Up && self.is_live(&rec).await {
                     self.adopt(rec, &mut report).await;
@@ -650,7 +968,9 @@ impl<P: Platform> Manager<P> {
             }
         }
         let netns = self.platform.hold_netns(&rec.netns);
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns });
+        let mut rec = rec;
+        let watches = self.rewatch(&mut rec);
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches });
         report.adopted.push(sid);
     }
 
@@ -678,7 +998,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None });
+        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, watches: Vec::new() });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that
@@ -689,7 +1009,7 @@ impl<P: Platform> Manager<P> {
             if let Some(sid) = Sid::from_netns_name(&name)
                 && !known.contains(&sid)
             {
-                info!(session = %sid, "removing an orphan namespace with no state");
+                info!(sid = %sid, "removing an orphan namespace with no state");
                 let errs = session::teardown(&self.platform, &TeardownSpec::for_sid(sid, None, None)).await;
                 report.errors.extend(errs.iter().map(|e| format!("orphan {name}: {e}")));
                 report.cleaned.push(sid);
@@ -700,7 +1020,7 @@ impl<P: Platform> Manager<P> {
                 && !known.contains(&sid)
                 && !self.platform.netns_exists(&name)
             {
-                info!(session = %sid, "removing /etc/netns/{name}: no such session");
+                info!(sid = %sid, "removing /etc/netns/{name}: no such session");
                 if let Err(e) = self.platform.remove_netns_files(&name) {
                     report.errors.push(format!("orphan files {name}: {e}"));
                 }
@@ -934,6 +1254,199 @@ mod tests {
         assert!(p.objects().contains("link:sessiond-1/eth0"));
     }
 
+    /// A process that stands for a login (sshd's per-connection process), killed by the test.
+    struct Login(std::process::Child);
+
+    impl Login {
+        fn new() -> Login {
+            Login(std::process::Command::new("sleep").arg("60").spawn().unwrap())
+        }
+        fn holder(&self) -> Holder {
+            Holder::of(self.0.id()).unwrap()
+        }
+        fn watched(&self) -> Watched {
+            crate::holders::reopen(self.holder()).unwrap().expect("running")
+        }
+        fn kill(&mut self) {
+            self.0.kill().unwrap();
+            self.0.wait().unwrap();
+        }
+    }
+
+    impl Drop for Login {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn reaping_manager(p: FakePlatform, dir: &std::path::Path, grace_secs: u64) -> Arc<Manager<FakePlatform>> {
+        let mut s = settings("10.0.0.100-10.0.0.110/24");
+        s.reap_after_secs = grace_secs;
+        let m = Arc::new(Manager::new(p, s, StateDir::open(dir).unwrap(), "mid".into(), "h".into()).unwrap());
+        tokio::spawn(m.clone().reap_vanished());
+        m
+    }
+
+    fn running(m: &Manager<FakePlatform>, n: u64) -> Option<SessionRecord> {
+        m.status(Some(sid(n))).ok().map(|mut v| v.remove(0))
+    }
+
+    fn holders_of(r: &SessionRecord) -> Vec<u32> {
+        r.holding.as_ref().map(|h| h.holders.iter().map(|x| x.pid).collect()).unwrap_or_default()
+    }
+
+    fn unheld(r: &SessionRecord) -> bool {
+        r.holding.as_ref().is_some_and(|h| h.holders.is_empty() && h.unheld_since.is_some())
+    }
+
+    /// Waits (real time: the watches wait on real processes) until `f` holds.
+    async fn eventually(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + within;
+        while !f() {
+            assert!(std::time::Instant::now() < end, "not within {within:?}: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    const SEC: std::time::Duration = std::time::Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_session_whose_logins_all_vanished_is_stopped_after_the_grace_period() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = reaping_manager(p.clone(), d.path(), 2);
+        let (mut a, mut b) = (Login::new(), Login::new());
+        let r = m.start_for(Some(sid(1)), Some(1000), Some(a.watched()), &|| false).await.unwrap();
+        assert_eq!(holders_of(&r), vec![a.0.id()]);
+        // a second login joins; a start without a holder (the CLI) changes nothing
+        m.start_for(Some(sid(1)), Some(1000), Some(b.watched()), &|| false).await.unwrap();
+        assert_eq!(holders_of(&m.start(Some(sid(1)), Some(1000)).await.unwrap()), vec![a.0.id(), b.0.id()]);
+        // sessions no login holds are never reaped
+        assert_eq!(m.start(Some(sid(2)), None).await.unwrap().holding, None);
+        assert_eq!(m.state.load_all().0.iter().find(|r| r.session == sid(1)).map(holders_of), Some(vec![a.0.id(), b.0.id()]), "persisted");
+        a.kill();
+        eventually("a's exit seen", SEC, || running(&m, 1).is_some_and(|r| holders_of(&r) == vec![b.0.id()])).await;
+        tokio::time::sleep(3 * SEC).await;
+        assert!(running(&m, 1).is_some(), "b still holds it");
+        b.kill();
+        let killed = std::time::Instant::now();
+        eventually("b's exit seen", SEC, || running(&m, 1).is_some_and(|r| unheld(&r))).await;
+        tokio::time::sleep((2 * SEC).saturating_sub(killed.elapsed() + std::time::Duration::from_millis(300))).await;
+        assert!(running(&m, 1).is_some(), "not before the grace period ends");
+        eventually("reaped", 3 * SEC, || running(&m, 1).is_none()).await;
+        assert!(killed.elapsed() >= 2 * SEC);
+        assert_eq!(m.status(None).unwrap().iter().map(|r| r.session).collect::<Vec<_>>(), vec![sid(2)]);
+        assert!(!p.objects().iter().any(|o| o.contains("sessiond-1")), "{:?}", p.objects());
+        assert_eq!(m.state.load_all().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_login_or_a_stop_within_the_grace_period_cancels_the_reaping() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = reaping_manager(p.clone(), d.path(), 2);
+        let (mut a, b) = (Login::new(), Login::new());
+        m.start_for(Some(sid(1)), Some(1000), Some(a.watched()), &|| false).await.unwrap();
+        a.kill();
+        eventually("a's exit seen", SEC, || running(&m, 1).is_some_and(|r| unheld(&r))).await;
+        let r = m.start_for(Some(sid(1)), Some(1000), Some(b.watched()), &|| false).await.unwrap();
+        assert_eq!(r.holding.unwrap().unheld_since, None);
+        tokio::time::sleep(3 * SEC).await;
+        assert_eq!(holders_of(&running(&m, 1).expect("held again: kept")), vec![b.0.id()]);
+        // stopped while unheld: the pending reap finds nothing, and a new session of the sid
+        // started meanwhile is not touched by it
+        let mut c = Login::new();
+        m.start_for(Some(sid(3)), None, Some(c.watched()), &|| false).await.unwrap();
+        c.kill();
+        eventually("c's exit seen", SEC, || running(&m, 3).is_some_and(|r| unheld(&r))).await;
+        m.stop(sid(3)).await.unwrap();
+        m.start(Some(sid(3)), None).await.unwrap();
+        tokio::time::sleep(3 * SEC).await;
+        assert!(running(&m, 3).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_daemon_watches_the_holders_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let (mut a, mut b) = (Login::new(), Login::new());
+        {
+            let m1 = reaping_manager(p.clone(), d.path(), 2);
+            m1.start_for(Some(sid(1)), None, Some(a.watched()), &|| false).await.unwrap();
+            m1.start_for(Some(sid(2)), None, Some(b.watched()), &|| false).await.unwrap();
+        }
+        // b's login dies while no daemon runs; a's lives on
+        b.kill();
+        let m2 = {
+            let mut s = settings("10.0.0.100-10.0.0.110/24");
+            s.reap_after_secs = 2;
+            Arc::new(Manager::new(p.clone(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap())
+        };
+        assert_eq!(m2.recover().await.adopted, vec![sid(1), sid(2)]);
+        let restarted = std::time::Instant::now();
+        tokio::spawn(m2.clone().reap_vanished());
+        assert_eq!(holders_of(&running(&m2, 1).unwrap()), vec![a.0.id()]);
+        assert!(unheld(&running(&m2, 2).unwrap()));
+        eventually("2 reaped", 4 * SEC, || running(&m2, 2).is_none()).await;
+        assert!(restarted.elapsed() >= 2 * SEC - std::time::Duration::from_millis(100), "its grace period started at the restart");
+        assert!(running(&m2, 1).is_some());
+        a.kill();
+        eventually("1 reaped: the re-opened pidfd saw the exit", 4 * SEC, || running(&m2, 1).is_none()).await;
+        assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_requester_hung_up_is_rolled_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        // hung up before the start began: nothing is made
+        let e = m.start_for(Some(sid(1)), None, None, &|| true).await.unwrap_err();
+        assert!(matches!(e, ManagerError::RequesterGone(_)), "{e}");
+        assert!(p.log().is_empty(), "{:?}", p.log());
+        // hung up while it was being made: made, then undone before anyone saw it
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let hangs_up_after_the_first_look = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+        let e = m.start_for(Some(sid(1)), None, None, &hangs_up_after_the_first_look).await.unwrap_err();
+        assert!(matches!(e, ManagerError::RequesterGone(_)) && e.to_string().contains("hung up"), "{e}");
+        assert!(p.log().iter().any(|l| l.contains("sessiond-1")), "it was built: {:?}", p.log());
+        assert!(p.is_empty(), "{:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+        assert!(m.status(None).unwrap().is_empty());
+        // a session already up is never undone by a requester hanging up
+        m.start(Some(sid(2)), None).await.unwrap();
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let hangs_up_after_the_first_look = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0;
+        m.start_for(Some(sid(2)), None, None, &hangs_up_after_the_first_look).await.unwrap();
+        assert!(running(&m, 2).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_hung_up_start_does_not_undo_what_a_concurrent_request_waits_for() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = Arc::new(manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24"));
+        for _ in 0..20 {
+            let vanishing = {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let asked = std::sync::atomic::AtomicUsize::new(0);
+                    m.start_for(Some(sid(7)), None, None, &|| asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0).await
+                })
+            };
+            let waiting = {
+                let m = m.clone();
+                tokio::spawn(async move { m.start(Some(sid(7)), None).await })
+            };
+            let (v, w) = (vanishing.await.unwrap(), waiting.await.unwrap());
+            let up = w.expect("the waiting request gets its session");
+            assert!(v.is_err() || v.unwrap() == up);
+            assert_eq!(running(&m, 7), Some(up), "and keeps it");
+            m.stop(sid(7)).await.unwrap();
+        }
+    }
+
     #[test]
     fn veth_records_name_the_host_end() {
         let d = tempfile::tempdir().unwrap();
@@ -941,7 +1454,7 @@ mod tests {
         s.link = LinkKind::Veth;
         s.bridge = Some("br-lan".into());
         let m = Manager::new(FakePlatform::new(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
-        let r = m.reserve(&Identity::new("mid", sid(4)), None).unwrap();
+        let r = m.reserve(&Identity::new("mid", sid(4)), None, None).unwrap();
         assert_eq!(r.host_link.as_deref(), Some("sdv4"));
     }
 

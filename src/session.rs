@@ -85,7 +85,7 @@ pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, Ste
         Ok(inside) => Ok(inside),
         Err(e) => {
             for err in teardown(p, &plan.teardown_spec()).await {
-                warn!(session = %plan.sid, "rollback: {err}");
+                warn!(sid = %plan.sid, step = err.step, "rollback: {err}");
             }
             Err(e)
         }
@@ -117,7 +117,7 @@ async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, S
         step("write resolv.conf", p.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf))?;
         step("write hosts", p.write_netns_file(&netns, "hosts", &plan.hosts))?;
     }
-    debug!(session = %plan.sid, "session built");
+    debug!(sid = %plan.sid, "session built");
     Ok(inside)
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sid::Sid;
 /// The record the protocol carries is the one persisted (the types live with the protocol).
-pub use sessiond_client::record::{DhcpState, HeldLease, LeaseInfo, SessionRecord, SessionState};
+pub use sessiond_client::record::{DhcpState, HeldLease, Holding, LeaseInfo, SessionRecord, SessionState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -324,6 +324,7 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         owner_uid: Some(1000),
         lease: None,
         fault: None,
+        holding: None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod enter;
+pub mod holder;
 pub mod loopback;
 pub mod ns;
 pub mod proto;
@@ -18,3 +19,9 @@ pub use record::{Addressing, DhcpState, LinkKind};
 pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";
 /// Names the control socket for the daemon and its clients alike.
 pub const SOCKET_ENV: &str = "SESSIOND_SOCKET";
+/// How long the daemon waits for a DHCP lease at start unless `dhcp_timeout_secs` says.
+pub const DEFAULT_DHCP_TIMEOUT_SECS: u64 = 30;
+/// What a start may take besides waiting for DHCP (the namespace, links, state, an address
+/// probe). A requester must wait longer than the DHCP timeout + this: one that gives up
+/// earlier has its start rolled back, so it never gets a session.
+pub const START_MARGIN_SECS: u64 = 15;

@@ -1,7 +1,9 @@
 //! The control-socket protocol: one JSON object per line each way.
 use serde::{Deserialize, Serialize};
 
-use crate::record::SessionRecord;
+use ipnet::Ipv4Net;
+
+use crate::record::{SessionRecord, SessionState};
 use crate::sid::Sid;
 
 /// Longest request line the daemon reads; longer ones are refused without buffering them.
@@ -15,6 +17,11 @@ pub enum Request {
         session: Option<Sid>,
         #[serde(default)]
         owner_uid: Option<u32>,
+        /// The process sending this request holds the session (the PAM module, from the
+        /// login's process): once every holder has exited the daemon stops the session.
+        /// Without it (`sessiond start`, units) the session lives until `stop`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hold: bool,
     },
     Status {
         session: Option<Sid>,
@@ -23,6 +30,9 @@ pub enum Request {
         session: Sid,
     },
     StopAll,
+    /// Turns the connection into a stream of `WatchEvent` lines: a snapshot of the sessions
+    /// the caller may see, then one line per change, until either side closes it.
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +70,41 @@ impl Response {
     }
 }
 
+/// One line of a `watch` stream. Every change carries the session's whole record as it is now,
+/// so a viewer can replace its row; a new session is a `state` change from `null`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WatchEvent {
+    /// Every session the caller may see (in any state), first; again with `resync` after the
+    /// watcher fell too far behind to be sent each change it missed.
+    Snapshot {
+        sessions: Vec<SessionRecord>,
+        #[serde(default)]
+        resync: bool,
+    },
+    State {
+        session: Sid,
+        from: Option<SessionState>,
+        to: SessionState,
+        record: SessionRecord,
+    },
+    Address {
+        session: Sid,
+        from: Option<Ipv4Net>,
+        to: Option<Ipv4Net>,
+        record: SessionRecord,
+    },
+    /// A fault was set (`fault` names it) or cleared (`fault` null).
+    Fault {
+        session: Sid,
+        fault: Option<String>,
+        record: SessionRecord,
+    },
+    Gone {
+        session: Sid,
+    },
+}
+
 /// One message as a line on the wire: compact JSON (which never holds a raw newline) and `\n`.
 /// Requests and responses alike.
 pub fn encode_line(message: &impl Serialize) -> Vec<u8> {
@@ -80,11 +125,12 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for r in [
-            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000) },
-            Request::Start { session: None, owner_uid: None },
+            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000), hold: true },
+            Request::Start { session: None, owner_uid: None, hold: false },
             Request::Status { session: None },
             Request::Stop { session: Sid::new(9).unwrap() },
             Request::StopAll,
+            Request::Watch,
         ] {
             let line = String::from_utf8(encode_line(&r)).unwrap();
             let (body, end) = line.split_at(line.len() - 1);
@@ -92,7 +138,13 @@ mod tests {
             assert!(!body.contains('\n'));
             assert_eq!(parse_request(body).unwrap(), r);
         }
-        assert_eq!(parse_request(r#"{"op":"start","session":4}"#).unwrap(), Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None });
+        assert_eq!(parse_request(r#"{"op":"watch"}"#).unwrap(), Request::Watch);
+        assert_eq!(
+            parse_request(r#"{"op":"start","session":4}"#).unwrap(),
+            Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None, hold: false }
+        );
+        // Only a holding start says so: the CLI's requests are what they always were.
+        assert_eq!(encode_line(&Request::Start { session: None, owner_uid: None, hold: false }), b"{\"op\":\"start\",\"session\":null,\"owner_uid\":null}\n");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::holder::Holder;
 use crate::sid::Sid;
 
 /// `"wifi"` is not one of `expected`.
@@ -116,6 +117,17 @@ pub struct HeldLease {
     pub next_renewal: Option<u64>,
 }
 
+/// The logins holding a session that the PAM module started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// The holder processes that live, each once.
+    pub holders: Vec<Holder>,
+    /// When the last holder exited, in milliseconds since the UNIX epoch: the daemon stops
+    /// the session `reap_after_secs` later, unless a login holds it again first. None while
+    /// it is held.
+    pub unheld_since: Option<u64>,
+}
+
 /// One session: the `status --json` object and the persisted record are the same thing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -138,6 +150,10 @@ pub struct SessionRecord {
     /// Set when the daemon notices a fault (e.g. the uplink went away).
     #[serde(default)]
     pub fault: Option<String>,
+    /// Who holds it, for a session started by a login (the PAM module): it is stopped once
+    /// every holder has exited. None: it lives until `stop` (`sessiond start`, a unit).
+    #[serde(default)]
+    pub holding: Option<Holding>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::time::Duration;
 /// Groups whose members are left on the host unless `exclude_groups=` says otherwise:
 /// administrators keep the host's own identity so they can manage it.
 pub const DEFAULT_EXCLUDE_GROUPS: &[&str] = &["sudo", "wheel", "adm"];
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longer than the daemon's default DHCP timeout plus a start's other work: a login that gave
+/// up on a slow but working DHCP server would be refused (and its start rolled back).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(sessiond_client::DEFAULT_DHCP_TIMEOUT_SECS + sessiond_client::START_MARGIN_SECS);
 /// `timeout=` bounds: below the minimum no daemon answers and every login would fail; above
 /// the maximum a hung daemon would hold logins for longer than any client waits.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -191,7 +193,7 @@ mod tests {
         let a = Args::parse::<&str>(&[]).unwrap();
         assert_eq!(a, Args::default());
         assert_eq!(a.fail, Fail::Closed);
-        assert_eq!(a.timeout, Duration::from_secs(10));
+        assert_eq!(a.timeout, Duration::from_secs(45));
         assert_eq!(a.socket, PathBuf::from("/run/sessiond/sessiond.sock"));
         assert_eq!(a.exclude_groups, g(&["sudo", "wheel", "adm"]));
     }

@@ -3,6 +3,7 @@
 use std::ffi::c_int;
 
 use sessiond_client::client::{self, ClientError};
+use sessiond_client::holder::Holder;
 use sessiond_client::proto::{ErrorKind, Request, Response};
 use sessiond_client::record::SessionRecord;
 use sessiond_client::sid::Sid;
@@ -76,7 +77,8 @@ fn call(args: &Args, req: &Request) -> Result<Response, Trouble> {
 }
 
 fn start(args: &Args, session: Option<Sid>, uid: u32) -> Result<SessionRecord, Trouble> {
-    match call(args, &Request::Start { session, owner_uid: Some(uid) })? {
+    // This process holds the session: if it dies without close_session the daemon stops it.
+    match call(args, &Request::Start { session, owner_uid: Some(uid), hold: true })? {
         Response::Sessions { sessions } if sessions.len() == 1 => Ok(sessions.into_iter().next().unwrap()),
         Response::Error { kind: ErrorKind::OtherOwner, message } => Err(Trouble::OtherOwner(message)),
         Response::Error { message, .. } => Err(Trouble::Daemon(format!("sessiond refused to start the session: {message}"))),
@@ -132,7 +134,7 @@ fn acquire(env: &dyn Env, args: &Args, wanted: Option<Sid>, uid: u32) -> Result<
             drop(held);
             return acquire(env, args, None, uid);
         }
-        if let Err(e) = held.set(count + 1) {
+        if let Err(e) = Holder::me().and_then(|me| held.add(me)) {
             if count == 0 {
                 let _ = stop(args, sid);
             }
@@ -146,10 +148,7 @@ fn acquire(env: &dyn Env, args: &Args, wanted: Option<Sid>, uid: u32) -> Result<
         other => other?,
     };
     let sid = rec.session;
-    let counted = refcount::lock(&args.refdir, sid.get(), args.timeout).and_then(|mut h| {
-        let n = h.count()?;
-        h.set(n + 1)
-    });
+    let counted = refcount::lock(&args.refdir, sid.get(), args.timeout).and_then(|mut h| h.add(Holder::me()?));
     if let Err(e) = counted {
         let _ = stop(args, sid);
         return Err(Trouble::Local(format!("recording the holder count of session {sid}: {e}")));
@@ -163,11 +162,11 @@ fn release(env: &dyn Env, args: &Args, sid: Sid) -> Result<(), String> {
     let count = held.count().map_err(|e| e.to_string())?;
     if count > 1 {
         env.log(Level::Debug, &format!("session {sid}: {} holder(s) left", count - 1));
-        return held.set(count - 1).map_err(|e| e.to_string());
+        return Holder::me().and_then(|me| held.remove(me)).map_err(|e| e.to_string());
     }
     let stopped = stop(args, sid);
     // Not a holder any more either way; a failed stop leaves the session to the admin.
-    held.set(0).map_err(|e| e.to_string())?;
+    held.clear().map_err(|e| e.to_string())?;
     stopped.map_err(|e| format!("stopping session {sid} (left running): {e}"))
 }
 

@@ -1,5 +1,12 @@
-//! Per-sid holder counts: `<refdir>/<sid>` holds the number of open PAM sessions using that
-//! sessiond session, updated under an exclusive flock. The last holder to close stops it.
+//! Per-sid holders: `<refdir>/<sid>` lists the open PAM sessions using that sessiond session,
+//! one line `PID START_TIME` per open (the process that opened it: sshd's per-connection
+//! process), updated under an exclusive flock. The last holder to close stops it.
+//!
+//! A holder whose process is gone (killed before close_session could run) no longer counts:
+//! the daemon names holders the same way, and stops a session once all of its holders have
+//! exited (its reaper), so the two agree on who holds a session. A bare count (the format of
+//! older modules, found after an upgrade with logins open) stands for that many holds whose
+//! processes are unknown: they count until closed.
 //!
 //! The file is removed when its count reaches zero. Removing a locked file races with a
 //! process that opened the old inode and waits for its lock, so `lock` re-checks after
@@ -17,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use sessiond_client::holder::Holder;
 
 pub struct Held {
     file: Flock<File>,
     path: PathBuf,
-    /// `set(0)` removed the file.
+    /// `clear` removed the file.
     removed: bool,
 }
 
@@ -77,34 +85,96 @@ pub fn lock(dir: &Path, sid: u32, timeout: Duration) -> std::io::Result<Held> {
     }
 }
 
+/// What a holder file says.
+#[derive(Default)]
+struct Entries {
+    /// Holds counted by an older module, which wrote a bare count: their processes are not
+    /// known, so they count until closed.
+    unknown: u32,
+    /// The holders whose processes still run (one entry per open).
+    live: Vec<Holder>,
+}
+
 impl Held {
-    pub fn count(&mut self) -> std::io::Result<u32> {
+    fn read(&mut self) -> std::io::Result<Entries> {
         let mut s = String::new();
         self.file.seek(SeekFrom::Start(0))?;
         self.file.read_to_string(&mut s)?;
-        let s = s.trim();
-        if s.is_empty() {
-            return Ok(0);
+        let mut e = Entries::default();
+        for line in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Ok(n) = line.parse::<u32>() {
+                e.unknown += n;
+                continue;
+            }
+            let h = line
+                .split_once(' ')
+                .and_then(|(pid, start)| Some(Holder { pid: pid.parse().ok()?, start_time: start.trim().parse().ok()? }))
+                .ok_or_else(|| std::io::Error::other(format!("{}: not a holder line (PID START_TIME): {line:?}", self.path.display())))?;
+            if h.is_alive() {
+                e.live.push(h);
+            }
         }
-        s.parse().map_err(|_| std::io::Error::other(format!("{}: not a count: {s:?}", self.path.display())))
+        Ok(e)
     }
 
-    /// Stores `n`; zero removes the file (the lock is released on drop).
-    pub fn set(&mut self, n: u32) -> std::io::Result<()> {
-        if n == 0 {
-            std::fs::remove_file(&self.path)?;
-            self.removed = true;
-            return Ok(());
+    /// The holders whose processes still run (one entry per open).
+    pub fn holders(&mut self) -> std::io::Result<Vec<Holder>> {
+        Ok(self.read()?.live)
+    }
+
+    /// How many holders there are (those of exited processes do not count).
+    pub fn count(&mut self) -> std::io::Result<u32> {
+        let e = self.read()?;
+        Ok(e.unknown + e.live.len() as u32)
+    }
+
+    /// Adds one hold by `h`.
+    pub fn add(&mut self, h: Holder) -> std::io::Result<()> {
+        let mut e = self.read()?;
+        e.live.push(h);
+        self.store(&e)
+    }
+
+    /// Drops one hold by `h`, or, if `h` holds none (close_session ran in another process than
+    /// open_session, or an older module counted it), one of the others: each close ends one
+    /// open.
+    pub fn remove(&mut self, h: Holder) -> std::io::Result<()> {
+        let mut e = self.read()?;
+        if let Some(i) = e.live.iter().position(|x| *x == h) {
+            e.live.remove(i);
+        } else if e.unknown > 0 {
+            e.unknown -= 1;
+        } else if !e.live.is_empty() {
+            e.live.remove(0);
         }
+        self.store(&e)
+    }
+
+    /// Stores `e`; no holder removes the file (the lock is released on drop).
+    fn store(&mut self, e: &Entries) -> std::io::Result<()> {
         self.file.set_len(0)?;
+        if e.unknown == 0 && e.live.is_empty() {
+            return self.clear();
+        }
+        let unknown = (e.unknown > 0).then(|| format!("{}\n", e.unknown));
+        let text: String = unknown.into_iter().chain(e.live.iter().map(|h| format!("{} {}\n", h.pid, h.start_time))).collect();
         self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(format!("{n}\n").as_bytes())?;
+        self.file.write_all(text.as_bytes())?;
         self.file.sync_data()
+    }
+
+    /// Forgets every holder: removes the file.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.removed = true;
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
 impl Drop for Held {
-    /// A count never stored leaves no empty file behind (removed under the lock, as `set(0)`
+    /// A count never stored leaves no empty file behind (removed under the lock, as `clear`
     /// does: a waiter re-checks the path and makes a new one).
     fn drop(&mut self) {
         if !self.removed && self.file.metadata().is_ok_and(|m| m.len() == 0) {
@@ -121,19 +191,68 @@ mod tests {
     fn counts_up_and_down_and_removes_at_zero() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("pam");
+        let me = Holder::me().unwrap();
         let mut h = lock(&dir, 7, Duration::from_secs(1)).unwrap();
         assert_eq!(h.count().unwrap(), 0);
-        h.set(1).unwrap();
+        h.add(me).unwrap();
         drop(h);
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_to_string(dir.join("7")).unwrap(), format!("{} {}\n", me.pid, me.start_time));
         let mut h = lock(&dir, 7, Duration::from_secs(1)).unwrap();
         assert_eq!(h.count().unwrap(), 1);
-        h.set(2).unwrap();
-        h.set(1).unwrap();
+        h.add(me).unwrap();
+        assert_eq!(h.count().unwrap(), 2, "one entry per open, even from one process");
+        h.remove(me).unwrap();
         assert_eq!(h.count().unwrap(), 1);
-        h.set(0).unwrap();
+        h.remove(me).unwrap();
         drop(h);
         assert!(!dir.join("7").exists());
+    }
+
+    #[test]
+    fn a_holder_whose_process_is_gone_does_not_count() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pam");
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let dead = Holder::of(child.id()).unwrap();
+        let me = Holder::me().unwrap();
+        let mut h = lock(&dir, 2, Duration::from_secs(1)).unwrap();
+        h.add(dead).unwrap();
+        h.add(me).unwrap();
+        assert_eq!(h.count().unwrap(), 2);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // killed before its close_session: only the live one is left
+        assert_eq!(h.holders().unwrap(), vec![me]);
+        // a close from a process that holds nothing still ends one open
+        h.remove(Holder { pid: me.pid, start_time: me.start_time + 1 }).unwrap();
+        assert_eq!(h.count().unwrap(), 0);
+        assert!(!dir.join("2").exists());
+        std::fs::write(dir.join("3"), "12 x\n").unwrap();
+        let e = lock(&dir, 3, Duration::from_secs(1)).unwrap().count().unwrap_err().to_string();
+        assert!(e.contains("not a holder line"), "{e}");
+    }
+
+    #[test]
+    fn counts_written_by_an_older_module_still_count() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("pam");
+        let me = Holder::me().unwrap();
+        lock(&dir, 4, Duration::from_secs(1)).unwrap().count().unwrap();
+        std::fs::write(dir.join("4"), "2\n").unwrap(); // two logins from before an upgrade
+        let mut h = lock(&dir, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(h.count().unwrap(), 2);
+        h.add(me).unwrap();
+        assert_eq!(h.count().unwrap(), 3);
+        assert_eq!(std::fs::read_to_string(dir.join("4")).unwrap(), format!("2\n{} {}\n", me.pid, me.start_time));
+        // their closes (from other processes) end the old holds first
+        let other = Holder { pid: me.pid, start_time: me.start_time + 1 };
+        h.remove(other).unwrap();
+        h.remove(other).unwrap();
+        assert_eq!(h.holders().unwrap(), vec![me]);
+        assert_eq!(h.count().unwrap(), 1);
+        h.remove(me).unwrap();
+        assert!(!dir.join("4").exists());
     }
 
     #[test]
@@ -156,15 +275,12 @@ mod tests {
             .map(|_| {
                 let dir = dir.clone();
                 std::thread::spawn(move || {
+                    let me = Holder::me().unwrap();
                     for _ in 0..50 {
+                        lock(&dir, 1, Duration::from_secs(10)).unwrap().add(me).unwrap();
                         let mut h = lock(&dir, 1, Duration::from_secs(10)).unwrap();
-                        let n = h.count().unwrap();
-                        h.set(n + 1).unwrap();
-                        drop(h);
-                        let mut h = lock(&dir, 1, Duration::from_secs(10)).unwrap();
-                        let n = h.count().unwrap();
-                        assert!(n >= 1);
-                        h.set(n - 1).unwrap();
+                        assert!(h.count().unwrap() >= 1);
+                        h.remove(me).unwrap();
                     }
                 })
             })
@@ -185,10 +301,11 @@ mod tests {
         drop(h);
         assert!(!dir.join("9").exists(), "an acquire that failed leaves no empty holder file");
         // a stored count stays
-        lock(&dir, 9, Duration::from_secs(1)).unwrap().set(1).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("9")).unwrap(), "1\n");
+        let me = Holder::me().unwrap();
+        lock(&dir, 9, Duration::from_secs(1)).unwrap().add(me).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("9")).unwrap(), format!("{} {}\n", me.pid, me.start_time));
         let mut h = lock(&dir, 9, Duration::from_secs(1)).unwrap();
-        h.set(0).unwrap();
+        h.remove(me).unwrap();
         drop(h);
         assert!(!dir.join("9").exists());
     }

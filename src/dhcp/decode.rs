@@ -68,6 +68,15 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Reply, RejectReason> {
     Ok(Reply { msg_type, xid: msg.xid(), hlen: bytes[2], chaddr, yiaddr: msg.yiaddr(), opts })
 }
 
+/// The DHCP message type (option 53) of a message, sent or received, if it is structurally
+/// readable: for counting messages; the machine's own checks are `parse`'s.
+pub fn message_type(bytes: &[u8]) -> Option<u8> {
+    if bytes.len() < HEADER_LEN || bytes.len() > MAX_PACKET || bytes[MAGIC_OFFSET..HEADER_LEN] != v4::MAGIC {
+        return None;
+    }
+    RawOptions::scan(&bytes[HEADER_LEN..], HEADER_LEN).ok()?.u8(opt::MESSAGE_TYPE).ok()?
+}
+
 /// Builds and validates the lease carried by an OFFER or ACK; its times get the floors of
 /// [`lease::lease_times`] for `min_lease` seconds.
 pub(crate) fn lease_from_reply(r: &Reply, acquired_at: Millis, min_lease: u32) -> Result<Lease, RejectReason> {

@@ -43,7 +43,7 @@ pub type Millis = u64;
 
 pub use backoff::{INITIAL_RETRY_MS, JITTER_MS, MAX_RETRY_MS, MIN_LEASE_RETRY_MS};
 pub use client_id::client_identifier;
-pub use decode::MAX_PACKET;
+pub use decode::{MAX_PACKET, message_type};
 pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{DEFAULT_MIN_LEASE_SECS, INFINITE, Lease, MIN_PREFIX_LEN};
 pub use machine::{Action, Client, ClientConfig, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};

@@ -50,7 +50,7 @@ field() { jq -r "$2" <<<"$1"; }
 addr_on_eth0() { ip netns exec "sessiond-$1" ip -4 addr show dev eth0 | grep -q "inet $2/"; }
 any_addr_on_eth0() { ip netns exec "sessiond-$1" ip -4 addr show dev eth0 | grep -q "inet "; }
 # log_has MARK SID REGEX: a "DHCP state" / "lease ..." line of session SID after MARK.
-log_has() { log_since "$1" | grep -qE "dhcp\{session=$2\}: $3"; }
+log_has() { log_since "$1" | grep -qE "dhcp\{sid=$2\}: $3"; }
 dhcp_state_is() { [[ $(status_of "$1" | jq -r '.lease.dhcp_state') == "$2" ]]; }
 
 # ------------------------------------------------------------------ 1. two sessions
@@ -114,8 +114,8 @@ restart_keeps_addresses() {
             { echo "session $n: no init-reboot/rebooting -> bound"; log_since "$mark"; return 1; }
     done
     info "$KIND: both INIT-REBOOTs bound $(($(now_ms) - t0)) ms after the restart began"
-    seg=$(log_since "$mark"); echo "$seg" | grep -E 'dhcp\{session=[12]\}'
-    if grep -qE 'dhcp\{session=[12]\}: DHCP state .* -> selecting' <<<"$seg"; then
+    seg=$(log_since "$mark"); echo "$seg" | grep -E 'dhcp\{sid=[12]\}'
+    if grep -qE 'dhcp\{sid=[12]\}: DHCP state .* -> selecting' <<<"$seg"; then
         echo "a session went back to selecting although its lease was valid"; return 1
     fi
     local st; st=$("$SESSIOND" status --json | jq -c 'map({session, address}) | sort_by(.session)')
@@ -178,7 +178,7 @@ short_lease_renews() {
     deadline=$((r0 + 3000))   # T1 + 3 s margin
     wait_until_ms "$deadline" log_has "$mark" 2 "DHCP state bound -> renewing" || { echo "no bound -> renewing by T1+3s"; log_since "$mark"; return 1; }
     wait_until_ms "$deadline" log_has "$mark" 2 "DHCP state renewing -> bound" || { echo "no renewing -> bound by T1+3s"; log_since "$mark"; return 1; }
-    log_since "$mark" | grep -E 'dhcp\{session=2\}'
+    log_since "$mark" | grep -E 'dhcp\{sid=2\}'
     s1=$(status_of 2); echo "after: $s1"
     e1=$(field "$s1" .lease.expires); st1=$(field "$s1" .lease.lease_start)
     info "$KIND: renewal sent $((st1 - r0)) ms after T1; expiry moved $((e1 - e0)) ms"
@@ -215,7 +215,7 @@ renewal_pins_and_seeds_server_neighbour() {
     [[ $out3 == *extern_learn* && $(grep -oE 'lladdr [0-9a-f:]+' <<<"$out3") == $(grep -oE 'lladdr [0-9a-f:]+' <<<"$out2") ]] ||
         { echo "session 3 not seeded"; rc=1; }
     "$SESSIOND" stop --session 3 >/dev/null
-    (( rc == 0 )) || grep -iE "neighbour|session=[23]" "$DAEMON_LOG" | tail -n 12
+    (( rc == 0 )) || grep -iE "neighbour|sid=[23]" "$DAEMON_LOG" | tail -n 12
     return $rc
 }
 
@@ -236,7 +236,7 @@ outage_rebinding_past_t2() {
         { echo "no -> rebinding before expiry"; log_since "$OUT_MARK"; return 1; }
     t=$(now_ms)
     local state; state=$(status_of 2 | jq -r .lease.dhcp_state)
-    log_since "$OUT_MARK" | grep -E 'dhcp\{session=2\}'
+    log_since "$OUT_MARK" | grep -E 'dhcp\{sid=2\}'
     info "$KIND: rebinding seen $((t - OUT_T2)) ms after T2 (status dhcp_state=$state)"
     (( t >= OUT_T2 - 100 )) || { echo "rebinding before T2"; return 1; }
     [[ $state == rebinding ]] || { echo "status dhcp_state is $state, not rebinding"; return 1; }
@@ -251,7 +251,7 @@ outage_address_kept_until_expiry() {
         ((t >= OUT_E - 250)) && break
         addr_on_eth0 2 "${A2%/*}" || {
             echo "address gone $((OUT_E - t)) ms BEFORE the lease expiry"
-            log_since "$OUT_MARK" | grep -E 'dhcp\{session=2\}'
+            log_since "$OUT_MARK" | grep -E 'dhcp\{sid=2\}'
             return 1
         }
         sleep 0.05
@@ -266,7 +266,7 @@ outage_address_gone_after_expiry() {
         { echo "address still on eth0 3 s after expiry"; ip netns exec sessiond-2 ip -4 addr show dev eth0; return 1; }
     info "$KIND: address gone $(($(now_ms) - OUT_E)) ms after expiry"
     wait_until_ms $(($(now_ms) + 2000)) log_has "$OUT_MARK" 2 "lease removed" || { echo "no 'lease removed' logged"; return 1; }
-    log_since "$OUT_MARK" | grep -E 'dhcp\{session=2\}'
+    log_since "$OUT_MARK" | grep -E 'dhcp\{sid=2\}'
     any_addr_on_eth0 2 && { echo "some address still on eth0"; return 1; }
     return 0
 }
@@ -332,7 +332,7 @@ restart_during_outage_expires() {
     if ! wait_until_ms $((RO_E + 3000)) eval '! addr_on_eth0 3 "${RO_A%/*}"'; then
         echo "address still on eth0 $(($(now_ms) - RO_E)) ms past the lease expiry:"
         ip netns exec sessiond-3 ip -4 addr show dev eth0
-        grep -E 'dhcp\{session=3\}' "$DAEMON_LOG"
+        grep -E 'dhcp\{sid=3\}' "$DAEMON_LOG"
         info "$KIND: $RO_A still on eth0 $(($(now_ms) - RO_E)) ms past expiry"
         return 1
     fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 11a..11c, 13 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..9, 11a..11c, 12, 12b, 13 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -19,6 +19,9 @@
 #   11b a DHCP server whose lease times would make sessions renew in a loop (T1 = 0, 1 s lease)
 #   11c a lease the session cannot fully apply: an MTU above the uplink's, a router off the
 #       subnet (never "up" with half a lease)
+#  12  a login's sshd process killed (kill -9): the session is reaped after its grace period,
+#      also across a daemon restart (+12b: a login that gives up before DHCP answers leaves
+#      nothing; the default PAM timeout outlasts a slow DHCP server)
 #  13  the security review's fixes (faults/security.sh): 13a `exec --user` vs root's terminal,
 #      groups, environment, home; 13b a login's XDG_SESSION_ID naming another user's session;
 #      13c a root start of another owner's session; 13d state file modes; 13e the PAM module
@@ -42,8 +45,11 @@ HERE=$REPO/tests/shell/faults
 DHCP=$SBX_DHCP_SERVER
 W=/run/faults                    # scratch (the sandbox's tmpfs)
 mkdir -p "$W"
+T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, sshd's config
+mkdir -p "$T" && chmod 755 "$T"
+source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c 13)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 11a 11b 11c 12 12b 13)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -618,10 +624,53 @@ REASONS4=(
     "netmask 128.0.0.0 (/1) is wider than /8"
     "server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP"
 )
+# Each RejectReason's log text (ERE) and its label in sessiond_dhcp_rejected_total{reason}.
+REJECT_LABELS=(
+    "xid mismatch=xid_mismatch"
+    "chaddr mismatch=chaddr_mismatch"
+    "invalid offered address=invalid_address"
+    "offered address [0-9.]+ equals the server identifier=address_is_server"
+    "invalid netmask=bad_netmask"
+    "lease time is zero=zero_lease_time"
+    "missing lease time=missing_lease_time"
+    "invalid lease timers=bad_timers"
+    "missing server identifier=missing_server_id"
+    "server identifier mismatch=server_id_mismatch"
+    "truncated packet=truncated"
+    "oversize packet=oversize"
+    "undecodable packet=undecodable"
+    "malformed options area=malformed_options"
+    "malformed option [0-9]+=malformed_option"
+    "malformed classless static routes=malformed_classless_routes"
+    "bad magic cookie=bad_magic"
+    "not a BOOTREPLY=not_bootreply"
+    "missing DHCP message type=missing_message_type"
+    "unexpected DHCP message type=unexpected_message_type"
+    "no transaction in progress=no_transaction"
+    "invalid server identifier=invalid_server_id"
+    "netmask [0-9.]+ \\(/[0-9]+\\) is wider than=netmask_too_wide"
+)
+F4_METRICS=127.0.0.1:9737
+# rejects_counted_as_logged: /metrics counts each rejection the debug log names, by reason (the
+# log is read between two scrapes, so each count must lie between the two).
+rejects_counted_as_logged() {
+    local m0 m1 lines pair re label n lo hi bad="" total=0
+    m0=$(scrape "$F4_METRICS") && lines=$(grep -E 'ignored a DHCP packet: ' "$DAEMON_LOG") && m1=$(scrape "$F4_METRICS") || return 1
+    for pair in "${REJECT_LABELS[@]}"; do
+        re=${pair%=*} label=${pair##*=}
+        n=$(grep -cE "ignored a DHCP packet: $re" <<<"$lines")
+        lo=$(metric "sessiond_dhcp_rejected_total{reason=\"$label\"}" "$m0") hi=$(metric "sessiond_dhcp_rejected_total{reason=\"$label\"}" "$m1") || return 1
+        ((n > 0)) && echo "$label: logged $n, counted $lo..$hi"
+        ((lo <= n && n <= hi)) || bad+=" $label"
+        total=$((total + n))
+    done
+    [[ $total == $(grep -c . <<<"$lines") ]] || { echo "some logged rejections match no label"; return 1; }
+    ((total > 0)) && [[ -z $bad ]] || { echo "mismatch:$bad"; return 1; }
+}
 scenario_4() {
     row_begin 4 "rogue DHCP server answering garbage next to the good one" \
         "netns rogue on br-lan ($ROGUE_IP, faults/dhcp_fake.py --mode rogue) answering every DISCOVER/REQUEST with $(( ${#REASONS4[@]} - 1 )) bad replies (wrong xid, wrong chaddr, yiaddr 127.0.0.1/0.0.0.0/255.255.255.255/its own, netmask 255.0.255.0, lease 0, no server id, 100-byte, 1600-byte, option 51 overrunning the packet, bad cookie, op BOOTREQUEST, no type; and, otherwise valid, server id 255.255.255.255/127.0.0.1/0.0.0.0/224.0.0.1, netmask 128.0.0.0) and spraying unsolicited garbage every second; br-lan made a hub (ageing_time 0) and the rogue sniffing promiscuously, so it also races the real server's ACK to every unicast renewal, with its bad replies and with a hijacking ACK (valid, the client's own address, but from $ROGUE_IP); good server dnsmasq with T1 4 s, T2 10 s, frozen (SIGSTOP) for 5 s so every session's renewal meets the rogue's replies first; SESSIOND_LOG=debug" \
-        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs (the hijacking one as from another server than its lease's) while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason; no lease from the rogue is ever applied; at \`stop --all\` every DHCPRELEASE goes to dnsmasq, none to the rogue; same daemon PID throughout"
+        "session 1 started with only the rogue present stays unbound, then binds to dnsmasq once it starts; sessions 2-4 started with both bind to dnsmasq; each renewing session rejects the rogue's ACKs (the hijacking one as from another server than its lease's) while dnsmasq is frozen and is bound again within 3 s of it resuming; after 12 s of renewals all 4 keep their address from 10.77.0.1 (dnsmasq's lease DB agrees); the log names every rejection reason, and /metrics counts each by reason; no lease from the rogue is ever applied; at \`stop --all\` every DHCPRELEASE goes to dnsmasq, none to the rogue; same daemon PID throughout"
     lan_host_add rogue rgh0 rg1 "$ROGUE_IP" || fail "rogue host on the LAN"
     ALLOWED_LINKS="lo br-lan lan0 rgh0"
     # a hub: the bridge floods every frame, so the rogue also sees the unicast renewals
@@ -629,7 +678,7 @@ scenario_4() {
     ip link set "$SBX_BRIDGE" type bridge ageing_time 0
     ip -n rogue link set rg1 promisc on
     fake_start rogue "$W/rogue.log" --mode rogue --iface rg1 --server-ip "$ROGUE_IP" --bait "$BAIT" --spray 1 --sniff || fail "rogue server did not start"
-    SESSIOND_LOG=debug begin_daemon f4 || { fail "daemon did not start"; row_end; return; }
+    SESSIOND_LOG=debug begin_daemon f4 --metrics-listen "$F4_METRICS" || { fail "daemon did not start"; row_end; return; }
     local pid0=$DAEMON_PID
     timeout 60 "$SESSIOND" start --session 1 --json >"$W/s4-1.json" 2>&1 &
     local sp=$!
@@ -657,12 +706,12 @@ scenario_4() {
     for i in 1 2 3 4; do
         # Which bad reply each renewal meets is a race between the rogue's kinds; any
         # content-level rejection (not a reply for another client) shows the check worked.
-        grep -qP "dhcp\{session=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
+        grep -qP "dhcp\{sid=$i\}: ignored a DHCP packet: (?!xid|chaddr|no transaction)" <<<"$wlog" || renew_rej+=" $i"
     done
     expect "while dnsmasq was frozen each renewing session rejected the rogue's bad ACKs" test -z "$renew_rej"
     local hijack_rej=""
     for i in 1 2 3 4; do
-        grep -qF "dhcp{session=$i}: ignored a DHCP packet: server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP" <<<"$wlog" || hijack_rej+=" $i"
+        grep -qF "dhcp{sid=$i}: ignored a DHCP packet: server identifier mismatch: got $ROGUE_IP, expected $SBX_SERVER_IP" <<<"$wlog" || hijack_rej+=" $i"
     done
     expect "while dnsmasq was frozen each renewing session rejected the rogue's hijacking ACK (server identifier mismatch)" test -z "$hijack_rej"
     note "while dnsmasq was frozen the 4 sessions logged $(grep -c 'ignored a DHCP packet' <<<"$wlog") rejections, $(grep -cE 'WARN.*ignored a DHCP packet: (invalid|offered|lease time|missing server|bad magic|not a BOOT|missing DHCP)' <<<"$wlog") of them of the rogue's ACKs to their renewals"
@@ -692,6 +741,7 @@ scenario_4() {
     expect "the log names every rejection reason the sessions see (${#REASONS4[@]} kinds, less those the socket filter drops)" test ${#unexplained[@]} -eq 0
     expect "the socket filter dropped the wrong-chaddr and BOOTREQUEST packets ($drops drops counted)" test "$drops" -gt 0
     ((${#missing[@]})) && note "dropped by the socket filter before the client sees them (so not logged): ${missing[*]}; $drops packets counted as filter drops"
+    expect "sessiond_dhcp_rejected_total{reason} counts each rejection the log names" rejects_counted_as_logged
     expect "no lease other than dnsmasq's was ever applied" bash -c "! grep 'lease applied' '$DAEMON_LOG' | grep -v 'server=$SBX_SERVER_IP'"
     expect "no panic in the log" bash -c "! grep -qi 'panick' '$DAEMON_LOG'"
     expect "same daemon PID ($pid0) throughout" bash -c "[[ '$DAEMON_PID' == '$pid0' ]] && kill -0 $pid0"
@@ -937,13 +987,16 @@ probe_start() {
     PROBE_PID=$!; bg_track "$PROBE_PID"
 }
 probe_stop() { touch "$W/probe.stop"; local i; for ((i = 0; i < 150; i++)); do kill -0 "$PROBE_PID" 2>/dev/null || break; sleep 0.1; done; stop_pid "$PROBE_PID"; }
-FUSER=faultuser FGROUP=sdfault
+FUSER=faultuser FUSER2=faultuser2 FGROUP=sdfault
+PER_USER7=32                      # the daemon's default max_connections_per_user
+as_fuser() { local u=$1; shift; setpriv --reuid="$(id -u "$u")" --regid="$(id -g "$u")" --init-groups -- "$@"; }
 scenario_7() {
     row_begin 7 "control socket abuse; root is served throughout" \
-        "raw AF_UNIX clients: malformed JSON; one 100 MB line; 1000 idle connections of a non-root user, then 40 more; 1000 concurrent status requests; a start request whose client disconnects before the reply; half a request then disconnect. Meanwhile a root \`status\` every 0.1 s" \
-        "malformed: bad_request 'malformed'; 100 MB: 'longer than' error, connection closed, daemon RSS +<20 MB; 1000 idle non-root held, the next 24 accepted and 16 refused (MAX_USER_CONNECTIONS 1024), while root \`start\` succeeds; 1000 concurrent all answered; vanished client's start completes (session fully up); every root probe answered (none failed, none > 5 s); same daemon PID"
+        "raw AF_UNIX clients: malformed JSON; one 100 MB line; one non-root user opening 40 connections that each pipeline 2000 status requests and never read a reply; 1000 concurrent status requests; a start request whose client disconnects before the reply; half a request then disconnect. Meanwhile a root \`status\` every 0.1 s" \
+        "malformed: bad_request 'malformed'; 100 MB: 'longer than' error, connection closed, daemon RSS +<20 MB; of the 40 pipelining connections $PER_USER7 taken (max_connections_per_user) and 8 refused with 'too many connections for uid', while another non-root user's \`status\` and root's \`start\` succeed, and the daemon closes all $PER_USER7 within the reply write timeout (10 s) + 3 s; 1000 concurrent all answered; the vanished client's start leaves nothing (no session, netns, /etc/netns folder or state record); every root probe answered (none failed, none > 5 s); same daemon PID"
     getent group "$FGROUP" >/dev/null || groupadd "$FGROUP"
-    id "$FUSER" >/dev/null 2>&1 || useradd -M -G "$FGROUP" "$FUSER"
+    local u
+    for u in "$FUSER" "$FUSER2"; do id "$u" >/dev/null 2>&1 || useradd -M -G "$FGROUP" "$u"; done
     begin_daemon f7 --addressing static --pool "$SBX_POOL_FIRST-$SBX_POOL_LAST/24" --gateway "$SBX_GATEWAY" --socket-group "$FGROUP" ||
         { fail "daemon did not start"; row_end; return; }
     local pid0=$DAEMON_PID r
@@ -957,27 +1010,31 @@ scenario_7() {
     note "100 MB line: $(jq -c '{sent, "end": .["end"], write_error}' <<<"$r"), RSS ${rss0} -> ${rss1} kB"
     expect "100 MB line: 'longer than' error and the connection closed" bash -c "jq -e '(.reply | fromjson | .kind == \"bad_request\" and (.message | test(\"longer than\"))) and .end != null' <<<'$r'"
     expect "100 MB line: RSS grew by < 20 MB" test $((rss1 - rss0)) -lt 20480
-    # non-root idle connections
-    local uid gid
-    uid=$(id -u "$FUSER"); gid=$(id -g "$FUSER")
-    (ulimit -n 8192; exec setpriv --reuid="$uid" --regid="$gid" --init-groups -- timeout 90 python3 "$HERE/sock_abuse.py" idle 1000 60) >"$W/idle1.out" 2>&1 &
-    local idle1=$!; bg_track "$idle1"
-    expect "1000 idle non-root connections all held" poll 20 bash -c "jq -e '.held == 1000 and .refused == 0' '$W/idle1.out'"
+    # one non-root user pipelining requests and never reading the replies
+    (ulimit -n 8192; exec setpriv --reuid="$(id -u "$FUSER")" --regid="$(id -g "$FUSER")" --init-groups -- \
+        timeout 90 python3 "$HERE/sock_abuse.py" pipeline 40 30) >"$W/pipe.out" 2>&1 &
+    local pipe=$!; bg_track "$pipe"
+    expect "40 pipelining connections of one user: $PER_USER7 taken, 8 refused with 'too many connections for uid'" \
+        poll 20 bash -c "jq -s -e '.[0].held == $PER_USER7 and .[0].refused == 8 and (.[0].refusal | test(\"too many connections for uid\"))' '$W/pipe.out'"
     local t0; t0=$(now_ms)
-    expect "root start --session 1 succeeds while they are held" timeout 10 "$SESSIOND" start --session 1
-    note "root start took $(( $(now_ms) - t0 )) ms with 1000 idle non-root connections open"
-    (ulimit -n 8192; exec setpriv --reuid="$uid" --regid="$gid" --init-groups -- timeout 90 python3 "$HERE/sock_abuse.py" idle 40 60) >"$W/idle2.out" 2>&1 &
-    local idle2=$!; bg_track "$idle2"
-    expect "40 more: 24 held, 16 refused with 'too many connections'" poll 20 bash -c "jq -e '.held == 24 and .refused == 16 and (.refusal | test(\"too many connections\"))' '$W/idle2.out'"
-    [[ -s $W/idle2.out ]] && note "40 more non-root: $(cat "$W/idle2.out")"
-    expect "root start --session 2 still succeeds at the limit" timeout 10 "$SESSIOND" start --session 2
-    stop_pid "$idle1"; stop_pid "$idle2"
+    expect "meanwhile another non-root user's status is answered" as_fuser "$FUSER2" timeout 5 "$SESSIOND" status
+    expect "meanwhile root start --session 1 succeeds" timeout 10 "$SESSIOND" start --session 1
+    note "root start took $(( $(now_ms) - t0 )) ms with $PER_USER7 stuck non-root connections open"
+    expect "the daemon closes all $PER_USER7 unread connections within the reply write timeout (10 s) + 3 s" \
+        poll 20 bash -c "jq -s -e '.[1].closed == $PER_USER7 and .[1].secs <= 13' '$W/pipe.out'"
+    note "pipelining user: $(jq -s -c '.' "$W/pipe.out" 2>/dev/null || cat "$W/pipe.out")"
+    stop_pid "$pipe"
     r=$(RAWC concurrent 1000)
     note "1000 concurrent: $(jq -c '{ok, errors, secs}' <<<"$r")"
     expect "1000 concurrent status requests all answered" bash -c "jq -e '.ok == 1000 and .errors == 0' <<<'$r'"
+    local mark; mark=$(log_mark)
     RAWC start-and-vanish 3 >/dev/null
-    expect "the vanished client's start completes: session 3 up within 10 s" poll 10 bash -c "timeout 5 '$SESSIOND' status --session 3 --json | jq -e '.state == \"up\"'"
-    expect "session 3 is fully made (eth0 address, /etc/netns files)" bash -c "ip -n sessiond-3 -4 -o addr show dev eth0 | grep -q 'inet 10.77.0.' && [[ -s /etc/netns/sessiond-3/hosts ]]"
+    expect "the vanished client's start leaves nothing of session 3 (the daemon says it hung up)" poll 10 bash -c "
+        log_since() { tail -n \"+\$((\$1 + 1))\" '$DAEMON_LOG'; }
+        log_since $mark | grep -q 'requester hung up' &&
+        ! timeout 5 '$SESSIOND' status --session 3 >/dev/null 2>&1 && ! ip netns list | grep -qE '^sessiond-3( |\$)' &&
+        [[ ! -e /etc/netns/sessiond-3 && ! -e '$STATE/sessions/3.json' ]]"
+    note "vanished start, the daemon's log: $(log_since "$mark" | grep -o 'the requester hung up.*' | head -1)"
     RAWC half >/dev/null
     sleep 0.3
     probe_stop
@@ -1192,7 +1249,7 @@ scenario_11b() {
     expect "session 2's 1 s lease is used as a 4 s one (expires - lease_start = ${span2:-?} ms)" test "$span2" = 4000
     local logged bad=""
     for i in 1 2; do
-        logged=$(grep -c "dhcp{session=$i}: DHCP state bound -> renewing" "$DAEMON_LOG")
+        logged=$(grep -c "dhcp{sid=$i}: DHCP state bound -> renewing" "$DAEMON_LOG")
         note "session $i: $logged renewals logged at info"
         ((logged <= 5)) || bad+=" $i:$logged"
     done
@@ -1234,6 +1291,145 @@ scenario_11c() {
     row_end
 }
 
+# ================================================================== 12: logins that vanish
+
+LUSER=reaper12 REAP12=5
+login_user() { id "$LUSER" >/dev/null 2>&1 || make_login_user "$LUSER"; }
+# the login's session in status (owned by LUSER)
+login_session() { status_json | jq -c --argjson u "$(id -u "$LUSER")" 'map(select(.owner_uid == $u)) | .[0] // empty'; }
+# login_bg OUT: an ssh login of LUSER in the background (pid in LOGIN_PID) that prints "ready"
+# and waits until $W/release12 exists; its holder pid in HOLDER, its session in LSID.
+LOGIN_PID='' HOLDER='' LSID=''
+login_bg() {
+    ssh_as "$LUSER" "echo ready session=\$SESSIOND_SESSION; while [ ! -e $W/release12 ]; do sleep 0.2; done" >"$1" 2>&1 &
+    LOGIN_PID=$!; bg_track "$LOGIN_PID"
+    poll 30 grep -q ready "$1" || { cat "$1"; tail -5 "$T/sshd.log"; return 1; }
+    local js h; js=$(login_session)
+    echo "$js"
+    h=$(jq -r '.holding.holders[0].pid // empty' <<<"$js")
+    [[ -n $h && $(jq '.holding.holders | length' <<<"$js") == 1 ]] || { echo "no single holder in status"; return 1; }
+    LSID=$(jq -r .session <<<"$js") HOLDER=$h
+}
+is_sshd() { tr '\0' ' ' <"/proc/$1/cmdline" | grep -q '^sshd: '; }
+lease_of() { srv dnsmasq leases | awk -v m="$1" 'tolower($2) == tolower(m) {print $1}'; }
+session_gone() { # SID: not in status, no netns, no /etc/netns folder, no state record
+    ! timeout 5 "$SESSIOND" status --session "$1" >/dev/null 2>&1 && ! ip netns list | grep -qE "^sessiond-$1( |\$)" &&
+    [[ ! -e /etc/netns/sessiond-$1 && ! -e $STATE/sessions/$1.json ]]
+}
+unheld() { # SID: up, with no holder left (the grace period running)
+    timeout 5 "$SESSIOND" status --session "$1" --json | jq -e '.state == "up" and .holding.holders == [] and .holding.unheld_since != null'
+}
+# kill_and_reap WHAT: SIGKILLs HOLDER (the login's sshd process) and checks the reaping of LSID.
+kill_and_reap() {
+    local what=$1 mac; mac=$(st_field "$LSID" .mac)
+    expect "$what: the session's lease is in dnsmasq's database" test -n "$(lease_of "$mac")"
+    kill -KILL "$HOLDER"
+    local t_kill; t_kill=$(now_ms)
+    expect "$what: within 2 s status shows no holder left, session still up" poll 2 unheld "$LSID"
+    sleep_until_ms $((t_kill + (REAP12 - 1) * 1000))
+    expect "$what: still up 1 s before the grace period ends" bash -c "timeout 5 '$SESSIOND' status --session $LSID >/dev/null"
+    expect "$what: session, netns, /etc/netns and state record gone within grace ($REAP12 s) + 5 s of the kill" \
+        wait_until_ms $((t_kill + (REAP12 + 5) * 1000)) session_gone "$LSID"
+    note "$what: session $LSID (holder sshd pid $HOLDER) reaped $(( $(now_ms) - t_kill )) ms after the kill"
+    expect "$what: its lease released (gone from dnsmasq's database)" poll 3 bash -c "[[ -z \$('$DHCP' dnsmasq leases | awk -v m='$mac' 'tolower(\$2) == tolower(m)') ]]"
+}
+scenario_12() {
+    row_begin 12 "a login's sshd process killed (kill -9): the reaper stops its session" \
+        "real OpenSSH sshd with pam_sessiond (tests/shell/pam_lib.sh, as in pam.sh); daemon --reap-after $REAP12, DHCP from dnsmasq; a CLI session (sessiond start --session 50); user $LUSER logs in over ssh and its login's privileged sshd process (the holder status names) is SIGKILLed, so close_session never runs; then a new login and its logout; then a login, a daemon restart (SIGTERM) and the same kill" \
+        "status names the login's sshd process as the holder; after the kill: within 2 s status shows no holder left and the session up; still up 1 s before the grace period ends; then the session (status, netns, /etc/netns, state record) is gone within grace + 5 s and its lease is gone from dnsmasq's database; the CLI session untouched (no holder, up); a new login gets the same slot and its logout stops it within 2 s (the killed login's holder line no longer counts); after a restart the daemon names the same holder and reaps on its kill as before"
+    srv dnsmasq start >/dev/null || fail "dnsmasq did not start"
+    expect "the login user exists" login_user
+    expect "sshd with pam_sessiond is up" sshd_up
+    begin_daemon f12 --reap-after "$REAP12" || { fail "daemon did not start"; row_end; return; }
+    expect "a CLI session (start --session 50) is up" timeout 60 "$SESSIOND" start --session 50
+    rm -f "$W/release12"
+    HOLDER=
+    expect "an ssh login gets a session held by one process" login_bg "$W/s12-a.out"
+    if [[ -n $HOLDER ]]; then
+        expect "the holder is the login's sshd process" is_sshd "$HOLDER"
+        note "holder: pid $HOLDER, $(tr '\0' ' ' <"/proc/$HOLDER/cmdline" | sed 's/ *$//')"
+        kill_and_reap "killed login"
+    fi
+    expect "the CLI session is untouched: up, no holder" bash -c "timeout 5 '$SESSIOND' status --session 50 --json | jq -e '.state == \"up\" and .holding == null'"
+    # a new login gets the lowest free slot, the reaped one; logging out stops it at once
+    local mark out t0; mark=$(log_mark)
+    t0=$(now_ms)
+    # shellcheck disable=SC2016  # expanded by the login's shell
+    out=$(ssh_as "$LUSER" 'echo session=$SESSIOND_SESSION' 2>&1)
+    expect "a new login gets the reaped slot ($LSID)" test "$out" = "session=$LSID"
+    expect "its logout stops the session within 2 s (not after the $REAP12 s grace period)" wait_until_ms $(( $(now_ms) + 2000 )) session_gone "$LSID"
+    note "new login and logout: $out, gone $(( $(now_ms) - t0 )) ms after the login began"
+    expect "...by its close_session, not by the reaper" bash -c "! tail -n +$((mark + 1)) '$DAEMON_LOG' | grep -q 'no login has held'"
+    # across a daemon restart
+    rm -f "$W/release12"
+    HOLDER=
+    expect "another login gets a session" login_bg "$W/s12-b.out"
+    if [[ -n $HOLDER ]]; then
+        local before=$HOLDER
+        kill_daemon TERM
+        expect "the daemon restarts" restart_daemon --reap-after "$REAP12"
+        expect "after the restart status names the same holder" bash -c "[[ \$(timeout 5 '$SESSIOND' status --session $LSID --json | jq -c '.holding.holders | map(.pid)') == '[$before]' ]]"
+        kill_and_reap "after a restart"
+    fi
+    touch "$W/release12"
+    stop_pid "$LOGIN_PID"
+    sshd_down
+    end_daemon
+    srv dnsmasq stop >/dev/null
+    row_end
+}
+
+# What a session leaves that 12b's rolled-back start must not: sessions in status, namespaces,
+# /etc/netns folders, state records and lease files, leases in the own dnsmasq's database.
+left_behind() {
+    local n; n=$(timeout 5 "$SESSIOND" status --json | jq length)
+    [[ $n == 0 ]] || echo -n "status: $n sessions; "
+    ip netns list | grep -q '^sessiond-' && echo -n "netns: $(ip netns list | grep '^sessiond-' | tr '\n' ' '); "
+    compgen -G '/etc/netns/sessiond-*' >/dev/null && echo -n "/etc/netns: $(echo /etc/netns/sessiond-*); "
+    [[ -n $(find "$STATE/sessions" "$STATE/leases" -mindepth 1 -name '*.json') ]] && echo -n "state: $(find "$STATE/sessions" "$STATE/leases" -mindepth 1 -name '*.json' | tr '\n' ' '); "
+    [[ -n $(own_dnsmasq_leases) ]] && echo -n "dnsmasq leases: $(own_dnsmasq_leases | tr '\n' ' ')"
+    return 0
+}
+nothing_left() { [[ -z $(left_behind) ]]; }
+
+# Logins that give up early: pamtester (the pam.sh stack) with an own dnsmasq frozen.
+scenario_12b() {
+    row_begin 12b "a login that gives up before DHCP answers leaves nothing; the default PAM timeout outlasts a slow DHCP server" \
+        "pamtester open_session/close_session for $LUSER with pam_sessiond timeout=2 while dnsmasq is frozen (SIGSTOP) for 6 s; then with the default timeout= while dnsmasq is frozen for 12 s (less than the daemon's 30 s DHCP timeout)" \
+        "timeout=2: the login is refused within 5 s; within 10 s of dnsmasq resuming the daemon has rolled the start back: no session, netns, /etc/netns, state record or lease file, and no lease in dnsmasq's database (released); default timeout: the login succeeds after the server answers and its logout leaves nothing"
+    expect "the login user exists" login_user
+    own_dnsmasq_start 60 100 || fail "dnsmasq did not start"
+    begin_daemon f12b || { fail "daemon did not start"; row_end; return; }
+    pam_service fail=closed timeout=2
+    local t0 rc=0 mark; mark=$(log_mark)
+    kill -STOP "$OWN_DNSMASQ_PID"
+    t0=$(now_ms)
+    timeout 30 pamtester "$SERVICE" "$LUSER" open_session close_session >"$W/s12b-1.out" 2>&1 || rc=$?
+    local took=$(( $(now_ms) - t0 ))
+    expect "timeout=2: the login is refused within 5 s" test "$rc" -ne 0 -a "$took" -lt 5000
+    sleep_until_ms $((t0 + 6000))
+    kill -CONT "$OWN_DNSMASQ_PID"
+    local t_cont; t_cont=$(now_ms)
+    expect "within 10 s of dnsmasq resuming: no session, no netns, no state record or lease file, no lease at dnsmasq" poll 10 nothing_left
+    [[ -n $(left_behind) ]] && note "left behind: $(left_behind)"
+    note "timeout=2: refused after $took ms; the daemon then logged: $(tail -n "+$((mark + 1))" "$DAEMON_LOG" | grep -oE 'the requester hung up[^"]*|session stopped' | sed 's/ *$//' | paste -sd '>' | sed 's/>/ -> /g'); nothing left $(( $(now_ms) - t_cont )) ms after dnsmasq resumed"
+    pam_service fail=closed
+    kill -STOP "$OWN_DNSMASQ_PID"
+    t0=$(now_ms); rc=0
+    timeout 60 pamtester "$SERVICE" "$LUSER" open_session close_session >"$W/s12b-2.out" 2>&1 &
+    local ptpid=$!; bg_track "$ptpid"
+    sleep_until_ms $((t0 + 12000))
+    kill -CONT "$OWN_DNSMASQ_PID"
+    wait "$ptpid" || rc=$?
+    took=$(( $(now_ms) - t0 ))
+    expect "default timeout: the login succeeds once the server answers" test "$rc" -eq 0 -a "$took" -ge 12000
+    [[ $rc -ne 0 ]] && note "default timeout: pamtester exit $rc after $took ms: $(tr '\n' ' ' <"$W/s12b-2.out" | cut -c1-300)"
+    expect "...and its logout leaves nothing" poll 5 nothing_left
+    end_daemon
+    own_dnsmasq_stop
+    row_end
+}
+
 # ================================================================== 13: security review
 
 # shellcheck source=faults/security.sh
@@ -1245,6 +1441,7 @@ for s in "${SELECTED[@]}"; do
     case $s in
         1) scenario_1; scenario_1b ;;
         8) scenario_8; scenario_8b ;;
+        12) scenario_12; scenario_12b ;;
         *) "scenario_$s" ;;
     esac
 done

@@ -155,3 +155,19 @@ no_sessions_left() {
 
 # dnsmasq_leases_all_released: the sandbox's dnsmasq lists no active lease in its own database.
 dnsmasq_leases_all_released() { [[ -z "$("$REPO/scripts/dhcp-server" dnsmasq leases)" ]]; }
+
+# ----------------------------------------------------------- metrics (metrics.sh, faults.sh)
+
+# scrape ADDR:PORT [PATH]: GET http://ADDR:PORT/metrics (or PATH); prints the body, or
+# "HTTP <code>" for an error status.
+scrape() {
+    python3 - "http://$1${2:-/metrics}" <<'EOF'
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end="")
+except urllib.error.HTTPError as e:
+    print(f"HTTP {e.code}")
+EOF
+}
+# metric SERIES TEXT: the value of one series (written exactly as the text format writes it).
+metric() { awk -v s="$1" '$1 == s { print $2; found = 1 } END { exit !found }' <<<"$2"; }

@@ -5,15 +5,12 @@
 # Needs `cargo build --workspace` first (target/debug/sessiond and libpam_sessiond.so).
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"
+T=/run/pamtest                       # sandbox tmpfs: gone with the sandbox
+source "$(dirname "$0")/pam_lib.sh"
 
 POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/24"
 STATE=/var/lib/sessiond
-PAM_SO=${PAM_SO:-$REPO/target/debug/libpam_sessiond.so}
-T=/run/pamtest                       # sandbox tmpfs: gone with the sandbox
 REFDIR=/run/sessiond/pam
-SERVICE=sessiond-test
-SSH_PORT=2222
-SSHD_PID=
 DARGS=(--uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" --state-dir "$STATE")
 mkdir -p "$T" && chmod 755 "$T"
 
@@ -30,14 +27,7 @@ built() {
 make_users() {
     local u
     getent group sessiond-remote >/dev/null || groupadd sessiond-remote
-    for u in alice bob carol dave; do
-        sandbox_user "$u" "$T/home/$u" || return 1
-        usermod -p '*' "$u" || return 1           # no password, not "locked" for sshd
-        mkdir -p "$T/home/$u/.ssh"
-        ssh-keygen -q -t ed25519 -N '' -C "$u@test" -f "$T/id_$u" || return 1
-        cp "$T/id_$u.pub" "$T/home/$u/.ssh/authorized_keys"
-        chown -R "$u:$u" "$T/home/$u"; chmod 700 "$T/home/$u/.ssh"; chmod 600 "$T/home/$u/.ssh/authorized_keys"
-    done
+    for u in alice bob carol dave; do make_login_user "$u" || return 1; done
     usermod -aG sudo dave && usermod -aG sessiond-remote bob
 }
 
@@ -57,16 +47,6 @@ out=/run/pamtest/probe-$PAM_USER.out
 } >"$out"
 EOF
 chmod 755 "$PROBE"
-
-# pam_service ARGS...: the test stack, with ARGS for pam_sessiond.so.
-pam_service() {
-    cat >/etc/pam.d/$SERVICE <<EOF
-auth     required pam_permit.so
-account  required pam_permit.so
-session  required $PAM_SO socket=$SESSIOND_SOCKET $*
-session  optional pam_exec.so quiet $PROBE
-EOF
-}
 
 # pt USER [pamtester options]: open_session + close_session in one pamtester process.
 pt() {
@@ -96,12 +76,15 @@ pam_open_close_alice() {
 pam_session_exists_while_open() {
     # A stack whose probe checks the daemon's view from inside, while the session is open.
     pam_service debug
-    printf '#!/bin/sh\n[ "$PAM_TYPE" = open_session ] || exit 0\nexec %q status --socket %q --json >%q\n' "$SESSIOND" "$SESSIOND_SOCKET" "$T/status-during.json" >"$T/status.sh"
+    # (pam_exec's child: its parent is pamtester, the process that opened the session)
+    printf '#!/bin/sh\n[ "$PAM_TYPE" = open_session ] || exit 0\necho $PPID >%q\nexec %q status --socket %q --json >%q\n' "$T/opener" "$SESSIOND" "$SESSIOND_SOCKET" "$T/status-during.json" >"$T/status.sh"
     chmod 755 "$T/status.sh"
     echo "session  required pam_exec.so quiet $T/status.sh" >>/etc/pam.d/$SERVICE
     pt alice || return 1
     jq -c . "$T/status-during.json"
     [[ $(jq length "$T/status-during.json") == 1 && $(jq '.[0].owner_uid' "$T/status-during.json") == "$(uid_of alice)" ]] || return 1
+    # the holder the daemon watches (reaping the session if it dies) is that process
+    [[ $(jq -c '.[0].holding.holders | map(.pid)' "$T/status-during.json") == "[$(cat "$T/opener")]" ]] || { echo "holders: not [$(cat "$T/opener")]"; return 1; }
     no_sessions_left
 }
 
@@ -177,38 +160,6 @@ default_is_fail_closed() { pam_service && ! pt alice >/dev/null 2>&1; }
 
 # --------------------------------------------------------------------- (b) sshd end to end
 
-sshd_up() {
-    mkdir -p /run/sshd && chmod 755 /run/sshd
-    ssh-keygen -q -t ed25519 -N '' -f "$T/host_ed25519" <<<y >/dev/null || return 1
-    cat >"$T/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $T/host_ed25519
-PidFile $T/sshd.pid
-UsePAM yes
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AuthorizedKeysFile .ssh/authorized_keys
-PermitRootLogin no
-StrictModes yes
-PrintMotd no
-PrintLastLog no
-LogLevel VERBOSE
-EOF
-    # The sandbox's own sshd stack (the overlay hides the host's /etc/pam.d/sshd).
-    cat >/etc/pam.d/sshd <<EOF
-auth     required pam_unix.so
-account  required pam_unix.so
-session  required pam_unix.so
-session  required $PAM_SO socket=$SESSIOND_SOCKET debug
-EOF
-    /usr/sbin/sshd -t -f "$T/sshd_config" || return 1
-    /usr/sbin/sshd -D -e -f "$T/sshd_config" >>"$T/sshd.log" 2>&1 &
-    SSHD_PID=$!
-    wait_for 10 bash -c "echo >/dev/tcp/127.0.0.1/$SSH_PORT" || { cat "$T/sshd.log"; return 1; }
-}
-
 cat >"$T/remote.sh" <<'EOF'
 #!/bin/bash
 # Run by each ssh login: report what the login sees, then hold 0.0.0.0:9000 until released.
@@ -229,11 +180,6 @@ print("released", flush=True)
 EOF
 chmod 755 "$T/remote.sh"
 
-ssh_as() { # USER CMD...
-    local u=$1; shift
-    timeout 90 ssh -F /dev/null -i "$T/id_$u" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
-        -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o LogLevel=ERROR "$u@127.0.0.1" "$@"
-}
 field() { tr ' ' '\n' <"$1" | sed -n "s/^$2=//p" | head -1; }
 
 two_concurrent_logins() {
@@ -375,7 +321,7 @@ check "test users in the sandbox overlay" make_users
 check "daemon starts (static, $SBX_UPLINK)" start_daemon "${DARGS[@]}"
 echo "--- (a) pamtester"
 check "open+close: the PAM process enters the session; env, eth0, lo, hostname agree; then nothing left" pam_open_close_alice
-check "while open the daemon has the session, owned by the user's uid" pam_session_exists_while_open
+check "while open the daemon has the session, owned by the user's uid, held by the opening process" pam_session_exists_while_open
 check "root, exclude_users= and sudo members are not virtualized" excluded_users
 check "users= selects who is virtualized" users_filter
 check "groups= selects who is virtualized" groups_filter
@@ -407,7 +353,7 @@ check "systemd-analyze verify passes on both units (clean --root)" units_verify
 check "scripts/install --destdir installs exactly the manifest; --uninstall removes it" install_round_trip
 check "uninstall refuses while /etc/pam.d names the module" uninstall_refuses_while_pam_uses_it
 
-[[ -n $SSHD_PID ]] && { kill "$SSHD_PID" 2>/dev/null; wait "$SSHD_PID" 2>/dev/null; }
+sshd_down
 kill_daemon TERM
 "$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null 2>&1
 finish

@@ -363,23 +363,6 @@ disconnect_keeps_session() {
 report_still_in_use() { grep -i "still in use" "$DAEMON_LOG" || echo "the daemon found no stopped namespace still in use"; }
 nothing_left() { no_sessions_left && dnsmasq_leases_all_released; }
 
-# Ends what this suite started, by PID (the sandbox's end would kill the rest anyway), and
-# keeps the logs of xrdp, sesman, the daemon, the clients and the X servers in the results.
-cleanup() {
-    local p pids=("${CLIENT_PID[@]}")
-    for p in "$XRDP_PID" "$SESMAN_PID" "$XVFB_PID"; do [[ -n $p ]] && pids+=("$p"); done
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-    wait_pid 10 "${pids[@]}"
-    kill_daemon TERM
-    "$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null 2>&1
-    mkdir -p "$RESULTS/xrdp" && rm -f "$RESULTS/xrdp/"*
-    cp "$T"/*.log "$T"/*.out "$DAEMON_LOG" "$RESULTS/xrdp/" 2>/dev/null
-    for p in "$T"/home/*/.xorgxrdp.*.log "$T"/home/*/desktop.*; do
-        [[ -e $p ]] && cp "$p" "$RESULTS/xrdp/$(basename "$(dirname "$p")")-$(basename "$p" | sed 's/^\.//')"
-    done
-    echo "xrdp.sh took $((SECONDS - T0)) s; logs in $RESULTS/xrdp/"
-}
-
 # --------------------------------------------------------------------- daemon down
 
 # With the daemon down, pam_sessiond (fail=closed, the default) refuses the PAM session, and
@@ -417,34 +400,6 @@ cleanup() {
         [[ -e $p ]] && cp "$p" "$RESULTS/xrdp/$(basename "$(dirname "$p")")-$(basename "$p" | sed 's/^\.//')"
     done
     echo "xrdp.sh took $((SECONDS - T0)) s; logs in $RESULTS/xrdp/"
-}
-
-# --------------------------------------------------------------------- daemon down
-
-# With the daemon down, pam_sessiond (fail=closed, the default) refuses the PAM session. But
-# xrdp-sesman 0.9 ignores pam_open_session's result: session.c drops auth_start_session's
-# return value and forks Xorg and the session script all the same. What must hold then: no
-# part of that desktop runs on the host's network (its netns, addresses, port 9000).
-daemon_down_desktop_is_not_on_the_host() {
-    local u=alice host p bad=0
-    host=$(readlink /proc/self/ns/net)
-    kill_daemon TERM
-    rm -f "$T/home/$u"/desktop.*
-    rdp_login "$u"
-    wait_for 60 grep -q '^bind=' "$(desk_file "$u" bind)" || { echo "no desktop started"; tail -15 "$T/sesman.log"; return 1; }
-    desk "$u"; cat "$(desk_file "$u" bind)"; jq -c '[.[] | {ifname, operstate, addr: [.addr_info[].local]}]' "$(desk_file "$u" addr.json)"
-    grep "pam_sessiond.*$u\|pam_open_session" "$T/sesman.out" "$T/sesman.log" | tail -3
-    [[ -z $(desk_field "$u" session) ]] || { echo "SESSIOND_SESSION is set"; bad=1; }
-    [[ $(desk_field "$u" netns) != "$host" && $(bind_field "$u" netns) != "$host" ]] || { echo "the session script runs in the host's netns"; bad=1; }
-    for p in $(ps -u "$u" -o pid=); do
-        [[ $(readlink "/proc/$p/ns/net" 2>/dev/null) != "$host" ]] || { echo "pid $p ($(cat "/proc/$p/comm")) runs in the host's netns"; bad=1; }
-    done
-    # no address at all: not the host's, not the LAN's
-    [[ $(jq '[.[].addr_info[]] | length' "$(desk_file "$u" addr.json)") == 0 ]] || { echo "the desktop has addresses"; bad=1; }
-    touch "$(desk_file "$u" logout)"
-    wait_for 30 bash -c "! ps -u $u -o pid= | grep -q ." || { echo "alice's desktop did not end"; bad=1; }
-    kill "${CLIENT_PID[$u]}" 2>/dev/null; wait_pid 10 "${CLIENT_PID[$u]}"
-    ((!bad))
 }
 
 # --------------------------------------------------------------------- run

@@ -138,6 +138,7 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         owner_uid: owner,
         lease: None,
         fault: None,
+        holding: None,
     }
 }
 
@@ -147,7 +148,7 @@ impl Daemon {
         let mut s = self.sessions.lock().unwrap();
         match req {
             Request::Start { .. } if *self.refuse.lock().unwrap() => Response::error(ErrorKind::Failed, "session 1 not started: the pool is exhausted"),
-            Request::Start { session, owner_uid } => {
+            Request::Start { session, owner_uid, .. } => {
                 let sid = session.unwrap_or_else(|| Sid::new((1..).find(|n| !s.contains_key(n)).unwrap() as u64).unwrap());
                 let rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
                 // as manager::start_locked: a running session is only returned to its owner
@@ -219,8 +220,9 @@ fn rig(extra: &[&str]) -> Rig {
     rig_with(true, extra)
 }
 
+/// How many holders the holder file of `sid` lists (one line each), if there is one.
 fn refcount(r: &Rig, sid: u32) -> Option<String> {
-    std::fs::read_to_string(r.args.refdir.join(sid.to_string())).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(r.args.refdir.join(sid.to_string())).ok().map(|s| s.lines().count().to_string())
 }
 
 #[test]
@@ -232,7 +234,7 @@ fn open_enters_and_exports_close_stops() {
     assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
     assert_eq!(f.var("SESSIOND_ADDRESS").as_deref(), Some("10.77.0.100"), "no prefix length");
     assert_eq!(f.var("SESSIOND_LOOPBACK").as_deref(), Some("127.0.0.2"));
-    assert_eq!(r.daemon.requests.lock().unwrap()[0], Request::Start { session: None, owner_uid: Some(1000) });
+    assert_eq!(r.daemon.requests.lock().unwrap()[0], Request::Start { session: None, owner_uid: Some(1000), hold: true });
     assert_eq!(refcount(&r, 1).as_deref(), Some("1"));
     assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
     assert!(!r.daemon.has(1));
@@ -325,6 +327,29 @@ fn xdg_session_id_is_used_and_shared_holders_are_counted() {
         assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"), "{v:?}");
         assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
     }
+}
+
+#[test]
+fn a_login_killed_before_close_session_does_not_keep_the_session_from_stopping() {
+    let r = rig(&[]);
+    // Login A (another process) opened session 42, then was killed (no close_session): its
+    // line stays in the holder file, and the daemon reaps nothing while B holds it.
+    let mut a = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let ha = Holder::of(a.id()).unwrap();
+    std::fs::create_dir_all(&r.args.refdir).unwrap();
+    std::fs::set_permissions(&r.args.refdir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(r.args.refdir.join("42"), format!("{} {}\n", ha.pid, ha.start_time)).unwrap();
+    r.daemon.sessions.lock().unwrap().insert(42, record(Sid::new(42).unwrap(), Some(1000)));
+    let b = Fake::new("alice").in_logind_session("42");
+    assert_eq!(open_session(&b, &r.args), PAM_SUCCESS);
+    assert_eq!(b.var("SESSIOND_SESSION").as_deref(), Some("42"), "joined A's session");
+    assert_eq!(refcount(&r, 42).as_deref(), Some("2"));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // B is the last live holder: its close stops the session at once.
+    assert_eq!(close_session(&b, &r.args), PAM_SUCCESS);
+    assert!(!r.daemon.has(42), "stopped by the last live holder");
+    assert_eq!(refcount(&r, 42), None);
 }
 
 #[test]

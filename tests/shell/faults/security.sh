@@ -144,12 +144,15 @@ scenario_13a() {
 
 # bob's login holds session 5 (logind's session 5 is bob's); then alice's login comes with
 # XDG_SESSION_ID=5 (from ~/.pam_environment, or su inside bob's session).
+# how many holders a holder file lists (one "PID START_TIME" line each)
+holder_lines() { grep -c . "$1" 2>/dev/null; }
+one_holder() { [[ $(holder_lines "$1") == 1 ]]; }
 bob_holds_5() {
     logind_says 5 bob
     touch "$W/hold-bob"
     timeout 40 pamtester -E XDG_SESSION_ID=5 "$SEC_SERVICE" bob open_session close_session >"$W/pt-bob.out" 2>&1 &
     BOB_PT=$!; bg_track "$BOB_PT"
-    poll 15 grep -qx 1 "$SEC_REFDIR/5" || { cat "$W/pt-bob.out"; return 1; }
+    poll 15 one_holder "$SEC_REFDIR/5" || { cat "$W/pt-bob.out"; return 1; }
     [[ $(st_field 5 .owner_uid) == "$(id -u bob)" ]]
 }
 alice_gets_her_own() { # pamtester options
@@ -158,7 +161,7 @@ alice_gets_her_own() { # pamtester options
     local s; s=$(sec_probe alice session)
     [[ $s =~ ^[0-9]+$ && $s != 5 ]] || { echo "alice's login got session '${s}', not one of her own"; return 1; }
     [[ -n $(sec_probe alice eth0) ]] || { echo "alice's login is not isolated"; return 1; }
-    [[ $(st_field 5 .owner_uid) == "$(id -u bob)" && $(cat "$SEC_REFDIR/5") == 1 ]] || { echo "bob's session 5 changed"; return 1; }
+    [[ $(st_field 5 .owner_uid) == "$(id -u bob)" && $(holder_lines "$SEC_REFDIR/5") == 1 ]] || { echo "bob's session 5 changed"; return 1; }
 }
 release_bob() { rm -f "$W/hold-bob"; wait "$BOB_PT" 2>/dev/null; poll 15 no_sessions; }
 trusted_id_is_used() {

@@ -10,6 +10,10 @@
   concurrent N [SECS]    N threads connect, then all send a status request at once; print JSON
                          {ok, errors, first_errors, secs}; each thread may take SECS (default 30)
                          to connect and SECS to meet the others, and is given SECS + 10 to finish
+  pipeline N SECS        open N connections, each sending 2000 status requests at once and
+                         never reading a reply; after 1.5 s print JSON {held, refused, refusal}
+                         (refused: the daemon's first answer was a refusal), then wait up to SECS
+                         for the daemon to close the held ones and print JSON {closed, of, secs}
   start-and-vanish SID   send a start request for SID and close at once (no reply read)
   half                   send half a request and disconnect
 """
@@ -110,6 +114,43 @@ def main():
         for t in ts:
             t.join(secs + 10)
         print(json.dumps({"ok": ok[0], "errors": len(errs), "first_errors": errs[:3], "secs": round(time.monotonic() - t0, 2)}))
+    elif mode == "pipeline":
+        n, secs = int(sys.argv[2]), float(sys.argv[3])
+        burst = b'{"op":"status","session":null}\n' * 2000
+        socks = []
+        for _ in range(n):
+            s = conn(5)
+            try:
+                s.sendall(burst)
+            except OSError:
+                pass  # refused: the daemon answered and closed
+            socks.append(s)
+        time.sleep(1.5)
+        held, refused, refusal = [], 0, None
+        for s in socks:
+            first = b""
+            try:
+                first = s.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            if b"too many connections" in first.split(b"\n")[0]:
+                refused += 1
+                refusal = refusal or first.split(b"\n")[0].decode(errors="replace")
+                s.close()
+            else:
+                held.append(s)
+        print(json.dumps({"held": len(held), "refused": refused, "refusal": refusal}), flush=True)
+        t0 = time.monotonic()
+        p = select.poll()
+        for s in held:
+            p.register(s, select.POLLHUP)
+        closed = set()
+        while len(closed) < len(held) and time.monotonic() - t0 < secs:
+            for fd, ev in p.poll(200):
+                if ev & select.POLLHUP:
+                    closed.add(fd)
+                    p.unregister(fd)
+        print(json.dumps({"closed": len(closed), "of": len(held), "secs": round(time.monotonic() - t0, 1)}), flush=True)
     elif mode == "start-and-vanish":
         s = conn()
         s.sendall(json.dumps({"op": "start", "session": int(sys.argv[2])}).encode() + b"\n")
