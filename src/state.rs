@@ -277,9 +277,10 @@ impl StateDir {
             if p.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            match std::fs::read(&p).map_err(io(&p, "read")).and_then(|b| {
-                serde_json::from_slice::<PendingReap>(&b).map_err(|e| StateError::Corrupt { path: p.clone(), message: e.to_string() })
-            }) {
+            match std::fs::read(&p)
+                .map_err(io(&p, "read"))
+                .and_then(|b| serde_json::from_slice::<PendingReap>(&b).map_err(|e| StateError::Corrupt { path: p.clone(), message: e.to_string() }))
+            {
                 Ok(r) => reaps.push(r),
                 Err(e) => {
                     let _ = std::fs::remove_file(&p); // nothing to act on: do not report it at every start
