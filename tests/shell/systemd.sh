@@ -456,5 +456,5 @@ check "8: journalctl -u sessiond SESSIOND_SID=N shows one session's life (up, st
 echo "NOTE: check 9 (programs mode attaching to logind's session-N.scope) not run: programs mode does not exist yet"
 ct journalctl -u sessiond -o short-precise --no-pager >"$RESULTS/systemd-journal-sessiond.log" 2>&1
 cleanup
-echo "systemd.sh: package ${SYS_PKG_SECS}s, rootfs ${SYS_ROOTFS_SECS}s (outside the sandbox); boot ${BOOT_MS:-?} ms; checks $(($(date +%s) - suite_start))s (boot and install $boot_secs s)"
+echo "systemd.sh: package ${SYS_PKG_SECS}s, rootfs ${SYS_ROOTFS_SECS}s (outside the sandbox); boot ${BOOT_MS:-?} ms; in the sandbox $(($(date +%s) - suite_start))s (up to a booted container: $boot_secs s)"
 finish
