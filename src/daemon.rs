@@ -87,7 +87,15 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
 
     warn_if_neighbour_table_small();
     tracing::info!(socket = %socket.display(), "listening");
-    notify_ready();
+    let mut up = mgr.sessions_up();
+    notify(&format!("READY=1\nSTATUS={}", status_line(*up.borrow_and_update())));
+    // `systemctl status` shows the count as it changes (one datagram per change).
+    tokio::spawn(async move {
+        while up.changed().await.is_ok() {
+            let line = status_line(*up.borrow_and_update());
+            notify(&format!("STATUS={line}"));
+        }
+    });
     tokio::spawn(mgr.clone().watch_uplink(std::time::Duration::from_secs(1)));
     tokio::spawn(mgr.clone().reap_vanished());
     if let Some(listener) = metrics {
@@ -97,11 +105,13 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(mgr.clone().defend_adopted());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let running = mgr.sessions_up();
     tokio::select! {
         _ = crate::control::serve(listener, mgr) => {}
         _ = term.recv() => tracing::info!("SIGTERM: exiting; sessions keep running"),
         _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
     }
+    notify(&format!("STOPPING=1\nSTATUS=exiting; {} keep running", sessions(*running.borrow())));
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
@@ -162,9 +172,28 @@ fn raise_fd_limit() {
     }
 }
 
-/// Tells systemd we are ready (Type=notify), if it is listening.
-pub fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+/// What `systemctl status` shows on its "Status:" line while the daemon serves.
+fn status_line(up: usize) -> String {
+    format!("{} up", sessions(up))
+}
+
+fn sessions(n: usize) -> String {
+    match n {
+        1 => "1 session".into(),
+        n => format!("{n} sessions"),
+    }
+}
+
+/// Sends `msg` (newline-separated `KEY=value` assignments: READY=1, STATUS=...) to systemd
+/// (sd_notify), if it is listening (Type=notify sets $NOTIFY_SOCKET).
+pub fn notify(msg: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_to(&path, msg)
+    }
+}
+
+/// `path`: a file name, or `@name` for an abstract socket.
+fn notify_to(path: &std::ffi::OsStr, msg: &str) {
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(e) => return tracing::warn!("sd_notify: {e}"),
@@ -172,12 +201,34 @@ pub fn notify_ready() {
     let bytes = path.as_encoded_bytes();
     let r = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
     } else {
-        sock.send_to(b"READY=1", &path)
+        sock.send_to(msg.as_bytes(), path)
     };
     match r {
-        Ok(_) => tracing::info!("notified systemd: READY=1"),
+        Ok(_) if msg.starts_with("READY=1") => tracing::info!("notified systemd: {}", msg.replace('\n', ", ")),
+        Ok(_) => tracing::debug!("notified systemd: {}", msg.replace('\n', ", ")),
         Err(e) => tracing::warn!("sd_notify: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The "Status:" line of `systemctl status sessiond`, and sd_notify's datagram, read back
+    /// from a socket standing in for systemd's.
+    #[test]
+    fn notify_sends_the_status_line_to_notify_socket() {
+        assert_eq!(status_line(0), "0 sessions up");
+        assert_eq!(status_line(1), "1 session up");
+        assert_eq!(status_line(12), "12 sessions up");
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("notify");
+        let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), &format!("READY=1\nSTATUS={}", status_line(2)));
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\nSTATUS=2 sessions up");
     }
 }

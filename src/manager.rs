@@ -22,7 +22,7 @@ use crate::pool::{Conflicts, PoolError, PoolHistory};
 use crate::proto::ErrorKind;
 use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
-use crate::state::{Holding, SessionRecord, SessionState, StateDir, StateError};
+use crate::state::{Holding, PendingReap, SessionRecord, SessionState, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -284,6 +284,8 @@ pub struct Manager<P: Platform> {
     /// Static sessions' defences report a lost address here; `watch_conflicts` handles it.
     lost_tx: tokio::sync::mpsc::UnboundedSender<Lost>,
     lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Lost>>>,
+    /// How many sessions are up, for whoever reports it (the daemon's STATUS= to systemd).
+    sessions_up: tokio::sync::watch::Sender<usize>,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -313,7 +315,18 @@ impl<P: Platform> Manager<P> {
             hostname,
             table: Mutex::new(Table { slots: BTreeMap::new(), history, events, conflicts: Conflicts::default() }),
             metrics,
+            sessions_up: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// The number of sessions up, updated when a start, a stop or the recovery changed it.
+    pub fn sessions_up(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.sessions_up.subscribe()
+    }
+
+    fn publish_sessions_up(&self) {
+        let n = self.table.lock().unwrap().sessions().filter(|s| s.record.state == SessionState::Up).count();
+        self.sessions_up.send_if_modified(|up| std::mem::replace(up, n) != n);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -417,6 +430,7 @@ impl<P: Platform> Manager<P> {
         .instrument(span)
         .await;
         self.set_reserved(sid, false);
+        self.publish_sessions_up();
         let (outcome, result) = match result {
             Ok(Started::New(r)) => (StartResult::Started, Ok(r)),
             Ok(Started::AlreadyUp(r)) => (StartResult::AlreadyUp, Ok(r)),
@@ -779,19 +793,52 @@ impl<P: Platform> Manager<P> {
             Ok((s, pending)) => (Ok(s), pending),
             Err(e) => (Err(e), None),
         };
+        self.publish_sessions_up();
         if let Some((nsid, mac)) = pending {
             // After answering: make sure the namespace went. The sid stays locked until then,
             // so a new start of the same slot cannot meet the old MAC on the parent.
-            let host = self.platform.host().clone();
-            tokio::spawn(
-                async move {
-                    session::reap_link(&host, nsid, mac).await;
-                    drop(held);
-                }
-                .instrument(span),
-            );
+            let reap = PendingReap { session: sid, nsid, mac };
+            if let Err(e) = self.state.save_reap(&reap) {
+                warn!(sid = %sid, "cannot record the pending check that its namespace went (a restart now would skip it): {e}");
+            }
+            self.check_namespace_went(reap, held, span);
         }
         result
+    }
+
+    /// Waits (bounded, in a task) for a stopped session's namespace to go, deleting its
+    /// interface if something still holds it; then forgets the persisted check and frees the sid.
+    fn check_namespace_went(&self, reap: PendingReap, held: tokio::sync::OwnedMutexGuard<()>, span: tracing::Span) {
+        let host = self.platform.host().clone();
+        let state = self.state.clone();
+        tokio::spawn(
+            async move {
+                session::reap_link(&host, reap.nsid, reap.mac).await;
+                if let Err(e) = state.remove_reap(reap.session) {
+                    warn!("{e}");
+                }
+                drop(held);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The checks a previous daemon stopped before finishing (it exited within the wait after
+    /// a stop): done now, each holding its sid as the stop would have. A sid that has a
+    /// session again has nothing to check (its namespace id may name the new session's).
+    async fn resume_pending_reaps(&self, known: &BTreeSet<Sid>, report: &mut RecoveryReport) {
+        let (reaps, errors) = self.state.load_reaps();
+        report.errors.extend(errors.iter().map(|e| e.to_string()));
+        for reap in reaps {
+            let sid = reap.session;
+            if known.contains(&sid) {
+                let _ = self.state.remove_reap(sid);
+                continue;
+            }
+            info!(sid = %sid, "checking that the namespace of a session stopped by the last run went");
+            let held = self.sid_lock(sid).lock_owned().await;
+            self.check_namespace_went(reap, held, info_span!("stop", sid = %sid));
+        }
     }
 
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
@@ -1118,6 +1165,8 @@ impl<P: Platform> Manager<P> {
             .await;
         }
         self.sweep_orphans(&known, &mut report).await;
+        self.resume_pending_reaps(&known, &mut report).await;
+        self.publish_sessions_up();
         report
     }
 
@@ -1773,5 +1822,74 @@ mod tests {
         let m = Manager::new(FakePlatform::new(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "h".into()).unwrap();
         let r = m.reserve(&Identity::new("mid", sid(4)), None, None).unwrap();
         assert_eq!(r.host_link.as_deref(), Some("sdv4"));
+    }
+
+    #[tokio::test]
+    async fn the_count_of_sessions_up_follows_starts_stops_and_recovery() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        let mut up = m.sessions_up();
+        assert_eq!(*up.borrow_and_update(), 0);
+        m.start(Some(sid(1)), None).await.unwrap();
+        m.start(Some(sid(2)), None).await.unwrap();
+        assert_eq!(*up.borrow_and_update(), 2);
+        m.start(Some(sid(1)), None).await.unwrap();
+        assert!(!up.has_changed().unwrap(), "an idempotent start changes nothing");
+        p.fail_on("netns add sessiond-3");
+        m.start(Some(sid(3)), None).await.unwrap_err();
+        assert!(!up.has_changed().unwrap(), "nor does a failed one");
+        m.stop(sid(1)).await.unwrap();
+        assert_eq!(*up.borrow_and_update(), 1);
+        // the next daemon counts what it re-adopted
+        let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m2.recover().await;
+        assert_eq!(*m2.sessions_up().borrow(), 1);
+    }
+
+    /// Under systemd the daemon got SIGTERM 3 ms after a session's stop: the task that was to
+    /// check, 0.6 s later, that the namespace went (and delete its interface where a process
+    /// still holds it) died with it. The next daemon must do that check.
+    #[test]
+    fn a_pending_check_that_the_namespace_went_survives_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let pool = "10.0.0.100-10.0.0.110/24";
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        p.hold_outside("sessiond-7"); // a unit's NetworkNamespacePath= process, say
+        let first = runtime();
+        first.block_on(async {
+            let m = manager(p.clone(), d.path(), pool);
+            m.start(Some(sid(7)), None).await.unwrap();
+            m.stop(sid(7)).await.unwrap();
+        });
+        drop(first); // the daemon exits at once, with its tasks
+        assert!(p.objects().contains("link:sessiond-7/eth0"), "held, not yet checked: {:?}", p.objects());
+        runtime().block_on(async {
+            let m = manager(p.clone(), d.path(), pool);
+            m.recover().await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            assert!(p.log().iter().any(|l| l.starts_with("host: link del eth0 in nsid")), "{:?}", p.log());
+            assert!(!p.objects().iter().any(|o| o.starts_with("link:sessiond-7/") || o.starts_with("addr:sessiond-7/")), "{:?}", p.objects());
+            assert!(m.state.load_reaps().0.is_empty(), "the check is done and forgotten");
+            assert_eq!(m.start(Some(sid(7)), None).await.unwrap().state, SessionState::Up, "the sid is free again");
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_check_is_dropped_for_a_sid_that_has_a_session_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m.start(Some(sid(7)), None).await.unwrap();
+        // left over from some earlier run: the namespace id may now name this session's
+        let nsid = p.netns_id("sessiond-7").await.unwrap();
+        let mac = Identity::new("mid", sid(7)).mac;
+        m.state.save_reap(&PendingReap { session: sid(7), nsid, mac }).unwrap();
+        let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m2.recover().await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert!(p.objects().contains("link:sessiond-7/eth0"), "{:?}", p.log());
+        assert!(m2.state.load_reaps().0.is_empty());
     }
 }

@@ -92,7 +92,7 @@ fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool, readers: Readers)
 /// The state dir and its subdirectories: root's alone. A dir made by an older daemon (0755
 /// under umask 022) is tightened here, on every daemon start.
 const DIR_MODE: u32 = 0o700;
-const SUBDIRS: [&str; 3] = ["sessions", "leases", "addresses"];
+const SUBDIRS: [&str; 4] = ["sessions", "leases", "addresses", "reaping"];
 
 fn private_dir(d: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -110,6 +110,19 @@ fn private_dir(d: &Path) -> Result<(), StateError> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io(d, "chmod 0700"))?;
     }
     Ok(())
+}
+
+/// A stopped macvlan session whose namespace the kernel was left to free: the daemon checks
+/// after a while that it went, and else deletes the interface that something holding it keeps
+/// (`session::reap_link`). Persisted (`reaping/<sid>.json`) from the stop until that check is
+/// done, so that a daemon stopped or killed meanwhile leaves the check to the next one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReap {
+    pub session: Sid,
+    /// The namespace's id in the daemon's (the host's) namespace: it names the namespace while
+    /// that lives, whichever process asks; `mac` tells a later namespace that got the id.
+    pub nsid: i32,
+    pub mac: [u8; 6],
 }
 
 /// One `addresses/<sid>` file: the address as text.
@@ -239,6 +252,46 @@ impl StateDir {
         write_atomic_unsynced(&self.root.join(name), &serde_json::to_vec_pretty(value).expect("serializes"), Readers::Root)
     }
 
+    fn reap_path(&self, sid: Sid) -> PathBuf {
+        self.root.join("reaping").join(format!("{sid}.json"))
+    }
+
+    pub fn save_reap(&self, reap: &PendingReap) -> Result<(), StateError> {
+        write_atomic(&self.reap_path(reap.session), &serde_json::to_vec(reap).expect("serializes"))
+    }
+
+    /// Idempotent, as `remove`.
+    pub fn remove_reap(&self, sid: Sid) -> Result<(), StateError> {
+        let p = self.reap_path(sid);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&p, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The checks a previous daemon left pending, plus the files that could not be read.
+    pub fn load_reaps(&self) -> (Vec<PendingReap>, Vec<StateError>) {
+        let (mut reaps, mut errs) = (Vec::new(), Vec::new());
+        for ent in std::fs::read_dir(self.root.join("reaping")).into_iter().flatten().flatten() {
+            let p = ent.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&p)
+                .map_err(io(&p, "read"))
+                .and_then(|b| serde_json::from_slice::<PendingReap>(&b).map_err(|e| StateError::Corrupt { path: p.clone(), message: e.to_string() }))
+            {
+                Ok(r) => reaps.push(r),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&p); // nothing to act on: do not report it at every start
+                    errs.push(e)
+                }
+            }
+        }
+        reaps.sort_by_key(|r| r.session);
+        (reaps, errs)
+    }
+
     /// Removes temp files an interrupted write left behind.
     pub fn sweep_temp_files(&self) {
         for dir in std::iter::once(self.root.clone()).chain(SUBDIRS.iter().map(|s| self.root.join(s))) {
@@ -362,6 +415,23 @@ mod tests {
         std::fs::write(d.path().join("addresses/3"), b"not an address").unwrap();
         assert_eq!(s.load_last_address(Sid::new(3).unwrap()), None);
         assert_eq!(s.load_last_addresses().last_address.len(), 2);
+    }
+
+    #[test]
+    fn pending_reaps_round_trip_and_a_corrupt_one_is_reported_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let r = PendingReap { session: Sid::new(7).unwrap(), nsid: 3, mac: [2, 0, 0, 0, 0, 7] };
+        s.save_reap(&r).unwrap();
+        std::fs::write(d.path().join("reaping/8.json"), b"{").unwrap();
+        let (reaps, errs) = s.load_reaps();
+        assert_eq!(reaps, vec![r.clone()]);
+        assert!(errs.len() == 1 && errs[0].to_string().contains("8.json"), "{errs:?}");
+        assert!(s.load_reaps().1.is_empty(), "the corrupt file went");
+        s.remove_reap(r.session).unwrap();
+        s.remove_reap(r.session).unwrap();
+        let (reaps, errs) = s.load_reaps();
+        assert!(reaps.is_empty() && errs.is_empty());
     }
 
     #[test]
