@@ -278,22 +278,7 @@ mod tests {
 
     #[test]
     fn status_names_a_lease_that_is_not_fully_applied() {
-        let lease = Lease {
-            address: Ipv4Addr::new(10, 0, 0, 10),
-            prefix_len: 24,
-            server_id: Ipv4Addr::new(10, 0, 0, 1),
-            routers: vec![],
-            classless_routes: vec![],
-            dns: vec![],
-            domain: None,
-            search: vec![],
-            mtu: None,
-            broadcast: None,
-            lease_secs: 120,
-            t1_secs: 60,
-            t2_secs: 105,
-            acquired_at: 0,
-        };
+        let lease = Lease::sample(Ipv4Addr::new(10, 0, 0, 10), 0);
         let why = "the lease of 10.0.0.10/24 from 10.0.0.1 could not be applied: add route".to_string();
         let mut r = crate::state::sample_record(1);
         r.fault = None;

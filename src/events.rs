@@ -239,49 +239,17 @@ async fn write(output: &mut (impl AsyncWrite + Unpin), line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Addressing, LinkKind};
+    use crate::config::Addressing;
     use crate::dhcp::State;
     use crate::state::SessionState;
 
     fn record(sid: u64, owner: Option<u32>, state: SessionState) -> SessionRecord {
-        let sid = Sid::new(sid).unwrap();
-        SessionRecord {
-            session: sid,
-            netns: sid.netns_name(),
-            interface: "eth0".into(),
-            mac: "02:00:00:00:00:01".into(),
-            address: None,
-            gateway: None,
-            dns: vec![],
-            loopback: crate::loopback::loopback_for(sid),
-            addressing: Addressing::Dhcp,
-            state,
-            link: LinkKind::Macvlan,
-            host_link: None,
-            owner_uid: owner,
-            lease: None,
-            fault: None,
-            holding: None,
-        }
+        let base = crate::state::sample_record(sid);
+        SessionRecord { address: None, gateway: None, dns: vec![], addressing: Addressing::Dhcp, state, owner_uid: owner, ..base }
     }
 
     fn lease(addr: [u8; 4]) -> crate::dhcp::Lease {
-        crate::dhcp::Lease {
-            address: addr.into(),
-            prefix_len: 24,
-            server_id: [10, 0, 0, 1].into(),
-            routers: vec![],
-            classless_routes: vec![],
-            dns: vec![],
-            domain: None,
-            search: vec![],
-            mtu: None,
-            broadcast: None,
-            lease_secs: 600,
-            t1_secs: 300,
-            t2_secs: 525,
-            acquired_at: 1,
-        }
+        crate::dhcp::Lease::sample(addr.into(), 1)
     }
 
     fn drain(rx: &mut broadcast::Receiver<Arc<Published>>, viewer: Viewer) -> Vec<WatchEvent> {

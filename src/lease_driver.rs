@@ -680,22 +680,7 @@ mod tests {
     const SERVER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 
     fn lease(addr: [u8; 4], now: Millis) -> Lease {
-        Lease {
-            address: Ipv4Addr::from(addr),
-            prefix_len: 24,
-            server_id: SERVER,
-            routers: vec![SERVER],
-            classless_routes: vec![],
-            dns: vec![SERVER],
-            domain: None,
-            search: vec![],
-            mtu: None,
-            broadcast: None,
-            lease_secs: 120,
-            t1_secs: 60,
-            t2_secs: 105,
-            acquired_at: now,
-        }
+        Lease { server_id: SERVER, routers: vec![SERVER], dns: vec![SERVER], ..Lease::sample(Ipv4Addr::from(addr), now) }
     }
 
     async fn context(p: &FakePlatform, sid: u64, dir: &std::path::Path, lan: &LanNeighbours) -> DriverContext<crate::fake::FakeNet> {

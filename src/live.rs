@@ -162,28 +162,10 @@ fn clock(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Addressing, LinkKind};
 
     fn record(sid: u64, state: SessionState, addr: Option<&str>) -> SessionRecord {
-        let sid = Sid::new(sid).unwrap();
-        SessionRecord {
-            session: sid,
-            netns: sid.netns_name(),
-            interface: "eth0".into(),
-            mac: "02:00:00:00:00:01".into(),
-            address: addr.map(|a| a.parse().unwrap()),
-            gateway: None,
-            dns: vec![],
-            loopback: crate::loopback::loopback_for(sid),
-            addressing: Addressing::Static,
-            state,
-            link: LinkKind::Macvlan,
-            host_link: None,
-            owner_uid: None,
-            lease: None,
-            fault: None,
-            holding: None,
-        }
+        let base = crate::state::sample_record(sid);
+        SessionRecord { address: addr.map(|a| a.parse().unwrap()), gateway: None, dns: vec![], state, owner_uid: None, ..base }
     }
 
     fn strip_clock(l: &str) -> &str {

@@ -51,6 +51,29 @@ pub struct Lease {
     pub acquired_at: Millis,
 }
 
+#[cfg(test)]
+impl Lease {
+    /// For tests: a /24 lease of `address` from 10.0.0.1, 120 s (T1 60 s, T2 105 s), no options.
+    pub(crate) fn sample(address: Ipv4Addr, acquired_at: Millis) -> Lease {
+        Lease {
+            address,
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(10, 0, 0, 1),
+            routers: vec![],
+            classless_routes: vec![],
+            dns: vec![],
+            domain: None,
+            search: vec![],
+            mtu: None,
+            broadcast: None,
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+            acquired_at,
+        }
+    }
+}
+
 impl Lease {
     pub fn is_infinite(&self) -> bool {
         self.lease_secs == INFINITE
