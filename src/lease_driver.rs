@@ -388,73 +388,84 @@ async fn run<N: NetOps, A: ArpIo>(
     }
 }
 
-/// Rate limit for rejected-packet warnings: a hostile or chatty LAN must not flood the journal
-/// from every session. Replies meant for other clients are only ever logged at debug.
-#[derive(Default)]
-struct RejectLog {
+/// A per-minute budget of log lines: a hostile or chatty LAN, or a server with short lease
+/// times, must not flood the journal from every session. Past the budget, lines go to debug
+/// and are counted; the count is said once when the next minute begins.
+struct LogBudget {
+    per_minute: u32,
     window_start: Millis,
     shown: u32,
     suppressed: u32,
 }
 
-const REJECT_WINDOW_MS: Millis = 60_000;
-const REJECTS_PER_WINDOW: u32 = 10;
+const MINUTE_MS: Millis = 60_000;
+
+impl LogBudget {
+    const fn new(per_minute: u32) -> LogBudget {
+        LogBudget { per_minute, window_start: 0, shown: 0, suppressed: 0 }
+    }
+
+    /// Whether one more line fits at `now`; `dropped` hears how many the previous minute
+    /// suppressed, when a new one begins.
+    fn admit(&mut self, now: Millis, dropped: impl FnOnce(u32)) -> bool {
+        if now.saturating_sub(self.window_start) >= MINUTE_MS {
+            if self.suppressed > 0 {
+                dropped(self.suppressed);
+            }
+            (self.window_start, self.shown, self.suppressed) = (now, 0, 0);
+        }
+        let fits = self.shown < self.per_minute;
+        if fits {
+            self.shown += 1;
+        } else {
+            self.suppressed += 1;
+        }
+        fits
+    }
+}
+
+/// Rejected packets: warnings within a budget; replies meant for other clients are only ever
+/// logged at debug.
+struct RejectLog(LogBudget);
+
+impl Default for RejectLog {
+    fn default() -> Self {
+        RejectLog(LogBudget::new(10))
+    }
+}
 
 impl RejectLog {
     fn log(&mut self, reason: &RejectReason) {
         if reason.is_routine() {
             debug!("ignored a DHCP packet: {reason}");
-            return;
-        }
-        let now = now_ms();
-        if now.saturating_sub(self.window_start) >= REJECT_WINDOW_MS {
-            if self.suppressed > 0 {
-                warn!("{} more DHCP packets were ignored in the last minute (not logged)", self.suppressed);
-            }
-            *self = RejectLog { window_start: now, shown: 0, suppressed: 0 };
-        }
-        if self.shown < REJECTS_PER_WINDOW {
-            self.shown += 1;
+        } else if self.0.admit(now_ms(), |n| warn!("{n} more DHCP packets were ignored in the last minute (not logged)")) {
             warn!("ignored a DHCP packet: {reason}");
         } else {
-            self.suppressed += 1;
             debug!("ignored a DHCP packet: {reason}");
         }
     }
 }
 
-/// Rate limit for the lines of routine renewals (bound -> renewing -> bound, and the lease
-/// applied by it): a server with short lease times must not flood the journal from every
-/// session. The first few renewals of each window are logged, the rest at debug, counted.
-/// State changes that are not a routine renewal (rebinding, NAK, expiry) are always logged.
-#[derive(Default)]
+/// Routine renewals (bound -> renewing -> bound, and the lease applied by it): the first few
+/// of each minute are logged, the rest at debug. State changes that are not a routine renewal
+/// (rebinding, NAK, expiry) are always logged.
 struct RenewLog {
-    window_start: Millis,
-    shown: u32,
-    suppressed: u32,
+    /// Every renewal of a lease of 24 s or more fits.
+    budget: LogBudget,
     /// The renewal under way is one of the suppressed.
     quiet: bool,
 }
 
-const RENEW_WINDOW_MS: Millis = 60_000;
-/// Every renewal of a lease of 24 s or more is logged.
-const RENEWALS_PER_WINDOW: u32 = 5;
+impl Default for RenewLog {
+    fn default() -> Self {
+        RenewLog { budget: LogBudget::new(5), quiet: false }
+    }
+}
 
 impl RenewLog {
     /// A renewal begins at `now`: whether its lines are logged.
     fn begin(&mut self, now: Millis) -> bool {
-        if now.saturating_sub(self.window_start) >= RENEW_WINDOW_MS {
-            if self.suppressed > 0 {
-                info!("{} more lease renewals in the last minute (not logged)", self.suppressed);
-            }
-            *self = RenewLog { window_start: now, ..RenewLog::default() };
-        }
-        self.quiet = self.shown >= RENEWALS_PER_WINDOW;
-        if self.quiet {
-            self.suppressed += 1;
-        } else {
-            self.shown += 1;
-        }
+        self.quiet = !self.budget.admit(now, |n| info!("{n} more lease renewals in the last minute (not logged)"));
         !self.quiet
     }
 }
@@ -858,9 +869,9 @@ mod tests {
         let shown: Vec<bool> = (0..8).map(|i| r.begin(t0 + i * 2_000)).collect();
         assert_eq!(shown, [true, true, true, true, true, false, false, false]);
         assert!(r.quiet);
-        assert_eq!(r.suppressed, 3);
+        assert_eq!(r.budget.suppressed, 3);
         // A new window logs again.
-        assert!(r.begin(t0 + RENEW_WINDOW_MS));
-        assert_eq!((r.shown, r.suppressed, r.quiet), (1, 0, false));
+        assert!(r.begin(t0 + MINUTE_MS));
+        assert_eq!((r.budget.shown, r.budget.suppressed, r.quiet), (1, 0, false));
     }
 }
