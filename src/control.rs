@@ -214,7 +214,8 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
         return match req {
             Request::Status { session } => match mgr.status(session) {
                 Ok(list) => {
-                    let mine: Vec<_> = list.into_iter().filter(|r| r.owner_uid == Some(uid)).collect();
+                    let viewer = crate::events::Viewer::from_uid(uid);
+                    let mine: Vec<_> = list.into_iter().filter(|r| viewer.may_see(r.owner_uid)).collect();
                     if let Some(s) = session
                         && mine.is_empty()
                     {

@@ -28,8 +28,8 @@ pub const BACKLOG: usize = 1024;
 /// A watcher's socket must take each line within this, or the watcher is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Who is watching: root sees every session, a user only those that belong to them (the rule
-/// `status` applies).
+/// Who is asking: root sees every session, a user only those that belong to them. The one rule
+/// for `status` and for watchers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Viewer {
     Root,
