@@ -5,7 +5,7 @@
 # every start completes, no duplicates, the primary resyncs), host reboot (every session gets its
 # old address back), renewals through a primary outage of two lease times (nothing expires),
 # cloned machine-id (a probe from the second host's uplink MAC gets the answer from the first
-# host's session, # with the MAC of the second host's own session; whether sessiond itself detects
+# host's session, with the MAC of the second host's own session; whether sessiond itself detects
 # the clone is reported as a KNOWN GAP line until it does, see docs/farm.md). Each row of
 # scripts/farm's results.tsv is one check here. About 1.5 minutes. The full 10 x 100 farm runs
 # from `scripts/farm --record` (docs/farm.md).
