@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Root suite: a small session-host farm (issue 16), 3 hosts x 20 sessions against a Kea
+# hot-standby pair, through scripts/farm: login storm (no failed start, no address twice on
+# eth0 or in Kea's lease files), failover (primary SIGKILLed mid-storm: standby takes over,
+# every start completes, no duplicates, the primary resyncs), host reboot (every session gets its
+# old address back), renewals through a primary outage of two lease times (nothing expires: the
+# lease is long enough that T2 to expiry, 1/8 of it, outlasts the standby's take-over of ~3 s),
+# cloned machine-id (a probe from the second host's uplink MAC gets the answer from the first
+# host's session, with the MAC of the second host's own session; whether sessiond itself detects
+# the clone is reported as a KNOWN GAP line until it does, see docs/farm.md). Each row of
+# scripts/farm's results.tsv is one check here. About 1.5 minutes. The full 10 x 100 farm runs
+# from `scripts/farm --record` (docs/farm.md).
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"
+
+OUTDIR=$RESULTS/farm
+rm -rf "$OUTDIR"
+timeout 300 "$REPO/scripts/farm" --hosts 3 --sessions 20 --lease 36 --out "$OUTDIR" 2>&1 | sed 's/^/    /'
+[[ -s $OUTDIR/results.tsv ]] || { tally_fail "scripts/farm wrote no results"; finish; }
+for want in storm_all_started storm_no_duplicates failover_standby_takes_over failover_every_start_completes \
+    failover_no_duplicates failover_primary_resyncs reboot_same_addresses renew_nothing_expires \
+    clone_visible_from_uplink clone_detected; do
+    grep -q "^$want"$'\t' "$OUTDIR/results.tsv" || tally_fail "$want: no result (scripts/farm stopped early)"
+done
+while IFS=$'\t' read -r name verdict detail; do
+    case $verdict in
+        pass) tally_pass "$name" ;;
+        # a measured, documented limitation (docs/farm.md), not a check: said loudly, not counted
+        gap) echo "KNOWN GAP: $name: ${detail:0:200}" ;;
+        *) tally_fail "$name"; echo "    $detail" ;;
+    esac
+done <"$OUTDIR/results.tsv"
+finish
