@@ -30,6 +30,7 @@ pub mod netlink;
 pub mod ns;
 pub mod platform;
 pub mod pool;
+pub mod ports;
 pub mod relay;
 pub mod session;
 pub mod state;

@@ -9,6 +9,7 @@ pub mod enter;
 pub mod holder;
 pub mod loopback;
 pub mod ns;
+pub mod ports;
 pub mod proto;
 pub mod record;
 pub mod sid;

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Root integration tests for issue 12 (the loopback bridge and the per-session socket view),
+# run in a private sandbox. So far: `sessiond ports`. Two sessions (alice's and bob's) each
+# listen on TCP 8080 -- the collision their namespaces prevent -- and the host listens on a
+# port of its own; `ports` lists every socket with its process and user, marks the collision,
+# shows the host (session 0) to root only, and shows a user only their own sessions.
+# Usage: tests/shell/bridge.sh
+# shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"   # (refuses to go on outside scripts/sandbox)
+
+STATE=/var/lib/sessiond
+POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/${SBX_SUBNET#*/}"
+GROUP=sdusers
+W=/run/bridge-test
+mkdir -p "$W"
+ALICE=(false)   # until the user exists, never run as root by mistake
+LISTENERS=()    # PIDs of the listeners this suite started (ended by PID at the end)
+
+# listen NAME ADDR... : a python listener (TCP "tcp:HOST:PORT", UDP "udp:HOST:PORT"), which
+# also connects once to its first TCP listener (an ESTAB pair to show), writes its pid to
+# $W/NAME.pid, and lives at most 120 s.
+LISTENER_PY='
+import os, socket, sys, time
+held = []
+first = None
+for spec in sys.argv[2:]:
+    proto, rest = spec.split(":", 1)
+    host, port = rest.rsplit(":", 1)
+    host = host.strip("[]")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    if proto == "tcp":
+        s.listen()
+        first = first or (host, int(port), fam)
+    held.append(s)
+if first:
+    c = socket.socket(first[2]); c.connect(first[:2]); a, _ = held[0].accept(); held += [c, a]
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+
+users_and_daemon() {
+    groupadd "$GROUP" && sandbox_user alice "$W/alice" && sandbox_user bob "$W/bob" || return 1
+    usermod -aG "$GROUP" alice && usermod -aG "$GROUP" bob || return 1
+    ALICE=(setpriv --reuid="$(id -u alice)" --regid="$(id -g alice)" --init-groups --)
+    rm -rf "$STATE"
+    start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
+        --state-dir "$STATE" --socket-group "$GROUP"
+}
+
+sessions_for_alice_and_bob() {
+    "$SESSIOND" start --session 1 --owner alice >/dev/null && "$SESSIOND" start --session 2 --owner bob >/dev/null
+}
+
+# start_listener NAME SID USER SPEC... (SID 0: the host, as root)
+start_listener() {
+    local name=$1 sid=$2 user=$3; shift 3
+    rm -f "$W/$name.pid"
+    if [[ $sid == 0 ]]; then
+        timeout 130 python3 -c "$LISTENER_PY" "$W/$name.pid" "$@" &
+    else
+        timeout 130 "$SESSIOND" exec --session "$sid" --user "$user" -- python3 -c "$LISTENER_PY" "$W/$name.pid" "$@" &
+    fi
+    LISTENERS+=($!)
+    wait_for 10 test -s "$W/$name.pid" || { echo "listener $name did not come up"; return 1; }
+    echo "$name: pid $(cat "$W/$name.pid")"
+}
+
+listeners_up() {
+    chmod 777 "$W"
+    start_listener s1 1 alice tcp:127.0.0.1:8080 udp:0.0.0.0:5353 &&
+    start_listener s2 2 bob tcp:[::]:8080 udp:0.0.0.0:5354 &&
+    start_listener host 0 root tcp:127.0.0.1:9099
+}
+
+# row JSON SESSION PROTO LOCAL STATE: the one matching row of `ports --json`, compact.
+row() { jq -c --argjson s "$2" --arg p "$3" --arg l "$4" --arg st "$5" 'map(select(.session == $s and .proto == $p and .local == $l and .state == $st))' <<<"$1"; }
+PORTS=
+root_sees_every_socket_with_its_process() {
+    PORTS=$("$SESSIOND" ports --json) || return 1
+    echo "$PORTS" | jq -c '.[] | select(.local | test("8080|5353|5354|9099"))'
+    local r s1 s2 host
+    s1=$(cat "$W/s1.pid"); s2=$(cat "$W/s2.pid"); host=$(cat "$W/host.pid")
+    r=$(row "$PORTS" 1 tcp 127.0.0.1:8080 listen)
+    [[ $(jq -c '.[0] | [.pid, .program, .user, .remote, .also_in]' <<<"$r") == "[$s1,\"python3\",\"alice\",null,[2]]" ]] || { echo "session 1's listener: $r"; return 1; }
+    r=$(row "$PORTS" 2 tcp "[::]:8080" listen)
+    [[ $(jq -c '.[0] | [.pid, .program, .user, .also_in]' <<<"$r") == "[$s2,\"python3\",\"bob\",[1]]" ]] || { echo "session 2's listener: $r"; return 1; }
+    r=$(row "$PORTS" 1 udp 0.0.0.0:5353 unconnected)
+    [[ $(jq -c '.[0] | [.pid, .user, .also_in]' <<<"$r") == "[$s1,\"alice\",[]]" ]] || { echo "session 1's UDP socket: $r"; return 1; }
+    r=$(row "$PORTS" 0 tcp 127.0.0.1:9099 listen)
+    [[ $(jq -c '.[0] | [.pid, .user, .also_in]' <<<"$r") == "[$host,\"root\",[]]" ]] || { echo "the host's listener: $r"; return 1; }
+    # session 1's own connection to its listener: both ends, with the peer
+    [[ $(jq -c --argjson p "$s1" '[.[] | select(.session == 1 and .state == "established" and .pid == $p) | [.local, .remote] | sort] | sort' <<<"$PORTS" | jq -c 'map(map(sub(":[0-9]+$"; "")))' ) == '[["127.0.0.1","127.0.0.1"],["127.0.0.1","127.0.0.1"]]' ]] ||
+        { echo "session 1's ESTAB pair is missing"; return 1; }
+    # the sessions' sockets are not the host's: the host does not see 8080 at all
+    [[ $(jq '[.[] | select(.session == 0 and (.local | endswith(":8080")))] | length' <<<"$PORTS") == 0 ]]
+}
+
+json_shape() {
+    jq -e 'type == "array" and length > 0 and all(.[]; (keys == ["also_in","local","pid","program","proto","remote","session","state","uid","user"]))' <<<"$PORTS"
+}
+
+table_marks_the_collision() {
+    local out; out=$("$SESSIOND" ports --listening) || return 1
+    echo "$out"
+    head -1 <<<"$out" | grep -q '^SESSION  *PROTO  *LOCAL  *REMOTE  *STATE  *PID  *PROGRAM  *USER  *COLLIDES$' &&
+    grep -Eq '^1  +tcp  +127\.0\.0\.1:8080  +\*  +LISTEN  +[0-9]+  +python3  +alice  +with 2$' <<<"$out" &&
+    grep -Eq '^2  +tcp  +\[::\]:8080  +\*  +LISTEN  +[0-9]+  +python3  +bob  +with 1$' <<<"$out" &&
+    ! grep -q ESTAB <<<"$out"
+}
+
+one_session_keeps_its_collisions() {
+    local out; out=$("$SESSIOND" ports --session 2 --json) || return 1
+    echo "$out" | jq -c '.[]'
+    [[ $(jq -c 'map(.session) | unique' <<<"$out") == "[2]" ]] &&
+    [[ $(jq -c 'map(select(.local == "[::]:8080")) | .[0].also_in' <<<"$out") == "[1]" ]] &&
+    [[ $("$SESSIOND" ports --session 0 --json | jq -c 'map(.session) | unique') == "[0]" ]]
+}
+
+alice_sees_only_her_own() {
+    local out; out=$("${ALICE[@]}" "$SESSIOND" ports --json) || return 1
+    echo "$out" | jq -c '.[]'
+    [[ $(jq -c 'map(.session) | unique' <<<"$out") == "[1]" ]] || { echo "alice sees other places"; return 1; }
+    # bob's session is not hers to see, so neither is the collision with it
+    [[ $(jq -c 'map(select(.local == "127.0.0.1:8080" and .state == "listen")) | .[0].also_in' <<<"$out") == "[]" ]] &&
+    expect_exit 1 "permission denied" "${ALICE[@]}" "$SESSIOND" ports --session 2 &&
+    expect_exit 1 "root only" "${ALICE[@]}" "$SESSIOND" ports --session 0
+}
+
+bad_input_is_named() {
+    expect_exit 2 "not a number" "$SESSIOND" ports --session x &&
+    expect_exit 1 "session 77 is not running" "$SESSIOND" ports --session 77
+}
+
+# a closed listener is gone from the next listing
+closed_listener_is_gone() {
+    kill "$(cat "$W/s2.pid")" || return 1
+    wait_for 5 bash -c "! '$SESSIOND' ports --session 2 --listening | grep -q ':8080 '" || { "$SESSIOND" ports --session 2; return 1; }
+    [[ $("$SESSIOND" ports --json | jq -c 'map(select(.session == 1 and .local == "127.0.0.1:8080" and .state == "listen")) | .[0].also_in') == "[]" ]]
+}
+
+cleanup() {
+    local p
+    for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in s1 s2 host; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    wait_pid 5 "${LISTENERS[@]}"
+    "$SESSIOND" stop --all >/dev/null && no_sessions_left
+}
+
+check "users alice and bob; daemon up (socket group $GROUP)" users_and_daemon
+check "root starts session 1 for alice, 2 for bob" sessions_for_alice_and_bob
+check "listeners: session 1 tcp 127.0.0.1:8080, session 2 tcp [::]:8080, host tcp 9099" listeners_up
+check "ports: every socket of both sessions and the host, with pid, program and user" root_sees_every_socket_with_its_process
+check "ports --json: a list of sockets with the documented keys" json_shape
+check "ports --listening: the table marks :8080 in sessions 1 and 2 as a collision" table_marks_the_collision
+check "ports --session 2 (and 0): only that place, collisions still named" one_session_keeps_its_collisions
+check "alice: only session 1, no collision with bob's; --session 2 and 0 denied" alice_sees_only_her_own
+check "ports: bad --session is named (exit 2), an absent one is not running (exit 1)" bad_input_is_named
+check "a closed listener is gone, and so is the collision" closed_listener_is_gone
+check "stop --all leaves nothing" cleanup
+kill_daemon
+finish
