@@ -7,6 +7,7 @@ pub use sessiond_client::{client, loopback, proto, sid};
 
 pub mod acd;
 pub mod acd_driver;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod control;

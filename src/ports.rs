@@ -103,7 +103,7 @@ pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: b
 
 /// A sock_diag socket made inside `ns` (on a throwaway thread that entered it): a netlink
 /// socket answers for the namespace it was made in, wherever it is used from.
-fn open_in(ns: &File, place: Place) -> Result<Socket, PortsError> {
+pub fn open_in(ns: &File, place: Place) -> Result<Socket, PortsError> {
     crate::ns::run_in_netns(ns, || {
         let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
         s.bind_auto()?;
@@ -115,10 +115,19 @@ fn open_in(ns: &File, place: Place) -> Result<Socket, PortsError> {
 }
 
 fn dump_all(sock: &Socket, place: Place) -> Result<Vec<DiagSocket>, PortsError> {
+    dump(sock, place, &[Proto::Tcp, Proto::Udp], StateFlags::all())
+}
+
+/// Every socket of `protos` (v4 and v6) in one of `states`, in the namespace of `sock`.
+pub fn dump(sock: &Socket, place: Place, protos: &[Proto], states: StateFlags) -> Result<Vec<DiagSocket>, PortsError> {
     let mut out = Vec::new();
-    for (proto, protocol) in [(Proto::Tcp, IPPROTO_TCP), (Proto::Udp, IPPROTO_UDP)] {
+    for &proto in protos {
+        let protocol = match proto {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        };
         for family in [AF_INET, AF_INET6] {
-            sock.send(&dump_request(family, protocol), 0).map_err(|source| PortsError::Io { place, op: "send", source })?;
+            sock.send(&dump_request(family, protocol, states.clone()), 0).map_err(|source| PortsError::Io { place, op: "send", source })?;
             loop {
                 let (reply, _) = sock.recv_from_full().map_err(|source| PortsError::Io { place, op: "receive", source })?;
                 let done = parse_replies(&reply, proto, &mut out).map_err(|message| PortsError::Reply { place, message })?;
@@ -131,12 +140,12 @@ fn dump_all(sock: &Socket, place: Place) -> Result<Vec<DiagSocket>, PortsError> 
     Ok(out)
 }
 
-/// A dump request for every socket of one family and protocol.
-pub fn dump_request(family: u8, protocol: u8) -> Vec<u8> {
+/// A dump request for the sockets of one family and protocol in one of `states`.
+pub fn dump_request(family: u8, protocol: u8, states: StateFlags) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
-    let req = InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states: StateFlags::all(), socket_id };
+    let req = InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states, socket_id };
     let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
@@ -212,19 +221,25 @@ fn holders_by_place(proc: &Path, inodes: &HashMap<u64, Place>) -> HashMap<(Place
     out
 }
 
+fn is_session_loopback(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if sessiond_client::loopback::sid_for_loopback(v4).is_some())
+}
+
 /// The inode of a descriptor link `socket:[12345]`.
 pub fn socket_inode(target: &Path) -> Option<u32> {
     target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Fills `also_in` of each listening socket with the other places that listen on (TCP) or
-/// bind unconnected (UDP) the same protocol and port.
+/// bind unconnected (UDP) the same protocol and port. A host socket on a session's loopback
+/// is the loopback bridge forwarding to that session, not a collision.
 pub fn mark_collisions(entries: &mut [PortEntry]) {
+    let counts = |e: &PortEntry| e.is_listening() && !(e.session == Place::Host && is_session_loopback(e.local.ip()));
     let mut bound: HashMap<(Proto, u16), BTreeSet<Place>> = HashMap::new();
-    for e in entries.iter().filter(|e| e.is_listening()) {
+    for e in entries.iter().filter(|e| counts(e)) {
         bound.entry((e.proto, e.local.port())).or_default().insert(e.session);
     }
-    for e in entries.iter_mut().filter(|e| e.is_listening()) {
+    for e in entries.iter_mut().filter(|e| counts(e)) {
         let places = &bound[&(e.proto, e.local.port())];
         e.also_in = places.iter().copied().filter(|p| *p != e.session).collect();
     }
@@ -318,7 +333,7 @@ mod tests {
 
     #[test]
     fn dump_requests_ask_for_every_state_of_one_family() {
-        let req = dump_request(AF_INET6, IPPROTO_UDP);
+        let req = dump_request(AF_INET6, IPPROTO_UDP, StateFlags::all());
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&req);
         // A request does not parse as a response: check the raw inet_diag_req_v2 fields.
         assert!(msg.is_err() || matches!(msg.unwrap().payload, NetlinkPayload::InnerMessage(_)));
@@ -355,9 +370,11 @@ mod tests {
             // A connection is not a binding.
             entry(s(4), Proto::Tcp, "127.0.0.1:9000", SockState::Established),
             entry(s(4), Proto::Udp, "0.0.0.0:8080", SockState::Unconnected),
+            // the loopback bridge's host end for session 1: not a collision
+            entry(Place::Host, Proto::Tcp, "127.0.0.2:8080", SockState::Listen),
         ];
         mark_collisions(&mut e);
         let also: Vec<Vec<Place>> = e.iter().map(|e| e.also_in.clone()).collect();
-        assert_eq!(also, vec![vec![Place::Host, s(2)], vec![Place::Host, s(1)], vec![s(1), s(2)], vec![s(4)], vec![], vec![], vec![], vec![s(3)]]);
+        assert_eq!(also, vec![vec![Place::Host, s(2)], vec![Place::Host, s(1)], vec![s(1), s(2)], vec![s(4)], vec![], vec![], vec![], vec![s(3)], vec![]]);
     }
 }

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Root integration tests for issue 12 (the loopback bridge and the per-session socket view),
-# run in a private sandbox. So far: `sessiond ports`. Two sessions (alice's and bob's) each
-# listen on TCP 8080 -- the collision their namespaces prevent -- and the host listens on a
-# port of its own; `ports` lists every socket with its process and user, marks the collision,
-# shows the host (session 0) to root only, and shows a user only their own sessions.
+# run in a private sandbox.
+# `sessiond ports`: two sessions (alice's and bob's) each listen on TCP 8080 -- the collision
+# their namespaces prevent -- and the host listens on a port of its own; `ports` lists every
+# socket with its process and user, marks the collision, shows the host (session 0) to root
+# only, and shows a user only their own sessions.
+# The loopback bridge (TCP): from the host, 127.0.0.2:P reaches what session 1 listens on at
+# P (on 127.0.0.1, 127.0.0.2, 0.0.0.0 or [::]), from 127.0.0.1; root and the owner may
+# connect, another user is refused; a new listener is reachable within 1 s and gone after it
+# closes; session 1 cannot reach session 2 at 127.0.0.3; nothing listens off loopback and no
+# routing sysctl changes; `stop` leaves no bridge socket.
 # Usage: tests/shell/bridge.sh
 # shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
 source "$(dirname "$0")/lib.sh"
@@ -14,7 +20,7 @@ POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/${SBX_SUBNET#*/}"
 GROUP=sdusers
 W=/run/bridge-test
 mkdir -p "$W"
-ALICE=(false)   # until the user exists, never run as root by mistake
+ALICE=(false) BOB=(false)   # until the users exist, never run as root by mistake
 LISTENERS=()    # PIDs of the listeners this suite started (ended by PID at the end)
 
 # listen NAME ADDR... : a python listener (TCP "tcp:HOST:PORT", UDP "udp:HOST:PORT"), which
@@ -46,6 +52,7 @@ users_and_daemon() {
     groupadd "$GROUP" && sandbox_user alice "$W/alice" && sandbox_user bob "$W/bob" || return 1
     usermod -aG "$GROUP" alice && usermod -aG "$GROUP" bob || return 1
     ALICE=(setpriv --reuid="$(id -u alice)" --regid="$(id -g alice)" --init-groups --)
+    BOB=(setpriv --reuid="$(id -u bob)" --regid="$(id -g bob)" --init-groups --)
     rm -rf "$STATE"
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
         --state-dir "$STATE" --socket-group "$GROUP"
@@ -95,8 +102,9 @@ root_sees_every_socket_with_its_process() {
     # session 1's own connection to its listener: both ends, with the peer
     [[ $(jq -c --argjson p "$s1" '[.[] | select(.session == 1 and .state == "established" and .pid == $p) | [.local, .remote] | sort] | sort' <<<"$PORTS" | jq -c 'map(map(sub(":[0-9]+$"; "")))' ) == '[["127.0.0.1","127.0.0.1"],["127.0.0.1","127.0.0.1"]]' ]] ||
         { echo "session 1's ESTAB pair is missing"; return 1; }
-    # the sessions' sockets are not the host's: the host does not see 8080 at all
-    [[ $(jq '[.[] | select(.session == 0 and (.local | endswith(":8080")))] | length' <<<"$PORTS") == 0 ]]
+    # the sessions' sockets are not the host's: on the host, 8080 is only the loopback
+    # bridge's (the daemon's, on the sessions' loopbacks), and that is no collision
+    jq -e '[.[] | select(.session == 0 and (.local | endswith(":8080")))] | all(.local == "127.0.0.2:8080" or .local == "127.0.0.3:8080") and all(.program == "sessiond" and .also_in == [])' <<<"$PORTS"
 }
 
 json_shape() {
@@ -142,10 +150,109 @@ closed_listener_is_gone() {
     [[ $("$SESSIOND" ports --json | jq -c 'map(select(.session == 1 and .local == "127.0.0.1:8080" and .state == "listen")) | .[0].also_in') == "[]" ]]
 }
 
+# ------------------------------------------------------------------ the loopback bridge
+
+# A server per "HOST:PORT" argument that greets each connection with "PORT PEER-IP" and closes
+# it; writes its pid to $1, lives at most 120 s.
+GREETER_PY='
+import os, socket, sys, threading, time
+def serve(s, port):
+    while True:
+        c, peer = s.accept()
+        c.sendall(("%s %s\n" % (port, peer[0])).encode()); c.close()
+for spec in sys.argv[2:]:
+    host, port = spec.rsplit(":", 1)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port))); s.listen()
+    threading.Thread(target=serve, args=(s, port), daemon=True).start()
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+# hit ADDR PORT: what a connection from here gets (the greeting, or "closed" / the error).
+hit() {
+    timeout 5 python3 -c '
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    print(c.recv(100).decode().strip() or "closed")
+except OSError as e:
+    print("error: %s" % e)
+' "$1" "$2"
+}
+export -f hit   # for the `bash -c` polls
+
+greeters_up() {
+    rm -f "$W/g1.pid" "$W/g2.pid"
+    timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$GREETER_PY" "$W/g1.pid" \
+        127.0.0.1:8081 127.0.0.2:8082 0.0.0.0:8083 "[::]:8084" & LISTENERS+=($!)
+    timeout 130 "$SESSIOND" exec --session 2 --user bob -- python3 -c "$GREETER_PY" "$W/g2.pid" 127.0.0.1:8091 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/g1.pid" && wait_for 10 test -s "$W/g2.pid"
+}
+
+# root reaches each of the four, and the service sees 127.0.0.1 (::ffff:127.0.0.1 on [::])
+host_reaches_each_bind_address() {
+    local p out ok=0
+    for p in 8081 8082 8083 8084; do
+        wait_for 3 bash -c "[[ \$(hit 127.0.0.2 $p) == $p* ]]" || true
+        out=$(hit 127.0.0.2 $p); echo "127.0.0.2:$p -> $out"
+        [[ $out == "$p 127.0.0.1" || $out == "$p ::ffff:127.0.0.1" ]] || ok=1
+    done
+    out=$(hit 127.0.0.3 8091); echo "127.0.0.3:8091 -> $out"
+    [[ $out == "8091 127.0.0.1" ]] || ok=1
+    return $ok
+}
+
+owner_rule() {
+    local a b
+    a=$("${ALICE[@]}" bash -c "$(declare -f hit); hit 127.0.0.2 8081"); echo "alice -> session 1: $a"
+    b=$("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.2 8081"); echo "bob -> session 1: $b"
+    [[ $a == "8081 127.0.0.1" && $b != 8081* ]] &&
+    grep -q "loopback bridge: refused a connection.*uid=Some($(id -u bob))" "$DAEMON_LOG" &&
+    [[ $("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.3 8091") == "8091 127.0.0.1" ]]
+}
+
+new_listener_within_1s_and_gone_after_close() {
+    local t0 pid
+    rm -f "$W/g3.pid"
+    timeout 130 "$SESSIOND" exec --session 1 -- python3 -c "$GREETER_PY" "$W/g3.pid" 127.0.0.1:8085 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/g3.pid" || return 1
+    t0=$(now_ms)
+    wait_until_ms $((t0 + 5000)) bash -c "[[ \$(hit 127.0.0.2 8085) == '8085 127.0.0.1' ]]"
+    local took=$(($(now_ms) - t0)); echo "reachable after $took ms"
+    ((took <= 1000)) || { echo "not reachable within 1 s"; return 1; }
+    pid=$(cat "$W/g3.pid"); kill "$pid"
+    wait_for 3 bash -c "! ss -Hltn 'sport = :8085' | grep -q ." || { ss -ltn; return 1; }
+    [[ $(hit 127.0.0.2 8085) == error* ]]
+}
+
+# (127.0.0.3 inside session 1 is session 1's own loopback range: nothing listens there)
+sessions_do_not_reach_each_other() {
+    local out
+    out=$("$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit 127.0.0.3 8091")
+    echo "session 1 -> 127.0.0.3:8091: $out"
+    [[ $out == error* ]]
+}
+
+nothing_off_loopback() {
+    ss -Hltn | awk '{print $4}'
+    ! ss -Hltn | awk '{print $4}' | grep -vE '^(127\.|\[::1\]|\[::ffff:127\.)' | grep -q . || { echo "a listener off loopback"; return 1; }
+    sysctl -a 2>/dev/null | grep -E 'route_localnet|ip_forward ' | tee /run/bridge-sysctl.now
+    ! grep -E 'route_localnet = 1' /run/bridge-sysctl.now
+    [[ $(sysctl -n net.ipv4.ip_forward) == "$FORWARD_BEFORE" ]]
+}
+FORWARD_BEFORE=$(sysctl -n net.ipv4.ip_forward)
+
+stop_leaves_no_bridge_socket() {
+    "$SESSIOND" stop --all >/dev/null || return 1
+    wait_for 3 bash -c "! ss -Hltn | grep -qE '127\.0\.0\.[23]:'" || { ss -ltn; return 1; }
+}
+
 cleanup() {
     local p
     for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in s1 s2 host; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
     wait_pid 5 "${LISTENERS[@]}"
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
@@ -160,6 +267,13 @@ check "ports --session 2 (and 0): only that place, collisions still named" one_s
 check "alice: only session 1, no collision with bob's; --session 2 and 0 denied" alice_sees_only_her_own
 check "ports: bad --session is named (exit 2), an absent one is not running (exit 1)" bad_input_is_named
 check "a closed listener is gone, and so is the collision" closed_listener_is_gone
+check "bridge: greeters in session 1 (4 bind addresses) and session 2" greeters_up
+check "bridge: root reaches 127.0.0.2:P for each bind address; the service sees 127.0.0.1" host_reaches_each_bind_address
+check "bridge: the owner (alice) passes, bob is refused and logged; bob reaches his own" owner_rule
+check "bridge: a new listener is reachable within 1 s, and gone after it closes" new_listener_within_1s_and_gone_after_close
+check "bridge: session 1 cannot reach session 2's service at 127.0.0.3" sessions_do_not_reach_each_other
+check "bridge: nothing listens off loopback; no route_localnet, forwarding unchanged" nothing_off_loopback
+check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
 check "stop --all leaves nothing" cleanup
 kill_daemon
 finish

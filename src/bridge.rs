@@ -1,0 +1,302 @@
+//! The host -> session loopback bridge, TCP (issue 12 item 1): from the host namespace,
+//! 127.0.0.(sid+1):P reaches whatever session sid listens on at P, as loopback
+//! virtualization does on a Windows terminal server.
+//!
+//! Each session's TCP listeners are read with sock_diag (a socket opened once inside its
+//! namespace) every `POLL`; for each port one listener is bound on the host at the session's
+//! loopback (127/8 is local on the host's lo, so no address is added), and each connection
+//! is joined to one made from a socket created inside the namespace, to the port on the
+//! session's loopback interface. Nothing listens on a non-loopback address, and no routing
+//! (route_localnet, forwarding) changes. Who may connect: `LoopbackReach`, the peer's uid
+//! read with sock_diag from its socket on the host.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_sys::Socket;
+use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use sessiond_client::loopback::loopback_for;
+use sessiond_client::ports::{Place, Proto, SockState};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::LoopbackReach;
+use crate::manager::Manager;
+use crate::platform::Platform;
+use crate::ports::DiagSocket;
+use crate::sid::Sid;
+
+/// How often each session's listeners are read: a new one is reachable within this (plus a
+/// bind), a closed one is let go within this.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Where, inside session `sid`, a connection to the host's 127.0.0.(sid+1):P goes, for each
+/// port P the session listens on at an address a loopback peer reaches: 127.0.0.1, the
+/// session loopback, 0.0.0.0, or [::]. A port bound several ways goes to the first of those
+/// that exists, in that order.
+pub fn forwards(sid: Sid, listeners: &[DiagSocket]) -> BTreeMap<u16, SocketAddr> {
+    let own = loopback_for(sid);
+    let rank = |ip: IpAddr| -> Option<(u8, IpAddr)> {
+        match ip {
+            IpAddr::V4(v4) if v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified() => Some((0, Ipv4Addr::LOCALHOST.into())),
+            IpAddr::V4(v4) if v4 == own => Some((1, own.into())),
+            // Dual-stack unless IPV6_V6ONLY: reached at 127.0.0.1 (`join` falls back to ::1).
+            IpAddr::V6(v6) if v6.is_unspecified() => Some((2, Ipv4Addr::LOCALHOST.into())),
+            _ => None,
+        }
+    };
+    let mut best: BTreeMap<u16, (u8, IpAddr)> = BTreeMap::new();
+    for l in listeners.iter().filter(|l| l.proto == Proto::Tcp && l.state == SockState::Listen) {
+        if let Some(r) = rank(l.local.ip()) {
+            let port = l.local.port();
+            if best.get(&port).is_none_or(|b| r.0 < b.0) {
+                best.insert(port, r);
+            }
+        }
+    }
+    best.into_iter().map(|(port, (_, ip))| (port, SocketAddr::new(ip, port))).collect()
+}
+
+/// May a peer whose socket belongs to `peer_uid` connect to a session owned by `owner`?
+pub fn allowed(reach: LoopbackReach, owner: Option<u32>, peer_uid: Option<u32>) -> bool {
+    match reach {
+        LoopbackReach::All => true,
+        LoopbackReach::None => false,
+        LoopbackReach::Owner => peer_uid.is_some_and(|u| u == 0 || Some(u) == owner),
+    }
+}
+
+/// One session's bridge: its namespace, the sock_diag socket made in it, and a task per
+/// forwarded port (aborting it closes the host listener).
+struct SessionBridge {
+    ns: Arc<File>,
+    diag: Arc<Socket>,
+    ports: HashMap<u16, (SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for SessionBridge {
+    fn drop(&mut self) {
+        for (_, task) in self.ports.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the bridge for every session that is up, until the daemon ends. `reach` None: the
+/// daemon does not call this.
+pub async fn run<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackReach) {
+    let mut bridges: HashMap<Sid, SessionBridge> = HashMap::new();
+    let refused = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    loop {
+        let sessions: Vec<_> = mgr.status(None).unwrap_or_default().into_iter().map(|r| (r.session, r.netns, r.owner_uid)).collect();
+        let live: HashSet<Sid> = sessions.iter().map(|s| s.0).collect();
+        bridges.retain(|sid, _| live.contains(sid));
+        for (sid, netns, owner) in sessions {
+            if let std::collections::hash_map::Entry::Vacant(v) = bridges.entry(sid) {
+                let Ok(ns) = crate::ns::open_netns(&netns) else { continue };
+                match crate::ports::open_in(&ns, Place::Session(sid)) {
+                    Ok(diag) => {
+                        v.insert(SessionBridge { ns: Arc::new(ns), diag: Arc::new(diag), ports: HashMap::new() });
+                    }
+                    Err(e) => {
+                        warn!(session = %sid, "loopback bridge: {e}");
+                        continue;
+                    }
+                }
+            }
+            let b = bridges.get_mut(&sid).expect("just made");
+            let diag = b.diag.clone();
+            let listeners = tokio::task::spawn_blocking(move || crate::ports::dump(&diag, Place::Session(sid), &[Proto::Tcp], StateFlags::LISTEN)).await;
+            let want = match listeners {
+                Ok(Ok(l)) => forwards(sid, &l),
+                Ok(Err(e)) => {
+                    debug!(session = %sid, "loopback bridge: {e}");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            b.ports.retain(|port, (target, task)| {
+                let keep = want.get(port) == Some(target) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (port, target) in want {
+                if b.ports.contains_key(&port) {
+                    continue;
+                }
+                let host = SocketAddr::new(loopback_for(sid).into(), port);
+                match TcpListener::bind(host).await {
+                    Ok(listener) => {
+                        info!(session = %sid, %host, %target, "loopback bridge: forwarding");
+                        let task = tokio::spawn(serve(listener, sid, owner, reach, target, b.ns.clone(), refused.clone()));
+                        b.ports.insert(port, (target, task));
+                    }
+                    // Taken on the host (a host service on 0.0.0.0:P, say): tried again next poll.
+                    Err(e) => debug!(session = %sid, %host, "loopback bridge: cannot listen: {e}"),
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    sid: Sid,
+    owner: Option<u32>,
+    reach: LoopbackReach,
+    target: SocketAddr,
+    ns: Arc<File>,
+    refused: Arc<std::sync::Mutex<HashSet<(Sid, u32, u16)>>>,
+) {
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: wait instead of spinning.
+                debug!(session = %sid, "loopback bridge: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let local = conn.local_addr().ok();
+        let ns = ns.clone();
+        let refused = refused.clone();
+        tokio::spawn(async move {
+            if reach != LoopbackReach::All {
+                let uid = match local {
+                    Some(local) => tokio::task::spawn_blocking(move || peer_uid(peer, local)).await.ok().flatten(),
+                    None => None,
+                };
+                if !allowed(reach, owner, uid) {
+                    let uid_or_max = uid.unwrap_or(u32::MAX);
+                    if refused.lock().unwrap().insert((sid, uid_or_max, target.port())) {
+                        warn!(session = %sid, port = target.port(), uid = ?uid, "loopback bridge: refused a connection (loopback_reach = {reach}; only root and the owner may connect)");
+                    }
+                    return;
+                }
+            }
+            if let Err(e) = join(conn, target, &ns).await {
+                debug!(session = %sid, %target, "loopback bridge: {e}");
+            }
+        });
+    }
+}
+
+/// Connects to `target` from a socket made inside the session's namespace (from 127.0.0.1,
+/// so the service sees a loopback peer of its own) and copies both ways until either side
+/// closes. A refused 127.0.0.1 is tried again at ::1 (a [::] listener that is IPv6-only).
+async fn join(mut conn: tokio::net::TcpStream, target: SocketAddr, ns: &File) -> std::io::Result<()> {
+    let mut inside = match connect_inside(target, ns).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && target.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) => {
+            connect_inside(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), target.port()), ns).await?
+        }
+        r => r?,
+    };
+    tokio::io::copy_bidirectional(&mut conn, &mut inside).await?;
+    Ok(())
+}
+
+async fn connect_inside(target: SocketAddr, ns: &File) -> std::io::Result<tokio::net::TcpStream> {
+    use socket2::{Domain, Socket as Sock2, Type};
+    let sock =
+        crate::ns::run_in_netns_async(ns, move || Sock2::new(Domain::for_address(target), Type::STREAM, None)).await.map_err(std::io::Error::other)??;
+    if target.is_ipv4() {
+        sock.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
+    }
+    sock.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(sock)).connect(target).await
+}
+
+/// The uid that owns the host socket connected from `peer` to `local` (sock_diag, in the
+/// host namespace, where this runs), if it is found.
+fn peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let sock = Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG).ok()?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let socket_id = SocketId {
+        source_port: peer.port(),
+        destination_port: local.port(),
+        source_address: peer.ip(),
+        destination_address: local.ip(),
+        interface_id: 0,
+        cookie: [0xff; 8], // INET_DIAG_NOCOOKIE: match by address
+    };
+    let family = if peer.is_ipv4() { AF_INET } else { netlink_packet_sock_diag::constants::AF_INET6 };
+    let req = InetRequest { family, protocol: IPPROTO_TCP, extensions: ExtensionFlags::empty(), states: StateFlags::all(), socket_id };
+    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    sock.send_to(&buf, &netlink_sys::SocketAddr::new(0, 0), 0).ok()?;
+    let (reply, _) = sock.recv_from_full().ok()?;
+    match NetlinkMessage::<SockDiagMessage>::deserialize(&reply).ok()?.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Some(r.header.uid),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(local: &str) -> DiagSocket {
+        DiagSocket { proto: Proto::Tcp, local: local.parse().unwrap(), remote: None, state: SockState::Listen, uid: 1000, inode: 1 }
+    }
+
+    #[test]
+    fn each_of_the_four_bind_addresses_is_forwarded_and_nothing_else() {
+        let sid = Sid::new(7).unwrap();
+        let l = [
+            listen("127.0.0.1:8888"),
+            listen("127.0.0.8:8001"),
+            listen("0.0.0.0:8002"),
+            listen("[::]:8003"),
+            // not reached from the session's loopback: another session's loopback, the LAN
+            // address, ::1 alone
+            listen("127.0.0.9:9001"),
+            listen("10.0.0.5:9002"),
+            listen("[::1]:9003"),
+        ];
+        let f = forwards(sid, &l);
+        let want: BTreeMap<u16, SocketAddr> = [(8001, "127.0.0.8:8001"), (8002, "127.0.0.1:8002"), (8003, "127.0.0.1:8003"), (8888, "127.0.0.1:8888")]
+            .into_iter()
+            .map(|(p, a)| (p, a.parse().unwrap()))
+            .collect();
+        assert_eq!(f, want);
+    }
+
+    #[test]
+    fn a_port_bound_several_ways_goes_to_127_0_0_1_first() {
+        let sid = Sid::new(1).unwrap();
+        let f = forwards(sid, &[listen("[::]:80"), listen("127.0.0.2:80"), listen("127.0.0.1:80")]);
+        assert_eq!(f[&80], "127.0.0.1:80".parse().unwrap());
+        let f = forwards(sid, &[listen("[::]:80"), listen("127.0.0.2:80")]);
+        assert_eq!(f[&80], "127.0.0.2:80".parse().unwrap());
+        let f = forwards(sid, &[listen("[::]:80")]);
+        assert_eq!(f[&80], "127.0.0.1:80".parse().unwrap());
+        let mut not_listening = listen("127.0.0.1:81");
+        not_listening.state = SockState::Established;
+        assert!(forwards(sid, &[not_listening]).is_empty());
+    }
+
+    #[test]
+    fn the_owner_rule() {
+        use LoopbackReach::{All, Owner};
+        assert!(allowed(Owner, Some(1000), Some(0)));
+        assert!(allowed(Owner, Some(1000), Some(1000)));
+        assert!(!allowed(Owner, Some(1000), Some(1001)));
+        assert!(!allowed(Owner, None, Some(1001)));
+        assert!(!allowed(Owner, Some(1000), None), "an unknown peer is refused");
+        assert!(allowed(All, Some(1000), Some(1001)));
+        assert!(!allowed(LoopbackReach::None, Some(1000), Some(0)));
+    }
+}
