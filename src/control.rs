@@ -294,7 +294,8 @@ pub fn ports_targets(records: &[SessionRecord], uid: u32, scope: Option<Place>) 
     } else if scope == Some(Place::Host) {
         return denied(format!("the host's sockets (session 0) are shown to root only (caller uid {uid})"));
     }
-    let visible = records.iter().filter(|r| r.state == SessionState::Up && (uid == 0 || r.owner_uid == Some(uid)));
+    let viewer = crate::events::Viewer::from_uid(uid);
+    let visible = records.iter().filter(|r| r.state == SessionState::Up && viewer.may_see(r.owner_uid));
     targets.extend(visible.map(|r| Target { place: Place::Session(r.session), netns: crate::ns::netns_path(&r.netns) }));
     match scope {
         Some(place) if !targets.iter().any(|t| t.place == place) => {
