@@ -1,12 +1,12 @@
-//! The host -> session loopback bridge, TCP (issue 12 item 1): from the host namespace,
-//! 127.0.0.(sid+1):P reaches whatever session sid listens on at P, as loopback
+//! The host -> session loopback bridge (issue 12 item 1): from the host namespace,
+//! 127.0.0.(sid+1):P reaches whatever session sid listens on at TCP or UDP port P, as loopback
 //! virtualization does on a Windows terminal server.
 //!
-//! Each session's TCP listeners are read with sock_diag (a socket opened once inside its
-//! namespace) every `POLL`; for each port one listener is bound on the host at the session's
-//! loopback (127/8 is local on the host's lo, so no address is added), and each connection
-//! is joined to one made from a socket created inside the namespace, to the port on the
-//! session's loopback interface. Nothing listens on a non-loopback address, and no routing
+//! Each session's TCP listeners and bound UDP sockets are read with sock_diag (a socket opened
+//! once inside its namespace) every `POLL`; for each port one socket is bound on the host at
+//! the session's loopback (127/8 is local on the host's lo, so no address is added). Each TCP
+//! connection is joined to one made from a socket created inside the namespace; each UDP peer
+//! gets a socket of its own inside (a flow, ended after `UDP_IDLE` without traffic). Nothing listens on a non-loopback address, and no routing
 //! (route_localnet, forwarding) changes. Who may connect: `LoopbackReach`, the peer's uid
 //! read with sock_diag from its socket on the host.
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP};
+use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::Socket;
 use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use sessiond_client::loopback::loopback_for;
 use sessiond_client::ports::{Place, Proto, SockState};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -35,12 +35,16 @@ use crate::sid::Sid;
 /// How often each session's listeners are read: a new one is reachable within this (plus a
 /// bind), a closed one is let go within this.
 pub const POLL: Duration = Duration::from_millis(500);
+/// A UDP flow (one host peer's socket inside the session) ends after this long without a
+/// datagram either way.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
-/// Where, inside session `sid`, a connection to the host's 127.0.0.(sid+1):P goes, for each
-/// port P the session listens on at an address a loopback peer reaches: 127.0.0.1, the
-/// session loopback, 0.0.0.0, or [::]. A port bound several ways goes to the first of those
-/// that exists, in that order.
-pub fn forwards(sid: Sid, listeners: &[DiagSocket]) -> BTreeMap<u16, SocketAddr> {
+/// Where, inside session `sid`, traffic to the host's 127.0.0.(sid+1):P goes, for each TCP
+/// port P the session listens on, and each UDP port it binds unconnected, at an address a
+/// loopback peer reaches: 127.0.0.1, the session loopback, 0.0.0.0, or [::] (and not tied to
+/// another interface, as the DHCP client's socket is). A port bound several ways goes to the
+/// first of those that exists, in that order.
+pub fn forwards(sid: Sid, listeners: &[DiagSocket]) -> BTreeMap<(Proto, u16), SocketAddr> {
     let own = loopback_for(sid);
     let rank = |ip: IpAddr| -> Option<(u8, IpAddr)> {
         match ip {
@@ -51,16 +55,21 @@ pub fn forwards(sid: Sid, listeners: &[DiagSocket]) -> BTreeMap<u16, SocketAddr>
             _ => None,
         }
     };
-    let mut best: BTreeMap<u16, (u8, IpAddr)> = BTreeMap::new();
-    for l in listeners.iter().filter(|l| l.proto == Proto::Tcp && l.state == SockState::Listen) {
+    const LO_IFINDEX: u32 = 1; // lo is interface 1 in every namespace
+    let waiting = |l: &&DiagSocket| match l.proto {
+        Proto::Tcp => l.state == SockState::Listen,
+        Proto::Udp => l.state == SockState::Unconnected && l.local.port() != 0,
+    };
+    let mut best: BTreeMap<(Proto, u16), (u8, IpAddr)> = BTreeMap::new();
+    for l in listeners.iter().filter(waiting).filter(|l| l.interface.is_none_or(|i| i == LO_IFINDEX)) {
         if let Some(r) = rank(l.local.ip()) {
-            let port = l.local.port();
-            if best.get(&port).is_none_or(|b| r.0 < b.0) {
-                best.insert(port, r);
+            let key = (l.proto, l.local.port());
+            if best.get(&key).is_none_or(|b| r.0 < b.0) {
+                best.insert(key, r);
             }
         }
     }
-    best.into_iter().map(|(port, (_, ip))| (port, SocketAddr::new(ip, port))).collect()
+    best.into_iter().map(|((proto, port), (_, ip))| ((proto, port), SocketAddr::new(ip, port))).collect()
 }
 
 /// May a peer whose socket belongs to `peer_uid` connect to a session owned by `owner`?
@@ -77,7 +86,7 @@ pub fn allowed(reach: LoopbackReach, owner: Option<u32>, peer_uid: Option<u32>) 
 struct SessionBridge {
     ns: Arc<File>,
     diag: Arc<Socket>,
-    ports: HashMap<u16, (SocketAddr, JoinHandle<()>)>,
+    ports: HashMap<(Proto, u16), (SocketAddr, JoinHandle<()>)>,
 }
 
 impl Drop for SessionBridge {
@@ -112,7 +121,10 @@ pub async fn run<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackRea
             }
             let b = bridges.get_mut(&sid).expect("just made");
             let diag = b.diag.clone();
-            let listeners = tokio::task::spawn_blocking(move || crate::ports::dump(&diag, Place::Session(sid), &[Proto::Tcp], StateFlags::LISTEN)).await;
+            let listeners = tokio::task::spawn_blocking(move || {
+                crate::ports::dump(&diag, Place::Session(sid), &[Proto::Tcp, Proto::Udp], StateFlags::LISTEN | StateFlags::CLOSE)
+            })
+            .await;
             let want = match listeners {
                 Ok(Ok(l)) => forwards(sid, &l),
                 Ok(Err(e)) => {
@@ -128,19 +140,24 @@ pub async fn run<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackRea
                 }
                 keep
             });
-            for (port, target) in want {
-                if b.ports.contains_key(&port) {
+            for (key, target) in want {
+                if b.ports.contains_key(&key) {
                     continue;
                 }
+                let (proto, port) = key;
                 let host = SocketAddr::new(loopback_for(sid).into(), port);
-                match TcpListener::bind(host).await {
-                    Ok(listener) => {
-                        info!(session = %sid, %host, %target, "loopback bridge: forwarding");
-                        let task = tokio::spawn(serve(listener, sid, owner, reach, target, b.ns.clone(), refused.clone()));
-                        b.ports.insert(port, (target, task));
+                let gate = Gate { sid, owner, reach, port, refused: refused.clone() };
+                let task = match proto {
+                    Proto::Tcp => TcpListener::bind(host).await.map(|l| tokio::spawn(serve(l, gate, target, b.ns.clone()))),
+                    Proto::Udp => UdpSocket::bind(host).await.map(|s| tokio::spawn(serve_udp(Arc::new(s), gate, target, b.ns.clone()))),
+                };
+                match task {
+                    Ok(task) => {
+                        info!(session = %sid, %proto, %host, %target, "loopback bridge: forwarding");
+                        b.ports.insert(key, (target, task));
                     }
                     // Taken on the host (a host service on 0.0.0.0:P, say): tried again next poll.
-                    Err(e) => debug!(session = %sid, %host, "loopback bridge: cannot listen: {e}"),
+                    Err(e) => debug!(session = %sid, %proto, %host, "loopback bridge: cannot bind: {e}"),
                 }
             }
         }
@@ -148,47 +165,131 @@ pub async fn run<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackRea
     }
 }
 
-async fn serve(
-    listener: TcpListener,
+/// Who may come in through one forwarded port, and the log of who was refused.
+#[derive(Clone)]
+struct Gate {
     sid: Sid,
     owner: Option<u32>,
     reach: LoopbackReach,
-    target: SocketAddr,
-    ns: Arc<File>,
+    port: u16,
     refused: Arc<std::sync::Mutex<HashSet<(Sid, u32, u16)>>>,
-) {
+}
+
+impl Gate {
+    /// Whether the host socket at `peer` (talking to our `local`) may come in; a refusal is
+    /// logged once per session, uid and port.
+    async fn admits(&self, proto: Proto, peer: SocketAddr, local: SocketAddr) -> bool {
+        if self.reach == LoopbackReach::All {
+            return true;
+        }
+        let uid = tokio::task::spawn_blocking(move || peer_uid(proto, peer, local)).await.ok().flatten();
+        if allowed(self.reach, self.owner, uid) {
+            return true;
+        }
+        if self.refused.lock().unwrap().insert((self.sid, uid.unwrap_or(u32::MAX), self.port)) {
+            warn!(session = %self.sid, %proto, port = self.port, uid = ?uid, "loopback bridge: refused a connection (loopback_reach = {}; only root and the owner may connect)", self.reach);
+        }
+        false
+    }
+}
+
+async fn serve(listener: TcpListener, gate: Gate, target: SocketAddr, ns: Arc<File>) {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors, say: wait instead of spinning.
-                debug!(session = %sid, "loopback bridge: accept: {e}");
+                debug!(session = %gate.sid, "loopback bridge: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let local = conn.local_addr().ok();
-        let ns = ns.clone();
-        let refused = refused.clone();
+        let Ok(local) = conn.local_addr() else { continue };
+        let (ns, gate) = (ns.clone(), gate.clone());
         tokio::spawn(async move {
-            if reach != LoopbackReach::All {
-                let uid = match local {
-                    Some(local) => tokio::task::spawn_blocking(move || peer_uid(peer, local)).await.ok().flatten(),
-                    None => None,
-                };
-                if !allowed(reach, owner, uid) {
-                    let uid_or_max = uid.unwrap_or(u32::MAX);
-                    if refused.lock().unwrap().insert((sid, uid_or_max, target.port())) {
-                        warn!(session = %sid, port = target.port(), uid = ?uid, "loopback bridge: refused a connection (loopback_reach = {reach}; only root and the owner may connect)");
-                    }
-                    return;
-                }
+            if !gate.admits(Proto::Tcp, peer, local).await {
+                return;
             }
             if let Err(e) = join(conn, target, &ns).await {
-                debug!(session = %sid, %target, "loopback bridge: {e}");
+                debug!(session = %gate.sid, %target, "loopback bridge: {e}");
             }
         });
     }
+}
+
+type Flows = Arc<std::sync::Mutex<HashMap<SocketAddr, Option<Arc<UdpSocket>>>>>;
+
+/// One UDP port: each host peer gets a socket of its own inside the session (so replies find
+/// their way back), made on its first datagram once the peer is admitted; a refused peer's
+/// datagrams are dropped until it has been quiet for `UDP_IDLE`. The flows' tasks belong to
+/// this one: aborting it ends them, and closes the host socket.
+async fn serve_udp(host: Arc<UdpSocket>, gate: Gate, target: SocketAddr, ns: Arc<File>) {
+    let Ok(local) = host.local_addr() else { return };
+    let flows: Flows = Default::default();
+    let mut replies = tokio::task::JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while replies.try_join_next().is_some() {}
+        let (n, peer) = match host.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(session = %gate.sid, "loopback bridge: udp receive: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let known = flows.lock().unwrap().get(&peer).cloned();
+        let inside = match known {
+            Some(flow) => flow,
+            None => {
+                let flow = if gate.admits(Proto::Udp, peer, local).await {
+                    match udp_inside(target, &ns).await {
+                        Ok(s) => Some(Arc::new(s)),
+                        Err(e) => {
+                            debug!(session = %gate.sid, %target, "loopback bridge: udp: {e}");
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                flows.lock().unwrap().insert(peer, flow.clone());
+                replies.spawn(udp_replies(host.clone(), peer, flow.clone(), flows.clone()));
+                flow
+            }
+        };
+        if let Some(inside) = inside {
+            let _ = inside.send(&buf[..n]).await;
+        }
+    }
+}
+
+/// Carries a flow's replies back to its host peer until it has been idle for `UDP_IDLE`, then
+/// forgets the flow (a refused peer's entry, `None`, is forgotten after as long).
+async fn udp_replies(host: Arc<UdpSocket>, peer: SocketAddr, inside: Option<Arc<UdpSocket>>, flows: Flows) {
+    let mut buf = vec![0u8; 65536];
+    if let Some(inside) = inside {
+        while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, inside.recv(&mut buf)).await {
+            let _ = host.send_to(&buf[..n], peer).await;
+        }
+    } else {
+        tokio::time::sleep(UDP_IDLE).await;
+    }
+    flows.lock().unwrap().remove(&peer);
+}
+
+/// A UDP socket made inside the session, from 127.0.0.1 (for an IPv4 target), connected to
+/// `target`.
+async fn udp_inside(target: SocketAddr, ns: &File) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Socket as Sock2, Type};
+    let sock = crate::ns::run_in_netns_async(ns, move || Sock2::new(Domain::for_address(target), Type::DGRAM, None)).await.map_err(std::io::Error::other)??;
+    if target.is_ipv4() {
+        sock.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
+    }
+    sock.set_nonblocking(true)?;
+    let s = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
+    s.connect(target).await?;
+    Ok(s)
 }
 
 /// Connects to `target` from a socket made inside the session's namespace (from 127.0.0.1,
@@ -216,22 +317,28 @@ async fn connect_inside(target: SocketAddr, ns: &File) -> std::io::Result<tokio:
     tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(sock)).connect(target).await
 }
 
-/// The uid that owns the host socket connected from `peer` to `local` (sock_diag, in the
-/// host namespace, where this runs), if it is found.
-fn peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+/// The uid that owns the host socket at `peer` that talks to our `local` (sock_diag, in the
+/// host namespace, where this runs), if it is found. A TCP lookup names the socket by its
+/// own address first; a UDP lookup names the socket a datagram from `local` to `peer` would
+/// reach (the kernel looks each up as it would deliver a packet).
+fn peer_uid(proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     let sock = Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG).ok()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
+    let (src, dst, protocol) = match proto {
+        Proto::Tcp => (peer, local, IPPROTO_TCP),
+        Proto::Udp => (local, peer, IPPROTO_UDP),
+    };
     let socket_id = SocketId {
-        source_port: peer.port(),
-        destination_port: local.port(),
-        source_address: peer.ip(),
-        destination_address: local.ip(),
+        source_port: src.port(),
+        destination_port: dst.port(),
+        source_address: src.ip(),
+        destination_address: dst.ip(),
         interface_id: 0,
         cookie: [0xff; 8], // INET_DIAG_NOCOOKIE: match by address
     };
     let family = if peer.is_ipv4() { AF_INET } else { netlink_packet_sock_diag::constants::AF_INET6 };
-    let req = InetRequest { family, protocol: IPPROTO_TCP, extensions: ExtensionFlags::empty(), states: StateFlags::all(), socket_id };
+    let req = InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states: StateFlags::all(), socket_id };
     let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
@@ -249,7 +356,15 @@ mod tests {
     use super::*;
 
     fn listen(local: &str) -> DiagSocket {
-        DiagSocket { proto: Proto::Tcp, local: local.parse().unwrap(), remote: None, state: SockState::Listen, uid: 1000, inode: 1 }
+        DiagSocket { proto: Proto::Tcp, local: local.parse().unwrap(), remote: None, state: SockState::Listen, uid: 1000, inode: 1, interface: None }
+    }
+
+    fn bound_udp(local: &str, interface: Option<u32>) -> DiagSocket {
+        DiagSocket { proto: Proto::Udp, state: SockState::Unconnected, interface, ..listen(local) }
+    }
+
+    fn tcp(port: u16) -> (Proto, u16) {
+        (Proto::Tcp, port)
     }
 
     #[test]
@@ -267,9 +382,9 @@ mod tests {
             listen("[::1]:9003"),
         ];
         let f = forwards(sid, &l);
-        let want: BTreeMap<u16, SocketAddr> = [(8001, "127.0.0.8:8001"), (8002, "127.0.0.1:8002"), (8003, "127.0.0.1:8003"), (8888, "127.0.0.1:8888")]
+        let want: BTreeMap<(Proto, u16), SocketAddr> = [(8001, "127.0.0.8:8001"), (8002, "127.0.0.1:8002"), (8003, "127.0.0.1:8003"), (8888, "127.0.0.1:8888")]
             .into_iter()
-            .map(|(p, a)| (p, a.parse().unwrap()))
+            .map(|(p, a)| (tcp(p), a.parse().unwrap()))
             .collect();
         assert_eq!(f, want);
     }
@@ -278,14 +393,34 @@ mod tests {
     fn a_port_bound_several_ways_goes_to_127_0_0_1_first() {
         let sid = Sid::new(1).unwrap();
         let f = forwards(sid, &[listen("[::]:80"), listen("127.0.0.2:80"), listen("127.0.0.1:80")]);
-        assert_eq!(f[&80], "127.0.0.1:80".parse().unwrap());
+        assert_eq!(f[&tcp(80)], "127.0.0.1:80".parse().unwrap());
         let f = forwards(sid, &[listen("[::]:80"), listen("127.0.0.2:80")]);
-        assert_eq!(f[&80], "127.0.0.2:80".parse().unwrap());
+        assert_eq!(f[&tcp(80)], "127.0.0.2:80".parse().unwrap());
         let f = forwards(sid, &[listen("[::]:80")]);
-        assert_eq!(f[&80], "127.0.0.1:80".parse().unwrap());
+        assert_eq!(f[&tcp(80)], "127.0.0.1:80".parse().unwrap());
         let mut not_listening = listen("127.0.0.1:81");
         not_listening.state = SockState::Established;
         assert!(forwards(sid, &[not_listening]).is_empty());
+    }
+
+    #[test]
+    fn bound_udp_sockets_are_forwarded_but_not_one_tied_to_eth0() {
+        let sid = Sid::new(1).unwrap();
+        let mut connected = bound_udp("127.0.0.1:5001", None);
+        connected.state = SockState::Established;
+        let f = forwards(
+            sid,
+            &[
+                bound_udp("0.0.0.0:5353", None),
+                bound_udp("127.0.0.1:80", Some(1)), // bound to lo: reachable
+                bound_udp("0.0.0.0:68", Some(2)),   // the DHCP client's, on eth0
+                connected,
+                listen("127.0.0.1:80"),
+            ],
+        );
+        let keys: Vec<_> = f.keys().copied().collect();
+        assert_eq!(keys, vec![tcp(80), (Proto::Udp, 80), (Proto::Udp, 5353)]);
+        assert_eq!(f[&(Proto::Udp, 5353)], "127.0.0.1:5353".parse().unwrap());
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct DiagSocket {
     pub state: SockState,
     pub uid: u32,
     pub inode: u32,
+    /// The interface the socket is bound to (SO_BINDTODEVICE); None: any.
+    pub interface: Option<u32>,
 }
 
 /// Where one namespace to be listed is: its place and the namespace file (/run/netns/NAME,
@@ -176,6 +178,7 @@ pub fn parse_replies(mut buf: &[u8], proto: Proto, out: &mut Vec<DiagSocket>) ->
                     state,
                     uid: h.uid,
                     inode: h.inode,
+                    interface: (id.interface_id != 0).then_some(id.interface_id),
                 });
             }
             _ => {}
@@ -296,14 +299,15 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                DiagSocket { proto: Proto::Tcp, local: sa("127.0.0.1:8080"), remote: None, state: SockState::Listen, uid: 1000, inode: 4242 },
+                DiagSocket { proto: Proto::Tcp, local: sa("127.0.0.1:8080"), remote: None, state: SockState::Listen, uid: 1000, inode: 4242, interface: None },
                 DiagSocket {
                     proto: Proto::Tcp,
                     local: sa("127.0.0.1:8080"),
                     remote: Some(sa("127.0.0.1:51000")),
                     state: SockState::Established,
                     uid: 0,
-                    inode: 4243
+                    inode: 4243,
+                    interface: None
                 },
                 DiagSocket {
                     proto: Proto::Udp,
@@ -311,7 +315,8 @@ mod tests {
                     remote: None,
                     state: SockState::Unconnected,
                     uid: 1001,
-                    inode: 4244
+                    inode: 4244,
+                    interface: None
                 },
             ]
         );

@@ -5,8 +5,8 @@
 # their namespaces prevent -- and the host listens on a port of its own; `ports` lists every
 # socket with its process and user, marks the collision, shows the host (session 0) to root
 # only, and shows a user only their own sessions.
-# The loopback bridge (TCP): from the host, 127.0.0.2:P reaches what session 1 listens on at
-# P (on 127.0.0.1, 127.0.0.2, 0.0.0.0 or [::]), from 127.0.0.1; root and the owner may
+# The loopback bridge: from the host, 127.0.0.2:P reaches what session 1 listens on (TCP) or
+# binds (UDP) at P (on 127.0.0.1, 127.0.0.2, 0.0.0.0 or [::]), from 127.0.0.1; root and the owner may
 # connect, another user is refused; a new listener is reachable within 1 s and gone after it
 # closes; session 1 cannot reach session 2 at 127.0.0.3; nothing listens off loopback and no
 # routing sysctl changes; `stop` leaves no bridge socket.
@@ -170,6 +170,36 @@ for spec in sys.argv[2:]:
 open(sys.argv[1], "w").write(str(os.getpid()))
 time.sleep(120)
 '
+# A UDP server per "HOST:PORT" argument that answers each datagram with "PORT PEER-IP".
+ECHO_UDP_PY='
+import os, socket, sys, threading, time
+def serve(s, port):
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(("%s %s" % (port, peer[0])).encode(), peer)
+for spec in sys.argv[2:]:
+    host, port = spec.rsplit(":", 1)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    threading.Thread(target=serve, args=(s, port), daemon=True).start()
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+# udp_hit ADDR PORT: the answer to one datagram from here (or "no answer").
+udp_hit() {
+    timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(100).decode())
+except OSError:
+    print("no answer")
+' "$1" "$2"
+}
+export -f udp_hit
+
 # hit ADDR PORT: what a connection from here gets (the greeting, or "closed" / the error).
 hit() {
     timeout 5 python3 -c '
@@ -188,7 +218,28 @@ greeters_up() {
     timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$GREETER_PY" "$W/g1.pid" \
         127.0.0.1:8081 127.0.0.2:8082 0.0.0.0:8083 "[::]:8084" & LISTENERS+=($!)
     timeout 130 "$SESSIOND" exec --session 2 --user bob -- python3 -c "$GREETER_PY" "$W/g2.pid" 127.0.0.1:8091 & LISTENERS+=($!)
-    wait_for 10 test -s "$W/g1.pid" && wait_for 10 test -s "$W/g2.pid"
+    rm -f "$W/u1.pid"
+    timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$ECHO_UDP_PY" "$W/u1.pid" \
+        127.0.0.1:5301 127.0.0.2:5302 0.0.0.0:5303 "[::]:5304" & LISTENERS+=($!)
+    wait_for 10 test -s "$W/g1.pid" && wait_for 10 test -s "$W/g2.pid" && wait_for 10 test -s "$W/u1.pid"
+}
+
+udp_host_reaches_each_bind_address() {
+    local p out ok=0
+    for p in 5301 5302 5303 5304; do
+        wait_for 3 bash -c "[[ \$(udp_hit 127.0.0.2 $p) == $p* ]]" || true
+        out=$(udp_hit 127.0.0.2 $p); echo "udp 127.0.0.2:$p -> $out"
+        [[ $out == "$p 127.0.0.1" || $out == "$p ::ffff:127.0.0.1" ]] || ok=1
+    done
+    return $ok
+}
+
+udp_owner_rule() {
+    local a b
+    a=$("${ALICE[@]}" bash -c "$(declare -f udp_hit); udp_hit 127.0.0.2 5301"); echo "alice -> session 1 udp: $a"
+    b=$("${BOB[@]}" bash -c "$(declare -f udp_hit); udp_hit 127.0.0.2 5301"); echo "bob -> session 1 udp: $b"
+    [[ $a == "5301 127.0.0.1" && $b == "no answer" ]] &&
+    grep -q "loopback bridge: refused a connection.*proto=udp.*port=5301.*uid=Some($(id -u bob))" "$DAEMON_LOG"
 }
 
 # root reaches each of the four, and the service sees 127.0.0.1 (::ffff:127.0.0.1 on [::])
@@ -236,8 +287,8 @@ sessions_do_not_reach_each_other() {
 }
 
 nothing_off_loopback() {
-    ss -Hltn | awk '{print $4}'
-    ! ss -Hltn | awk '{print $4}' | grep -vE '^(127\.|\[::1\]|\[::ffff:127\.)' | grep -q . || { echo "a listener off loopback"; return 1; }
+    ss -Hltun | awk '{print $5}'
+    ! ss -Hltun | awk '{print $5}' | grep -vE '^(127\.|\[::1\]|\[::ffff:127\.)' | grep -q . || { echo "a listener off loopback"; return 1; }
     sysctl -a 2>/dev/null | grep -E 'route_localnet|ip_forward ' | tee /run/bridge-sysctl.now
     ! grep -E 'route_localnet = 1' /run/bridge-sysctl.now
     [[ $(sysctl -n net.ipv4.ip_forward) == "$FORWARD_BEFORE" ]]
@@ -246,13 +297,13 @@ FORWARD_BEFORE=$(sysctl -n net.ipv4.ip_forward)
 
 stop_leaves_no_bridge_socket() {
     "$SESSIOND" stop --all >/dev/null || return 1
-    wait_for 3 bash -c "! ss -Hltn | grep -qE '127\.0\.0\.[23]:'" || { ss -ltn; return 1; }
+    wait_for 3 bash -c "! ss -Hltun | grep -qE '127\.0\.0\.[23]:'" || { ss -ltun; return 1; }
 }
 
 cleanup() {
     local p
     for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in s1 s2 host g1 g2 g3; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3 u1; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
     wait_pid 5 "${LISTENERS[@]}"
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
@@ -267,9 +318,11 @@ check "ports --session 2 (and 0): only that place, collisions still named" one_s
 check "alice: only session 1, no collision with bob's; --session 2 and 0 denied" alice_sees_only_her_own
 check "ports: bad --session is named (exit 2), an absent one is not running (exit 1)" bad_input_is_named
 check "a closed listener is gone, and so is the collision" closed_listener_is_gone
-check "bridge: greeters in session 1 (4 bind addresses) and session 2" greeters_up
+check "bridge: greeters in session 1 (4 bind addresses, TCP and UDP) and session 2" greeters_up
 check "bridge: root reaches 127.0.0.2:P for each bind address; the service sees 127.0.0.1" host_reaches_each_bind_address
 check "bridge: the owner (alice) passes, bob is refused and logged; bob reaches his own" owner_rule
+check "bridge, UDP: root reaches 127.0.0.2:P for each bind address; the service sees 127.0.0.1" udp_host_reaches_each_bind_address
+check "bridge, UDP: alice is answered, bob is not (and logged)" udp_owner_rule
 check "bridge: a new listener is reachable within 1 s, and gone after it closes" new_listener_within_1s_and_gone_after_close
 check "bridge: session 1 cannot reach session 2's service at 127.0.0.3" sessions_do_not_reach_each_other
 check "bridge: nothing listens off loopback; no route_localnet, forwarding unchanged" nothing_off_loopback
