@@ -103,35 +103,42 @@ pub async fn run<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackRea
     let mut bridges: HashMap<Sid, SessionBridge> = HashMap::new();
     let refused = Arc::new(std::sync::Mutex::new(HashSet::new()));
     loop {
-        let sessions: Vec<_> = mgr.status(None).unwrap_or_default().into_iter().map(|r| (r.session, r.netns, r.owner_uid)).collect();
-        let live: HashSet<Sid> = sessions.iter().map(|s| s.0).collect();
-        bridges.retain(|sid, _| live.contains(sid));
-        for (sid, netns, owner) in sessions {
-            if let std::collections::hash_map::Entry::Vacant(v) = bridges.entry(sid) {
-                let Ok(ns) = crate::ns::open_netns(&netns) else { continue };
-                match crate::ports::open_in(&ns, Place::Session(sid)) {
-                    Ok(diag) => {
-                        v.insert(SessionBridge { ns: Arc::new(ns), diag: Arc::new(diag), ports: HashMap::new() });
-                    }
-                    Err(e) => {
-                        warn!(session = %sid, "loopback bridge: {e}");
-                        continue;
-                    }
-                }
+        let sessions: HashMap<Sid, (String, Option<u32>)> =
+            mgr.status(None).unwrap_or_default().into_iter().map(|r| (r.session, (r.netns, r.owner_uid))).collect();
+        bridges.retain(|sid, _| sessions.contains_key(sid));
+        for (&sid, (netns, _)) in &sessions {
+            if bridges.contains_key(&sid) {
+                continue;
             }
-            let b = bridges.get_mut(&sid).expect("just made");
-            let diag = b.diag.clone();
-            let listeners = tokio::task::spawn_blocking(move || {
-                crate::ports::dump(&diag, Place::Session(sid), &[Proto::Tcp, Proto::Udp], StateFlags::LISTEN | StateFlags::CLOSE)
-            })
-            .await;
+            let Ok(ns) = crate::ns::open_netns(netns) else { continue };
+            let Ok(ns_for_diag) = ns.try_clone() else { continue };
+            match tokio::task::spawn_blocking(move || crate::ports::open_in(&ns_for_diag, Place::Session(sid))).await {
+                Ok(Ok(diag)) => {
+                    bridges.insert(sid, SessionBridge { ns: Arc::new(ns), diag: Arc::new(diag), ports: HashMap::new() });
+                }
+                Ok(Err(e)) => warn!(session = %sid, "loopback bridge: {e}"),
+                Err(_) => {}
+            }
+        }
+        // Every session's listeners, read on one blocking thread (a few netlink dumps each).
+        let diags: Vec<(Sid, Arc<Socket>)> = bridges.iter().map(|(sid, b)| (*sid, b.diag.clone())).collect();
+        let read = tokio::task::spawn_blocking(move || {
+            diags
+                .into_iter()
+                .map(|(sid, diag)| (sid, crate::ports::dump(&diag, Place::Session(sid), &[Proto::Tcp, Proto::Udp], StateFlags::LISTEN | StateFlags::CLOSE)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (sid, listeners) in read {
+            let (Some(b), Some((_, owner))) = (bridges.get_mut(&sid), sessions.get(&sid)) else { continue };
+            let owner = *owner;
             let want = match listeners {
-                Ok(Ok(l)) => forwards(sid, &l),
-                Ok(Err(e)) => {
+                Ok(l) => forwards(sid, &l),
+                Err(e) => {
                     debug!(session = %sid, "loopback bridge: {e}");
                     continue;
                 }
-                Err(_) => continue,
             };
             b.ports.retain(|port, (target, task)| {
                 let keep = want.get(port) == Some(target) && !task.is_finished();
