@@ -11,6 +11,7 @@ use crate::daemon::BootError;
 use crate::proto::{ErrorKind, Request, Response};
 use crate::sid::Sid;
 use crate::state::SessionRecord;
+use sessiond_client::ports::{Place, PortEntry};
 
 #[derive(Parser, Debug)]
 #[command(name = "sessiond", version, about = "A network identity (netns, uplink, address, loopback) per login session")]
@@ -28,6 +29,10 @@ pub struct SocketArg {
 
 fn parse_sid(s: &str) -> Result<Sid, String> {
     s.parse::<Sid>().map_err(|e| e.to_string())
+}
+
+fn parse_place(s: &str) -> Result<Place, String> {
+    s.parse::<Place>().map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +102,21 @@ pub enum Cmd {
     /// (internal: the last step of `exec --user`, run by it) become the user and run the command
     #[command(name = crate::exec::AS_USER_CMD, hide = true)]
     ExecAsUser(crate::exec::AsUser),
+    /// List the sockets of each session (and of the host, session 0, for root): protocol,
+    /// addresses, state, process and user; ports bound in more than one session are marked
+    Ports {
+        /// Only this session (0: the host)
+        #[arg(long, value_parser = parse_place, allow_hyphen_values = true)]
+        session: Option<Place>,
+        /// Only listening TCP sockets and bound, unconnected UDP sockets
+        #[arg(long)]
+        listening: bool,
+        /// Print JSON (a list of sockets) instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Print a session's loopback address (pure; needs no daemon)
     Loopback {
         /// Session id
@@ -186,6 +206,17 @@ fn run(cli: Cli) -> Result<i32, Exit> {
             print_sessions(&sessions, json, session.is_some());
             Ok(())
         }
+        Cmd::Ports { session, listening, json, socket } => match call(&socket, &Request::Ports { session, listening }, Duration::from_secs(30))? {
+            Response::Ports { ports } if json => {
+                println!("{}", serde_json::to_string_pretty(&ports).expect("sockets serialize"));
+                Ok(())
+            }
+            Response::Ports { ports } => {
+                print!("{}", ports_table(&ports));
+                Ok(())
+            }
+            other => Err(reply_error(other)),
+        },
         Cmd::Stop { session, all, socket } => {
             let req = if all { Request::StopAll } else { Request::Stop { session: session.expect("clap requires it") } };
             match call(&socket, &req, Duration::from_secs(120))? {
@@ -240,6 +271,35 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         return;
     }
     print!("{}", table(sessions));
+}
+
+/// The sockets as `ports` shows them, one line each under a header; COLLIDES names the other
+/// sessions that bind the same port.
+pub(crate) fn ports_table(ports: &[PortEntry]) -> String {
+    use std::fmt::Write;
+    let dash = || "-".to_string();
+    let mut rows = vec![["SESSION", "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROGRAM", "USER", "COLLIDES"].map(String::from)];
+    for p in ports {
+        let also: Vec<String> = p.also_in.iter().map(|s| s.to_string()).collect();
+        rows.push([
+            p.session.to_string(),
+            p.proto.to_string(),
+            p.local.to_string(),
+            p.remote.map_or_else(|| "*".to_string(), |r| r.to_string()),
+            p.state.as_str().to_string(),
+            p.pid.map_or_else(dash, |pid| pid.to_string()),
+            p.program.clone().unwrap_or_else(dash),
+            p.user.clone().unwrap_or_else(|| p.uid.to_string()),
+            if also.is_empty() { dash() } else { format!("with {}", also.join(",")) },
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
 }
 
 /// The sessions as `status` shows them, one line each under a header.

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, SOCKET_ENV};
+pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, LoopbackReach, SOCKET_ENV};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// A login's session is stopped this long after its last login process vanished.
@@ -92,6 +92,10 @@ pub struct RawSettings {
     /// default 200; 0: off; 7000: the RFC's own timing)
     #[arg(long = "acd-probe-ms", value_name = "MS")]
     pub acd_probe_ms: Option<u64>,
+    /// Who on the host may connect to 127.0.0.(sid+1):P, forwarded to what session sid listens
+    /// on at P (default owner: root and the session's owner; none: no bridge)
+    #[arg(long, value_parser = one_of::<LoopbackReach>(LoopbackReach::NAMES))]
+    pub loopback_reach: Option<LoopbackReach>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -175,6 +179,7 @@ impl RawSettings {
             dhcp_min_lease_secs: self.dhcp_min_lease_secs.or(under.dhcp_min_lease_secs),
             metrics_listen: self.metrics_listen.or(under.metrics_listen),
             acd_probe_ms: self.acd_probe_ms.or(under.acd_probe_ms),
+            loopback_reach: self.loopback_reach.or(under.loopback_reach),
         }
     }
 }
@@ -201,6 +206,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Length of the RFC 5227 probe before an address is used; 0: no conflict detection.
     pub acd_probe_ms: u64,
+    pub loopback_reach: LoopbackReach,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -241,6 +247,7 @@ impl Settings {
             dhcp_min_lease_secs,
             metrics_listen,
             acd_probe_ms,
+            loopback_reach,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -302,6 +309,7 @@ impl Settings {
             dhcp_min_lease_secs,
             metrics_listen,
             acd_probe_ms,
+            loopback_reach: loopback_reach.unwrap_or(LoopbackReach::Owner),
         })
     }
 }

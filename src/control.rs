@@ -16,7 +16,10 @@ use crate::config::MAX_USER_CONNECTIONS;
 use crate::holders;
 use crate::manager::{Manager, ManagerError, Stopped};
 use crate::platform::Platform;
+use crate::ports::Target;
 use crate::proto::{ErrorKind, MAX_LINE, Request, Response, encode_line, parse_request};
+use crate::state::{SessionRecord, SessionState};
+use sessiond_client::ports::Place;
 
 /// A non-root connection idle this long is closed.
 pub const USER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -229,6 +232,7 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
                 }
                 Err(e) => from_manager(e),
             },
+            Request::Ports { session, listening } => ports(mgr, uid, session, listening).await,
             other => Response::error(ErrorKind::PermissionDenied, format!("permission denied: {} needs root (caller uid {uid})", op_name(&other))),
         };
     }
@@ -258,6 +262,51 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
             Err(e) => from_manager(e),
         },
         Request::Watch => Response::error(ErrorKind::BadRequest, "watch is answered by a stream, on a connection of its own"),
+        Request::Ports { session, listening } => ports(mgr, uid, session, listening).await,
+    }
+}
+
+/// `ports`: the sockets of the namespaces `uid` may see (read on a blocking thread).
+async fn ports<P: Platform>(mgr: &Manager<P>, uid: u32, scope: Option<Place>, listening: bool) -> Response {
+    let records = match mgr.status(None) {
+        Ok(r) => r,
+        Err(e) => return from_manager(e),
+    };
+    let targets = match ports_targets(&records, uid, scope) {
+        Ok(t) => t,
+        Err(refusal) => return refusal,
+    };
+    let shown = move |p: Place| scope.is_none_or(|s| s == p);
+    match tokio::task::spawn_blocking(move || crate::ports::list(&targets, shown, listening, Path::new("/proc"))).await {
+        Ok(Ok(ports)) => Response::Ports { ports },
+        Ok(Err(e)) => Response::error(ErrorKind::Failed, format!("ports: {e}")),
+        Err(e) => Response::error(ErrorKind::Failed, format!("ports: the reading thread failed: {e}")),
+    }
+}
+
+/// The namespaces `ports` reads for `uid`: root, the host and every session that is up;
+/// anyone else, only the sessions they own (never the host). `scope` narrows what is shown,
+/// not what is read: collisions count every place the caller may see.
+pub fn ports_targets(records: &[SessionRecord], uid: u32, scope: Option<Place>) -> Result<Vec<Target>, Response> {
+    let denied = |what: String| Err(Response::error(ErrorKind::PermissionDenied, format!("permission denied: {what}")));
+    let mut targets = Vec::new();
+    if uid == 0 {
+        targets.push(Target { place: Place::Host, netns: PathBuf::from(crate::ports::HOST_NETNS) });
+    } else if scope == Some(Place::Host) {
+        return denied(format!("the host's sockets (session 0) are shown to root only (caller uid {uid})"));
+    }
+    let viewer = crate::events::Viewer::from_uid(uid);
+    let visible = records.iter().filter(|r| r.state == SessionState::Up && viewer.may_see(r.owner_uid));
+    targets.extend(visible.map(|r| Target { place: Place::Session(r.session), netns: crate::ns::netns_path(&r.netns) }));
+    match scope {
+        Some(place) if !targets.iter().any(|t| t.place == place) => {
+            if uid == 0 {
+                Err(Response::error(ErrorKind::NotFound, format!("session {place} is not running")))
+            } else {
+                denied(format!("session {place} does not belong to uid {uid}"))
+            }
+        }
+        _ => Ok(targets),
     }
 }
 
@@ -268,6 +317,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::Stop { .. } => "stop",
         Request::StopAll => "stop --all",
         Request::Watch => "watch",
+        Request::Ports { .. } => "ports",
     }
 }
 
@@ -292,6 +342,42 @@ mod tests {
         )
         .unwrap();
         Manager::new(FakePlatform::new(), s, StateDir::open(dir).unwrap(), "m".into(), "h".into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ports_reads_what_the_caller_may_see() {
+        let d = tempfile::tempdir().unwrap();
+        let m = mgr(d.path());
+        let (s1, s2) = (Sid::new(1).unwrap(), Sid::new(2).unwrap());
+        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false }, 0).await;
+        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false }, 0).await;
+        let records = m.status(None).unwrap();
+        let places = |uid, scope| ports_targets(&records, uid, scope).map(|t| t.into_iter().map(|t| (t.place, t.netns)).collect::<Vec<_>>());
+        let ns = |n: u32| crate::ns::netns_path(&format!("sessiond-{n}"));
+        // root: the host and every session, whatever is shown
+        let all = vec![(Place::Host, PathBuf::from(crate::ports::HOST_NETNS)), (Place::Session(s1), ns(1)), (Place::Session(s2), ns(2))];
+        assert_eq!(places(0, None).unwrap(), all);
+        assert_eq!(places(0, Some(Place::Session(s2))).unwrap(), all);
+        assert_eq!(places(0, Some(Place::Host)).unwrap(), all);
+        // a user: their own sessions only, never the host
+        assert_eq!(places(1000, None).unwrap(), vec![(Place::Session(s1), ns(1))]);
+        assert_eq!(places(1002, None).unwrap(), vec![]);
+        let refused = |uid, scope| match ports_targets(&records, uid, scope) {
+            Err(Response::Error { kind, message }) => (kind, message),
+            other => panic!("not refused: {other:?}"),
+        };
+        let (kind, msg) = refused(1000, Some(Place::Session(s2)));
+        assert_eq!((kind, msg.as_str()), (ErrorKind::PermissionDenied, "permission denied: session 2 does not belong to uid 1000"));
+        let (kind, msg) = refused(1000, Some(Place::Host));
+        assert_eq!(kind, ErrorKind::PermissionDenied);
+        assert!(msg.contains("root only"), "{msg}");
+        let (kind, msg) = refused(0, Some(Place::Session(Sid::new(77).unwrap())));
+        assert_eq!((kind, msg.as_str()), (ErrorKind::NotFound, "session 77 is not running"));
+        // and through the request, a user asking for another's session is refused the same way
+        assert!(matches!(
+            handle(&m, Request::Ports { session: Some(Place::Session(s2)), listening: false }, 1000).await,
+            Response::Error { kind: ErrorKind::PermissionDenied, .. }
+        ));
     }
 
     #[tokio::test]

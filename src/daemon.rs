@@ -103,6 +103,10 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     }
     tokio::spawn(mgr.clone().watch_conflicts());
     tokio::spawn(mgr.clone().defend_adopted());
+    match mgr.settings().loopback_reach {
+        crate::config::LoopbackReach::None => {}
+        reach => drop(tokio::spawn(crate::bridge::run(mgr.clone(), reach))),
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();

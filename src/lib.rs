@@ -7,6 +7,7 @@ pub use sessiond_client::{client, loopback, proto, sid};
 
 pub mod acd;
 pub mod acd_driver;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -30,6 +31,7 @@ pub mod netlink;
 pub mod ns;
 pub mod platform;
 pub mod pool;
+pub mod ports;
 pub mod relay;
 pub mod session;
 pub mod state;

@@ -9,11 +9,12 @@ pub mod enter;
 pub mod holder;
 pub mod loopback;
 pub mod ns;
+pub mod ports;
 pub mod proto;
 pub mod record;
 pub mod sid;
 
-pub use record::{Addressing, DhcpState, LinkKind};
+pub use record::{Addressing, DhcpState, LinkKind, LoopbackReach};
 
 /// The daemon's control socket, unless `--socket` or $SESSIOND_SOCKET says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";

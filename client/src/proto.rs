@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 use ipnet::Ipv4Net;
 
+use crate::ports::{Place, PortEntry};
 use crate::record::{SessionRecord, SessionState};
 use crate::sid::Sid;
 
@@ -33,6 +34,13 @@ pub enum Request {
     /// Turns the connection into a stream of `WatchEvent` lines: a snapshot of the sessions
     /// the caller may see, then one line per change, until either side closes it.
     Watch,
+    /// The sockets of the sessions (and the host, `Place::Host`) the caller may see, or of
+    /// one; `listening`: only listeners and unconnected UDP sockets.
+    Ports {
+        session: Option<Place>,
+        #[serde(default)]
+        listening: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +65,9 @@ pub enum Response {
     Stopped {
         sessions: Vec<Sid>,
         absent: bool,
+    },
+    Ports {
+        ports: Vec<PortEntry>,
     },
     Error {
         kind: ErrorKind,
@@ -131,6 +142,8 @@ mod tests {
             Request::Stop { session: Sid::new(9).unwrap() },
             Request::StopAll,
             Request::Watch,
+            Request::Ports { session: Some(Place::Host), listening: true },
+            Request::Ports { session: None, listening: false },
         ] {
             let line = String::from_utf8(encode_line(&r)).unwrap();
             let (body, end) = line.split_at(line.len() - 1);

@@ -90,7 +90,7 @@ mod tests {
         let bash = std::fs::read_to_string(dir.path().join("completions/sessiond.bash")).unwrap();
         let fish = std::fs::read_to_string(dir.path().join("completions/sessiond.fish")).unwrap();
         let zsh = std::fs::read_to_string(dir.path().join("completions/_sessiond")).unwrap();
-        for word in ["daemon", "start", "status", "exec", "stop", "loopback", "--dhcp-timeout", "--json", "--socket"] {
+        for word in ["daemon", "start", "status", "exec", "stop", "ports", "--listening", "loopback", "--dhcp-timeout", "--json", "--socket"] {
             assert!(bash.contains(word), "bash: {word}");
             assert!(zsh.contains(word), "zsh: {word}");
         }

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# Root integration tests for issue 12 (the loopback bridge and the per-session socket view),
+# run in a private sandbox.
+# `sessiond ports`: two sessions (alice's and bob's) each listen on TCP 8080 -- the collision
+# their namespaces prevent -- and the host listens on a port of its own; `ports` lists every
+# socket with its process and user, marks the collision, shows the host (session 0) to root
+# only, and shows a user only their own sessions.
+# The loopback bridge: from the host, 127.0.0.2:P reaches what session 1 listens on (TCP) or
+# binds (UDP) at P (on 127.0.0.1, 127.0.0.2, 0.0.0.0 or [::]), from 127.0.0.1; root and the owner may
+# connect, another user is refused; a new listener is reachable within 1 s and gone after it
+# closes; session 1 cannot reach session 2 at 127.0.0.3; nothing listens off loopback and no
+# routing sysctl changes; `stop` leaves no bridge socket.
+# Usage: tests/shell/bridge.sh
+# shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"   # (refuses to go on outside scripts/sandbox)
+
+STATE=/var/lib/sessiond
+POOL="$SBX_POOL_FIRST-$SBX_POOL_LAST/${SBX_SUBNET#*/}"
+GROUP=sdusers
+W=/run/bridge-test
+mkdir -p "$W"
+ALICE=(false) BOB=(false)   # until the users exist, never run as root by mistake
+LISTENERS=()    # PIDs of the listeners this suite started (ended by PID at the end)
+
+# listen NAME ADDR... : a python listener (TCP "tcp:HOST:PORT", UDP "udp:HOST:PORT"), which
+# also connects once to its first TCP listener (an ESTAB pair to show), writes its pid to
+# $W/NAME.pid, and lives at most 120 s.
+LISTENER_PY='
+import os, socket, sys, time
+held = []
+first = None
+for spec in sys.argv[2:]:
+    proto, rest = spec.split(":", 1)
+    host, port = rest.rsplit(":", 1)
+    host = host.strip("[]")
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    if proto == "tcp":
+        s.listen()
+        first = first or (host, int(port), fam)
+    held.append(s)
+if first:
+    c = socket.socket(first[2]); c.connect(first[:2]); a, _ = held[0].accept(); held += [c, a]
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+
+users_and_daemon() {
+    groupadd "$GROUP" && sandbox_user alice "$W/alice" && sandbox_user bob "$W/bob" || return 1
+    usermod -aG "$GROUP" alice && usermod -aG "$GROUP" bob || return 1
+    ALICE=(setpriv --reuid="$(id -u alice)" --regid="$(id -g alice)" --init-groups --)
+    BOB=(setpriv --reuid="$(id -u bob)" --regid="$(id -g bob)" --init-groups --)
+    rm -rf "$STATE"
+    start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
+        --state-dir "$STATE" --socket-group "$GROUP"
+}
+
+sessions_for_alice_and_bob() {
+    "$SESSIOND" start --session 1 --owner alice >/dev/null && "$SESSIOND" start --session 2 --owner bob >/dev/null
+}
+
+# start_listener NAME SID USER SPEC... (SID 0: the host, as root)
+start_listener() {
+    local name=$1 sid=$2 user=$3; shift 3
+    rm -f "$W/$name.pid"
+    if [[ $sid == 0 ]]; then
+        timeout 130 python3 -c "$LISTENER_PY" "$W/$name.pid" "$@" &
+    else
+        timeout 130 "$SESSIOND" exec --session "$sid" --user "$user" -- python3 -c "$LISTENER_PY" "$W/$name.pid" "$@" &
+    fi
+    LISTENERS+=($!)
+    wait_for 10 test -s "$W/$name.pid" || { echo "listener $name did not come up"; return 1; }
+    echo "$name: pid $(cat "$W/$name.pid")"
+}
+
+listeners_up() {
+    chmod 777 "$W"
+    start_listener s1 1 alice tcp:127.0.0.1:8080 udp:0.0.0.0:5353 &&
+    start_listener s2 2 bob tcp:[::]:8080 udp:0.0.0.0:5354 &&
+    start_listener host 0 root tcp:127.0.0.1:9099
+}
+
+# row JSON SESSION PROTO LOCAL STATE: the one matching row of `ports --json`, compact.
+row() { jq -c --argjson s "$2" --arg p "$3" --arg l "$4" --arg st "$5" 'map(select(.session == $s and .proto == $p and .local == $l and .state == $st))' <<<"$1"; }
+PORTS=
+root_sees_every_socket_with_its_process() {
+    PORTS=$("$SESSIOND" ports --json) || return 1
+    echo "$PORTS" | jq -c '.[] | select(.local | test("8080|5353|5354|9099"))'
+    local r s1 s2 host
+    s1=$(cat "$W/s1.pid"); s2=$(cat "$W/s2.pid"); host=$(cat "$W/host.pid")
+    r=$(row "$PORTS" 1 tcp 127.0.0.1:8080 listen)
+    [[ $(jq -c '.[0] | [.pid, .program, .user, .remote, .also_in]' <<<"$r") == "[$s1,\"python3\",\"alice\",null,[2]]" ]] || { echo "session 1's listener: $r"; return 1; }
+    r=$(row "$PORTS" 2 tcp "[::]:8080" listen)
+    [[ $(jq -c '.[0] | [.pid, .program, .user, .also_in]' <<<"$r") == "[$s2,\"python3\",\"bob\",[1]]" ]] || { echo "session 2's listener: $r"; return 1; }
+    r=$(row "$PORTS" 1 udp 0.0.0.0:5353 unconnected)
+    [[ $(jq -c '.[0] | [.pid, .user, .also_in]' <<<"$r") == "[$s1,\"alice\",[]]" ]] || { echo "session 1's UDP socket: $r"; return 1; }
+    r=$(row "$PORTS" 0 tcp 127.0.0.1:9099 listen)
+    [[ $(jq -c '.[0] | [.pid, .user, .also_in]' <<<"$r") == "[$host,\"root\",[]]" ]] || { echo "the host's listener: $r"; return 1; }
+    # session 1's own connection to its listener: both ends, with the peer
+    [[ $(jq -c --argjson p "$s1" '[.[] | select(.session == 1 and .state == "established" and .pid == $p) | [.local, .remote] | sort] | sort' <<<"$PORTS" | jq -c 'map(map(sub(":[0-9]+$"; "")))' ) == '[["127.0.0.1","127.0.0.1"],["127.0.0.1","127.0.0.1"]]' ]] ||
+        { echo "session 1's ESTAB pair is missing"; return 1; }
+    # the sessions' sockets are not the host's: on the host, 8080 is only the loopback
+    # bridge's (the daemon's, on the sessions' loopbacks), and that is no collision
+    jq -e '[.[] | select(.session == 0 and (.local | endswith(":8080")))] | all(.local == "127.0.0.2:8080" or .local == "127.0.0.3:8080") and all(.program == "sessiond" and .also_in == [])' <<<"$PORTS"
+}
+
+json_shape() {
+    jq -e 'type == "array" and length > 0 and all(.[]; (keys == ["also_in","local","pid","program","proto","remote","session","state","uid","user"]))' <<<"$PORTS"
+}
+
+table_marks_the_collision() {
+    local out; out=$("$SESSIOND" ports --listening) || return 1
+    echo "$out"
+    head -1 <<<"$out" | grep -q '^SESSION  *PROTO  *LOCAL  *REMOTE  *STATE  *PID  *PROGRAM  *USER  *COLLIDES$' &&
+    grep -Eq '^1  +tcp  +127\.0\.0\.1:8080  +\*  +LISTEN  +[0-9]+  +python3  +alice  +with 2$' <<<"$out" &&
+    grep -Eq '^2  +tcp  +\[::\]:8080  +\*  +LISTEN  +[0-9]+  +python3  +bob  +with 1$' <<<"$out" &&
+    ! grep -q ESTAB <<<"$out"
+}
+
+one_session_keeps_its_collisions() {
+    local out; out=$("$SESSIOND" ports --session 2 --json) || return 1
+    echo "$out" | jq -c '.[]'
+    [[ $(jq -c 'map(.session) | unique' <<<"$out") == "[2]" ]] &&
+    [[ $(jq -c 'map(select(.local == "[::]:8080")) | .[0].also_in' <<<"$out") == "[1]" ]] &&
+    [[ $("$SESSIOND" ports --session 0 --json | jq -c 'map(.session) | unique') == "[0]" ]]
+}
+
+alice_sees_only_her_own() {
+    local out; out=$("${ALICE[@]}" "$SESSIOND" ports --json) || return 1
+    echo "$out" | jq -c '.[]'
+    [[ $(jq -c 'map(.session) | unique' <<<"$out") == "[1]" ]] || { echo "alice sees other places"; return 1; }
+    # bob's session is not hers to see, so neither is the collision with it
+    [[ $(jq -c 'map(select(.local == "127.0.0.1:8080" and .state == "listen")) | .[0].also_in' <<<"$out") == "[]" ]] &&
+    expect_exit 1 "permission denied" "${ALICE[@]}" "$SESSIOND" ports --session 2 &&
+    expect_exit 1 "root only" "${ALICE[@]}" "$SESSIOND" ports --session 0
+}
+
+bad_input_is_named() {
+    expect_exit 2 "not a number" "$SESSIOND" ports --session x &&
+    expect_exit 1 "session 77 is not running" "$SESSIOND" ports --session 77
+}
+
+# a closed listener is gone from the next listing
+closed_listener_is_gone() {
+    kill "$(cat "$W/s2.pid")" || return 1
+    wait_for 5 bash -c "! '$SESSIOND' ports --session 2 --listening | grep -q ':8080 '" || { "$SESSIOND" ports --session 2; return 1; }
+    [[ $("$SESSIOND" ports --json | jq -c 'map(select(.session == 1 and .local == "127.0.0.1:8080" and .state == "listen")) | .[0].also_in') == "[]" ]]
+}
+
+# ------------------------------------------------------------------ the loopback bridge
+
+# A server per "HOST:PORT" argument that greets each connection with "PORT PEER-IP" and closes
+# it; writes its pid to $1, lives at most 120 s.
+GREETER_PY='
+import os, socket, sys, threading, time
+def serve(s, port):
+    while True:
+        c, peer = s.accept()
+        c.sendall(("%s %s\n" % (port, peer[0])).encode()); c.close()
+for spec in sys.argv[2:]:
+    host, port = spec.rsplit(":", 1)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port))); s.listen()
+    threading.Thread(target=serve, args=(s, port), daemon=True).start()
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+# A UDP server per "HOST:PORT" argument that answers each datagram with "PORT PEER-IP".
+ECHO_UDP_PY='
+import os, socket, sys, threading, time
+def serve(s, port):
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(("%s %s" % (port, peer[0])).encode(), peer)
+for spec in sys.argv[2:]:
+    host, port = spec.rsplit(":", 1)
+    host = host.strip("[]")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, int(port)))
+    threading.Thread(target=serve, args=(s, port), daemon=True).start()
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(120)
+'
+# udp_hit ADDR PORT: the answer to one datagram from here (or "no answer").
+udp_hit() {
+    timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(100).decode())
+except OSError:
+    print("no answer")
+' "$1" "$2"
+}
+export -f udp_hit
+
+# hit ADDR PORT: what a connection from here gets (the greeting, or "closed" / the error).
+hit() {
+    timeout 5 python3 -c '
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    print(c.recv(100).decode().strip() or "closed")
+except OSError as e:
+    print("error: %s" % e)
+' "$1" "$2"
+}
+export -f hit   # for the `bash -c` polls
+
+greeters_up() {
+    rm -f "$W/g1.pid" "$W/g2.pid"
+    timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$GREETER_PY" "$W/g1.pid" \
+        127.0.0.1:8081 127.0.0.2:8082 0.0.0.0:8083 "[::]:8084" & LISTENERS+=($!)
+    timeout 130 "$SESSIOND" exec --session 2 --user bob -- python3 -c "$GREETER_PY" "$W/g2.pid" 127.0.0.1:8091 & LISTENERS+=($!)
+    rm -f "$W/u1.pid"
+    timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$ECHO_UDP_PY" "$W/u1.pid" \
+        127.0.0.1:5301 127.0.0.2:5302 0.0.0.0:5303 "[::]:5304" & LISTENERS+=($!)
+    wait_for 10 test -s "$W/g1.pid" && wait_for 10 test -s "$W/g2.pid" && wait_for 10 test -s "$W/u1.pid"
+}
+
+udp_host_reaches_each_bind_address() {
+    local p out ok=0
+    for p in 5301 5302 5303 5304; do
+        wait_for 3 bash -c "[[ \$(udp_hit 127.0.0.2 $p) == $p* ]]" || true
+        out=$(udp_hit 127.0.0.2 $p); echo "udp 127.0.0.2:$p -> $out"
+        [[ $out == "$p 127.0.0.1" || $out == "$p ::ffff:127.0.0.1" ]] || ok=1
+    done
+    return $ok
+}
+
+udp_owner_rule() {
+    local a b
+    a=$("${ALICE[@]}" bash -c "$(declare -f udp_hit); udp_hit 127.0.0.2 5301"); echo "alice -> session 1 udp: $a"
+    b=$("${BOB[@]}" bash -c "$(declare -f udp_hit); udp_hit 127.0.0.2 5301"); echo "bob -> session 1 udp: $b"
+    [[ $a == "5301 127.0.0.1" && $b == "no answer" ]] &&
+    grep -q "loopback bridge: refused a connection.*proto=udp.*port=5301.*uid=Some($(id -u bob))" "$DAEMON_LOG"
+}
+
+# root reaches each of the four, and the service sees 127.0.0.1 (::ffff:127.0.0.1 on [::])
+host_reaches_each_bind_address() {
+    local p out ok=0
+    for p in 8081 8082 8083 8084; do
+        wait_for 3 bash -c "[[ \$(hit 127.0.0.2 $p) == $p* ]]" || true
+        out=$(hit 127.0.0.2 $p); echo "127.0.0.2:$p -> $out"
+        [[ $out == "$p 127.0.0.1" || $out == "$p ::ffff:127.0.0.1" ]] || ok=1
+    done
+    out=$(hit 127.0.0.3 8091); echo "127.0.0.3:8091 -> $out"
+    [[ $out == "8091 127.0.0.1" ]] || ok=1
+    return $ok
+}
+
+owner_rule() {
+    local a b
+    a=$("${ALICE[@]}" bash -c "$(declare -f hit); hit 127.0.0.2 8081"); echo "alice -> session 1: $a"
+    b=$("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.2 8081"); echo "bob -> session 1: $b"
+    [[ $a == "8081 127.0.0.1" && $b != 8081* ]] &&
+    grep -q "loopback bridge: refused a connection.*uid=Some($(id -u bob))" "$DAEMON_LOG" &&
+    [[ $("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.3 8091") == "8091 127.0.0.1" ]]
+}
+
+new_listener_within_1s_and_gone_after_close() {
+    local t0 pid
+    rm -f "$W/g3.pid"
+    timeout 130 "$SESSIOND" exec --session 1 -- python3 -c "$GREETER_PY" "$W/g3.pid" 127.0.0.1:8085 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/g3.pid" || return 1
+    t0=$(now_ms)
+    wait_until_ms $((t0 + 5000)) bash -c "[[ \$(hit 127.0.0.2 8085) == '8085 127.0.0.1' ]]"
+    local took=$(($(now_ms) - t0)); echo "reachable after $took ms"
+    ((took <= 1000)) || { echo "not reachable within 1 s"; return 1; }
+    pid=$(cat "$W/g3.pid"); kill "$pid"
+    wait_for 3 bash -c "! ss -Hltn 'sport = :8085' | grep -q ." || { ss -ltn; return 1; }
+    [[ $(hit 127.0.0.2 8085) == error* ]]
+}
+
+# (127.0.0.3 inside session 1 is session 1's own loopback range: nothing listens there)
+sessions_do_not_reach_each_other() {
+    local out
+    out=$("$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit 127.0.0.3 8091")
+    echo "session 1 -> 127.0.0.3:8091: $out"
+    [[ $out == error* ]]
+}
+
+nothing_off_loopback() {
+    ss -Hltun | awk '{print $5}'
+    ! ss -Hltun | awk '{print $5}' | grep -vE '^(127\.|\[::1\]|\[::ffff:127\.)' | grep -q . || { echo "a listener off loopback"; return 1; }
+    sysctl -a 2>/dev/null | grep -E 'route_localnet|ip_forward ' | tee /run/bridge-sysctl.now
+    ! grep -E 'route_localnet = 1' /run/bridge-sysctl.now
+    [[ $(sysctl -n net.ipv4.ip_forward) == "$FORWARD_BEFORE" ]]
+}
+FORWARD_BEFORE=$(sysctl -n net.ipv4.ip_forward)
+
+stop_leaves_no_bridge_socket() {
+    "$SESSIOND" stop --all >/dev/null || return 1
+    wait_for 3 bash -c "! ss -Hltun | grep -qE '127\.0\.0\.[23]:'" || { ss -ltun; return 1; }
+}
+
+cleanup() {
+    local p
+    for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3 u1; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    wait_pid 5 "${LISTENERS[@]}"
+    "$SESSIOND" stop --all >/dev/null && no_sessions_left
+}
+
+check "users alice and bob; daemon up (socket group $GROUP)" users_and_daemon
+check "root starts session 1 for alice, 2 for bob" sessions_for_alice_and_bob
+check "listeners: session 1 tcp 127.0.0.1:8080, session 2 tcp [::]:8080, host tcp 9099" listeners_up
+check "ports: every socket of both sessions and the host, with pid, program and user" root_sees_every_socket_with_its_process
+check "ports --json: a list of sockets with the documented keys" json_shape
+check "ports --listening: the table marks :8080 in sessions 1 and 2 as a collision" table_marks_the_collision
+check "ports --session 2 (and 0): only that place, collisions still named" one_session_keeps_its_collisions
+check "alice: only session 1, no collision with bob's; --session 2 and 0 denied" alice_sees_only_her_own
+check "ports: bad --session is named (exit 2), an absent one is not running (exit 1)" bad_input_is_named
+check "a closed listener is gone, and so is the collision" closed_listener_is_gone
+check "bridge: greeters in session 1 (4 bind addresses, TCP and UDP) and session 2" greeters_up
+check "bridge: root reaches 127.0.0.2:P for each bind address; the service sees 127.0.0.1" host_reaches_each_bind_address
+check "bridge: the owner (alice) passes, bob is refused and logged; bob reaches his own" owner_rule
+check "bridge, UDP: root reaches 127.0.0.2:P for each bind address; the service sees 127.0.0.1" udp_host_reaches_each_bind_address
+check "bridge, UDP: alice is answered, bob is not (and logged)" udp_owner_rule
+check "bridge: a new listener is reachable within 1 s, and gone after it closes" new_listener_within_1s_and_gone_after_close
+check "bridge: session 1 cannot reach session 2's service at 127.0.0.3" sessions_do_not_reach_each_other
+check "bridge: nothing listens off loopback; no route_localnet, forwarding unchanged" nothing_off_loopback
+check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
+check "stop --all leaves nothing" cleanup
+kill_daemon
+finish
