@@ -93,7 +93,8 @@ pub struct RawSettings {
     #[arg(long = "acd-probe-ms", value_name = "MS")]
     pub acd_probe_ms: Option<u64>,
     /// Who on the host may connect to 127.0.0.(sid+1):P, forwarded to what session sid listens
-    /// on at P (default owner: root and the session's owner; none: no bridge)
+    /// on at P (owner: root and the session's owner; all; default none: no bridge, until its
+    /// listener discovery is cheap at scale)
     #[arg(long, value_parser = one_of::<LoopbackReach>(LoopbackReach::NAMES))]
     pub loopback_reach: Option<LoopbackReach>,
 }
@@ -309,7 +310,7 @@ impl Settings {
             dhcp_min_lease_secs,
             metrics_listen,
             acd_probe_ms,
-            loopback_reach: loopback_reach.unwrap_or(LoopbackReach::Owner),
+            loopback_reach: loopback_reach.unwrap_or(LoopbackReach::None),
         })
     }
 }

@@ -55,7 +55,7 @@ users_and_daemon() {
     BOB=(setpriv --reuid="$(id -u bob)" --regid="$(id -g bob)" --init-groups --)
     rm -rf "$STATE"
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
-        --state-dir "$STATE" --socket-group "$GROUP"
+        --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner
 }
 
 sessions_for_alice_and_bob() {
