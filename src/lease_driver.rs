@@ -364,21 +364,7 @@ async fn run<N: NetOps, A: ArpIo>(
                         warn!("DHCP send: {e}");
                     }
                 }
-        if client.state() == State::Bound {
-            lost = None;
-        }
-        task.report(
-            &status,
-            LeaseStatus {
-                state: client.state(),
-                lease: client.lease().cloned(),
-                discovers: client.discovers_sent(),
-                failed: failed.take(),
-                unapplied: task.done.unapplied.clone(),
-                lost: lost.clone(),
-                stopped: stopped.clone(),
-            },
-        );
+                task.report(&status, LeaseStatus { state: State::Released, ..LeaseStatus::default() });
                 if let Some(d) = done {
                     let _ = d.send(());
                 }
