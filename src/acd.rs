@@ -10,6 +10,11 @@
 //!   announcements ANNOUNCE_INTERVAL apart (§2.3), then it defends (§2.4).
 //! - [`Acd::defend`]: an address already in use (a session re-adopted after a daemon restart,
 //!   an address a renewal kept): defends only.
+//! - [`Acd::probe_from_both`]: as `probe`, and each probe is also sent from the uplink's own
+//!   MAC (the host side of a macvlan session); an answer to it that claims the address with
+//!   the session's MAC is a clone of this machine ([`Conflict::SameMac`]). Why a second
+//!   vantage point: a clone's answer to the session's own probe is addressed to a MAC the
+//!   clone's macvlan owns, so it never leaves the clone; its answer to the uplink's MAC does.
 //!
 //! Defence (§2.4 (b)): on a conflicting packet the machine announces once; another conflict
 //! within DEFEND_INTERVAL of that defence gives the address up ([`Conflict::Lost`]).
@@ -146,8 +151,8 @@ pub enum Conflict {
     InUse { by: [u8; 6] },
     /// While probing, a packet claimed the address with this interface's own MAC, which this
     /// interface never sent: another host has the same MAC, i.e. a copy of this machine (MACs
-    /// and DHCP client ids derive from /etc/machine-id).
-    SameMac,
+    /// and DHCP client ids derive from /etc/machine-id). `mac` is that MAC, ours.
+    SameMac { mac: [u8; 6] },
     /// While holding the address, another host kept claiming it within DEFEND_INTERVAL of our
     /// defence: the address is given up.
     Lost { by: [u8; 6] },
@@ -158,11 +163,12 @@ impl fmt::Display for Conflict {
         let mac = |m: &[u8; 6]| crate::mac::format_mac(m);
         match self {
             Conflict::InUse { by } => write!(f, "in use by another host ({})", mac(by)),
-            Conflict::SameMac => write!(
+            Conflict::SameMac { mac: m } => write!(
                 f,
-                "claimed by another host with this session's own MAC: a copy of this machine with the same /etc/machine-id \
+                "claimed by another host with this session's own MAC {}: a copy of this machine with the same /etc/machine-id \
                  (a cloned VM or image?) runs sessiond on this LAN; give each machine its own machine-id \
-                 (systemd-machine-id-setup after emptying /etc/machine-id)"
+                 (systemd-machine-id-setup after emptying /etc/machine-id)",
+                mac(m)
             ),
             Conflict::Lost { by } => {
                 write!(f, "taken by another host ({}), which kept claiming it after it was defended (RFC 5227 §2.4)", mac(by))
@@ -175,6 +181,8 @@ impl fmt::Display for Conflict {
 pub enum Action {
     /// Broadcast this packet on the interface.
     Send(ArpPacket),
+    /// Broadcast this packet on the uplink, in the host's namespace (see `Acd::probe_from_both`).
+    SendFromUplink(ArpPacket),
     /// Absolute deadline, never before `now`; replaces any earlier one.
     SetTimer(Millis),
     /// The probe found no other user: the address may be configured now.
@@ -204,6 +212,8 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 pub struct Acd {
     mac: [u8; 6],
+    /// The uplink's MAC, when each probe also goes out from there (`probe_from_both`).
+    uplink_mac: Option<[u8; 6]>,
     address: Ipv4Addr,
     probe_ms: Millis,
     rng: SplitMix64,
@@ -216,7 +226,18 @@ impl Acd {
     /// Probes `address` before use, the whole probe taking at most `probe_ms` (> 0; see the
     /// module doc).
     pub fn probe(mac: [u8; 6], address: Ipv4Addr, probe_ms: Millis, seed: u64, now: Millis) -> (Acd, Vec<Action>) {
+        Acd::probe_from(mac, None, address, probe_ms, seed, now)
+    }
+
+    /// `probe`, with each probe also sent from the uplink's MAC `uplink_mac`, whose answers
+    /// the driver feeds to [`Acd::on_uplink_packet`] (see the module doc).
+    pub fn probe_from_both(mac: [u8; 6], uplink_mac: [u8; 6], address: Ipv4Addr, probe_ms: Millis, seed: u64, now: Millis) -> (Acd, Vec<Action>) {
+        Acd::probe_from(mac, Some(uplink_mac), address, probe_ms, seed, now)
+    }
+
+    fn probe_from(mac: [u8; 6], uplink_mac: Option<[u8; 6]>, address: Ipv4Addr, probe_ms: Millis, seed: u64, now: Millis) -> (Acd, Vec<Action>) {
         let mut acd = Acd::new(mac, address, probe_ms.max(1), seed, Phase::Probing { sent: 0 });
+        acd.uplink_mac = uplink_mac;
         let wait = acd.random(0, acd.scaled(PROBE_WAIT_MS));
         let mut out = Vec::new();
         acd.arm(now + wait, now, &mut out);
@@ -229,7 +250,7 @@ impl Acd {
     }
 
     fn new(mac: [u8; 6], address: Ipv4Addr, probe_ms: Millis, seed: u64, phase: Phase) -> Acd {
-        Acd { mac, address, probe_ms, rng: SplitMix64::new(seed), phase, timer: None, last_defence: None }
+        Acd { mac, uplink_mac: None, address, probe_ms, rng: SplitMix64::new(seed), phase, timer: None, last_defence: None }
     }
 
     pub fn address(&self) -> Ipv4Addr {
@@ -270,6 +291,9 @@ impl Acd {
         match self.phase {
             Phase::Probing { sent } if sent < PROBE_NUM => {
                 out.push(Action::Send(ArpPacket::probe(self.mac, self.address)));
+                if let Some(uplink) = self.uplink_mac {
+                    out.push(Action::SendFromUplink(ArpPacket::probe(uplink, self.address)));
+                }
                 let sent = sent + 1;
                 self.phase = Phase::Probing { sent };
                 let next = if sent == PROBE_NUM {
@@ -311,7 +335,7 @@ impl Acd {
                 // for it. Our own probes (sender IP 0) may come back on some bridges; a packet
                 // with our MAC that *claims* the address we never sent while probing.
                 let conflict = match (claims, own) {
-                    (true, true) => Some(Conflict::SameMac),
+                    (true, true) => Some(Conflict::SameMac { mac: self.mac }),
                     (true, false) => Some(Conflict::InUse { by: p.sender_mac }),
                     (false, false) if p.is_probe() && p.target_ip == self.address => Some(Conflict::InUse { by: p.sender_mac }),
                     _ => None,
@@ -333,6 +357,21 @@ impl Acd {
                 }
             }
             Phase::Announcing { .. } | Phase::Defending | Phase::Done => {}
+        }
+        out
+    }
+
+    /// A packet received on the uplink while `probe_from_both` probes. Only one thing seen
+    /// there is this machine's business: the address claimed with the session's own MAC (the
+    /// answer of a clone's session to our uplink's probe), which the session never sent (it
+    /// does not hold the address yet, and a macvlan's frames never reach its own lower
+    /// device). Any other host's claim reaches the session's interface too and is judged
+    /// there (`on_packet`); after the probe, the uplink is not listened to.
+    pub fn on_uplink_packet(&mut self, p: &ArpPacket) -> Vec<Action> {
+        let mut out = Vec::new();
+        let probing = matches!(self.phase, Phase::Probing { .. }) && self.uplink_mac.is_some();
+        if probing && p.sender_ip == self.address && p.sender_mac == self.mac {
+            self.finish(Conflict::SameMac { mac: self.mac }, &mut out);
         }
         out
     }
@@ -471,8 +510,8 @@ mod tests {
             // another host probing for the same address at the same time (§2.1.1)
             (other_probe, Some(Conflict::InUse { by: OTHER })),
             // the address claimed with our own MAC, which we never sent: a clone of this host
-            (reply_from(MAC, ADDR), Some(Conflict::SameMac)),
-            (ArpPacket::announcement(MAC, ADDR), Some(Conflict::SameMac)),
+            (reply_from(MAC, ADDR), Some(Conflict::SameMac { mac: MAC })),
+            (ArpPacket::announcement(MAC, ADDR), Some(Conflict::SameMac { mac: MAC })),
             // our own probe coming back (a hairpin bridge): not a conflict
             (ArpPacket::probe(MAC, ADDR), None),
             // other addresses, other probes, replies to others: not ours
@@ -503,6 +542,81 @@ mod tests {
                 }
             }
         }
+    }
+
+    const UPLINK: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
+
+    fn sent_from_uplink(a: &[Action]) -> Vec<ArpPacket> {
+        a.iter().filter_map(|a| if let Action::SendFromUplink(p) = a { Some(*p) } else { None }).collect()
+    }
+
+    #[test]
+    fn probing_from_both_sends_each_probe_from_the_uplink_too_and_nothing_after() {
+        for seed in 0..50 {
+            let (mut acd, a) = Acd::probe_from_both(MAC, UPLINK, ADDR, 200, seed, T0);
+            let mut at = timer(&a);
+            let (mut session, mut uplink, mut ready) = (Vec::new(), Vec::new(), None);
+            for _ in 0..10 {
+                let a = acd.on_timer(at);
+                session.extend(sent(&a));
+                uplink.extend(sent_from_uplink(&a).into_iter().map(|p| (at, p)));
+                if a.contains(&Action::Ready) {
+                    ready = Some(at);
+                }
+                match acd.next_timer() {
+                    Some(t) => at = t,
+                    None => break,
+                }
+            }
+            assert_eq!(uplink.len(), PROBE_NUM as usize, "{uplink:?}");
+            assert!(uplink.iter().all(|(_, p)| *p == ArpPacket::probe(UPLINK, ADDR)), "RFC 5227 probes from the uplink's MAC: {uplink:?}");
+            assert!(uplink.iter().all(|(t, _)| *t < ready.unwrap()), "all before the address is used");
+            assert_eq!(session.len(), 5, "the session's own probes and announcements as ever");
+        }
+        // a plain probe sends nothing from the uplink
+        let (mut acd, a) = Acd::probe(MAC, ADDR, 200, 1, T0);
+        assert!(sent_from_uplink(&acd.on_timer(timer(&a))).is_empty());
+    }
+
+    #[test]
+    fn on_the_uplink_only_the_address_claimed_with_the_sessions_own_mac_is_a_clone() {
+        let cases = [
+            // the clone's session answering our uplink's probe, or announcing
+            (ArpPacket { op: ArpOp::Reply, sender_mac: MAC, sender_ip: ADDR, target_mac: UPLINK, target_ip: Ipv4Addr::UNSPECIFIED }, true),
+            (ArpPacket::announcement(MAC, ADDR), true),
+            // another host holding the address: the session's own probe hears it (`on_packet`)
+            (ArpPacket { op: ArpOp::Reply, sender_mac: OTHER, sender_ip: ADDR, target_mac: UPLINK, target_ip: Ipv4Addr::UNSPECIFIED }, false),
+            // probes for it (ours from either MAC, or another host's): not claims
+            (ArpPacket::probe(UPLINK, ADDR), false),
+            (ArpPacket::probe(MAC, ADDR), false),
+            (ArpPacket::probe(OTHER, ADDR), false),
+            // our MAC for another address (the clone's other sessions have other MACs anyway)
+            (ArpPacket::announcement(MAC, Ipv4Addr::new(10, 77, 0, 9)), false),
+        ];
+        for (p, clone) in cases {
+            let (mut acd, a) = Acd::probe_from_both(MAC, UPLINK, ADDR, 200, 3, T0);
+            acd.on_timer(timer(&a));
+            let got = acd.on_uplink_packet(&p);
+            if clone {
+                assert_eq!(got, vec![Action::Conflict(Conflict::SameMac { mac: MAC })], "{p:?}");
+                assert_eq!((acd.phase(), acd.next_timer()), (Phase::Done, None));
+            } else {
+                assert!(got.is_empty(), "{p:?} gave {got:?}");
+                assert!(matches!(acd.phase(), Phase::Probing { .. }));
+            }
+        }
+        // Not listened to outside such a probe: a plain probe, or once the address is in use.
+        let clone = ArpPacket::announcement(MAC, ADDR);
+        let (mut plain, _) = Acd::probe(MAC, ADDR, 200, 3, T0);
+        assert!(plain.on_uplink_packet(&clone).is_empty());
+        let (mut acd, a) = Acd::probe_from_both(MAC, UPLINK, ADDR, 200, 3, T0);
+        let mut at = timer(&a);
+        while matches!(acd.phase(), Phase::Probing { .. }) {
+            acd.on_timer(at);
+            at = acd.next_timer().unwrap_or(at);
+        }
+        assert!(acd.on_uplink_packet(&clone).is_empty());
+        assert!(!matches!(acd.phase(), Phase::Done));
     }
 
     #[test]
@@ -581,7 +695,8 @@ mod tests {
     #[test]
     fn conflicts_say_what_happened() {
         assert!(Conflict::InUse { by: OTHER }.to_string().contains("52:54:00:aa:bb:cc"));
-        assert!(Conflict::SameMac.to_string().contains("/etc/machine-id"));
+        let clone = Conflict::SameMac { mac: MAC }.to_string();
+        assert!(clone.contains("/etc/machine-id") && clone.contains("02:00:00:00:00:07"), "{clone}");
         assert!(Conflict::Lost { by: OTHER }.to_string().contains("defended"));
     }
 }

@@ -2,16 +2,38 @@
 //! the session's ARP socket. It decides nothing: it sends what the machine says, arms its
 //! timer, feeds it the frames the socket lets through, and hands the outcome (the address is
 //! free, or taken) to its owner: the DHCP task (`lease_driver`) or the manager (static).
+//!
+//! A new macvlan session's link also holds an ARP socket on the uplink, in the host's
+//! namespace, until its first address is found free: the machine probes from there too, which
+//! is what catches a clone of this machine on a macvlan LAN (see `acd`; on a veth/bridge
+//! uplink the session's own probe already hears the clone, and a probe from the bridge would
+//! reach this host's own sessions).
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
 use crate::acd::{Acd, Action, ArpPacket, Conflict};
+use crate::config::LinkKind;
 use crate::dhcp::Millis;
+use crate::identity::Identity;
 use crate::lease_driver::now_ms;
 use crate::mac::format_mac;
-use crate::platform::ArpIo;
+use crate::netlink::NetError;
+use crate::platform::{ArpIo, Platform};
+
+/// The ACD link of a session being started: its own ARP socket and, on a macvlan uplink, the
+/// uplink's (see the module doc).
+pub async fn new_session_link<P: Platform>(p: &P, id: &Identity, probe_ms: Millis, link: LinkKind, uplink: &str) -> Result<AcdLink<P::Arp>, NetError> {
+    let session = AcdLink::new(p.arp_socket(&id.netns).await?, id.mac, probe_ms);
+    Ok(match link {
+        LinkKind::Macvlan => {
+            let (arp, mac) = p.uplink_arp_socket(uplink).await?;
+            session.with_uplink(arp, mac)
+        }
+        LinkKind::Veth => session,
+    })
+}
 
 /// What the machine concluded about its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +47,8 @@ pub enum Outcome {
 /// What woke the link up (see `AcdLink::wait`).
 pub enum Input {
     Frame(Vec<u8>),
+    /// A frame on the uplink's socket.
+    UplinkFrame(Vec<u8>),
     Timer,
     Failed(std::io::Error),
 }
@@ -36,12 +60,21 @@ pub struct AcdLink<A: ArpIo> {
     probe_ms: Millis,
     machine: Option<Acd>,
     deadline: Option<Millis>,
+    /// The uplink's ARP socket and MAC, until a first address is found free (see the module doc).
+    uplink: Option<(A, [u8; 6])>,
 }
 
 impl<A: ArpIo> AcdLink<A> {
     /// `probe_ms`: the probe's length (> 0; see `acd`).
     pub fn new(arp: A, mac: [u8; 6], probe_ms: Millis) -> AcdLink<A> {
-        AcdLink { arp, mac, probe_ms, machine: None, deadline: None }
+        AcdLink { arp, mac, probe_ms, machine: None, deadline: None, uplink: None }
+    }
+
+    /// Also probes from the uplink (`arp`, a socket on it in the host's namespace; `mac`, its
+    /// MAC) until an address is found free: a macvlan session's clone check.
+    pub fn with_uplink(mut self, arp: A, mac: [u8; 6]) -> AcdLink<A> {
+        self.uplink = Some((arp, mac));
+        self
     }
 
     /// The address being probed or defended.
@@ -52,10 +85,19 @@ impl<A: ArpIo> AcdLink<A> {
     /// Starts probing `address` (replacing whatever was watched).
     pub async fn probe(&mut self, address: Ipv4Addr) {
         self.watch(Some(address));
-        let (acd, actions) = Acd::probe(self.mac, address, self.probe_ms, crate::lease_driver::seed(), now_ms());
+        let seed = crate::lease_driver::seed();
+        let (acd, actions) = match &self.uplink {
+            Some((arp, uplink_mac)) => {
+                if let Err(e) = arp.watch(Some(address)) {
+                    warn!("ARP socket on the uplink: {e}");
+                }
+                Acd::probe_from_both(self.mac, *uplink_mac, address, self.probe_ms, seed, now_ms())
+            }
+            None => Acd::probe(self.mac, address, self.probe_ms, seed, now_ms()),
+        };
         self.machine = Some(acd);
         self.deadline = None;
-        debug!(%address, probe_ms = self.probe_ms, "probing the address (RFC 5227)");
+        debug!(%address, probe_ms = self.probe_ms, from_uplink = self.uplink.is_some(), "probing the address (RFC 5227)");
         self.execute(actions).await;
     }
 
@@ -73,6 +115,11 @@ impl<A: ArpIo> AcdLink<A> {
     pub fn stop(&mut self, address: Option<Ipv4Addr>) {
         if address.is_none() || address == self.address() {
             self.watch(None);
+            if let Some((arp, _)) = &self.uplink
+                && let Err(e) = arp.watch(None)
+            {
+                warn!("ARP socket on the uplink: {e}");
+            }
             self.machine = None;
             self.deadline = None;
         }
@@ -96,9 +143,20 @@ impl<A: ArpIo> AcdLink<A> {
                 None => std::future::pending().await,
             }
         };
+        let mut uplink_buf = [0u8; 128]; // an ARP frame is 60 bytes; more is not ARP
+        let uplink = async {
+            match &self.uplink {
+                Some((arp, _)) => arp.recv(&mut uplink_buf).await.map(|n| uplink_buf[..n].to_vec()),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = self.arp.recv(buf) => match r {
                 Ok(n) => Input::Frame(buf[..n].to_vec()),
+                Err(e) => Input::Failed(e),
+            },
+            r = uplink => match r {
+                Ok(f) => Input::UplinkFrame(f),
                 Err(e) => Input::Failed(e),
             },
             _ = sleep => Input::Timer,
@@ -125,6 +183,10 @@ impl<A: ArpIo> AcdLink<A> {
                 Some(p) => m.on_packet(&p, now),
                 None => return None,
             },
+            Input::UplinkFrame(f) => match ArpPacket::parse_frame(&f) {
+                Some(p) => m.on_uplink_packet(&p),
+                None => return None,
+            },
             Input::Timer => {
                 self.deadline = None;
                 m.on_timer(now)
@@ -148,13 +210,29 @@ impl<A: ArpIo> AcdLink<A> {
                         warn!(%address, "sending ARP: {e}");
                     }
                 }
+                Action::SendFromUplink(p) => {
+                    if let Some((arp, _)) = &self.uplink
+                        && let Err(e) = arp.send(&p.frame()).await
+                    {
+                        warn!(%address, "sending ARP on the uplink: {e}");
+                    }
+                }
                 Action::SetTimer(t) => self.deadline = Some(t),
-                Action::Ready => outcome = Some(Outcome::Free(address)),
+                Action::Ready => {
+                    // Found free: the clone check is done; the uplink's socket is not kept
+                    // for the session's life (one per session on the uplink would cost every
+                    // ARP frame there a filter run per session).
+                    self.uplink = None;
+                    outcome = Some(Outcome::Free(address));
+                }
                 Action::Defended { by } => {
                     info!(%address, by = %format_mac(&by), "defended the address against another host claiming it (RFC 5227 §2.4)")
                 }
                 Action::Conflict(c) => {
                     self.stop(None);
+                    if matches!(c, Conflict::SameMac { .. }) {
+                        self.uplink = None; // the end of this session's start
+                    }
                     outcome = Some(Outcome::Conflict(address, c));
                 }
             }

@@ -7,11 +7,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::acd_driver::AcdLink;
-use crate::config::Settings;
+use crate::config::{LinkKind, Settings};
 use crate::dhcp::{ClientConfig, Event, Lease, State};
 use crate::events::Events;
 use crate::identity::Identity;
-use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, WaitError, lease_file, now_ms};
+use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, Stopped, WaitError, lease_file, now_ms};
 use crate::metrics::Metrics;
 use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
@@ -25,6 +25,9 @@ pub enum DhcpError {
     Net(#[from] NetError),
     #[error("no DHCP lease on uplink {uplink} within {secs} s: {why}")]
     NoLease { uplink: String, secs: u64, why: WaitError },
+    /// The client stopped trying for good (a cloned machine, a persistent conflict).
+    #[error(transparent)]
+    Stopped(Stopped),
     /// The server granted a lease the session could not put on its interface; it was released.
     #[error("{0}")]
     NotApplied(String),
@@ -46,6 +49,8 @@ pub struct Dhcp {
     uplink: String,
     /// The RFC 5227 probe's length; 0: no conflict detection.
     acd_probe_ms: u64,
+    /// Macvlan sessions also probe from the uplink at their start (clone check, `acd_driver`).
+    link: LinkKind,
     /// MACs of the DHCP servers and gateways, shared by all sessions' DHCP tasks.
     lan_neighbours: LanNeighbours,
     /// Where the tasks report lease changes (watchers) and count messages (metrics).
@@ -69,6 +74,7 @@ impl Dhcp {
             min_lease_secs: settings.dhcp_min_lease_secs,
             uplink: settings.uplink.clone(),
             acd_probe_ms: settings.acd_probe_ms,
+            link: settings.link,
             lan_neighbours: Default::default(),
             events,
             metrics,
@@ -100,10 +106,12 @@ impl Dhcp {
     }
 
     /// `inside`: a netlink connection in the session's namespace, if the caller has one.
-    async fn spawn<P: Platform>(&self, p: &P, id: &Identity, first: Event, inside: Option<P::Net>) -> Result<DhcpSession, DhcpError> {
+    /// `new`: a new session (not one resumed), whose first address gets the clone check.
+    async fn spawn<P: Platform>(&self, p: &P, id: &Identity, first: Event, inside: Option<P::Net>, new: bool) -> Result<DhcpSession, DhcpError> {
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
         let acd = match self.acd_probe_ms {
             0 => None,
+            ms if new => Some(crate::acd_driver::new_session_link(p, id, ms, self.link, &self.uplink).await?),
             ms => Some(AcdLink::new(p.arp_socket(&id.netns).await?, id.mac, ms)),
         };
         let inside = match inside {
@@ -125,13 +133,17 @@ impl Dhcp {
     /// A new session: DHCP from INIT, waiting until bound (with the lease on the interface) or
     /// the configured timeout (then the task is ended and nothing is left running).
     pub async fn start<P: Platform>(&self, p: &P, id: &Identity, inside: P::Net) -> Result<DhcpSession, DhcpError> {
-        let mut s = self.spawn(p, id, self.fresh_start(id.sid), Some(inside)).await?;
+        let mut s = self.spawn(p, id, self.fresh_start(id.sid), Some(inside), true).await?;
         match s.driver.wait_bound(Duration::from_secs(self.timeout_secs)).await {
             Ok(_) => Ok(s),
             Err(WaitError::NotApplied(why)) => {
                 // Never "up" with half a lease: give it back, so it is not held for nothing.
                 s.driver.release(true).await;
                 Err(DhcpError::NotApplied(why))
+            }
+            Err(WaitError::Stopped(why)) => {
+                s.driver.abandon();
+                Err(DhcpError::Stopped(why))
             }
             Err(why) => {
                 s.driver.abandon();
@@ -165,7 +177,7 @@ impl Dhcp {
             Some(l) => Event::StartWithLease(l),
             None => self.fresh_start(id.sid),
         };
-        self.spawn(p, id, first, inside).await
+        self.spawn(p, id, first, inside, false).await
     }
 
     /// A crash left a half-made or half-stopped session whose lease is on disk: release it as
@@ -250,7 +262,12 @@ pub struct LeaseView {
 impl LeaseView {
     /// What a lease task's status says of the session's lease.
     pub fn of(s: &crate::lease_driver::LeaseStatus) -> LeaseView {
-        LeaseView { state: s.state, lease: s.lease.clone(), unapplied: s.unapplied.clone(), trouble: s.stopped.clone().or_else(|| s.lost.clone()) }
+        LeaseView {
+            state: s.state,
+            lease: s.lease.clone(),
+            unapplied: s.unapplied.clone(),
+            trouble: s.stopped.as_ref().map(ToString::to_string).or_else(|| s.lost.clone()),
+        }
     }
 
     /// Fills the lease's facts into a session's status record.

@@ -277,8 +277,14 @@ impl NetOps for FakeNet {
     }
 }
 
+/// The MAC of every uplink on the fake host.
+pub const FAKE_UPLINK_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
+
 /// An ARP socket on the fake LAN: probes for an address a LAN host holds are answered; what
-/// `watch` names is the kernel filter's job, emulated.
+/// `watch` names is the kernel filter's job, emulated. A LAN host with the prober's own MAC
+/// (a clone) answers a macvlan session's probe to that MAC, which the clone's own macvlan
+/// keeps: such an answer never arrives (see `acd`). A veth session's does, and so does the
+/// answer to a probe from the uplink (`ns` "host").
 #[derive(Clone)]
 pub struct FakeArp {
     ns: String,
@@ -307,8 +313,11 @@ impl crate::platform::ArpIo for FakeArp {
         use crate::acd::{ArpOp, ArpPacket};
         let p = ArpPacket::parse_frame(frame).ok_or_else(|| std::io::Error::other("not an ARP frame"))?;
         let kind = if p.is_probe() { "probe" } else { "announce" };
-        let holder = op(&self.world, format!("{}: arp {kind} {}", self.ns, p.target_ip), |w| Ok(w.lan_hosts.get(&p.target_ip).copied()))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let on_macvlan = |w: &World| w.macs.contains_key(&format!("link:{}/eth0", self.ns));
+        let holder = op(&self.world, format!("{}: arp {kind} {}", self.ns, p.target_ip), |w| {
+            Ok(w.lan_hosts.get(&p.target_ip).copied().filter(|mac| !(*mac == p.sender_mac && on_macvlan(w))))
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         if let Some(mac) = holder.filter(|_| p.is_probe()) {
             let reply = ArpPacket { op: ArpOp::Reply, sender_mac: mac, sender_ip: p.target_ip, target_mac: p.sender_mac, target_ip: p.sender_ip };
             self.deliver(&reply.frame());
@@ -331,6 +340,14 @@ impl crate::platform::ArpIo for FakeArp {
 impl Platform for FakePlatform {
     type Net = FakeNet;
     type Arp = FakeArp;
+    async fn uplink_arp_socket(&self, uplink: &str) -> Result<(FakeArp, [u8; 6]), NetError> {
+        if !self.world.lock().unwrap().host_links.contains(uplink) {
+            return Err(NetError::NoSuchLink(uplink.into()));
+        }
+        let s = FakeArp { ns: "host".into(), world: self.world.clone(), inbox: Default::default(), watching: Default::default() };
+        self.world.lock().unwrap().arp_sockets.push(s.clone());
+        Ok((s, FAKE_UPLINK_MAC))
+    }
     async fn arp_socket(&self, netns: &str) -> Result<FakeArp, NetError> {
         if !self.netns_exists(netns) {
             return Err(NetError::Other(format!("no netns {netns}")));

@@ -39,7 +39,22 @@ pub struct LeaseStatus {
     /// Why the last address was declined or given up (address conflict); cleared once bound.
     pub lost: Option<String>,
     /// Why the client stopped trying for good (a persistent conflict, a cloned machine).
-    pub stopped: Option<String>,
+    pub stopped: Option<Stopped>,
+}
+
+/// Why a DHCP client stopped trying for good.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stopped {
+    #[error(
+        "gave up after {declined} offered addresses in a row were in use by other hosts (the last, {address}, by {}): \
+         a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)",
+        crate::mac::format_mac(by)
+    )]
+    GaveUp { declined: u32, address: Ipv4Addr, by: [u8; 6] },
+    /// The offered address is held by a copy of this machine (`Conflict::SameMac`): taking it
+    /// would share it, declining it would take it from the copy.
+    #[error("address {address} {conflict}")]
+    Clone { address: Ipv4Addr, conflict: Conflict },
 }
 
 impl Default for LeaseStatus {
@@ -180,7 +195,10 @@ impl LeaseDriver {
 /// What a start waiting on the task learns from one status, if it is an outcome: a bound
 /// lease counts only once it is fully on the interface (a half-applied one is not "up").
 fn bound_outcome(s: &LeaseStatus) -> Option<Result<Lease, WaitError>> {
-    if let Some(f) = s.stopped.as_ref().or(s.failed.as_ref()) {
+    if let Some(why) = &s.stopped {
+        return Some(Err(WaitError::Stopped(why.clone())));
+    }
+    if let Some(f) = &s.failed {
         return Some(Err(WaitError::Failed(f.clone())));
     }
     if s.state != State::Bound {
@@ -198,6 +216,8 @@ fn bound_outcome(s: &LeaseStatus) -> Option<Result<Lease, WaitError>> {
 pub enum WaitError {
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Stopped(Stopped),
     #[error("no lease")]
     NoLease,
     #[error("the DHCP task ended")]
@@ -251,11 +271,7 @@ async fn run<N: NetOps, A: ArpIo>(
                         None => answers.push(Event::AddressFree),
                     },
                     Action::GiveUp { declined, address, by } => {
-                        let why = format!(
-                            "gave up after {declined} offered addresses in a row were in use by other hosts (the last, {address}, by {}): \
-                             a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)",
-                            crate::mac::format_mac(&by)
-                        );
+                        let why = Stopped::GaveUp { declined, address, by };
                         warn!("{why}");
                         stopped = Some(why);
                     }
@@ -322,8 +338,9 @@ async fn run<N: NetOps, A: ArpIo>(
                 match l.handle(input).await {
                     None => {}
                     Some(Outcome::Free(_)) => actions = client.on_event(Event::AddressFree, now_ms()),
-                    Some(Outcome::Conflict(addr, Conflict::SameMac)) => {
-                        let why = format!("address {addr} {}", Conflict::SameMac);
+                    Some(Outcome::Conflict(address, conflict @ Conflict::SameMac { .. })) => {
+                        // Neither DECLINE nor RELEASE: the server's lease is the copy's too.
+                        let why = Stopped::Clone { address, conflict };
                         warn!("{why}");
                         stopped = Some(why);
                     }

@@ -522,15 +522,15 @@ impl<P: Platform> Manager<P> {
     /// the pool is probed, at most MAX_CONFLICTS in a row. Returns the address and the ARP
     /// link, whose machine goes on to announce and defend it.
     async fn claim_static(&self, id: &Identity, rec: &SessionRecord, inside: &P::Net) -> Result<(Ipv4Net, AcdLink<P::Arp>), StartError> {
-        let arp = self.platform.arp_socket(&id.netns).await.map_err(StartError::Probe)?;
-        let mut link = AcdLink::new(arp, id.mac, self.settings.acd_probe_ms);
+        let (probe_ms, kind) = (self.settings.acd_probe_ms, self.settings.link);
+        let mut link = crate::acd_driver::new_session_link(&self.platform, id, probe_ms, kind, &self.settings.uplink).await.map_err(StartError::Probe)?;
         let mut address = rec.address.expect("a static session has its address from reserve");
         let mut conflicts = 0;
         loop {
             link.probe(address.addr()).await;
             match link.outcome().await {
                 Outcome::Free(_) => break,
-                Outcome::Conflict(a, conflict @ Conflict::SameMac) => return Err(StartError::AddressConflict { address: a, conflict }),
+                Outcome::Conflict(a, conflict @ Conflict::SameMac { .. }) => return Err(StartError::AddressConflict { address: a, conflict }),
                 Outcome::Conflict(a, c @ (Conflict::InUse { by } | Conflict::Lost { by })) => {
                     warn!(address = %a, "static address {a} {c}: skipping it");
                     conflicts += 1;
@@ -1719,17 +1719,47 @@ mod tests {
         assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.100")), "{:?}", p.log());
     }
 
+    /// A clone of this machine (same machine-id, so the same session MAC) holds 10.0.0.100 on
+    /// a macvlan LAN: the session's own probe gets no answer (the clone's macvlan keeps it), the
+    /// uplink's does, with the session's MAC.
     #[tokio::test]
     async fn a_host_with_the_sessions_own_mac_ends_the_start_with_the_likely_cause() {
         let d = tempfile::tempdir().unwrap();
         let p = FakePlatform::new();
-        p.add_lan_host(ip("10.0.0.100"), Identity::new("mid", sid(1)).mac);
+        let mac = Identity::new("mid", sid(1)).mac;
+        p.add_lan_host(ip("10.0.0.100"), mac);
         let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
         let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
-        assert!(e.contains("10.0.0.100") && e.contains("own MAC") && e.contains("/etc/machine-id"), "{e}");
+        assert!(e.contains("10.0.0.100") && e.contains("own MAC") && e.contains(&crate::mac::format_mac(&mac)) && e.contains("/etc/machine-id"), "{e}");
         assert!(p.is_empty(), "nothing left: {:?}", p.objects());
         assert!(m.state.load_all().0.is_empty());
-        assert!(!p.log().iter().any(|l| l.contains("arp probe 10.0.0.101")), "no other address tried: {:?}", p.log());
+        let log = p.log();
+        assert!(log.contains(&"host: arp probe 10.0.0.100".to_string()), "probed from the uplink: {log:?}");
+        assert!(!log.iter().any(|l| l.contains("arp probe 10.0.0.101")), "no other address tried: {log:?}");
+        // The uplink is probed only until an address is found free: the next start's session
+        // probes from both, and once up, nothing more goes out from the uplink.
+        p.clear_log();
+        assert_eq!(m.start(Some(sid(2)), None).await.unwrap().address.unwrap().to_string(), "10.0.0.101/24");
+        let log = p.log();
+        assert!(log.contains(&"host: arp probe 10.0.0.101".to_string()), "{log:?}");
+        assert_eq!(log.iter().filter(|l| l.starts_with("host: arp")).count(), crate::acd::PROBE_NUM as usize, "{log:?}");
+    }
+
+    /// The same clone behind a veth/bridge uplink: the session's own probe hears it (a probe from
+    /// the bridge would reach this host's own sessions, so there is none).
+    #[tokio::test]
+    async fn on_a_veth_uplink_the_sessions_own_probe_catches_a_clone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let mac = Identity::new("mid", sid(1)).mac;
+        p.add_lan_host(ip("10.0.0.100"), mac);
+        let mut s = settings("10.0.0.100-10.0.0.110/24");
+        (s.acd_probe_ms, s.link, s.bridge) = (7, LinkKind::Veth, Some("br-lan".into()));
+        let m = Manager::new(p.clone(), s, StateDir::open(d.path()).unwrap(), "mid".into(), "host1".into()).unwrap();
+        let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
+        assert!(e.contains("10.0.0.100") && e.contains("own MAC") && e.contains("/etc/machine-id"), "{e}");
+        assert!(!p.log().iter().any(|l| l.starts_with("host: arp")), "{:?}", p.log());
+        assert!(p.is_empty(), "nothing left: {:?}", p.objects());
     }
 
     #[tokio::test]
@@ -1742,7 +1772,7 @@ mod tests {
         let m = probing_manager(p.clone(), d.path(), "10.0.0.100-10.0.0.130/24");
         let e = m.start(Some(sid(1)), None).await.unwrap_err().to_string();
         assert!(e.contains(&format!("after {MAX_CONFLICTS} pool addresses")) && e.contains("10.0.0.109"), "{e}");
-        assert_eq!(p.log().iter().filter(|l| l.contains("arp probe")).count(), MAX_CONFLICTS as usize);
+        assert_eq!(p.log().iter().filter(|l| l.starts_with("sessiond-1: arp probe")).count(), MAX_CONFLICTS as usize);
         assert!(p.is_empty(), "{:?}", p.objects());
     }
 

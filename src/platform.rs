@@ -30,6 +30,10 @@ pub trait Platform: Send + Sync + 'static {
     /// The session's ARP socket (address conflict detection), on its interface, made inside the
     /// namespace; it receives nothing until `ArpIo::watch`.
     fn arp_socket(&self, netns: &str) -> impl Future<Output = Result<Self::Arp, NetError>> + Send;
+    /// An ARP socket on the host's own `uplink` (in the daemon's namespace), receiving nothing
+    /// until `ArpIo::watch`, and the uplink's MAC (a new macvlan session's clone check, see
+    /// `acd_driver`).
+    fn uplink_arp_socket(&self, uplink: &str) -> impl Future<Output = Result<(Self::Arp, [u8; 6]), NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
     /// Sets /proc/sys/KEY inside the namespace.
@@ -133,6 +137,19 @@ impl Platform for LinuxPlatform {
 
     async fn arp_socket(&self, netns: &str) -> Result<LinuxArp, NetError> {
         arp_socket_in(netns).await
+    }
+
+    async fn uplink_arp_socket(&self, uplink: &str) -> Result<(LinuxArp, [u8; 6]), NetError> {
+        let name = uplink.to_string();
+        // getifaddrs and socket(2) block briefly: not on an async worker. The daemon's own
+        // threads are in the host's namespace.
+        let (sock, link) = tokio::task::spawn_blocking(move || arp_socket_on(&name))
+            .await
+            .map_err(|e| NetError::Other(format!("ARP socket on {uplink}: {e}")))?
+            .map_err(io_err(format!("ARP socket on {uplink}")))?;
+        let mac = link.addr().ok_or_else(|| NetError::Other(format!("{uplink} has no Ethernet address")))?;
+        let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(io_err("register ARP socket".into()))?;
+        Ok((LinuxArp { sock: Some(sock), link }, mac))
     }
 
     fn host(&self) -> &RtNet {
@@ -304,23 +321,26 @@ impl Drop for LinuxArp {
 /// sessions paid one after the other); the filter keeps to the session interface instead, and
 /// frames go out with sendto to its link address (from getifaddrs in the namespace).
 async fn arp_socket_in(netns: &str) -> Result<LinuxArp, NetError> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let ns = crate::ns::open_netns(netns)?;
-    let (sock, link) = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<(Socket, nix::sys::socket::LinkAddr)> {
-        let link = nix::ifaddrs::getifaddrs()?
-            .filter(|i| i.interface_name == crate::session::SESSION_IF)
-            .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no link address for {}", crate::session::SESSION_IF)))?;
-        let eth_p_arp = i32::from((libc::ETH_P_ARP as u16).to_be());
-        let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(eth_p_arp)))?;
-        s.attach_filter(&arp_filter(link.ifindex() as u32, None))?;
-        s.set_nonblocking(true)?;
-        Ok((s, link))
-    })
-    .await?
-    .map_err(io_err(format!("ARP socket in {netns}")))?;
+    let (sock, link) =
+        crate::ns::run_in_netns_async(&ns, || arp_socket_on(crate::session::SESSION_IF)).await?.map_err(io_err(format!("ARP socket in {netns}")))?;
     let sock = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(io_err("register ARP socket".into()))?;
     Ok(LinuxArp { sock: Some(sock), link })
+}
+
+/// An unbound AF_PACKET socket for ARP frames in the calling thread's namespace, filtered to
+/// nothing (see `arp_socket_in`), and the link address of interface `ifname` there.
+fn arp_socket_on(ifname: &str) -> std::io::Result<(socket2::Socket, nix::sys::socket::LinkAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let link = nix::ifaddrs::getifaddrs()?
+        .filter(|i| i.interface_name == ifname)
+        .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no link address for {ifname}")))?;
+    let eth_p_arp = i32::from((libc::ETH_P_ARP as u16).to_be());
+    let s = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(eth_p_arp)))?;
+    s.attach_filter(&arp_filter(link.ifindex() as u32, None))?;
+    s.set_nonblocking(true)?;
+    Ok((s, link))
 }
 
 /// A classic BPF filter for the ARP socket (frames from the Ethernet header): accept ARP
