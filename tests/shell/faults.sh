@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 11a..11c, 12, 12b, 13 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -17,7 +17,9 @@
 #   9  500 sessions, daemon restarted 5 times (kill -9 / SIGTERM alternating)
 #  10  address conflicts (RFC 5227): a static pool address another host holds; a host taking a
 #      static or a DHCP session's address while it is up (defence, then a new address); a
-#      cloned host (the session's own MAC) ends the start with a clear error
+#      cloned host (the session's own MAC) ends the start with a clear error (10d: veth)
+#  10e a cloned host on a macvlan LAN: two hosts with one machine-id start the same sid by DHCP;
+#      the second start fails naming the machine-id (the probe from its uplink's MAC)
 #   11a the same slot gets the same address back from Kea after stop (and a daemon restart)
 #   11b a DHCP server whose lease times would make sessions renew in a loop (T1 = 0, 1 s lease)
 #   11c a lease the session cannot fully apply: an MTU above the uplink's, a router off the
@@ -52,7 +54,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 11a 11b 11c 12 12b 13)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -1302,6 +1304,59 @@ scenario_10d() {
     stop_pid "$claim_pid"
     end_daemon
     lan_host_del clone clh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    row_end
+}
+
+# A second host on the LAN with this one's machine-id (a cloned VM): netns clonehost with its
+# uplink up0 (a veth into br-lan) and its own sessiond, which reads the sandbox's /etc/machine-id
+# like this host's daemon, with its own socket and state dir, and (in the mount namespace ip
+# netns exec makes) its own /run/netns, /run/sessiond and /etc/netns.
+CLONE_DIR=$W/clonehost CLONE_PID=
+clone_sd() { SESSIOND_SOCKET=$CLONE_DIR/sock "$SESSIOND" "$@"; }
+clone_host_start() {
+    rm -rf "$CLONE_DIR"; mkdir -p "$CLONE_DIR" /etc/netns
+    lan_host_add clonehost chh0 up0 10.77.0.240 || return 1
+    ip netns exec clonehost bash -c 'mount -t tmpfs c-netns /run/netns && mkdir -p /run/sessiond &&
+        mount -t tmpfs c-run /run/sessiond && mount -t tmpfs c-etcnetns /etc/netns && exec "$@"' _ \
+        "$SESSIOND" daemon --uplink up0 --socket "$CLONE_DIR/sock" --state-dir "$CLONE_DIR/state" </dev/null >"$CLONE_DIR/daemon.log" 2>&1 &
+    CLONE_PID=$!; bg_track "$CLONE_PID"
+    poll 10 clone_sd status
+}
+clone_host_stop() { stop_pid "$CLONE_PID"; CLONE_PID=; lan_host_del clonehost chh0; }
+# clone_nothing_left SID: the second host has nothing of session SID (its namespaces live in
+# its daemon's mount namespace; a macvlan on up0 lives in a session namespace).
+clone_nothing_left() {
+    local left=""
+    [[ $(clone_sd status --json | jq length) == 0 ]] || left+=" status:$(clone_sd status --json | jq -c 'map(.session)')"
+    [[ -z $(nsenter -t "$CLONE_PID" -m ls /run/netns) ]] || left+=" netns:$(nsenter -t "$CLONE_PID" -m ls /run/netns | tr '\n' ' ')"
+    [[ -z $(ip netns exec clonehost ip -o link show type macvlan) ]] || left+=" a macvlan"
+    [[ ! -e $CLONE_DIR/state/sessions/$1.json ]] || left+=" state record"
+    [[ -z "$left" ]] || { echo "left behind on the second host:$left"; return 1; }
+}
+
+scenario_10e() {
+    row_begin 10e "cloned host on a macvlan LAN: two hosts with one machine-id start the same sid" \
+        "Kea; this host's session 1 (macvlan on br-lan, the default) bound; a second host (netns clonehost: uplink up0 into br-lan, its own sessiond, the same /etc/machine-id) then starts its session 1: the same MAC and client-id, so Kea hands it the same address" \
+        "the second start fails (exit 1) naming /etc/machine-id, the address and the session's MAC (caught by the probe from its uplink's MAC: the first host's session answers it with that MAC), and its daemon logs why; nothing of its session 1 is left; this host's session 1 keeps its address, which the second host neither released nor declined at Kea"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f10e || { fail "daemon did not start"; row_end; return; }
+    local a mac
+    a=$(timeout 20 "$SESSIOND" start --session 1 --json | jq -r .address)
+    mac=$(st_field 1 .mac)
+    expect "this host's session 1 is bound (got ${a:-none})" bash -c "[[ '$a' =~ ^10\.77\.0\.[0-9]+/24$ ]]"
+    ALLOWED_LINKS="lo br-lan lan0 chh0"
+    clone_host_start || fail "the second host's daemon did not come up"
+    expect "the second host's start fails naming /etc/machine-id" expect_exit 1 "/etc/machine-id" env SESSIOND_SOCKET="$CLONE_DIR/sock" "$SESSIOND" start --session 1
+    note "second host's start: $(head -c 400 <<<"$OUT" | tr '\n' ' ')"
+    expect "the error names ${a%/*} and the session's MAC $mac" bash -c '[[ $1 == *"address $2 "*"own MAC $3"* ]]' _ "$OUT" "${a%/*}" "$mac"
+    expect "the second daemon's log says why" grep -q "${a%/*} claimed by another host with this session's own MAC $mac" "$CLONE_DIR/daemon.log"
+    expect "nothing of the second host's session 1 is left" clone_nothing_left 1
+    expect "this host's session 1 still holds $a on eth0 and in status" bash -c "[[ \$(ip -n sessiond-1 -4 -o addr show dev eth0 | awk '{print \$4}') == '$a' && \$(timeout 5 '$SESSIOND' status --session 1 --json | jq -r .address) == '$a' ]]"
+    expect "Kea got no DHCPRELEASE or DHCPDECLINE for ${a%/*}" not grep -qiE "(DHCP4_RELEASE|DECLINE).*${a%/*}([^0-9]|$)" /run/sbx-dhcp/kea/log
+    clone_host_stop
+    end_daemon
+    srv kea stop >/dev/null
     ALLOWED_LINKS="lo br-lan lan0"
     row_end
 }
