@@ -399,14 +399,14 @@ impl Client {
                 self.state = State::Rebinding;
             }
             self.send_request(now, out);
-            self.arm(lease_retry_at(now, expiry), now, out);
+            self.arm(lease_retry_at(now, rebind, expiry), now, out);
         } else if now >= renew {
             if self.state != State::Renewing {
                 self.new_exchange(now);
                 self.state = State::Renewing;
             }
             self.send_request(now, out);
-            self.arm(lease_retry_at(now, rebind), now, out);
+            self.arm(lease_retry_at(now, renew, rebind), now, out);
         } else {
             self.arm(renew, now, out);
         }

@@ -767,3 +767,31 @@ fn renewing_rejects_an_ack_from_another_server_and_releases_to_its_own() {
     c.on_event(Event::Packet { bytes: srv::ack(&one_send(&a).1, &hijack) }, lease.rebind_at().unwrap() + 5);
     assert_eq!((c.state(), c.server()), (State::Bound, Some(rogue)));
 }
+
+/// A short lease (60 s, T2 at the default 87.5 %, in whole seconds) has 8 s from T2 to expiry: RFC 2131's 60 s
+/// floor alone sent one REBINDING broadcast in it, and a session lost its address when that one
+/// went unanswered (an HA standby still taking over, issue 16). Now each phase is retried.
+#[test]
+fn a_short_leases_renewal_and_rebinding_are_retried_before_expiry() {
+    let (mut c, lease) = bound(&ServerParams { lease_secs: Some(60), ..ServerParams::default() });
+    let (t1, t2, exp) = (lease.renew_at().unwrap(), lease.rebind_at().unwrap(), lease.expires_at().unwrap());
+    assert_eq!((t2 - t1, exp - t2), (22_000, 8_000));
+    let (mut renewing, mut rebinding) = (vec![], vec![]);
+    loop {
+        let (t, a) = fire(&mut c);
+        if t >= exp {
+            break;
+        }
+        let (_, _, dest, _) = one_send(&a);
+        match c.state() {
+            State::Renewing => renewing.push((t - t1, dest)),
+            State::Rebinding => rebinding.push((t - t2, dest)),
+            s => panic!("{s:?} at {t}"),
+        }
+    }
+    let at = |v: &[(Millis, Dest)]| v.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    assert_eq!(at(&renewing), vec![0, 11_000, 16_500], "unicast to the server, three times before T2");
+    assert!(renewing.iter().all(|(_, d)| *d == Dest::Unicast(srv::SERVER)));
+    assert_eq!(at(&rebinding), vec![0, 4_000, 6_000], "broadcast, three times before expiry");
+    assert!(rebinding.iter().all(|(_, d)| *d == Dest::Broadcast));
+}
