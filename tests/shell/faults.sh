@@ -1388,6 +1388,7 @@ scenario_10e() {
     clone_host_start || fail "the second host's daemon did not come up"
     expect "the second host's start fails naming /etc/machine-id" expect_exit 1 "/etc/machine-id" env SESSIOND_SOCKET="$CLONE_DIR/sock" "$SESSIOND" start --session 1
     note "second host's start: $(head -c 400 <<<"$OUT" | tr '\n' ' ')"
+    # shellcheck disable=SC2016  # $1..$3 are bash -c's arguments
     expect "the error names ${a%/*} and the session's MAC $mac" bash -c '[[ $1 == *"address $2 "*"own MAC $3"* ]]' _ "$OUT" "${a%/*}" "$mac"
     expect "the second daemon's log says why" grep -q "${a%/*} claimed by another host with this session's own MAC $mac" "$CLONE_DIR/daemon.log"
     expect "nothing of the second host's session 1 is left" clone_nothing_left 1
