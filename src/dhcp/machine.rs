@@ -138,6 +138,20 @@ pub struct Client {
     checking: Option<Lease>,
     /// DHCPDECLINEs in a row (reset by a bound lease whose check passed).
     declines: u32,
+    /// The REQUESTING exchange given up last (back to DISCOVER), whose late ACK still binds.
+    abandoned: Option<Abandoned>,
+}
+
+/// A REQUESTING exchange the client gave up on after MAX_SELECTING_REQUESTS unanswered
+/// REQUESTs. A server that is slower than that (a log-in storm: Kea in hot-standby answered
+/// 15-20 s late in issue 16's farm) still ACKs it, and that ACK grants this client the lease:
+/// taking it, instead of rejecting its xid, saves a second exchange that the loaded server
+/// would also answer late (the farm lost starts that way, with the ACK on the wire).
+#[derive(Debug, Clone, Copy)]
+struct Abandoned {
+    xid: u32,
+    server_id: Ipv4Addr,
+    first_request_at: Millis,
 }
 
 impl Client {
@@ -161,6 +175,7 @@ impl Client {
             check_addresses: false,
             checking: None,
             declines: 0,
+            abandoned: None,
         }
     }
 
@@ -364,7 +379,12 @@ impl Client {
         match self.state {
             State::Init => self.begin_discover(now, out),
             State::Selecting => self.send_discover(now, out),
-            State::Requesting if self.attempts >= MAX_SELECTING_REQUESTS => self.begin_discover(now, out),
+            State::Requesting if self.attempts >= MAX_SELECTING_REQUESTS => {
+                if let (Some(xid), Some((_, server_id))) = (self.xid, self.offer) {
+                    self.abandoned = Some(Abandoned { xid, server_id, first_request_at: self.first_request_at });
+                }
+                self.begin_discover(now, out)
+            }
             State::Rebooting if self.attempts >= MAX_REBOOT_REQUESTS => {
                 // Unanswered INIT-REBOOT: fall back to INIT, asking for the same
                 // address. The lease stays persisted and is not removed: it was
@@ -424,6 +444,9 @@ impl Client {
     fn on_packet(&mut self, bytes: &[u8], now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
         let reply = decode::parse(bytes)?;
         let expected = self.xid.ok_or(RejectReason::NoTransaction(self.state))?;
+        if let Some(late) = self.abandoned.filter(|a| a.xid == reply.xid && a.xid != expected) {
+            return self.on_late_ack(&reply, late, now, out);
+        }
         if reply.xid != expected {
             return Err(RejectReason::XidMismatch { got: reply.xid, expected });
         }
@@ -471,6 +494,33 @@ impl Client {
         }
     }
 
+    /// A reply to the abandoned REQUESTING exchange `late` (see `Abandoned`), while a new one
+    /// runs (SELECTING or REQUESTING): an ACK from the server that exchange asked binds as if
+    /// it had come in time; anything else is rejected as a reply to another exchange.
+    fn on_late_ack(&mut self, reply: &Reply, late: Abandoned, now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
+        let expected = self.xid.unwrap_or_default();
+        if !matches!(self.state, State::Selecting | State::Requesting) || reply.msg_type != ACK {
+            return Err(RejectReason::XidMismatch { got: reply.xid, expected });
+        }
+        if !reply.chaddr_is(&self.cfg.mac) {
+            return Err(RejectReason::ChaddrMismatch);
+        }
+        let server_id = reply.server_id()?;
+        if server_id != late.server_id {
+            return Err(RejectReason::ServerIdMismatch { got: server_id, expected: late.server_id });
+        }
+        let lease = decode::lease_from_reply(reply, late.first_request_at, self.cfg.min_lease_secs)?;
+        self.abandoned = None;
+        self.state = State::Requesting;
+        self.offer = Some((lease.address, server_id));
+        if self.check_addresses {
+            self.check_address(lease, now, out);
+        } else {
+            self.bind(lease, now, out);
+        }
+        Ok(())
+    }
+
     fn on_offer(&mut self, reply: &Reply, server_id: Ipv4Addr, now: Millis, out: &mut Vec<Action>) -> Result<(), RejectReason> {
         // Validate the whole lease now so we never REQUEST an unusable offer.
         let offered = decode::lease_from_reply(reply, now, self.cfg.min_lease_secs)?;
@@ -485,6 +535,7 @@ impl Client {
 
     fn bind(&mut self, lease: Lease, now: Millis, out: &mut Vec<Action>) {
         let previous = self.lease.take().or_else(|| self.unconfirmed.take());
+        self.abandoned = None;
         self.unconfirmed = None;
         self.hint = None;
         self.offer = None;
@@ -516,6 +567,7 @@ impl Client {
     }
 
     fn address_in_use(&mut self, by: [u8; 6], now: Millis, out: &mut Vec<Action>) {
+        self.abandoned = None; // its late ACK would be for the declined address too
         let declined = match self.checking.take() {
             Some(l) => l,
             None if self.holds_lease() => match self.lease.take() {
@@ -572,6 +624,7 @@ impl Client {
         self.hint = None;
         self.offer = None;
         self.xid = None;
+        self.abandoned = None; // the server said no: a late ACK of an older exchange is stale
         self.state = State::Init;
         // Short, growing pause so a NAK-happy server cannot make us spin.
         let delay = retransmit_delay(self.naks, &mut self.rng);

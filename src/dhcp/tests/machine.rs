@@ -795,3 +795,67 @@ fn a_short_leases_renewal_and_rebinding_are_retried_before_expiry() {
     assert_eq!(at(&rebinding), vec![0, 4_000, 6_000], "broadcast, three times before expiry");
     assert!(rebinding.iter().all(|(_, d)| *d == Dest::Broadcast));
 }
+
+/// Drives a client through an unanswered REQUESTING exchange back to DISCOVER; returns it, the
+/// abandoned exchange's REQUEST and the new DISCOVER.
+fn gave_up_requesting(p: &ServerParams) -> (Client, Vec<u8>, Vec<u8>, Millis) {
+    let (mut c, request) = requesting(p);
+    for _ in 1..MAX_SELECTING_REQUESTS {
+        fire(&mut c);
+    }
+    let (t, a) = fire(&mut c);
+    let (_, discover, _, _) = one_send(&a);
+    assert_eq!(c.state(), State::Selecting);
+    (c, request, discover, t)
+}
+
+/// A server slower than the REQUEST retransmissions (a log-in storm against Kea in hot-standby:
+/// ACKs 15-20 s late in issue 16's farm) ACKs the exchange the client has given up on: that ACK
+/// grants this client the lease, and binds it, whether the new exchange is still selecting or
+/// already requesting; its lease counts from the abandoned exchange's first REQUEST.
+#[test]
+fn a_late_ack_of_the_abandoned_request_exchange_binds() {
+    let p = ServerParams::default();
+    for requesting_again in [false, true] {
+        let (mut c, old_request, discover, t) = gave_up_requesting(&p);
+        if requesting_again {
+            let a = c.on_event(Event::Packet { bytes: srv::offer(&discover, &p) }, t + 10);
+            assert_eq!(c.state(), State::Requesting, "{a:?}");
+        }
+        let a = c.on_event(Event::Packet { bytes: srv::ack(&old_request, &p) }, t + 20);
+        assert_eq!(c.state(), State::Bound, "{a:?}");
+        assert_eq!(c.lease(), Some(&expected_lease(T0 + 100)), "acquired when the abandoned exchange began");
+        assert!(a.iter().any(|a| matches!(a, Action::ApplyLease { .. })));
+        // Later replies to either exchange: no transaction any more.
+        let a = c.on_event(Event::Packet { bytes: srv::ack(&old_request, &p) }, t + 30);
+        assert!(matches!(&a[..], [Action::Reject { .. }]), "{a:?}");
+    }
+    // With the address check on, it is checked first, as any ACK.
+    let (c, old_request, _, t) = gave_up_requesting(&p);
+    let mut c = c.with_address_check(true);
+    let a = c.on_event(Event::Packet { bytes: srv::ack(&old_request, &p) }, t + 20);
+    assert_eq!(a, vec![Action::CheckAddress(srv::ADDR)]);
+}
+
+#[test]
+fn what_a_late_reply_of_the_abandoned_exchange_does_not_do() {
+    let p = ServerParams::default();
+    // A NAK, an OFFER, or an ACK from another server than the one the exchange asked.
+    let other = ServerParams { server_id: Some(Ipv4Addr::new(10, 0, 0, 66)), ..ServerParams::default() };
+    let replies: [(fn(&[u8], &ServerParams) -> Vec<u8>, &ServerParams); 3] = [(srv::nak, &p), (srv::offer, &p), (srv::ack, &other)];
+    for (reply, from) in replies {
+        let (mut c, old_request, _, t) = gave_up_requesting(&p);
+        let a = c.on_event(Event::Packet { bytes: reply(&old_request, from) }, t + 20);
+        assert!(matches!(&a[..], [Action::Reject { .. }]), "{a:?}");
+        assert_eq!(c.state(), State::Selecting);
+    }
+    // Only the exchange given up last, and not after a NAK of the new one.
+    let (mut c, old_request, discover, t) = gave_up_requesting(&p);
+    c.on_event(Event::Packet { bytes: srv::offer(&discover, &p) }, t + 10);
+    let (_, a) = fire(&mut c);
+    let (_, new_request, _, _) = one_send(&a);
+    c.on_event(Event::Packet { bytes: srv::nak(&new_request, &p) }, t + 1_500);
+    let a = c.on_event(Event::Packet { bytes: srv::ack(&old_request, &p) }, t + 1_600);
+    assert!(matches!(&a[..], [Action::Reject { .. }]), "{a:?}");
+    assert_eq!(c.state(), State::Init);
+}
