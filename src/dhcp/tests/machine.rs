@@ -842,7 +842,8 @@ fn what_a_late_reply_of_the_abandoned_exchange_does_not_do() {
     let p = ServerParams::default();
     // A NAK, an OFFER, or an ACK from another server than the one the exchange asked.
     let other = ServerParams { server_id: Some(Ipv4Addr::new(10, 0, 0, 66)), ..ServerParams::default() };
-    let replies: [(fn(&[u8], &ServerParams) -> Vec<u8>, &ServerParams); 3] = [(srv::nak, &p), (srv::offer, &p), (srv::ack, &other)];
+    type Reply = fn(&[u8], &ServerParams) -> Vec<u8>;
+    let replies: [(Reply, &ServerParams); 3] = [(srv::nak, &p), (srv::offer, &p), (srv::ack, &other)];
     for (reply, from) in replies {
         let (mut c, old_request, _, t) = gave_up_requesting(&p);
         let a = c.on_event(Event::Packet { bytes: reply(&old_request, from) }, t + 20);
