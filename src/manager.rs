@@ -24,6 +24,8 @@ use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
 use crate::state::{Holding, PendingReap, SessionRecord, SessionState, StateDir, StateError};
 
+mod programs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("session {0} is not running")]
@@ -40,6 +42,8 @@ pub enum ManagerError {
     NotStarted { sid: Sid, source: StartError },
     #[error("session {sid} stop incomplete ({} errors; run stop again): {}", errors.len(), join(errors))]
     StopIncomplete { sid: Sid, errors: Vec<StepError> },
+    #[error("session {sid} stop incomplete ({} errors; run stop again): {}", errors.len(), join(errors))]
+    ProgramsStopIncomplete { sid: Sid, errors: Vec<crate::programs::ProgramsStepError> },
     #[error("session {sid} torn down, but its state file remains: {source}")]
     StateRemains { sid: Sid, source: StateError },
     #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
@@ -91,6 +95,8 @@ pub enum StartError {
         "gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)"
     )]
     PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
+    #[error(transparent)]
+    Programs(crate::programs::ProgramsStepError),
 }
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
@@ -113,6 +119,7 @@ impl StartError {
             StartError::Build(e) => e.step,
             StartError::Dhcp(_) => "lease an address by DHCP",
             StartError::Probe(_) | StartError::AddressConflict { .. } | StartError::PersistentConflict { .. } => "probe the address (RFC 5227)",
+            StartError::Programs(e) => e.step,
         }
     }
 }
@@ -172,6 +179,8 @@ struct Session {
     /// A static session is probing a new address after losing its own: the record holds the
     /// candidate (so no other start takes it), which `status` must not show yet.
     claiming: bool,
+    /// A programs-mode session's attached hooks (`record.programs` says what they are).
+    hooks: Option<crate::programs::hooks::Hooks>,
 }
 
 /// The task defending a static session's address; aborted when dropped.
@@ -194,6 +203,9 @@ impl Session {
         }
         if let Some(l) = &self.lease {
             l.view().fill(&mut r);
+        }
+        if let (Some(p), Some(h)) = (&mut r.programs, &self.hooks) {
+            p.rewritten = h.rewritten();
         }
         r
     }
@@ -450,6 +462,9 @@ impl<P: Platform> Manager<P> {
                 return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
             return Ok(Started::AlreadyUp(s.view()));
+        }
+        if self.settings.mode == crate::config::Mode::Programs {
+            return self.start_programs(sid, owner_uid, holder).await;
         }
         self.check_uplink().await?;
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
@@ -736,8 +751,18 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
             holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+            programs: None,
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false };
+        let session = Session {
+            record: record.clone(),
+            identity: id.clone(),
+            lease: None,
+            netns: None,
+            watches: Vec::new(),
+            defence: None,
+            claiming: false,
+            hooks: None,
+        };
         t.insert(session);
         Ok(record)
     }
@@ -844,6 +869,9 @@ impl<P: Platform> Manager<P> {
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
     /// free, and the MAC of the interface in it.
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
+        if self.is_programs(sid) {
+            return self.stop_programs(sid).await.map(|s| (s, None));
+        }
         let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
             s.defence = None;
@@ -1155,7 +1183,9 @@ impl<P: Platform> Manager<P> {
         for rec in records {
             let span = info_span!("recover", sid = %rec.session);
             async {
-                if rec.state == SessionState::Up && self.is_live(&rec).await {
+                if rec.programs.is_some() {
+                    self.undo_programs(rec, &mut report).await;
+                } else if rec.state == SessionState::Up && self.is_live(&rec).await {
                     self.adopt(rec, &mut report).await;
                 } else {
                     self.undo_half_made(rec, &mut report).await;
@@ -1204,7 +1234,7 @@ impl<P: Platform> Manager<P> {
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
         // A static session's defence is set up once the daemon serves (`defend_adopted`).
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false, hooks: None });
         report.adopted.push(sid);
     }
 
@@ -1232,7 +1262,16 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false });
+        self.table.lock().unwrap().insert(Session {
+            record,
+            identity,
+            lease: None,
+            netns: None,
+            watches: Vec::new(),
+            defence: None,
+            claiming: false,
+            hooks: None,
+        });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

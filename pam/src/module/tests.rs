@@ -139,6 +139,7 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         lease: None,
         fault: None,
         holding: None,
+        programs: None,
     }
 }
 

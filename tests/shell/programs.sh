@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Root suite for programs mode (issue 14): no namespace, eBPF hooks on each session's cgroup
+# rewrite the listed programs' socket addresses on the host's own stack. Run in a sandbox.
+# Checks: two sessions' listed python3 both bind 127.0.0.1:8080 (landing on 127.0.0.2/3), the
+# host reaches both, preferred loopback (a session's own listener first, else the host's),
+# UDP both ways, getsockname, an unlisted program left alone, bad settings refused by name,
+# and stop leaving nothing (bpftool cgroup, cgroups, ip addr/rule/link).
+#
+# The suite moves itself into a cgroup of its own (under the cgroup v2 root) before it starts
+# the daemon: the daemon makes the sessions' cgroups inside its own, so every cgroup and hook
+# of this run lives under that one, never on the root cgroup.
+source "$(dirname "$0")/lib.sh"
+enter_sandbox "$@"
+
+PY=/usr/bin/python3          # its process name (comm) is python3: the listed program
+WORK=/run/programs-test
+mkdir -p "$WORK/bin"
+ln -sf "$PY" "$WORK/bin/pyother"   # the same interpreter under a name that is not listed
+
+CG_ROOT=$(findmnt -n -t cgroup2 -o TARGET | head -1)
+[[ -n $CG_ROOT ]] || { echo "SKIP: programs.sh: no cgroup v2 hierarchy mounted"; exit 0; }
+command -v bpftool >/dev/null || { echo "FAIL: bpftool missing (scripts/deps installs it)"; exit 1; }
+TEST_CG=$CG_ROOT/sessiond-test.$$
+mkdir "$TEST_CG" && echo $$ >"$TEST_CG/cgroup.procs" || { echo "cannot make the suite's cgroup $TEST_CG"; exit 1; }
+
+PIDS=()
+S1= S2= CG1= CG2=
+cleanup() {
+    kill_daemon
+    local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    echo $$ >"$CG_ROOT/cgroup.procs" 2>/dev/null
+    # Whatever is still in the suite's cgroups goes back to the root one, then they go.
+    local d pid
+    for d in $(find "$TEST_CG" -depth -type d 2>/dev/null); do
+        for pid in $(cat "$d/cgroup.procs" 2>/dev/null); do echo "$pid" >"$CG_ROOT/cgroup.procs" 2>/dev/null; done
+        rmdir "$d" 2>/dev/null
+    done
+}
+trap cleanup EXIT
+
+# in_session CG CMD...: runs CMD in the session cgroup CG (as a login that joined it would).
+in_session() { local cg=$1; shift; bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"; }
+
+SERVE='
+import http.server, os, socketserver, sys
+os.chdir(sys.argv[3])
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), http.server.SimpleHTTPRequestHandler).serve_forever()
+'
+GET='
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())
+except Exception as e:
+    print("ERR", e)
+'
+UDP_ECHO='
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+print("bound", s.getsockname()[0], flush=True)
+while True:
+    data, peer = s.recvfrom(100); s.sendto(data + b" from " + sys.argv[3].encode(), peer)
+'
+UDP_ASK='
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+try:
+    data, peer = s.recvfrom(100); print(data.decode(), "peer", peer[0])
+except Exception as e:
+    print("ERR", e)
+'
+BIND_NAME='
+import socket, subprocess, sys
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+print("getsockname", s.getsockname()[0])
+print(subprocess.run(["ss", "-Hltn", "sport = :" + sys.argv[1]], capture_output=True, text=True).stdout.strip())
+'
+for n in 1 2; do mkdir -p "$WORK/www$n" && echo "session$n" >"$WORK/www$n/who"; done
+mkdir -p "$WORK/wwwhost" && echo host >"$WORK/wwwhost/who"
+
+RULES_BEFORE=$(ip rule); LINKS_BEFORE=$(ip -o link | awk -F': ' '{print $2}' | sort)
+
+start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --state-dir /run/sessiond-programs-state || exit 1
+
+start_two() {
+    S1=$("$SESSIOND" start --session 1 --json) && S2=$("$SESSIOND" start --session 2 --json) || return 1
+    CG1=$(json .programs.cgroup <<<"$S1"); CG2=$(json .programs.cgroup <<<"$S2")
+    echo "s1: $(jq -c '{loopback, netns, programs}' <<<"$S1")"
+    echo "s2: $(jq -c '{loopback, netns, programs}' <<<"$S2")"
+    [[ $CG1 == "$TEST_CG/sessiond-1" && $CG2 == "$TEST_CG/sessiond-2" && -d $CG1 && -d $CG2 ]] &&
+        [[ $(json .loopback <<<"$S1") == 127.0.0.2 && $(json .loopback <<<"$S2") == 127.0.0.3 ]] &&
+        [[ $(json '.programs.attached | length' <<<"$S1") == 6 ]]
+}
+check "two programs-mode sessions start, each with its cgroup and six hooks" start_two
+
+hooks_attached_multi() {
+    local cg out
+    for cg in "$CG1" "$CG2"; do
+        out=$(bpftool cgroup show "$cg") || return 1
+        echo "$cg:"; echo "$out"
+        for h in bind4 connect4 sendmsg4 recvmsg4 getsockname4 getpeername4; do
+            grep -E "\b$h\b" <<<"$out" | grep -q multi || { echo "no multi-attached $h"; return 1; }
+        done
+    done
+    [[ -z $(bpftool cgroup show "$CG_ROOT" | tail -n +2) ]] || { echo "something on the root cgroup"; bpftool cgroup show "$CG_ROOT"; return 1; }
+    ip -4 addr show dev lo
+    ip -4 addr show dev lo | grep -q "inet 127.0.0.2/32" && ip -4 addr show dev lo | grep -q "inet 127.0.0.3/32"
+}
+check "the hooks are multi-attached to the session cgroups only, the loopbacks are on lo" hooks_attached_multi
+
+both_bind_8080() {
+    in_session "$CG1" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www1" >"$WORK/srv1.log" 2>&1 & PIDS+=($!)
+    in_session "$CG2" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www2" >"$WORK/srv2.log" 2>&1 & PIDS+=($!)
+    wait_for 5 bash -c 'ss -Hltn "sport = :8080" | grep -q 127.0.0.2:8080 && ss -Hltn "sport = :8080" | grep -q 127.0.0.3:8080' ||
+        { ss -Hltn; cat "$WORK"/srv*.log; return 1; }
+    ss -Hltn "sport = :8080"
+    ! ss -Hltn "sport = :8080" | grep -q "127.0.0.1:8080"
+}
+check "a listed python3 binds 127.0.0.1:8080 in each session: no collision, at 127.0.0.2 and .3" both_bind_8080
+
+host_reaches_both() {
+    local a b
+    a=$("$PY" -c "$GET" http://127.0.0.2:8080/who); b=$("$PY" -c "$GET" http://127.0.0.3:8080/who)
+    echo "127.0.0.2 -> $a, 127.0.0.3 -> $b"
+    [[ $a == session1 && $b == session2 ]]
+}
+check "the host reaches both sessions' services at 127.0.0.2:8080 and 127.0.0.3:8080" host_reaches_both
+
+"$PY" -c "$SERVE" 127.0.0.1 9090 "$WORK/wwwhost" >"$WORK/srvhost.log" 2>&1 & PIDS+=($!)
+wait_for 5 bash -c 'ss -Hltn "sport = :9090" | grep -q 127.0.0.1:9090'
+
+preferred_loopback() {
+    local a b h
+    a=$(in_session "$CG1" "$PY" -c "$GET" http://127.0.0.1:8080/who); b=$(in_session "$CG2" "$PY" -c "$GET" http://127.0.0.1:8080/who)
+    h=$(in_session "$CG1" "$PY" -c "$GET" http://127.0.0.1:9090/who)
+    echo "session 1 -> 127.0.0.1:8080 = $a; session 2 -> 127.0.0.1:8080 = $b; session 1 -> 127.0.0.1:9090 = $h"
+    [[ $a == session1 && $b == session2 && $h == host ]]
+}
+check "preferred loopback: a session's own listener first, the host's when it has none" preferred_loopback
+
+udp_both_ways() {
+    in_session "$CG1" "$PY" -c "$UDP_ECHO" 127.0.0.1 5353 session1 >"$WORK/udp1.log" 2>&1 & PIDS+=($!)
+    wait_for 5 grep -q bound "$WORK/udp1.log" || return 1
+    local own host
+    own=$(in_session "$CG1" "$PY" -c "$UDP_ASK" 127.0.0.1 5353); host=$("$PY" -c "$UDP_ASK" 127.0.0.2 5353)
+    echo "bound: $(cat "$WORK/udp1.log"); session 1 asks 127.0.0.1:5353: $own; host asks 127.0.0.2:5353: $host"
+    ss -Hlun "sport = :5353"
+    # The listed client reads its answer as coming from 127.0.0.1, the address it sent to.
+    [[ $own == "hi from session1 peer 127.0.0.1" && $host == "hi from session1 peer 127.0.0.2" ]] &&
+        ss -Hlun "sport = :5353" | grep -q 127.0.0.2:5353
+}
+check "UDP: bound at the session loopback, a session client reaches it at 127.0.0.1, the host at 127.0.0.2" udp_both_ways
+
+names_as_asked() {
+    local out; out=$(in_session "$CG1" "$PY" -c "$BIND_NAME" 8181); echo "$out"
+    grep -qx "getsockname 127.0.0.1" <<<"$out" && grep -q "127.0.0.2:8181" <<<"$out"
+}
+check "getsockname shows the listed program 127.0.0.1 where it is bound at 127.0.0.2" names_as_asked
+
+unlisted_unaffected() {
+    local out get; out=$(in_session "$CG1" "$WORK/bin/pyother" -c "$BIND_NAME" 8182); echo "$out"
+    get=$(in_session "$CG1" "$WORK/bin/pyother" -c "$GET" http://127.0.0.1:8080/who); echo "unlisted GET 127.0.0.1:8080: $get"
+    grep -qx "getsockname 127.0.0.1" <<<"$out" && grep -q "127.0.0.1:8182" <<<"$out" && [[ $get == ERR* ]]
+}
+check "an unlisted program in the session (pyother) binds and connects as on any host" unlisted_unaffected
+
+status_counts() {
+    local s; s=$("$SESSIOND" status --session 1 --json) || return 1
+    jq -c '.programs' <<<"$s"
+    [[ $(json '.programs.rewritten' <<<"$s") -ge 4 && $(json '.programs.programs[0]' <<<"$s") == python3 ]]
+}
+check "status shows the session's hooks, its listed programs and how many addresses they rewrote" status_counts
+
+bad_settings() {
+    expect_exit 2 "/usr/bin/python3" "$SESSIOND" daemon --socket /run/x.sock --uplink "$SBX_UPLINK" --mode programs --programs /usr/bin/python3 &&
+        expect_exit 2 "crmclient-longn" "$SESSIOND" daemon --socket /run/x.sock --uplink "$SBX_UPLINK" --mode programs --programs crmclient-longname &&
+        expect_exit 2 "container" "$SESSIOND" daemon --socket /run/x.sock --uplink "$SBX_UPLINK" --mode container
+}
+check "bad programs-mode settings are refused, naming what was wrong" bad_settings
+
+stop_leaves_nothing() {
+    "$SESSIOND" stop --session 1 && "$SESSIOND" stop --session 2 || return 1
+    [[ ! -e $CG1 && ! -e $CG2 ]] || { echo "cgroup left"; return 1; }
+    [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
+    ! ip -4 addr show dev lo | grep -qE "127.0.0.[23]/32" || { ip -4 addr show dev lo; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
+    [[ $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { echo "ip link changed:"; ip -o link; return 1; }
+    # The programs the sessions left running go on, moved out to the daemon's cgroup.
+    kill -0 "${PIDS[0]}" && [[ $(json length < <("$SESSIOND" status --json)) == 0 ]]
+}
+check "stop detaches the hooks and removes the cgroups and loopbacks; ip rule and ip link as before" stop_leaves_nothing
+
+finish
