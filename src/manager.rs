@@ -46,6 +46,8 @@ pub enum ManagerError {
     ProgramsStopIncomplete { sid: Sid, errors: Vec<crate::programs::ProgramsStepError> },
     #[error("session {sid} torn down, but its state file remains: {source}")]
     StateRemains { sid: Sid, source: StateError },
+    #[error("session {sid} runs in {running} mode, not {wanted} mode")]
+    OtherMode { sid: Sid, running: crate::config::Mode, wanted: crate::config::Mode },
     #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
     RequesterGone(Sid),
     /// `stop --all`: every session that could not be stopped.
@@ -405,6 +407,19 @@ impl<P: Platform> Manager<P> {
         holder: Option<Watched>,
         gone: &(dyn Fn() -> bool + Sync),
     ) -> Result<SessionRecord, ManagerError> {
+        self.start_in_mode(sid, owner_uid, holder, gone, None).await
+    }
+
+    /// `start_for` in a given mode (the PAM module's `mode=`); None: the daemon's `mode`.
+    pub async fn start_in_mode(
+        &self,
+        sid: Option<Sid>,
+        owner_uid: Option<u32>,
+        holder: Option<Watched>,
+        gone: &(dyn Fn() -> bool + Sync),
+        mode: Option<crate::config::Mode>,
+    ) -> Result<SessionRecord, ManagerError> {
+        let mode = mode.unwrap_or(self.settings.mode);
         let sid = match sid {
             Some(s) => {
                 self.set_reserved(s, true);
@@ -421,7 +436,7 @@ impl<P: Platform> Manager<P> {
                 info!("the requester hung up before the start began: not starting it");
                 return Err(ManagerError::RequesterGone(sid));
             }
-            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder)).await {
+            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder), mode).await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(step = e.step(), "session not started: {e}");
@@ -452,7 +467,7 @@ impl<P: Platform> Manager<P> {
         result
     }
 
-    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<Started, ManagerError> {
+    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>, mode: crate::config::Mode) -> Result<Started, ManagerError> {
         if let Some(s) = self.table.lock().unwrap().session(sid)
             && s.record.state == SessionState::Up
         {
@@ -461,9 +476,12 @@ impl<P: Platform> Manager<P> {
             if owner_uid != s.record.owner_uid {
                 return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
+            if s.record.mode() != mode {
+                return Err(ManagerError::OtherMode { sid, running: s.record.mode(), wanted: mode });
+            }
             return Ok(Started::AlreadyUp(s.view()));
         }
-        if self.settings.mode == crate::config::Mode::Programs {
+        if mode == crate::config::Mode::Programs {
             return self.start_programs(sid, owner_uid, holder).await;
         }
         self.check_uplink().await?;

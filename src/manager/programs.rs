@@ -163,3 +163,34 @@ fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
     let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
     ProgramsTeardown { cgroup: cgroup.into(), loopback: rec.loopback }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addressing, FileConfig, Mode, Settings};
+    use crate::fake::FakePlatform;
+    use crate::state::StateDir;
+
+    #[tokio::test]
+    async fn a_running_session_is_not_handed_to_a_start_in_the_other_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileConfig {
+            uplink: Some("br-lan".into()),
+            addressing: Some(Addressing::Static),
+            pool: Some("10.0.0.100-10.0.0.110/24".into()),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let settings = Settings::merge(file, FileConfig::default()).unwrap();
+        let m = Manager::new(FakePlatform::new(), settings, StateDir::open(dir.path()).unwrap(), "mid".into(), "host1".into()).unwrap();
+        let sid = Sid::new(1).unwrap();
+        m.start(Some(sid), Some(1000)).await.unwrap();
+        let e = m.start_in_mode(Some(sid), Some(1000), None, &|| false, Some(Mode::Programs)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::OtherMode { running: Mode::Namespace, wanted: Mode::Programs, .. }), "{e}");
+        assert_eq!(e.to_string(), "session 1 runs in namespace mode, not programs mode");
+        // The daemon's own mode (namespace here) and an explicit one both get it back.
+        for mode in [None, Some(Mode::Namespace)] {
+            assert_eq!(m.start_in_mode(Some(sid), Some(1000), None, &|| false, mode).await.unwrap().session, sid);
+        }
+    }
+}

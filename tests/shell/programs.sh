@@ -40,6 +40,8 @@ trap cleanup EXIT
 
 # in_session CG CMD...: runs CMD in the session cgroup CG (as a login that joined it would).
 in_session() { local cg=$1; shift; bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"; }
+# bg_in_session CG CMD...: the same in the background; $! is CMD's pid.
+bg_in_session() { local cg=$1; shift; bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@" & }
 
 SERVE='
 import http.server, os, socketserver, sys
@@ -99,7 +101,7 @@ hooks_attached_multi() {
         out=$(bpftool cgroup show "$cg") || return 1
         echo "$cg:"; echo "$out"
         for h in bind4 connect4 sendmsg4 recvmsg4 getsockname4 getpeername4; do
-            grep -E "\b$h\b" <<<"$out" | grep -q multi || { echo "no multi-attached $h"; return 1; }
+            [[ -n $(awk -v h="$h" '$NF == h && / multi /' <<<"$out") ]] || { echo "no multi-attached $h"; return 1; }
         done
     done
     [[ -z $(bpftool cgroup show "$CG_ROOT" | tail -n +2) ]] || { echo "something on the root cgroup"; bpftool cgroup show "$CG_ROOT"; return 1; }
@@ -109,8 +111,8 @@ hooks_attached_multi() {
 check "the hooks are multi-attached to the session cgroups only, the loopbacks are on lo" hooks_attached_multi
 
 both_bind_8080() {
-    in_session "$CG1" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www1" >"$WORK/srv1.log" 2>&1 & PIDS+=($!)
-    in_session "$CG2" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www2" >"$WORK/srv2.log" 2>&1 & PIDS+=($!)
+    bg_in_session "$CG1" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www1" >"$WORK/srv1.log" 2>&1; PIDS+=($!)
+    bg_in_session "$CG2" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www2" >"$WORK/srv2.log" 2>&1; PIDS+=($!)
     wait_for 5 bash -c 'ss -Hltn "sport = :8080" | grep -q 127.0.0.2:8080 && ss -Hltn "sport = :8080" | grep -q 127.0.0.3:8080' ||
         { ss -Hltn; cat "$WORK"/srv*.log; return 1; }
     ss -Hltn "sport = :8080"
@@ -139,7 +141,7 @@ preferred_loopback() {
 check "preferred loopback: a session's own listener first, the host's when it has none" preferred_loopback
 
 udp_both_ways() {
-    in_session "$CG1" "$PY" -c "$UDP_ECHO" 127.0.0.1 5353 session1 >"$WORK/udp1.log" 2>&1 & PIDS+=($!)
+    bg_in_session "$CG1" "$PY" -c "$UDP_ECHO" 127.0.0.1 5353 session1 >"$WORK/udp1.log" 2>&1; PIDS+=($!)
     wait_for 5 grep -q bound "$WORK/udp1.log" || return 1
     local own host
     own=$(in_session "$CG1" "$PY" -c "$UDP_ASK" 127.0.0.1 5353); host=$("$PY" -c "$UDP_ASK" 127.0.0.2 5353)
@@ -189,5 +191,85 @@ stop_leaves_nothing() {
     kill -0 "${PIDS[0]}" && [[ $(json length < <("$SESSIOND" status --json)) == 0 ]]
 }
 check "stop detaches the hooks and removes the cgroups and loopbacks; ip rule and ip link as before" stop_leaves_nothing
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+wait_pid 5 "${PIDS[@]}"
+PIDS=()
+
+# --------------------------------------------------------------------- through PAM logins
+# The daemon's own mode stays namespace; the PAM stack's mode=programs asks for programs mode.
+# Each login's probe (pam_exec, a child of the pamtester process that joined the cgroup) starts
+# the user's listed python3 on 127.0.0.1:8080 and holds the login open until released.
+kill_daemon
+start_daemon --uplink "$SBX_UPLINK" --programs python3 --state-dir /run/sessiond-programs-state || exit 1
+T=$WORK/pam
+mkdir -p "$T"
+source "$(dirname "$0")/pam_lib.sh"
+PROBE=$T/probe.sh
+cat >"$PROBE" <<EOS
+#!/bin/bash
+[[ \$PAM_TYPE == open_session ]] || exit 0
+mkdir -p $WORK/www-\$PAM_USER && echo "\$PAM_USER" >$WORK/www-\$PAM_USER/who
+grep '^0::' /proc/self/cgroup >$T/cgroup-\$PAM_USER
+echo "\${SESSIOND_SESSION:-} \${SESSIOND_LOOPBACK:-}" >$T/env-\$PAM_USER
+setsid $PY -c '$SERVE' 127.0.0.1 8080 $WORK/www-\$PAM_USER >$T/srv-\$PAM_USER.log 2>&1 </dev/null &
+echo \$! >$T/srv-\$PAM_USER.pid
+for _ in \$(seq 300); do [[ -e $T/release-\$PAM_USER ]] && exit 0; sleep 0.1; done
+EOS
+chmod 755 "$PROBE"
+for u in alice bob; do sandbox_user "$u" "$T/home/$u" >/dev/null || exit 1; done
+PT_PIDS=()
+cgroup_of_login() { # USER: the session cgroup its probe ran in, as a path under $CG_ROOT
+    sed -n 's/^0:://p' "$T/cgroup-$1" 2>/dev/null | sed "s|^|$CG_ROOT|"
+}
+
+two_pam_logins() {
+    pam_service mode=programs sid=auto debug || return 1
+    local u
+    for u in alice bob; do
+        timeout 60 pamtester -v "$SERVICE" "$u" open_session close_session >"$T/pt-$u.log" 2>&1 & PT_PIDS+=($!)
+    done
+    wait_for 10 bash -c "[[ -s $T/srv-alice.pid && -s $T/srv-bob.pid ]]" || { cat "$T"/pt-*.log; return 1; }
+    PIDS+=("$(cat "$T/srv-alice.pid")" "$(cat "$T/srv-bob.pid")")
+    wait_for 5 bash -c 'ss -Hltn "sport = :8080" | grep -q 127.0.0.2:8080 && ss -Hltn "sport = :8080" | grep -q 127.0.0.3:8080' ||
+        { ss -Hltn; cat "$T"/srv-*.log; return 1; }
+    "$SESSIOND" status
+    for u in alice bob; do
+        local sid lb; read -r sid lb <"$T/env-$u"
+        echo "$u: session $sid loopback $lb cgroup $(cgroup_of_login "$u")"
+        [[ $(cgroup_of_login "$u") == "$TEST_CG/sessiond-$sid" && $lb == "127.0.0.$((sid + 1))" ]] || return 1
+        [[ $("$SESSIOND" status --session "$sid" --json | jq -r '.programs.cgroup') == "$TEST_CG/sessiond-$sid" ]] || return 1
+        local got; got=$("$PY" -c "$GET" "http://$lb:8080/who")
+        [[ $got == "$u" ]] || { echo "the host does not reach $u at $lb:8080: $got"; cat "$T/srv-$u.log"; return 1; }
+        [[ $(in_session "$(cgroup_of_login "$u")" "$PY" -c "$GET" http://127.0.0.1:8080/who) == "$u" ]] || { echo "$u's session does not prefer its own listener"; return 1; }
+    done
+}
+check "PAM mode=programs: two logins, each joined to its session cgroup, both python3 on 127.0.0.1:8080; the host and each session reach their own" two_pam_logins
+
+pam_logout_leaves_nothing() {
+    touch "$T/release-alice" "$T/release-bob"
+    local p rc=0
+    for p in "${PT_PIDS[@]}"; do wait "$p" || rc=1; done
+    cat "$T"/pt-*.log
+    ((rc == 0)) || return 1
+    [[ $("$SESSIOND" status --json | jq length) == 0 ]] || { "$SESSIOND" status; return 1; }
+    [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]] || { echo "cgroups left: $(find "$TEST_CG" -mindepth 1 -type d)"; return 1; }
+    [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] && ! ip -4 addr show dev lo | grep -qE "127.0.0.[23]/32"
+}
+check "PAM logout: both sessions stopped, no cgroup, hook or loopback address left" pam_logout_leaves_nothing
+
+refused_when_the_cgroup_cannot_be_made() {
+    pam_service mode=programs sid=auto fail=closed debug || return 1
+    echo 0 >"$TEST_CG/cgroup.max.descendants" || return 1
+    rm -f "$T/env-alice"
+    local rc=0
+    timeout 30 pamtester -v "$SERVICE" alice open_session close_session >"$T/pt-refused.log" 2>&1 || rc=$?
+    echo max >"$TEST_CG/cgroup.max.descendants"
+    cat "$T/pt-refused.log"
+    ((rc != 0)) || { echo "the login was let through"; return 1; }
+    grep -q "create the session cgroup" "$T/pt-refused.log" && grep -q "refusing the session (fail=closed)" "$T/pt-refused.log" || return 1
+    [[ ! -e $T/env-alice || -z $(cut -d' ' -f1 "$T/env-alice") ]] || { echo "the probe ran inside a session"; return 1; }
+    [[ $("$SESSIOND" status --json | jq length) == 0 ]]
+}
+check "PAM fail=closed: a session cgroup that cannot be made refuses the login, naming the step" refused_when_the_cgroup_cannot_be_made
 
 finish
