@@ -107,7 +107,8 @@ pub struct RawSettings {
     /// repeated; default: every program of the session)
     #[arg(long, value_delimiter = ',')]
     pub programs: Option<Vec<ProgramName>>,
-    /// Programs mode: what the listed programs get (comma-separated; default loopback)
+    /// Programs mode: what the listed programs get: loopback, address (the session's own pool
+    /// address; needs --addressing static) or both (comma-separated; default loopback)
     #[arg(long, value_delimiter = ',', value_parser = one_of::<Virtualize>(Virtualize::NAMES))]
     pub virtualize: Option<Vec<Virtualize>>,
 }
@@ -151,8 +152,8 @@ pub enum ConfigError {
     BadAcdProbe(u64),
     #[error("virtualize is empty: give address, loopback or both")]
     NothingToVirtualize,
-    #[error("virtualize = address is not available yet in programs mode (only loopback)")]
-    AddressNotAvailable,
+    #[error("virtualize = address needs addressing = \"static\" (a pool) for now: programs mode has no DHCP yet")]
+    AddressNeedsStatic,
 }
 
 impl ConfigError {
@@ -328,8 +329,8 @@ impl Settings {
         if virtualize.is_empty() {
             return Err(ConfigError::NothingToVirtualize);
         }
-        if virtualize.contains(&Virtualize::Address) {
-            return Err(ConfigError::AddressNotAvailable);
+        if virtualize.contains(&Virtualize::Address) && addressing != Addressing::Static {
+            return Err(ConfigError::AddressNeedsStatic);
         }
         Ok(Settings {
             uplink,
@@ -500,7 +501,15 @@ state_dir = "/tmp/state"
         let e = Settings::merge(RawSettings { virtualize: Some(vec![]), ..base() }, RawSettings::default()).unwrap_err();
         assert!(matches!(e, ConfigError::NothingToVirtualize), "{e}");
         let e = Settings::merge(RawSettings { virtualize: Some(vec![Virtualize::Address]), ..base() }, RawSettings::default()).unwrap_err();
-        assert!(matches!(e, ConfigError::AddressNotAvailable), "{e}");
+        assert!(matches!(e, ConfigError::AddressNeedsStatic), "{e}");
+        let st = RawSettings {
+            virtualize: Some(vec![Virtualize::Loopback, Virtualize::Address]),
+            addressing: Some(Addressing::Static),
+            pool: Some("10.0.0.5-10.0.0.9/24".into()),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            ..base()
+        };
+        assert_eq!(Settings::merge(st, RawSettings::default()).unwrap().virtualize, [Virtualize::Address, Virtualize::Loopback]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
 use crate::platform::Platform;
-use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, cgroup};
+use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup};
 use crate::sid::Sid;
 use crate::state::{Holding, SessionRecord, SessionState};
 use sessiond_client::record::ProgramsInfo;
@@ -18,54 +18,70 @@ impl<P: Platform> Manager<P> {
         let dir = cgroup::session_dir_here(sid)
             .map_err(|e| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() })))?;
         let identity = self.identity(sid);
-        let plan = ProgramsPlan {
-            sid,
-            cgroup: dir.clone(),
-            hooks: HookConfig {
+        let virtualize_address = self.settings.virtualize.contains(&Virtualize::Address);
+        // The address is taken from the pool and the session entered in the table at once, so
+        // that no concurrent start takes the same address.
+        let (plan, record) = {
+            let mut t = self.table.lock().unwrap();
+            let address = if virtualize_address {
+                let pool = self.settings.pool.as_ref().expect("address virtualization has a pool (checked at config time)");
+                let mut in_use: std::collections::BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                in_use.extend(t.conflicts.current(crate::lease_driver::now_ms()));
+                let addr = pool.allocate(sid, &in_use, &t.history).map_err(|e| not_started(e.into()))?;
+                t.history.last_address.insert(sid.get(), addr);
+                Some(ipnet::Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix"))
+            } else {
+                None
+            };
+            let plan = ProgramsPlan {
+                sid,
+                cgroup: dir.clone(),
+                hooks: HookConfig {
+                    loopback: identity.loopback,
+                    address: address.map(|a| a.addr()),
+                    programs: self.settings.programs.clone(),
+                    virtualize: self.settings.virtualize.clone(),
+                },
+                address: address.map(|a| address::AddressPlan {
+                    uplink: self.settings.uplink.clone(),
+                    link: address::link_name(sid),
+                    mac: identity.mac,
+                    address: a,
+                    gateway: self.settings.gateway,
+                    table: address::table(sid),
+                }),
+            };
+            let record = SessionRecord {
+                session: sid,
+                // No namespace: the session is on the host's stack.
+                netns: String::new(),
+                interface: if address.is_some() { address::link_name(sid) } else { "lo".into() },
+                mac: identity.mac_text(),
+                address,
+                gateway: address.and(self.settings.gateway),
+                dns: if address.is_some() { self.settings.dns.clone() } else { Vec::new() },
                 loopback: identity.loopback,
-                address: None,
-                programs: self.settings.programs.clone(),
-                virtualize: self.settings.virtualize.clone(),
-            },
+                addressing: self.settings.addressing,
+                state: SessionState::Starting,
+                link: self.settings.link,
+                host_link: None,
+                owner_uid,
+                lease: None,
+                fault: None,
+                holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+                programs: Some(ProgramsInfo {
+                    cgroup: dir.display().to_string(),
+                    programs: plan.hooks.programs.iter().map(|p| p.to_string()).collect(),
+                    virtualize: plan.hooks.virtualize.clone(),
+                    attached: Vec::new(),
+                    rewritten: 0,
+                }),
+            };
+            t.insert(Session { record: record.clone(), identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false, hooks: None });
+            (plan, record)
         };
-        let record = SessionRecord {
-            session: sid,
-            // No namespace: the session is on the host's stack.
-            netns: String::new(),
-            interface: "lo".into(),
-            mac: identity.mac_text(),
-            address: None,
-            gateway: None,
-            dns: Vec::new(),
-            loopback: identity.loopback,
-            addressing: self.settings.addressing,
-            state: SessionState::Starting,
-            link: self.settings.link,
-            host_link: None,
-            owner_uid,
-            lease: None,
-            fault: None,
-            holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
-            programs: Some(ProgramsInfo {
-                cgroup: dir.display().to_string(),
-                programs: plan.hooks.programs.iter().map(|p| p.to_string()).collect(),
-                virtualize: plan.hooks.virtualize.clone(),
-                attached: Vec::new(),
-                rewritten: 0,
-            }),
-        };
-        self.table.lock().unwrap().insert(Session {
-            record: record.clone(),
-            identity,
-            lease: None,
-            netns: None,
-            watches: Vec::new(),
-            defence: None,
-            claiming: false,
-            hooks: None,
-        });
         // The intent is on disk before anything is made, so a crash can be cleaned up.
-        if let Err(e) = self.state.save(&record) {
+        if let Err(e) = self.persist_new(&record) {
             self.forget(sid);
             return Err(not_started(StartError::Record(e)));
         }
@@ -161,7 +177,13 @@ impl<P: Platform> Manager<P> {
 /// What a programs-mode record says to remove.
 fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
     let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
-    ProgramsTeardown { cgroup: cgroup.into(), loopback: rec.loopback }
+    let address = match (&rec.programs, rec.address) {
+        (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => {
+            Some(address::AddressTeardown { link: address::link_name(rec.session), address: a.addr(), table: address::table(rec.session) })
+        }
+        _ => None,
+    };
+    ProgramsTeardown { cgroup: cgroup.into(), loopback: rec.loopback, address }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::netlink::{NetError, NetOps};
 use crate::sid::Sid;
 pub use sessiond_client::{Mode, Virtualize};
 
+pub mod address;
 pub mod cgroup;
 pub mod hooks;
 pub mod kernel;
@@ -102,11 +103,13 @@ pub struct ProgramsPlan {
     /// The cgroup v2 directory the hooks go on (created by the build).
     pub cgroup: PathBuf,
     pub hooks: HookConfig,
+    /// Address virtualization: the session's macvlan, address, table and rule.
+    pub address: Option<address::AddressPlan>,
 }
 
 impl ProgramsPlan {
     pub fn teardown_spec(&self) -> ProgramsTeardown {
-        ProgramsTeardown { cgroup: self.cgroup.clone(), loopback: self.hooks.loopback }
+        ProgramsTeardown { cgroup: self.cgroup.clone(), loopback: self.hooks.loopback, address: self.address.as_ref().map(|a| a.teardown_spec()) }
     }
 }
 
@@ -116,6 +119,7 @@ impl ProgramsPlan {
 pub struct ProgramsTeardown {
     pub cgroup: PathBuf,
     pub loopback: Ipv4Addr,
+    pub address: Option<address::AddressTeardown>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +158,10 @@ pub trait ProgramsKernel: Send + Sync {
     fn attach(&self, dir: &Path, config: &HookConfig) -> Result<Self::Attached, hooks::HookError>;
     /// Detaches every hook, going on past errors.
     fn detach(&self, attached: Self::Attached) -> Vec<hooks::HookError>;
+    /// The session's address on its own link (idempotent).
+    fn add_address(&self, plan: &address::AddressPlan) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Removes it all again, going on past errors; what is gone is fine.
+    fn remove_address(&self, spec: &address::AddressTeardown) -> impl Future<Output = Vec<NetError>> + Send;
 }
 
 /// The real kernel.
@@ -176,6 +184,12 @@ impl ProgramsKernel for Kernel {
     }
     fn detach(&self, attached: hooks::Hooks) -> Vec<hooks::HookError> {
         attached.detach()
+    }
+    async fn add_address(&self, plan: &address::AddressPlan) -> Result<(), NetError> {
+        address::build(plan).await
+    }
+    async fn remove_address(&self, spec: &address::AddressTeardown) -> Vec<NetError> {
+        address::teardown(spec).await
     }
 }
 
@@ -203,6 +217,9 @@ async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &
     // 127/8 is local on the host's lo already; the address makes the session's loopback show
     // (and go) with the session, as in namespace mode.
     step("add the session loopback to lo", host.add_addr("lo", loopback_net(plan.hooks.loopback), true, None).await)?;
+    if let Some(a) = &plan.address {
+        step("put the session address on its own link", kernel.add_address(a).await)?;
+    }
     let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks))?;
     debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), "programs-mode session built");
     Ok(attached)
@@ -215,6 +232,11 @@ pub async fn teardown<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, spec: 
     let mut errors = Vec::new();
     if let Some(a) = attached {
         errors.extend(kernel.detach(a).into_iter().map(|e| ProgramsStepError { step: "detach the hooks", source: e.into() }));
+    }
+    if let Some(a) = &spec.address {
+        errors.extend(
+            kernel.remove_address(a).await.into_iter().map(|e| ProgramsStepError { step: "remove the session address and its link", source: e.into() }),
+        );
     }
     if let Err(e) = step("remove the session loopback from lo", host.del_addr("lo", loopback_net(spec.loopback)).await) {
         errors.push(e);

@@ -69,6 +69,20 @@ impl ProgramsKernel for FakeKernel {
         self.objects.lock().unwrap().insert(key.clone());
         Ok(FakeAttached(key))
     }
+    async fn add_address(&self, plan: &address::AddressPlan) -> Result<(), NetError> {
+        if !self.op(format!("address {} on {} table {}", plan.address, plan.link, plan.table)) {
+            return Err(NetError::Other("injected".into()));
+        }
+        self.objects.lock().unwrap().insert(format!("address {}", plan.link));
+        Ok(())
+    }
+    async fn remove_address(&self, spec: &address::AddressTeardown) -> Vec<NetError> {
+        if !self.op(format!("remove address {} on {}", spec.address, spec.link)) {
+            return vec![NetError::Other("injected".into())];
+        }
+        self.objects.lock().unwrap().remove(&format!("address {}", spec.link));
+        Vec::new()
+    }
     fn detach(&self, attached: FakeAttached) -> Vec<hooks::HookError> {
         if !self.op(format!("detach {}", attached.0)) {
             return vec![hooks::HookError::Missing("connect4")];
@@ -88,7 +102,41 @@ fn plan() -> ProgramsPlan {
             programs: vec!["python3".parse().unwrap()],
             virtualize: vec![Virtualize::Loopback],
         },
+        address: None,
     }
+}
+
+fn plan_with_address() -> ProgramsPlan {
+    let sid = Sid::new(2).unwrap();
+    let mut p = plan();
+    p.hooks.virtualize = vec![Virtualize::Address, Virtualize::Loopback];
+    p.hooks.address = Some(Ipv4Addr::new(10, 0, 0, 100));
+    p.address = Some(address::AddressPlan {
+        uplink: "br-lan".into(),
+        link: address::link_name(sid),
+        mac: [2, 0, 0, 0, 0, 2],
+        address: "10.0.0.100/24".parse().unwrap(),
+        gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        table: address::table(sid),
+    });
+    p
+}
+
+#[tokio::test]
+async fn the_address_goes_on_before_the_hooks_and_comes_off_after_them() {
+    let (k, p) = (FakeKernel::default(), FakePlatform::new());
+    let attached = build(&k, p.host(), &plan_with_address()).await.unwrap();
+    assert_eq!(k.log()[2..], ["address 10.0.0.100/24 on sdp2 table 268435458", "attach /cg/sessiond-2 loopback 127.0.0.3 programs [python3]"]);
+    assert!(teardown(&k, p.host(), &plan_with_address().teardown_spec(), Some(attached)).await.is_empty());
+    assert_eq!(k.log()[4..], ["detach hooks /cg/sessiond-2", "remove address 10.0.0.100 on sdp2", "rmdir /cg/sessiond-2"]);
+    assert!(k.objects().is_empty() && p.is_empty());
+    // A failed address rolls back the cgroup and the loopback, and never attaches.
+    let (k, p) = (FakeKernel::default(), FakePlatform::new());
+    k.fail_on("address");
+    let e = build(&k, p.host(), &plan_with_address()).await.unwrap_err();
+    assert_eq!(e.step, "put the session address on its own link");
+    assert!(k.objects().is_empty() && p.is_empty(), "{:?}", k.objects());
+    assert!(!k.log().iter().any(|l| l.starts_with("attach")));
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ TEST_CG=$CG_ROOT/sessiond-test.$$
 mkdir "$TEST_CG" && echo $$ >"$TEST_CG/cgroup.procs" || { echo "cannot make the suite's cgroup $TEST_CG"; exit 1; }
 
 PIDS=()
-S1= S2= CG1= CG2=
+S1= S2= CG1= CG2= S3= S4= CG3= CG4= A3= A4=
 cleanup() {
     kill_daemon
     local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -106,17 +106,17 @@ hooks_attached_multi() {
     done
     [[ -z $(bpftool cgroup show "$CG_ROOT" | tail -n +2) ]] || { echo "something on the root cgroup"; bpftool cgroup show "$CG_ROOT"; return 1; }
     ip -4 addr show dev lo
-    ip -4 addr show dev lo | grep -q "inet 127.0.0.2/32" && ip -4 addr show dev lo | grep -q "inet 127.0.0.3/32"
+    ip -4 addr show dev lo | grep -c "inet 127.0.0.2/32" >/dev/null && ip -4 addr show dev lo | grep -c "inet 127.0.0.3/32" >/dev/null
 }
 check "the hooks are multi-attached to the session cgroups only, the loopbacks are on lo" hooks_attached_multi
 
 both_bind_8080() {
     bg_in_session "$CG1" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www1" >"$WORK/srv1.log" 2>&1; PIDS+=($!)
     bg_in_session "$CG2" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www2" >"$WORK/srv2.log" 2>&1; PIDS+=($!)
-    wait_for 5 bash -c 'ss -Hltn "sport = :8080" | grep -q 127.0.0.2:8080 && ss -Hltn "sport = :8080" | grep -q 127.0.0.3:8080' ||
+    wait_for 20 bash -c 'ss -Hltn "sport = :8080" | grep -c 127.0.0.2:8080 >/dev/null && ss -Hltn "sport = :8080" | grep -c 127.0.0.3:8080' >/dev/null ||
         { ss -Hltn; cat "$WORK"/srv*.log; return 1; }
     ss -Hltn "sport = :8080"
-    ! ss -Hltn "sport = :8080" | grep -q "127.0.0.1:8080"
+    ! ss -Hltn "sport = :8080" | grep -c "127.0.0.1:8080" >/dev/null
 }
 check "a listed python3 binds 127.0.0.1:8080 in each session: no collision, at 127.0.0.2 and .3" both_bind_8080
 
@@ -129,7 +129,7 @@ host_reaches_both() {
 check "the host reaches both sessions' services at 127.0.0.2:8080 and 127.0.0.3:8080" host_reaches_both
 
 "$PY" -c "$SERVE" 127.0.0.1 9090 "$WORK/wwwhost" >"$WORK/srvhost.log" 2>&1 & PIDS+=($!)
-wait_for 5 bash -c 'ss -Hltn "sport = :9090" | grep -q 127.0.0.1:9090'
+wait_for 20 bash -c 'ss -Hltn "sport = :9090" | grep -c 127.0.0.1:9090' >/dev/null
 
 preferred_loopback() {
     local a b h
@@ -142,14 +142,14 @@ check "preferred loopback: a session's own listener first, the host's when it ha
 
 udp_both_ways() {
     bg_in_session "$CG1" "$PY" -c "$UDP_ECHO" 127.0.0.1 5353 session1 >"$WORK/udp1.log" 2>&1; PIDS+=($!)
-    wait_for 5 grep -q bound "$WORK/udp1.log" || return 1
+    wait_for 20 grep -q bound "$WORK/udp1.log" || return 1
     local own host
     own=$(in_session "$CG1" "$PY" -c "$UDP_ASK" 127.0.0.1 5353); host=$("$PY" -c "$UDP_ASK" 127.0.0.2 5353)
     echo "bound: $(cat "$WORK/udp1.log"); session 1 asks 127.0.0.1:5353: $own; host asks 127.0.0.2:5353: $host"
     ss -Hlun "sport = :5353"
     # The listed client reads its answer as coming from 127.0.0.1, the address it sent to.
     [[ $own == "hi from session1 peer 127.0.0.1" && $host == "hi from session1 peer 127.0.0.2" ]] &&
-        ss -Hlun "sport = :5353" | grep -q 127.0.0.2:5353
+        ss -Hlun "sport = :5353" | grep -c 127.0.0.2:5353 >/dev/null
 }
 check "UDP: bound at the session loopback, a session client reaches it at 127.0.0.1, the host at 127.0.0.2" udp_both_ways
 
@@ -184,7 +184,7 @@ stop_leaves_nothing() {
     "$SESSIOND" stop --session 1 && "$SESSIOND" stop --session 2 || return 1
     [[ ! -e $CG1 && ! -e $CG2 ]] || { echo "cgroup left"; return 1; }
     [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
-    ! ip -4 addr show dev lo | grep -qE "127.0.0.[23]/32" || { ip -4 addr show dev lo; return 1; }
+    ! ip -4 addr show dev lo | grep -Ec "127.0.0.[23]/32" >/dev/null || { ip -4 addr show dev lo; return 1; }
     [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
     [[ $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { echo "ip link changed:"; ip -o link; return 1; }
     # The programs the sessions left running go on, moved out to the daemon's cgroup.
@@ -194,6 +194,77 @@ check "stop detaches the hooks and removes the cgroups and loopbacks; ip rule an
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
+
+# --------------------------------------------------------------------- address virtualization
+# The host gets its own address on the test LAN; each session a pool address on a macvlan of
+# its own. A LAN peer (in the sandbox's lan-srv namespace) tells who connected from where.
+kill_daemon
+HOST_LAN=10.77.0.250
+ip addr add "$HOST_LAN/24" dev "$SBX_UPLINK" || exit 1
+RULES_BEFORE=$(ip rule); LINKS_BEFORE=$(ip -o link | awk -F': ' '{print $2}' | sort)
+start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --virtualize address,loopback --addressing static \
+    --pool 10.77.0.100-10.77.0.109/24 --gateway "$SBX_GATEWAY" --state-dir /run/sessiond-programs-state-address || exit 1
+PEER='
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(16)
+print("listening", flush=True)
+while True:
+    c, peer = l.accept(); print(peer[0], flush=True); c.close()
+'
+CONNECT='
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print("from", s.getsockname()[0])
+'
+ip netns exec "$SBX_SERVER_NS" "$PY" -c "$PEER" "$SBX_SERVER_IP" 7000 >"$WORK/peer.log" 2>&1 & PIDS+=($!)
+wait_for 20 grep -q listening "$WORK/peer.log"
+
+address_sessions() {
+    S3=$("$SESSIOND" start --session 3 --json) && S4=$("$SESSIOND" start --session 4 --json) || return 1
+    CG3=$(json .programs.cgroup <<<"$S3"); CG4=$(json .programs.cgroup <<<"$S4")
+    A3=$(json .address <<<"$S3" | cut -d/ -f1); A4=$(json .address <<<"$S4" | cut -d/ -f1)
+    echo "session 3: $A3 on $(json .interface <<<"$S3"); session 4: $A4 on $(json .interface <<<"$S4")"
+    ip -4 -o addr show dev sdp3; ip rule; ip route show table all | grep -E "sdp[34]"
+    [[ $A3 == 10.77.0.1[0-9][0-9] && $A4 == 10.77.0.1[0-9][0-9] && $A3 != "$A4" ]] || return 1
+    ip -4 -o addr show dev sdp3 | grep -c "inet $A3/24" >/dev/null && ip rule | grep -c "from $A3 lookup" >/dev/null && ip rule | grep -c "from $A4 lookup" >/dev/null || return 1
+    # No prefix route in the main table: the host's own traffic to the LAN keeps its own address.
+    ! ip route show table main | grep -c sdp >/dev/null || { echo "a session link in the main table"; return 1; }
+    [[ $(cat /proc/sys/net/ipv4/conf/sdp3/arp_ignore) == 1 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_announce) == 2 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_filter) == 1 ]]
+}
+check "address virtualization: each session's pool address on its own macvlan, with its rule and table and ARP scoped to it" address_sessions
+
+peer_sees_session_addresses() {
+    local c3 c4 other
+    c3=$(in_session "$CG3" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); c4=$(in_session "$CG4" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    other=$(in_session "$CG3" "$WORK/bin/pyother" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    sleep 0.3
+    echo "session 3 listed: $c3; session 4 listed: $c4; session 3 unlisted: $other"; echo "the peer saw:"; cat "$WORK/peer.log"
+    [[ $(tail -3 "$WORK/peer.log" | tr '\n' ' ') == "$A3 $A4 $HOST_LAN " ]]
+}
+check "a LAN peer sees a listed program's connection from its session's address and an unlisted one's from the host's" peer_sees_session_addresses
+
+both_bind_9000() {
+    bg_in_session "$CG3" "$PY" -c "$SERVE" 0.0.0.0 9000 "$WORK/www1" >"$WORK/srv9000-3.log" 2>&1; PIDS+=($!)
+    bg_in_session "$CG4" "$PY" -c "$SERVE" 0.0.0.0 9000 "$WORK/www2" >"$WORK/srv9000-4.log" 2>&1; PIDS+=($!)
+    wait_for 20 bash -c "ss -Hltn 'sport = :9000' | grep -c $A3:9000 >/dev/null && ss -Hltn 'sport = :9000' | grep -c $A4:9000" >/dev/null ||
+        { ss -Hltnp; cat "$WORK"/srv9000-*.log; ps -ef | grep -c http.server; return 1; }
+    ss -Hltn "sport = :9000"
+    local got; got=$(ip netns exec "$SBX_SERVER_NS" "$PY" -c "$GET" "http://$A4:9000/who"); echo "the peer gets http://$A4:9000/who: $got"
+    [[ $got == session2 ]] || { ip netns exec "$SBX_SERVER_NS" ip neigh; ip -s link show sdp4; ip route get "$SBX_SERVER_IP" from "$A4"; cat "$WORK"/srv9000-*.log; return 1; }
+}
+check "a listed python3 binds 0.0.0.0:9000 in two sessions: no collision, each on its address, reachable from the LAN" both_bind_9000
+
+address_stop_leaves_nothing() {
+    "$SESSIOND" stop --session 3 && "$SESSIOND" stop --session 4 || return 1
+    [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
+    [[ $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { echo "ip link changed:"; ip -o link; return 1; }
+    [[ -z $(ip route show table all | grep -E "sdp|10\.77\.0\.10[0-9] ") ]] || { ip route show table all | grep -E "sdp|10.77.0.10"; return 1; }
+    ! ip -4 addr | grep -Ec "10\.77\.0\.10[0-9]|127\.0\.0\.[45]/32" >/dev/null && [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]]
+}
+check "stop removes the macvlans, addresses, rules and tables too" address_stop_leaves_nothing
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+wait_pid 5 "${PIDS[@]}"
+PIDS=()
+ip addr del "$HOST_LAN/24" dev "$SBX_UPLINK"
 
 # --------------------------------------------------------------------- through PAM logins
 # The daemon's own mode stays namespace; the PAM stack's mode=programs asks for programs mode.
@@ -228,9 +299,9 @@ two_pam_logins() {
     for u in alice bob; do
         timeout 60 pamtester -v "$SERVICE" "$u" open_session close_session >"$T/pt-$u.log" 2>&1 & PT_PIDS+=($!)
     done
-    wait_for 10 bash -c "[[ -s $T/srv-alice.pid && -s $T/srv-bob.pid ]]" || { cat "$T"/pt-*.log; return 1; }
+    wait_for 30 bash -c "[[ -s $T/srv-alice.pid && -s $T/srv-bob.pid ]]" || { cat "$T"/pt-*.log; return 1; }
     PIDS+=("$(cat "$T/srv-alice.pid")" "$(cat "$T/srv-bob.pid")")
-    wait_for 5 bash -c 'ss -Hltn "sport = :8080" | grep -q 127.0.0.2:8080 && ss -Hltn "sport = :8080" | grep -q 127.0.0.3:8080' ||
+    wait_for 20 bash -c 'ss -Hltn "sport = :8080" | grep -c 127.0.0.2:8080 >/dev/null && ss -Hltn "sport = :8080" | grep -c 127.0.0.3:8080' >/dev/null ||
         { ss -Hltn; cat "$T"/srv-*.log; return 1; }
     "$SESSIOND" status
     for u in alice bob; do
@@ -253,7 +324,7 @@ pam_logout_leaves_nothing() {
     ((rc == 0)) || return 1
     [[ $("$SESSIOND" status --json | jq length) == 0 ]] || { "$SESSIOND" status; return 1; }
     [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]] || { echo "cgroups left: $(find "$TEST_CG" -mindepth 1 -type d)"; return 1; }
-    [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] && ! ip -4 addr show dev lo | grep -qE "127.0.0.[23]/32"
+    [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] && ! ip -4 addr show dev lo | grep -Ec "127.0.0.[23]/32" >/dev/null
 }
 check "PAM logout: both sessions stopped, no cgroup, hook or loopback address left" pam_logout_leaves_nothing
 
