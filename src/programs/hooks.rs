@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, PerCpuArray};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLinkId};
-use aya::{Ebpf, include_bytes_aligned};
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 
 use super::{HookConfig, Virtualize};
 
@@ -86,7 +86,9 @@ impl Hooks {
     /// Loads a copy of the hooks configured for one session and attaches every one of them
     /// to `cgroup`; on error what was attached is detached again (dropped).
     pub fn attach(cgroup: &Path, config: &HookConfig) -> Result<Hooks, HookError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(HookError::Load)?;
+        // No kernel BTF: the hooks use no CO-RE relocations, and aya's Ebpf::load would parse
+        // /sys/kernel/btf/vmlinux (megabytes) once more for every session.
+        let mut ebpf = EbpfLoader::new().btf(None).load(OBJECT).map_err(HookError::Load)?;
         let mut cfg: Array<_, [u8; 12]> =
             Array::try_from(ebpf.map_mut("config").ok_or(HookError::Missing("config map"))?).map_err(|source| HookError::Map { what: "config map", source })?;
         cfg.set(0, config_value(config), 0).map_err(|source| HookError::Map { what: "write the config", source })?;

@@ -197,6 +197,27 @@ fn loopback_net(a: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(a, 32).expect("/32 is a valid prefix")
 }
 
+/// Serialises programs-mode changes of the host's `lo`: every session's go through the one host
+/// netlink connection, and removing an address lists lo's first, a dump, of which the kernel
+/// runs one per socket at a time (a second one gets EBUSY: `stop --all` stops in parallel).
+static HOST_LO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `op` on the host's lo, under HOST_LO, retried a few times if a dump of someone else's on the
+/// same connection still runs (EBUSY).
+async fn on_host_lo<F: Future<Output = Result<(), NetError>>>(op: impl Fn() -> F) -> Result<(), NetError> {
+    let _held = HOST_LO.lock().await;
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(e) if e.errno() == Some(libc::EBUSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Builds the session: its cgroup, its loopback on the host's `lo`, the hooks on the cgroup.
 /// On failure everything made so far is torn down again.
 pub async fn build<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<K::Attached, ProgramsStepError> {
@@ -216,7 +237,7 @@ async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &
     step("create the session cgroup", kernel.create_cgroup(&plan.cgroup))?;
     // 127/8 is local on the host's lo already; the address makes the session's loopback show
     // (and go) with the session, as in namespace mode.
-    step("add the session loopback to lo", host.add_addr("lo", loopback_net(plan.hooks.loopback), true, None).await)?;
+    step("add the session loopback to lo", on_host_lo(|| host.add_addr("lo", loopback_net(plan.hooks.loopback), true, None)).await)?;
     if let Some(a) = &plan.address {
         step("put the session address on its own link", kernel.add_address(a).await)?;
     }
@@ -238,7 +259,7 @@ pub async fn teardown<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, spec: 
             kernel.remove_address(a).await.into_iter().map(|e| ProgramsStepError { step: "remove the session address and its link", source: e.into() }),
         );
     }
-    if let Err(e) = step("remove the session loopback from lo", host.del_addr("lo", loopback_net(spec.loopback)).await) {
+    if let Err(e) = step("remove the session loopback from lo", on_host_lo(|| host.del_addr("lo", loopback_net(spec.loopback))).await) {
         errors.push(e);
     }
     if let Err(e) = step("remove the session cgroup", kernel.remove_cgroup(&spec.cgroup)) {

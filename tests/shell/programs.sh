@@ -195,6 +195,16 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
 
+many_at_once() {
+    local n pids=() rc=0
+    for n in $(seq 11 18); do "$SESSIOND" start --session "$n" >/dev/null & pids+=($!); done
+    for n in "${pids[@]}"; do wait "$n" || rc=1; done
+    ((rc == 0)) && [[ $("$SESSIOND" status --json | jq length) == 8 ]] || { "$SESSIOND" status; return 1; }
+    "$SESSIOND" stop --all || return 1
+    [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]] && ! ip -4 addr show dev lo | grep -cE "127\.0\.0\.(1[2-9])/32" >/dev/null
+}
+check "eight programs-mode sessions started at once and stopped at once (stop --all): no error, nothing left" many_at_once
+
 # --------------------------------------------------------------------- address virtualization
 # The host gets its own address on the test LAN; each session a pool address on a macvlan of
 # its own. A LAN peer (in the sandbox's lan-srv namespace) tells who connected from where.
@@ -261,6 +271,25 @@ address_stop_leaves_nothing() {
     ! ip -4 addr | grep -Ec "10\.77\.0\.10[0-9]|127\.0\.0\.[45]/32" >/dev/null && [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]]
 }
 check "stop removes the macvlans, addresses, rules and tables too" address_stop_leaves_nothing
+
+crashed_daemon_leaves_nothing() {
+    local s5 cg5
+    s5=$("$SESSIOND" start --session 5 --json) || return 1
+    cg5=$(json .programs.cgroup <<<"$s5")
+    bg_in_session "$cg5" sleep 60 >/dev/null 2>&1; PIDS+=($!)
+    # The hooks are links held by the daemon's file descriptors: they go with it.
+    kill_daemon KILL
+    [[ -z $(bpftool cgroup show "$cg5" | tail -n +2) ]] || { echo "hooks outlived the daemon:"; bpftool cgroup show "$cg5"; return 1; }
+    [[ -d $cg5 ]] && ip link show sdp5 >/dev/null || { echo "nothing was left to recover (the test needs it)"; return 1; }
+    start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --virtualize address,loopback --addressing static \
+        --pool 10.77.0.100-10.77.0.109/24 --gateway "$SBX_GATEWAY" --state-dir /run/sessiond-programs-state-address || return 1
+    tail -3 "$DAEMON_LOG"
+    [[ ! -e $cg5 ]] || { echo "cgroup left: $cg5"; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
+    ! ip -4 addr show dev lo | grep -c "127.0.0.6/32" >/dev/null && [[ $("$SESSIOND" status --json | jq length) == 0 ]] &&
+        kill -0 "${PIDS[-1]}"   # the session's process goes on, moved out
+}
+check "a daemon killed with a programs-mode session up: its hooks go with it, the next daemon removes the rest" crashed_daemon_leaves_nothing
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
