@@ -15,6 +15,15 @@ use super::{HookConfig, Virtualize};
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.bpf.o"));
 
+/// One loader for every session's copy. Without kernel BTF: the hooks use no CO-RE
+/// relocation, and aya's `EbpfLoader::new` parses /sys/kernel/btf/vmlinux (megabytes), which
+/// `Ebpf::load` does twice per load; kept, the parse happens once per daemon.
+static LOADER: std::sync::LazyLock<std::sync::Mutex<EbpfLoader<'static>>> = std::sync::LazyLock::new(|| {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    std::sync::Mutex::new(loader)
+});
+
 /// The attach points, by the names of their programs in the object (and in `status`).
 pub const HOOKS: [&str; 6] = ["bind4", "connect4", "sendmsg4", "recvmsg4", "getsockname4", "getpeername4"];
 
@@ -86,9 +95,7 @@ impl Hooks {
     /// Loads a copy of the hooks configured for one session and attaches every one of them
     /// to `cgroup`; on error what was attached is detached again (dropped).
     pub fn attach(cgroup: &Path, config: &HookConfig) -> Result<Hooks, HookError> {
-        // No kernel BTF: the hooks use no CO-RE relocations, and aya's Ebpf::load would parse
-        // /sys/kernel/btf/vmlinux (megabytes) once more for every session.
-        let mut ebpf = EbpfLoader::new().btf(None).load(OBJECT).map_err(HookError::Load)?;
+        let mut ebpf = LOADER.lock().unwrap_or_else(|p| p.into_inner()).load(OBJECT).map_err(HookError::Load)?;
         let mut cfg: Array<_, [u8; 12]> =
             Array::try_from(ebpf.map_mut("config").ok_or(HookError::Missing("config map"))?).map_err(|source| HookError::Map { what: "config map", source })?;
         cfg.set(0, config_value(config), 0).map_err(|source| HookError::Map { what: "write the config", source })?;
