@@ -166,6 +166,14 @@ unlisted_unaffected() {
 }
 check "an unlisted program in the session (pyother) binds and connects as on any host" unlisted_unaffected
 
+exec_joins_the_cgroup() {
+    local out; out=$("$SESSIOND" exec --session 2 -- "$PY" -c "$BIND_NAME" 8183) || return 1
+    echo "$out"
+    grep -qx "getsockname 127.0.0.1" <<<"$out" && grep -q "127.0.0.3:8183" <<<"$out" &&
+        [[ $("$SESSIOND" exec --session 2 -- cat /proc/self/cgroup | sed -n 's/^0:://p') == "${CG2#"$CG_ROOT"}" ]]
+}
+check "sessiond exec runs a command in a programs-mode session's cgroup (its listed python3 binds 127.0.0.3)" exec_joins_the_cgroup
+
 status_counts() {
     local s; s=$("$SESSIOND" status --session 1 --json) || return 1
     jq -c '.programs' <<<"$s"
