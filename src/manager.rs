@@ -988,6 +988,9 @@ impl<P: Platform> Manager<P> {
     async fn repair(&self, sid: Sid) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
+        if self.is_programs(sid) {
+            return self.repair_programs(sid).await;
+        }
         let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|mut s| {
             if let Some(l) = s.lease.take() {
                 l.abandon(); // keep the lease: the new task asks for it again

@@ -163,6 +163,47 @@ impl<P: Platform> Manager<P> {
         });
     }
 
+    /// The uplink is back (its sid locked by the caller): a session with its own address gets
+    /// its link, address, routes and rule again (what is still there is kept; a re-created
+    /// uplink took the macvlan with it), and the fault clears.
+    pub(super) async fn repair_programs(&self, sid: Sid) {
+        let taken = self
+            .table
+            .lock()
+            .unwrap()
+            .session(sid)
+            .filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up)
+            .map(|s| (s.record.clone(), s.identity.mac));
+        let Some((rec, mac)) = taken else { return };
+        let plan = match (&rec.programs, rec.address) {
+            (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => Some(address::AddressPlan {
+                uplink: self.settings.uplink.clone(),
+                link: address::link_name(sid),
+                mac,
+                address: a,
+                gateway: rec.gateway,
+                table: address::table(sid),
+            }),
+            _ => None,
+        };
+        let result = match &plan {
+            Some(p) => address::build(p).await.map_err(|e| format!("uplink is back but the session's address could not be restored: {e}")),
+            None => Ok(()),
+        };
+        if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
+            match result {
+                Ok(()) => {
+                    info!(sid = %sid, "uplink back: programs-mode session restored");
+                    s.record.fault = None;
+                }
+                Err(e) => {
+                    warn!(sid = %sid, "{e}");
+                    s.record.fault = Some(e);
+                }
+            }
+        }
+    }
+
     async fn programs_abandon(&self, sid: Sid, spec: &ProgramsTeardown, hooks: Option<programs::hooks::Hooks>) {
         for e in programs::teardown(&Kernel, self.platform.host(), spec, hooks).await {
             warn!(sid = %sid, step = e.step, "cleanup: {e}");

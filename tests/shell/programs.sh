@@ -271,6 +271,20 @@ both_bind_9000() {
 }
 check "a listed python3 binds 0.0.0.0:9000 in two sessions: no collision, each on its address, reachable from the LAN" both_bind_9000
 
+uplink_down_and_back() {
+    local log0; log0=$(log_mark)
+    ip link set "$SBX_UPLINK" down
+    wait_for 20 bash -c "[[ \$('$SESSIOND' status --session 3 --json | jq -r '.fault // empty') == *down* ]]" || { echo "no fault shown"; "$SESSIOND" status; ip link set "$SBX_UPLINK" up; return 1; }
+    ip link set "$SBX_UPLINK" up
+    wait_for 20 bash -c "[[ -z \$('$SESSIOND' status --session 3 --json | jq -r '.fault // empty') ]]" || { echo "the fault stays:"; "$SESSIOND" status; log_since "$log0" | tail -5; return 1; }
+    log_since "$log0" | grep -E "fault|restored" | head -4
+    sleep 2   # no repeated repair attempts once it is restored
+    [[ $(log_since "$log0" | grep -c "could not be restored") == 0 ]] || { log_since "$log0" | tail -5; return 1; }
+    local c; c=$(in_session "$CG3" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); echo "after: $c"
+    [[ $c == "from $A3" ]]
+}
+check "the uplink down and back: programs-mode sessions show the fault, then are restored once (no retry loop)" uplink_down_and_back
+
 address_stop_leaves_nothing() {
     "$SESSIOND" stop --session 3 && "$SESSIOND" stop --session 4 || return 1
     [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
