@@ -12,6 +12,7 @@ and writes docs/performance.csv and the generated part of docs/performance.md.
 Every process it starts is tracked by PID and ended by PID. Every loop is bounded.
 """
 import argparse
+import statistics
 import csv
 import datetime
 import json
@@ -189,7 +190,8 @@ def sock_call(path, req, timeout=120):
 
 def reply_ok(op, r):
     if op == "start":
-        return r.get("result") == "sessions" and r["sessions"] and r["sessions"][0].get("address")
+        # (a programs-mode session may have no address: its hooks are what it is made of)
+        return r.get("result") == "sessions" and r["sessions"] and (r["sessions"][0].get("address") or r["sessions"][0].get("programs"))
     return r.get("result") == "stopped"
 
 
@@ -317,6 +319,28 @@ def wait_until(fn, timeout_s, step=0.05):
             return True
         time.sleep(step)
     return fn()
+
+
+def bpf_enable_stats():
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): the kernel times every BPF program run while the
+    returned fd is open (kernel.bpf_stats_enabled without touching the sysctl). None if refused."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(16)  # union bpf_attr: enable_stats.type = 0 (run time)
+    fd = libc.syscall(321, 32, attr, 16)    # __NR_bpf on x86_64, BPF_ENABLE_STATS
+    if fd < 0:
+        log(f"  BPF_ENABLE_STATS refused (errno {ctypes.get_errno()}): no hook run times")
+        return None
+    return fd
+
+
+def hook_stats(cgroup):
+    """{program name: (run_time_ns, run_cnt)} of what is attached to `cgroup`."""
+    out = {}
+    for p in json.loads(sh(["bpftool", "cgroup", "show", cgroup, "--json"]) or "[]"):
+        info = json.loads(sh(["bpftool", "prog", "show", "id", str(p["id"]), "--json"]))
+        out[info.get("name", p.get("name"))] = (info.get("run_time_ns", 0), info.get("run_cnt", 0))
+    return out
 
 
 # ---------------------------------------------------------------- the bench
@@ -848,6 +872,64 @@ class Bench:
                 for ns in netns_names(pre):
                     sh(["ip", "netns", "del", ns], check=False)
 
+    # ---- programs mode (issue 14)
+
+    def programs_suite(self):
+        """Programs mode: start/stop latency of sessions that are a cgroup + six eBPF hooks +
+        a loopback address on the host's lo (no namespace, no DHCP), and what one connect costs
+        through the hooks against no hook, in the same run (benches/connloop.c: socket, connect,
+        close; UDP needs no peer, TCP accepts in-process). The bench moves itself into a cgroup
+        of its own first: the daemon makes the sessions' cgroups inside its own."""
+        a = self.a
+        root = next(l.split(" - ")[0].split()[4] for l in open("/proc/self/mountinfo") if " - cgroup2 " in l)
+        mine = os.path.join(root, f"sessiond-bench.{os.getpid()}")
+        os.mkdir(mine)
+        with open(os.path.join(mine, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        loop = os.path.join(self.work, "connloop")
+        sh(["cc", "-O2", "-o", loop, os.path.join(self.repo, "benches", "connloop.c")])
+        try:
+            self.start_daemon(os.path.join(self.work, "state-programs"), "programs", extra=["--mode", "programs", "--programs", "connloop"])
+            for n in a.programs_ns:
+                sids = list(range(1, n + 1))
+                for op in ("start", "stop"):
+                    lat, err, total, _ = run_seq_sock(self.sock, [{"op": op, "session": s} for s in sids], op)
+                    left = [d for d in os.listdir(mine) if d.startswith("sessiond-")] if op == "stop" else []
+                    self.add(Result("sessiond-programs", "sessiond-socket-programs", op, "seq", n, lat, total, err,
+                                    f"{len(left)} cgroups left" if left else ""))
+            cg = sock_call(self.sock, {"op": "start", "session": 1})["sessions"][0]["programs"]["cgroup"]
+            # The kernel's own account of the hook programs' run time (BPF_ENABLE_STATS: on while
+            # its fd is held, off again when it closes), which the machine's load barely moves.
+            stats = bpf_enable_stats()
+            try:
+                for proto, count in (("udp", a.programs_udp_n), ("tcp", a.programs_tcp_n)):
+                    before = hook_stats(cg)
+                    # One process alternates between no hook, listed and unlisted (connloop.c).
+                    none, listed, unlisted = (float(x) for x in sh([loop, proto, str(count), str(a.programs_rounds), mine, cg]).split())
+                    for k, med in (("none", none), ("listed", listed), ("unlisted", unlisted)):
+                        note = (f"median of {a.programs_rounds} interleaved rounds of {count}; " + ("no hook" if k == "none" else
+                                f"{k} program in a session cgroup: {(med - none) / 1000:+.2f} us per connect vs no hook"))
+                        self.extra_row("programs-hook", f"connect-{proto}", k, count, med / 1000, "us/connect", note)
+                        log(f"  {proto} {k}: {med / 1000:.2f} us per socket+connect+close ({note})")
+                    after = hook_stats(cg)
+                    runs = after["connect4"][1] - before["connect4"][1]
+                    if stats is not None and runs:
+                        ns = (after["connect4"][0] - before["connect4"][0]) / runs
+                        note = f"the connect4 hook's own run time per call (kernel bpf stats), {runs} calls, listed and unlisted alike"
+                        self.extra_row("programs-hook", f"connect-{proto}", "hook run time", runs, ns / 1000, "us/connect", note)
+                        log(f"  {proto}: connect4 hook {ns:.0f} ns per call over {runs} calls")
+            finally:
+                if stats is not None:
+                    os.close(stats)
+            sock_call(self.sock, {"op": "stop_all"})
+        finally:
+            self.stop_daemon()
+            with open(os.path.join(root, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            for d in sorted((os.path.join(dp, x) for dp, ds, _ in os.walk(mine) for x in ds), reverse=True):
+                os.rmdir(d)
+            os.rmdir(mine)
+
     # ---- bookkeeping
 
     def add(self, r):
@@ -1002,7 +1084,8 @@ def derive(rows, run_at):
 
 def render_md(rows):
     meta = {r["op"]: r["note"] for r in rows if r["section"] == "meta" and r["system"] == "machine"}
-    lat = [r for r in rows if r["section"] not in ("meta", "soak", "ratio", "target", "acd")]
+    lat = [r for r in rows if r["section"] not in ("meta", "soak", "ratio", "target", "acd", "programs-hook")]
+    hook = [r for r in rows if r["section"] == "programs-hook"]
     soak = [r for r in rows if r["section"] == "soak"]
     acd = [r for r in rows if r["section"] == "acd"]
     ratios = [r for r in rows if r["section"] == "ratio"]
@@ -1114,6 +1197,17 @@ def render_md(rows):
         for r in acd:
             L.append(f"| {r['system']} | {r['op']} | {r['n']} | {fnum(r['value'], 2)} | {r['unit']} | {r['note']} |")
         L.append("")
+    table("sessiond, programs mode", sorted([r for r in lat if r["section"] == "sessiond-programs"], key=key),
+          "`mode = programs`: each session is a cgroup, six cgroup sock_addr eBPF hooks attached to it (each "
+          "session loads its own copy) and its loopback address on the host's lo; no namespace, no DHCP.")
+    if hook:
+        L.append("### Programs mode: what a connect costs through the hooks")
+        L.append("")
+        L.append("| connect | program | per run | us per socket+connect+close | note |")
+        L.append("| --- | --- | ---: | ---: | --- |")
+        for r in hook:
+            L.append(f"| {r['system']} | {r['op']} | {r['n']} | {fnum(r['value'], 2)} | {r['note']} |")
+        L.append("")
     table("Baseline (a): udhcpc script", sorted([r for r in lat if r["section"] == "udhcpc-script"], key=key),
           "`benches/baselines/admin-start.sh`: ip netns add, macvlan created in the netns, lo + loopback, "
           "`ip netns exec … busybox udhcpc -q -n` with an event script applying address, route, resolv.conf. "
@@ -1193,13 +1287,14 @@ SECTIONS = [
     ("acd", "sessiond, address conflict detection (RFC 5227 probe on and off)", "acd_suite", ["sessiond-acd", "acd"]),
     ("udhcpc", "baseline (a): udhcpc script", "admin_suite", ["udhcpc-script"]),
     ("cni", "baseline (b): CNI macvlan + dhcp IPAM", "cni_suite", ["cni-dhcp"]),
+    ("programs", "sessiond, programs mode (cgroup eBPF hooks)", "programs_suite", ["sessiond-programs", "programs-hook"]),
 ]
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--render-only", action="store_true", help="rewrite docs/performance.md from the CSV; measure nothing")
-    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,diskstate,acd,udhcpc,cni")
+    p.add_argument("--only", default="", help="comma list of: lower,sessiond,spaced,tmpfs,diskstate,acd,udhcpc,cni,programs")
     p.add_argument("--repo")
     p.add_argument("--sessiond")
     p.add_argument("--bin-desc", default="")
@@ -1237,12 +1332,14 @@ def main():
         a.admin_budget, a.admin_big_budget, a.cni_budget = 30.0, 0.0, 5.0
         a.spaced_n, a.spaced_gap = 10, 0.1
         a.acd_n, a.acd_static_n, a.acd_arp_rate, a.acd_arp_secs = 10, 100, 500, 10
+        a.programs_ns, a.programs_rounds, a.programs_udp_n, a.programs_tcp_n = [1, 10, 100], 15, 20000, 2000
     else:
         a.sessiond_ns, a.soak_n, a.soak_s = [1, 10, 100, 1000], 1000, 300
         a.admin_ns, a.cni_ns, a.lower_ns, a.tmpfs_ns = [1, 10, 100, 1000], [1, 10, 100], [1, 10, 100], [100]
         a.admin_budget, a.admin_big_budget, a.cni_budget = 60.0, 130.0, 75.0
         a.spaced_n, a.spaced_gap = 50, 0.1
         a.acd_n, a.acd_static_n, a.acd_arp_rate, a.acd_arp_secs = 100, 1000, 500, 20
+        a.programs_ns, a.programs_rounds, a.programs_udp_n, a.programs_tcp_n = [1, 10, 100, 1000], 31, 20000, 5000
     if a.sessiond_n:  # development overrides
         a.sessiond_ns = [int(x) for x in a.sessiond_n.split(",")]
         a.soak_n = a.sessiond_ns[-1]

@@ -190,7 +190,7 @@ fn run(cli: Cli) -> Result<i32, Exit> {
             let owner_uid = owner.as_deref().map(lookup_user).transpose()?.map(|u| u.uid.as_raw());
             // As long as the daemon's longest start: one that gave up earlier would be rolled back.
             let wait = Duration::from_secs(crate::config::MAX_DHCP_TIMEOUT_SECS + sessiond_client::START_MARGIN_SECS);
-            let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid, hold: false }, wait)?)?;
+            let sessions = expect_sessions(call(&socket, &Request::Start { session, owner_uid, hold: false, mode: None }, wait)?)?;
             print_sessions(&sessions, json, true);
             Ok(())
         }
@@ -322,7 +322,7 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             out,
             "{:<8} {:<18} {:<6} {:<18} {:<18} {:<15} {:<10} {:<10} {:<16} {}",
             r.session,
-            r.netns,
+            if r.netns.is_empty() { "-" } else { r.netns.as_str() },
             r.interface,
             r.mac,
             addr,
@@ -330,7 +330,7 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             r.addressing,
             state,
             holders_summary(r, now),
-            lease_summary(r, now)
+            r.programs.as_ref().map_or_else(|| lease_summary(r, now), programs_summary)
         );
     }
     out
@@ -345,6 +345,13 @@ fn holders_summary(r: &SessionRecord, now: u64) -> String {
         Some(t) if h.holders.is_empty() => format!("none for {} s", now.saturating_sub(t) / 1000),
         _ => format!("pid {}", h.holders.iter().map(|x| x.pid.to_string()).collect::<Vec<_>>().join(",")),
     }
+}
+
+/// A programs-mode session (no lease): "programs mode (python3): 6 hooks on CGROUP, 12
+/// addresses rewritten".
+fn programs_summary(p: &sessiond_client::record::ProgramsInfo) -> String {
+    let listed = if p.programs.is_empty() { "every program".to_string() } else { p.programs.join(",") };
+    format!("programs mode ({listed}): {} hooks on {}, {} addresses rewritten", p.attached.len(), p.cgroup, p.rewritten)
 }
 
 /// "bound, server 10.0.0.1, renew in 290 s, expires in 590 s" (or "-" for static sessions).

@@ -6,7 +6,9 @@ use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, LoopbackReach, SOCKET_ENV};
+pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, LoopbackReach, Mode, SOCKET_ENV, Virtualize};
+
+use crate::programs::ProgramName;
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// A login's session is stopped this long after its last login process vanished.
@@ -97,6 +99,18 @@ pub struct RawSettings {
     /// listener discovery is cheap at scale)
     #[arg(long, value_parser = one_of::<LoopbackReach>(LoopbackReach::NAMES))]
     pub loopback_reach: Option<LoopbackReach>,
+    /// How sessions get their network identity: namespace (their own network namespace; the
+    /// default) or programs (the host's stack, eBPF hooks on the login's cgroup)
+    #[arg(long, value_parser = one_of::<Mode>(Mode::NAMES))]
+    pub mode: Option<Mode>,
+    /// Programs mode: the process names whose sockets are virtualized (comma-separated or
+    /// repeated; default: every program of the session)
+    #[arg(long, value_delimiter = ',')]
+    pub programs: Option<Vec<ProgramName>>,
+    /// Programs mode: what the listed programs get: loopback, address (the session's own pool
+    /// address; needs --addressing static) or both (comma-separated; default loopback)
+    #[arg(long, value_delimiter = ',', value_parser = one_of::<Virtualize>(Virtualize::NAMES))]
+    pub virtualize: Option<Vec<Virtualize>>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -136,6 +150,10 @@ pub enum ConfigError {
     BadMinLease(u32),
     #[error("acd_probe_ms must be 0 (no address conflict detection) to 7000 (RFC 5227's own timing), got {0}")]
     BadAcdProbe(u64),
+    #[error("virtualize is empty: give address, loopback or both")]
+    NothingToVirtualize,
+    #[error("virtualize = address needs addressing = \"static\" (a pool) for now: programs mode has no DHCP yet")]
+    AddressNeedsStatic,
 }
 
 impl ConfigError {
@@ -181,6 +199,9 @@ impl RawSettings {
             metrics_listen: self.metrics_listen.or(under.metrics_listen),
             acd_probe_ms: self.acd_probe_ms.or(under.acd_probe_ms),
             loopback_reach: self.loopback_reach.or(under.loopback_reach),
+            mode: self.mode.or(under.mode),
+            programs: self.programs.or(under.programs),
+            virtualize: self.virtualize.or(under.virtualize),
         }
     }
 }
@@ -208,6 +229,11 @@ pub struct Settings {
     /// Length of the RFC 5227 probe before an address is used; 0: no conflict detection.
     pub acd_probe_ms: u64,
     pub loopback_reach: LoopbackReach,
+    pub mode: Mode,
+    /// Programs mode's listed process names, sorted, each once; empty: every program.
+    pub programs: Vec<ProgramName>,
+    /// What programs mode virtualizes, sorted, each once (never empty).
+    pub virtualize: Vec<Virtualize>,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -249,6 +275,9 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach,
+            mode,
+            programs,
+            virtualize,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -291,6 +320,18 @@ impl Settings {
         if acd_probe_ms > crate::acd::RFC_PROBE_MS {
             return Err(ConfigError::BadAcdProbe(acd_probe_ms));
         }
+        let mut programs = programs.unwrap_or_default();
+        programs.sort();
+        programs.dedup();
+        let mut virtualize = virtualize.unwrap_or_else(|| vec![Virtualize::Loopback]);
+        virtualize.sort_by_key(|v| v.as_str());
+        virtualize.dedup();
+        if virtualize.is_empty() {
+            return Err(ConfigError::NothingToVirtualize);
+        }
+        if virtualize.contains(&Virtualize::Address) && addressing != Addressing::Static {
+            return Err(ConfigError::AddressNeedsStatic);
+        }
         Ok(Settings {
             uplink,
             link,
@@ -311,6 +352,9 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach: loopback_reach.unwrap_or(LoopbackReach::None),
+            mode: mode.unwrap_or(Mode::Namespace),
+            programs,
+            virtualize,
         })
     }
 }
@@ -437,6 +481,35 @@ state_dir = "/tmp/state"
         let e = Settings::merge(RawSettings { acd_probe_ms: Some(7001), ..base() }, RawSettings::default()).unwrap_err();
         assert!(matches!(e, ConfigError::BadAcdProbe(7001)) && e.to_string().contains("acd_probe_ms"), "{e}");
         assert!(parse("acd_probe_ms = -1\n").is_err());
+    }
+
+    #[test]
+    fn programs_mode_settings_from_file_and_flags() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        let s = Settings::merge(base(), RawSettings::default()).unwrap();
+        assert_eq!((s.mode, s.programs.len(), s.virtualize.as_slice()), (Mode::Namespace, 0, &[Virtualize::Loopback][..]));
+        let f = parse("mode = \"programs\"\nprograms = [\"python3\", \"crmclient\", \"python3\"]\nvirtualize = [\"loopback\"]\n").unwrap();
+        let s = Settings::merge(base(), f.clone()).unwrap();
+        assert_eq!(s.mode, Mode::Programs);
+        assert_eq!(s.programs.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["crmclient", "python3"]);
+        let flags = RawSettings { mode: Some(Mode::Namespace), ..base() };
+        assert_eq!(Settings::merge(flags, f).unwrap().mode, Mode::Namespace, "the flag wins");
+        let e = parse("programs = [\"/usr/bin/python3\"]\n").unwrap_err().to_string();
+        assert!(e.contains("/usr/bin/python3") && e.contains("process name"), "{e}");
+        let e = parse("mode = \"container\"\n").unwrap_err().to_string();
+        assert!(e.contains("container") && e.contains("programs"), "{e}");
+        let e = Settings::merge(RawSettings { virtualize: Some(vec![]), ..base() }, RawSettings::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::NothingToVirtualize), "{e}");
+        let e = Settings::merge(RawSettings { virtualize: Some(vec![Virtualize::Address]), ..base() }, RawSettings::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::AddressNeedsStatic), "{e}");
+        let st = RawSettings {
+            virtualize: Some(vec![Virtualize::Loopback, Virtualize::Address]),
+            addressing: Some(Addressing::Static),
+            pool: Some("10.0.0.5-10.0.0.9/24".into()),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            ..base()
+        };
+        assert_eq!(Settings::merge(st, RawSettings::default()).unwrap().virtualize, [Virtualize::Address, Virtualize::Loopback]);
     }
 
     #[test]

@@ -237,13 +237,13 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
         };
     }
     match req {
-        Request::Start { session, owner_uid, hold } => {
+        Request::Start { session, owner_uid, hold, mode } => {
             let holder = match conn.filter(|_| hold).map(holders::peer).transpose() {
                 Ok(h) => h,
                 Err(e) => return Response::error(ErrorKind::Failed, format!("session not started: {e}")),
             };
             let gone = || conn.is_some_and(holders::hung_up);
-            match mgr.start_for(session, owner_uid, holder, &gone).await {
+            match mgr.start_in_mode(session, owner_uid, holder, &gone, mode).await {
                 Ok(r) => Response::Sessions { sessions: vec![r] },
                 Err(e) => from_manager(e),
             }
@@ -349,8 +349,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = mgr(d.path());
         let (s1, s2) = (Sid::new(1).unwrap(), Sid::new(2).unwrap());
-        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false }, 0).await;
-        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false }, 0).await;
+        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false, mode: None }, 0).await;
+        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false, mode: None }, 0).await;
         let records = m.status(None).unwrap();
         let places = |uid, scope| ports_targets(&records, uid, scope).map(|t| t.into_iter().map(|t| (t.place, t.netns)).collect::<Vec<_>>());
         let ns = |n: u32| crate::ns::netns_path(&format!("sessiond-{n}"));
@@ -386,8 +386,8 @@ mod tests {
         let m = mgr(d.path());
         let s1 = Sid::new(1).unwrap();
         let s2 = Sid::new(2).unwrap();
-        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false }, 0).await;
-        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false }, 0).await;
+        handle(&m, Request::Start { session: Some(s1), owner_uid: Some(1000), hold: false, mode: None }, 0).await;
+        handle(&m, Request::Start { session: Some(s2), owner_uid: Some(1001), hold: false, mode: None }, 0).await;
         match handle(&m, Request::Status { session: None }, 1000).await {
             Response::Sessions { sessions } => assert_eq!(sessions.iter().map(|r| r.session).collect::<Vec<_>>(), vec![s1]),
             r => panic!("{r:?}"),
@@ -396,7 +396,7 @@ mod tests {
             Request::Status { session: Some(s2) },
             Request::Status { session: Some(Sid::new(77).unwrap()) },
             Request::Stop { session: s1 },
-            Request::Start { session: None, owner_uid: Some(1000), hold: false },
+            Request::Start { session: None, owner_uid: Some(1000), hold: false, mode: None },
             Request::StopAll,
         ] {
             match handle(&m, req.clone(), 1000).await {

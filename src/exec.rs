@@ -43,6 +43,18 @@ pub enum ExecError {
     Become { step: String, source: nix::Error },
     #[error("cannot run {cmd}: {source}")]
     Run { cmd: String, source: std::io::Error },
+    #[error("joining the session's cgroup {cgroup}: {source}")]
+    JoinCgroup { cgroup: String, source: std::io::Error },
+}
+
+/// Puts this process into the session: its namespace, or a programs-mode session's cgroup
+/// (whose hooks then apply to it and to the command).
+fn enter(rec: &SessionRecord) -> Result<(), ExecError> {
+    match &rec.programs {
+        Some(p) => std::fs::write(std::path::Path::new(&p.cgroup).join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|source| ExecError::JoinCgroup { cgroup: p.cgroup.clone(), source }),
+        None => Ok(sessiond_client::enter::enter_session(&rec.netns)?),
+    }
 }
 
 impl ExecError {
@@ -127,12 +139,12 @@ pub fn login_env(
 /// the exit status to give: the command's, or 128 + the signal that ended it.
 pub fn run(rec: &SessionRecord, user: Option<Account>, preserve: &[String], cmd: &[String]) -> Result<i32, ExecError> {
     let Some(acct) = user else {
-        sessiond_client::enter::enter_session(&rec.netns)?;
+        enter(rec)?;
         let e = Command::new(&cmd[0]).args(&cmd[1..]).envs(session_vars(rec)).exec();
         return Err(ExecError::Run { cmd: cmd[0].clone(), source: e });
     };
     let env = login_env(&acct, &session_vars(rec), |k| std::env::var_os(k), preserve)?;
-    sessiond_client::enter::enter_session(&rec.netns)?;
+    enter(rec)?;
     let stdin = std::io::stdin();
     let terminal = nix::unistd::isatty(&stdin).unwrap_or(false);
     let mut child = Command::new(SELF_EXE);

@@ -201,7 +201,8 @@ impl NetOps for FakeNet {
         let life = life.map(|l| format!(" valid {} preferred {}", l.valid_secs, l.preferred_secs)).unwrap_or_default();
         let key = format!("addr:{}/{name}/{addr}", self.ns);
         op(&self.world, self.line(format!("addr add {addr} dev {name}{scope}{life}")), |w| {
-            if name != "lo" {
+            // A namespace's lo goes with it; the host's (programs mode) stays.
+            if name != "lo" || self.ns == "host" {
                 w.objects.insert(key);
             }
             Ok(())

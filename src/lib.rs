@@ -32,6 +32,7 @@ pub mod ns;
 pub mod platform;
 pub mod pool;
 pub mod ports;
+pub mod programs;
 pub mod relay;
 pub mod session;
 pub mod state;

@@ -24,6 +24,8 @@ use crate::session::{self, SESSION_IF, SessionPlan, StepError, TeardownSpec};
 use crate::sid::{MAX_SID, Sid};
 use crate::state::{Holding, PendingReap, SessionRecord, SessionState, StateDir, StateError};
 
+mod programs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     #[error("session {0} is not running")]
@@ -40,8 +42,12 @@ pub enum ManagerError {
     NotStarted { sid: Sid, source: StartError },
     #[error("session {sid} stop incomplete ({} errors; run stop again): {}", errors.len(), join(errors))]
     StopIncomplete { sid: Sid, errors: Vec<StepError> },
+    #[error("session {sid} stop incomplete ({} errors; run stop again): {}", errors.len(), join(errors))]
+    ProgramsStopIncomplete { sid: Sid, errors: Vec<crate::programs::ProgramsStepError> },
     #[error("session {sid} torn down, but its state file remains: {source}")]
     StateRemains { sid: Sid, source: StateError },
+    #[error("session {sid} runs in {running} mode, not {wanted} mode")]
+    OtherMode { sid: Sid, running: crate::config::Mode, wanted: crate::config::Mode },
     #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
     RequesterGone(Sid),
     /// `stop --all`: every session that could not be stopped.
@@ -91,6 +97,8 @@ pub enum StartError {
         "gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)"
     )]
     PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
+    #[error(transparent)]
+    Programs(crate::programs::ProgramsStepError),
 }
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
@@ -113,6 +121,7 @@ impl StartError {
             StartError::Build(e) => e.step,
             StartError::Dhcp(_) => "lease an address by DHCP",
             StartError::Probe(_) | StartError::AddressConflict { .. } | StartError::PersistentConflict { .. } => "probe the address (RFC 5227)",
+            StartError::Programs(e) => e.step,
         }
     }
 }
@@ -172,6 +181,8 @@ struct Session {
     /// A static session is probing a new address after losing its own: the record holds the
     /// candidate (so no other start takes it), which `status` must not show yet.
     claiming: bool,
+    /// A programs-mode session's attached hooks (`record.programs` says what they are).
+    hooks: Option<crate::programs::hooks::Hooks>,
 }
 
 /// The task defending a static session's address; aborted when dropped.
@@ -194,6 +205,9 @@ impl Session {
         }
         if let Some(l) = &self.lease {
             l.view().fill(&mut r);
+        }
+        if let (Some(p), Some(h)) = (&mut r.programs, &self.hooks) {
+            p.rewritten = h.rewritten();
         }
         r
     }
@@ -393,6 +407,19 @@ impl<P: Platform> Manager<P> {
         holder: Option<Watched>,
         gone: &(dyn Fn() -> bool + Sync),
     ) -> Result<SessionRecord, ManagerError> {
+        self.start_in_mode(sid, owner_uid, holder, gone, None).await
+    }
+
+    /// `start_for` in a given mode (the PAM module's `mode=`); None: the daemon's `mode`.
+    pub async fn start_in_mode(
+        &self,
+        sid: Option<Sid>,
+        owner_uid: Option<u32>,
+        holder: Option<Watched>,
+        gone: &(dyn Fn() -> bool + Sync),
+        mode: Option<crate::config::Mode>,
+    ) -> Result<SessionRecord, ManagerError> {
+        let mode = mode.unwrap_or(self.settings.mode);
         let sid = match sid {
             Some(s) => {
                 self.set_reserved(s, true);
@@ -409,7 +436,7 @@ impl<P: Platform> Manager<P> {
                 info!("the requester hung up before the start began: not starting it");
                 return Err(ManagerError::RequesterGone(sid));
             }
-            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder)).await {
+            let started = match self.start_locked(sid, owner_uid, holder.as_ref().map(|w| w.holder), mode).await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(step = e.step(), "session not started: {e}");
@@ -440,7 +467,7 @@ impl<P: Platform> Manager<P> {
         result
     }
 
-    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<Started, ManagerError> {
+    async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>, mode: crate::config::Mode) -> Result<Started, ManagerError> {
         if let Some(s) = self.table.lock().unwrap().session(sid)
             && s.record.state == SessionState::Up
         {
@@ -449,7 +476,13 @@ impl<P: Platform> Manager<P> {
             if owner_uid != s.record.owner_uid {
                 return Err(ManagerError::OtherOwner { sid, owner: s.record.owner_uid, wanted: owner_uid });
             }
+            if s.record.mode() != mode {
+                return Err(ManagerError::OtherMode { sid, running: s.record.mode(), wanted: mode });
+            }
             return Ok(Started::AlreadyUp(s.view()));
+        }
+        if mode == crate::config::Mode::Programs {
+            return self.start_programs(sid, owner_uid, holder).await;
         }
         self.check_uplink().await?;
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
@@ -736,8 +769,18 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
             holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+            programs: None,
         };
-        let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false };
+        let session = Session {
+            record: record.clone(),
+            identity: id.clone(),
+            lease: None,
+            netns: None,
+            watches: Vec::new(),
+            defence: None,
+            claiming: false,
+            hooks: None,
+        };
         t.insert(session);
         Ok(record)
     }
@@ -844,6 +887,9 @@ impl<P: Platform> Manager<P> {
     /// Returns, for a macvlan session, the id of its namespace, which the kernel is left to
     /// free, and the MAC of the interface in it.
     async fn stop_locked(&self, sid: Sid) -> Result<(Stopped, Option<(i32, [u8; 6])>), ManagerError> {
+        if self.is_programs(sid) {
+            return self.stop_programs(sid).await.map(|s| (s, None));
+        }
         let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
             s.defence = None;
@@ -942,6 +988,9 @@ impl<P: Platform> Manager<P> {
     async fn repair(&self, sid: Sid) {
         let lock = self.sid_lock(sid);
         let _held = lock.lock().await;
+        if self.is_programs(sid) {
+            return self.repair_programs(sid).await;
+        }
         let taken = self.table.lock().unwrap().session_mut(sid).filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up).map(|mut s| {
             if let Some(l) = s.lease.take() {
                 l.abandon(); // keep the lease: the new task asks for it again
@@ -1155,7 +1204,9 @@ impl<P: Platform> Manager<P> {
         for rec in records {
             let span = info_span!("recover", sid = %rec.session);
             async {
-                if rec.state == SessionState::Up && self.is_live(&rec).await {
+                if rec.programs.is_some() {
+                    self.undo_programs(rec, &mut report).await;
+                } else if rec.state == SessionState::Up && self.is_live(&rec).await {
                     self.adopt(rec, &mut report).await;
                 } else {
                     self.undo_half_made(rec, &mut report).await;
@@ -1204,7 +1255,7 @@ impl<P: Platform> Manager<P> {
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
         // A static session's defence is set up once the daemon serves (`defend_adopted`).
-        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false, hooks: None });
         report.adopted.push(sid);
     }
 
@@ -1232,7 +1283,16 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session { record, identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false });
+        self.table.lock().unwrap().insert(Session {
+            record,
+            identity,
+            lease: None,
+            netns: None,
+            watches: Vec::new(),
+            defence: None,
+            claiming: false,
+            hooks: None,
+        });
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

@@ -326,6 +326,7 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         lease: None,
         fault: None,
         holding: None,
+        programs: None,
     }
 }
 

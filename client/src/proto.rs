@@ -23,6 +23,9 @@ pub enum Request {
         /// Without it (`sessiond start`, units) the session lives until `stop`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hold: bool,
+        /// How to build the session (the PAM module's `mode=`); None: the daemon's `mode`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<crate::record::Mode>,
     },
     Status {
         session: Option<Sid>,
@@ -136,8 +139,8 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         for r in [
-            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000), hold: true },
-            Request::Start { session: None, owner_uid: None, hold: false },
+            Request::Start { session: Some(Sid::new(3).unwrap()), owner_uid: Some(1000), hold: true, mode: None },
+            Request::Start { session: None, owner_uid: None, hold: false, mode: None },
             Request::Status { session: None },
             Request::Stop { session: Sid::new(9).unwrap() },
             Request::StopAll,
@@ -154,10 +157,13 @@ mod tests {
         assert_eq!(parse_request(r#"{"op":"watch"}"#).unwrap(), Request::Watch);
         assert_eq!(
             parse_request(r#"{"op":"start","session":4}"#).unwrap(),
-            Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None, hold: false }
+            Request::Start { session: Some(Sid::new(4).unwrap()), owner_uid: None, hold: false, mode: None }
         );
         // Only a holding start says so: the CLI's requests are what they always were.
-        assert_eq!(encode_line(&Request::Start { session: None, owner_uid: None, hold: false }), b"{\"op\":\"start\",\"session\":null,\"owner_uid\":null}\n");
+        assert_eq!(
+            encode_line(&Request::Start { session: None, owner_uid: None, hold: false, mode: None }),
+            b"{\"op\":\"start\",\"session\":null,\"owner_uid\":null}\n"
+        );
     }
 
     #[test]

@@ -100,6 +100,43 @@ named! {
     }
 }
 
+named! {
+    /// How a session gets its network identity.
+    pub enum Mode {
+        /// A network namespace of its own (the default).
+        Namespace = "namespace",
+        /// The host's own stack: eBPF hooks on the login's cgroup rewrite the addresses of the
+        /// listed programs' sockets.
+        Programs = "programs",
+    }
+}
+
+named! {
+    /// What programs mode gives the listed programs (either or both, as Windows allows).
+    pub enum Virtualize {
+        /// The session's own address for what they bind to 0.0.0.0 and connect from.
+        Address = "address",
+        /// The session's loopback 127.0.0.(sid+1) for what they bind to 127.0.0.1, and their
+        /// own session's listener first when they connect to 127.0.0.1 (preferred loopback).
+        Loopback = "loopback",
+    }
+}
+
+/// What `status` shows of a programs-mode session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramsInfo {
+    /// The cgroup v2 directory the hooks are attached to; a login joins it.
+    pub cgroup: String,
+    /// The listed process names; empty: every program of the session.
+    pub programs: Vec<String>,
+    pub virtualize: Vec<Virtualize>,
+    /// The attached hooks, by attach point (`connect4`, ...).
+    pub attached: Vec<String>,
+    /// Socket addresses the hooks rewrote so far (read when `status` asks).
+    #[serde(default)]
+    pub rewritten: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
@@ -167,6 +204,15 @@ pub struct SessionRecord {
     /// every holder has exited. None: it lives until `stop` (`sessiond start`, a unit).
     #[serde(default)]
     pub holding: Option<Holding>,
+    /// Programs mode's hooks; None: a namespace-mode session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programs: Option<ProgramsInfo>,
+}
+
+impl SessionRecord {
+    pub fn mode(&self) -> Mode {
+        if self.programs.is_some() { Mode::Programs } else { Mode::Namespace }
+    }
 }
 
 #[cfg(test)]

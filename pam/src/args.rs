@@ -52,6 +52,9 @@ pub struct Args {
     pub refdir: PathBuf,
     /// `debug`: also log to stderr, and log skipped users.
     pub debug: bool,
+    /// `mode=namespace|programs`: how this stack's sessions are built; None: the daemon's
+    /// `mode`.
+    pub mode: Option<sessiond_client::Mode>,
 }
 
 impl Default for Args {
@@ -68,6 +71,7 @@ impl Default for Args {
             socket: PathBuf::from(sessiond_client::DEFAULT_SOCKET),
             refdir: PathBuf::from(DEFAULT_REFDIR),
             debug: false,
+            mode: None,
         }
     }
 }
@@ -128,6 +132,7 @@ impl Args {
                     }
                 }
                 "timeout" => a.timeout = parse_timeout(need()?)?,
+                "mode" => a.mode = Some(need()?.parse().map_err(|e| format!("mode: {e}"))?),
                 "socket" => {
                     let p = need()?;
                     if !p.starts_with('/') {

@@ -84,6 +84,14 @@ impl Env for Real<'_> {
         *HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()) = home;
         Ok(())
     }
+    fn join_cgroup(&self, dir: &str) -> Result<(), String> {
+        // The daemon names it; still, only ever an absolute cgroup.procs is written.
+        if !dir.starts_with('/') {
+            return Err(format!("joining cgroup {dir:?}: not an absolute path"));
+        }
+        let procs = std::path::Path::new(dir).join("cgroup.procs");
+        std::fs::write(&procs, std::process::id().to_string()).map_err(|e| format!("joining cgroup {dir}: {e}"))
+    }
     fn leave(&self) -> Result<(), String> {
         let home = HOME_NETNS.lock().unwrap_or_else(|p| p.into_inner()).take();
         match home {

@@ -53,6 +53,9 @@ pub trait Env {
     /// Moves the calling process back to the network namespace it had before `enter` (nothing
     /// to do if it did not enter).
     fn leave(&self) -> Result<(), String>;
+    /// Moves the calling process into a programs-mode session's cgroup (its hooks then apply
+    /// to it and to everything it starts).
+    fn join_cgroup(&self, dir: &str) -> Result<(), String>;
 }
 
 /// Why a session could not be had.
@@ -78,7 +81,7 @@ fn call(args: &Args, req: &Request) -> Result<Response, Trouble> {
 
 fn start(args: &Args, session: Option<Sid>, uid: u32) -> Result<SessionRecord, Trouble> {
     // This process holds the session: if it dies without close_session the daemon stops it.
-    match call(args, &Request::Start { session, owner_uid: Some(uid), hold: true })? {
+    match call(args, &Request::Start { session, owner_uid: Some(uid), hold: true, mode: args.mode })? {
         Response::Sessions { sessions } if sessions.len() == 1 => Ok(sessions.into_iter().next().unwrap()),
         Response::Error { kind: ErrorKind::OtherOwner, message } => Err(Trouble::OtherOwner(message)),
         Response::Error { message, .. } => Err(Trouble::Daemon(format!("sessiond refused to start the session: {message}"))),
@@ -275,7 +278,12 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
         env.log(Level::Err, &format!("user {user}: session {sid}: {e}; refusing the session"));
         return PAM_SESSION_ERR;
     }
-    if let Err(e) = env.enter(&rec.netns) {
+    // Programs mode: no namespace to enter; the login joins the session's cgroup.
+    let entered = match &rec.programs {
+        Some(p) => env.join_cgroup(&p.cgroup),
+        None => env.enter(&rec.netns),
+    };
+    if let Err(e) = entered {
         // A half-entered process must not go on to run the user's shell: always refuse.
         let _ = env.set_sid(None);
         if let Err(r) = release(env, args, sid) {
@@ -295,7 +303,11 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
         }
     }
     let addr = rec.address.map(|a| a.addr().to_string()).unwrap_or_else(|| "-".into());
-    env.log(Level::Notice, &format!("user {user} (uid {uid}): session {sid} netns {} address {addr} loopback {}", rec.netns, rec.loopback));
+    let place = match &rec.programs {
+        Some(p) => format!("programs mode, cgroup {}", p.cgroup),
+        None => format!("netns {}", rec.netns),
+    };
+    env.log(Level::Notice, &format!("user {user} (uid {uid}): session {sid} {place} address {addr} loopback {}", rec.loopback));
     PAM_SUCCESS
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13, 14 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -31,6 +31,9 @@
 #      groups, environment, home; 13b a login's XDG_SESSION_ID naming another user's session;
 #      13c a root start of another owner's session; 13d state file modes; 13e the PAM module
 #      (users by uid, refdir owner, timeout=, holder files, cgroupfs in the session)
+#  14  programs mode (eBPF hooks on a session cgroup): a session cgroup that cannot be made
+#      refuses a mode=programs login under fail=closed; kill -9 of the daemon with programs-mode
+#      sessions up (their hooks go with it; the next daemon removes cgroups and addresses)
 #
 # Each scenario is one or more rows of the reliability table; each row's expectations are
 # lib.sh checks named "[ROW] what" (the same PASS/FAIL lines and final tally as every suite).
@@ -54,7 +57,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13 14)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -1652,6 +1655,48 @@ scenario_12b() {
 
 # shellcheck source=faults/security.sh
 source "$HERE/security.sh"
+
+# ================================================================== 14: programs mode
+
+# The scenario runs in a cgroup of its own: the daemon it starts makes the sessions' cgroups
+# inside its own, so nothing lands beside the root cgroup's.
+programs_cgroups_left() { find "$1" -mindepth 1 -type d | sed "s|^$1/||" | paste -sd' '; }
+scenario_14() {
+    row_begin 14 "programs mode: a session cgroup that cannot be made; the daemon killed with programs-mode sessions up" \
+        "pamtester open_session for $LUSER with mode=programs fail=closed while the daemon's cgroup allows no child (cgroup.max.descendants 0); then 3 programs-mode sessions up, kill -9 of the daemon, restart" \
+        "the login is refused, naming the step, and leaves no session; after the kill no hook is left on the session cgroups (the links closed with the daemon); the restarted daemon removes every session cgroup and loopback address and has no session"
+    expect "the login user exists" login_user
+    local root cg14
+    root=$(findmnt -n -t cgroup2 -o TARGET | head -1)
+    [[ -n $root ]] || { fail "no cgroup v2 hierarchy"; row_end; return; }
+    cg14=$root/sessiond-faults.$$
+    mkdir "$cg14" && echo $$ >"$cg14/cgroup.procs" || { fail "cannot make the scenario's cgroup"; row_end; return; }
+    begin_daemon f14 --programs sleep || { fail "daemon did not start"; echo $$ >"$root/cgroup.procs"; rmdir "$cg14"; row_end; return; }
+    pam_service mode=programs fail=closed
+    echo 0 >"$cg14/cgroup.max.descendants"
+    local rc=0
+    timeout 30 pamtester -v "$SERVICE" "$LUSER" open_session close_session >"$W/s14.out" 2>&1 || rc=$?
+    echo max >"$cg14/cgroup.max.descendants"
+    expect "the mode=programs login is refused" test "$rc" -ne 0
+    expect "...with the step named in the daemon's log" grep -q "create the session cgroup" "$DAEMON_LOG"
+    expect "...and no session is left" bash -c "[[ \$(timeout 30 $SESSIOND status --json | jq length) == 0 ]]"
+    end_daemon
+    local n
+    begin_daemon f14 --mode programs --programs sleep || { fail "daemon did not start"; row_end; return; }
+    for n in 41 42 43; do timeout 30 "$SESSIOND" start --session "$n" >/dev/null || fail "start of programs-mode session $n"; done
+    local cgs; cgs=$(programs_cgroups_left "$cg14")
+    kill_daemon KILL
+    expect "after kill -9 no hook is left on the session cgroups" bash -c "for d in $cg14/sessiond-*; do [[ -z \$(bpftool cgroup show \$d | tail -n +2) ]] || exit 1; done"
+    restart_daemon --mode programs --programs sleep || fail "the daemon did not restart"
+    expect "the restarted daemon removed every session cgroup" test -z "$(programs_cgroups_left "$cg14")"
+    expect "...every session loopback address" bash -c "! ip -4 addr show dev lo | grep -cE '127\.0\.0\.4[234]/32' >/dev/null"
+    expect "...and has no session" bash -c "[[ \$(timeout 30 $SESSIOND status --json | jq length) == 0 ]]"
+    note "cgroups before the kill: $cgs; the restart logged: $(grep -oE 'recovered state[^"]*' "$DAEMON_LOG" | tail -1)"
+    end_daemon
+    echo $$ >"$root/cgroup.procs"
+    rmdir "$cg14"/* "$cg14" 2>/dev/null
+    row_end
+}
 
 # ================================================================== run
 

@@ -28,6 +28,9 @@ struct Fake {
     sid: RefCell<Option<u32>>,
     entered: RefCell<Vec<String>>,
     enter_fails: bool,
+    /// The cgroups joined (programs mode).
+    joined: RefCell<Vec<String>>,
+    join_fails: bool,
     /// Each `leave`, with whether the daemon still had session 1 at that moment.
     left: RefCell<Vec<bool>>,
     daemon: Option<Daemon>,
@@ -105,6 +108,13 @@ impl Env for Fake {
         self.entered.borrow_mut().push(netns.into());
         Ok(())
     }
+    fn join_cgroup(&self, dir: &str) -> Result<(), String> {
+        if self.join_fails {
+            return Err(format!("joining cgroup {dir}: Permission denied"));
+        }
+        self.joined.borrow_mut().push(dir.into());
+        Ok(())
+    }
     fn leave(&self) -> Result<(), String> {
         let running = self.daemon.as_ref().is_some_and(|d| d.has(1));
         self.left.borrow_mut().push(running);
@@ -139,6 +149,7 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         lease: None,
         fault: None,
         holding: None,
+        programs: None,
     }
 }
 
@@ -148,9 +159,20 @@ impl Daemon {
         let mut s = self.sessions.lock().unwrap();
         match req {
             Request::Start { .. } if *self.refuse.lock().unwrap() => Response::error(ErrorKind::Failed, "session 1 not started: the pool is exhausted"),
-            Request::Start { session, owner_uid, .. } => {
+            Request::Start { session, owner_uid, mode, .. } => {
                 let sid = session.unwrap_or_else(|| Sid::new((1..).find(|n| !s.contains_key(n)).unwrap() as u64).unwrap());
-                let rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
+                let mut rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
+                if mode == Some(sessiond_client::Mode::Programs) {
+                    rec.netns = String::new();
+                    rec.programs = Some(sessiond_client::record::ProgramsInfo {
+                        cgroup: format!("/sys/fs/cgroup/sessiond-{sid}"),
+                        programs: vec!["python3".into()],
+                        virtualize: vec![sessiond_client::Virtualize::Loopback],
+                        attached: vec![],
+                        rewritten: 0,
+                    });
+                    s.insert(sid.get(), rec.clone());
+                }
                 // as manager::start_locked: a running session is only returned to its owner
                 if rec.owner_uid != owner_uid {
                     return Response::error(
@@ -234,7 +256,7 @@ fn open_enters_and_exports_close_stops() {
     assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
     assert_eq!(f.var("SESSIOND_ADDRESS").as_deref(), Some("10.77.0.100"), "no prefix length");
     assert_eq!(f.var("SESSIOND_LOOPBACK").as_deref(), Some("127.0.0.2"));
-    assert_eq!(r.daemon.requests.lock().unwrap()[0], Request::Start { session: None, owner_uid: Some(1000), hold: true });
+    assert_eq!(r.daemon.requests.lock().unwrap()[0], Request::Start { session: None, owner_uid: Some(1000), hold: true, mode: None });
     assert_eq!(refcount(&r, 1).as_deref(), Some("1"));
     assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
     assert!(!r.daemon.has(1));
@@ -483,4 +505,35 @@ fn daemon_refusals_follow_the_fail_mode() {
     assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
     assert!(f.entered.borrow().is_empty());
     assert_eq!(refcount(&r, 1), None);
+}
+
+#[test]
+fn mode_programs_asks_for_a_programs_session_and_joins_its_cgroup() {
+    let r = rig(&["mode=programs"]);
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert!(matches!(r.daemon.requests.lock().unwrap()[0], Request::Start { mode: Some(sessiond_client::Mode::Programs), hold: true, .. }));
+    assert_eq!(*f.joined.borrow(), vec!["/sys/fs/cgroup/sessiond-1".to_string()]);
+    assert!(f.entered.borrow().is_empty(), "no namespace to enter");
+    assert_eq!(f.var("SESSIOND_LOOPBACK").as_deref(), Some("127.0.0.2"));
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(r.daemon.count(), 0);
+}
+
+#[test]
+fn a_cgroup_that_cannot_be_joined_refuses_the_login_and_stops_the_session() {
+    let r = rig(&["mode=programs"]);
+    let f = Fake { join_fails: true, ..Fake::new("alice") };
+    assert_eq!(open_session(&f, &r.args), PAM_SESSION_ERR);
+    assert!(f.logged("joining cgroup /sys/fs/cgroup/sessiond-1"), "{:?}", f.logs.borrow());
+    assert_eq!(r.daemon.count(), 0, "the session it started is stopped again");
+    assert_eq!(f.sid(), None);
+}
+
+#[test]
+fn a_bad_mode_argument_is_named() {
+    let e = Args::parse(&["mode=container"]).unwrap_err();
+    assert!(e.contains("container") && e.contains("programs"), "{e}");
+    assert_eq!(Args::parse(&["mode=programs"]).unwrap().mode, Some(sessiond_client::Mode::Programs));
+    assert_eq!(Args::parse::<&str>(&[]).unwrap().mode, None);
 }

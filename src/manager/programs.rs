@@ -1,0 +1,259 @@
+//! The manager's side of programs mode: start, stop and recovery of a session that lives on
+//! the host's own stack (`crate::programs` builds and tears it down). It shares the session
+//! table, the per-sid locks, the state dir and the holders with namespace mode; what it
+//! builds is its own.
+use tracing::{info, warn};
+
+use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
+use crate::platform::Platform;
+use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup};
+use crate::sid::Sid;
+use crate::state::{Holding, SessionRecord, SessionState};
+use sessiond_client::record::ProgramsInfo;
+
+impl<P: Platform> Manager<P> {
+    /// Starts `sid` in programs mode (its lock held, not running yet).
+    pub(super) async fn start_programs(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<crate::holders::Holder>) -> Result<Started, ManagerError> {
+        let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
+        let dir = cgroup::session_dir_here(sid)
+            .map_err(|e| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() })))?;
+        let identity = self.identity(sid);
+        let virtualize_address = self.settings.virtualize.contains(&Virtualize::Address);
+        // The address is taken from the pool and the session entered in the table at once, so
+        // that no concurrent start takes the same address.
+        let (plan, record) = {
+            let mut t = self.table.lock().unwrap();
+            let address = if virtualize_address {
+                let pool = self.settings.pool.as_ref().expect("address virtualization has a pool (checked at config time)");
+                let mut in_use: std::collections::BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
+                in_use.extend(t.conflicts.current(crate::lease_driver::now_ms()));
+                let addr = pool.allocate(sid, &in_use, &t.history).map_err(|e| not_started(e.into()))?;
+                t.history.last_address.insert(sid.get(), addr);
+                Some(ipnet::Ipv4Net::new(addr, pool.prefix_len).expect("valid prefix"))
+            } else {
+                None
+            };
+            let plan = ProgramsPlan {
+                sid,
+                cgroup: dir.clone(),
+                hooks: HookConfig {
+                    loopback: identity.loopback,
+                    address: address.map(|a| a.addr()),
+                    programs: self.settings.programs.clone(),
+                    virtualize: self.settings.virtualize.clone(),
+                },
+                address: address.map(|a| address::AddressPlan {
+                    uplink: self.settings.uplink.clone(),
+                    link: address::link_name(sid),
+                    mac: identity.mac,
+                    address: a,
+                    gateway: self.settings.gateway,
+                    table: address::table(sid),
+                }),
+            };
+            let record = SessionRecord {
+                session: sid,
+                // No namespace: the session is on the host's stack.
+                netns: String::new(),
+                interface: if address.is_some() { address::link_name(sid) } else { "lo".into() },
+                mac: identity.mac_text(),
+                address,
+                gateway: address.and(self.settings.gateway),
+                dns: if address.is_some() { self.settings.dns.clone() } else { Vec::new() },
+                loopback: identity.loopback,
+                addressing: self.settings.addressing,
+                state: SessionState::Starting,
+                link: self.settings.link,
+                host_link: None,
+                owner_uid,
+                lease: None,
+                fault: None,
+                holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+                programs: Some(ProgramsInfo {
+                    cgroup: dir.display().to_string(),
+                    programs: plan.hooks.programs.iter().map(|p| p.to_string()).collect(),
+                    virtualize: plan.hooks.virtualize.clone(),
+                    attached: Vec::new(),
+                    rewritten: 0,
+                }),
+            };
+            t.insert(Session { record: record.clone(), identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false, hooks: None });
+            (plan, record)
+        };
+        // The intent is on disk before anything is made, so a crash can be cleaned up.
+        if let Err(e) = self.persist_new(&record) {
+            self.forget(sid);
+            return Err(not_started(StartError::Record(e)));
+        }
+        let hooks = match programs::build(&Kernel, self.platform.host(), &plan).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.forget(sid);
+                let _ = self.state.remove(sid);
+                return Err(not_started(StartError::Programs(e)));
+            }
+        };
+        let mut up = record;
+        up.state = SessionState::Up;
+        if let Some(p) = &mut up.programs {
+            p.attached = hooks.attached();
+        }
+        if let Err(e) = self.state.save(&up) {
+            self.programs_abandon(sid, &plan.teardown_spec(), Some(hooks)).await;
+            return Err(not_started(StartError::Record(e)));
+        }
+        let mut t = self.table.lock().unwrap();
+        let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
+        (s.record, s.hooks) = (up, Some(hooks));
+        info!(cgroup = %dir.display(), "programs-mode session up");
+        Ok(Started::New(s.view()))
+    }
+
+    /// Whether the sid's session (if any) is a programs-mode one.
+    pub(super) fn is_programs(&self, sid: Sid) -> bool {
+        self.table.lock().unwrap().session(sid).is_some_and(|s| s.record.programs.is_some())
+    }
+
+    /// Stops a programs-mode session: hooks off, loopback and cgroup gone.
+    pub(super) async fn stop_programs(&self, sid: Sid) -> Result<Stopped, ManagerError> {
+        let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
+            s.record.state = SessionState::Stopping;
+            (s.record.clone(), s.hooks.take())
+        });
+        let Some((rec, hooks)) = taken else { return Ok(Stopped::WasAbsent) };
+        if let Err(e) = self.state.save(&rec) {
+            warn!("cannot record stopping state (tearing down anyway): {e}");
+        }
+        let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), hooks).await;
+        if !errors.is_empty() {
+            return Err(ManagerError::ProgramsStopIncomplete { sid, errors });
+        }
+        self.forget(sid);
+        self.state.remove(sid).map_err(|source| ManagerError::StateRemains { sid, source })?;
+        info!("session stopped");
+        self.metrics.session_stopped();
+        Ok(Stopped::Stopped)
+    }
+
+    /// A programs-mode session from the last run: its hooks went with that daemon's file
+    /// descriptors, so it is not adopted but torn down (a login that still runs goes on
+    /// without them); on errors it is kept as `Stopping` for a next try.
+    pub(super) async fn undo_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
+        let sid = rec.session;
+        info!(state = ?rec.state, "removing a programs-mode session of the last run (its hooks ended with it)");
+        let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), None).await;
+        if errors.is_empty() {
+            let _ = self.state.remove(sid);
+            report.cleaned.push(sid);
+            return;
+        }
+        report.errors.extend(errors.iter().map(|e| format!("session {sid}: {e}")));
+        let mut record = rec;
+        record.state = SessionState::Stopping;
+        let identity = self.identity(sid);
+        self.table.lock().unwrap().insert(Session {
+            record,
+            identity,
+            lease: None,
+            netns: None,
+            watches: Vec::new(),
+            defence: None,
+            claiming: false,
+            hooks: None,
+        });
+    }
+
+    /// The uplink is back (its sid locked by the caller): a session with its own address gets
+    /// its link, address, routes and rule again (what is still there is kept; a re-created
+    /// uplink took the macvlan with it), and the fault clears.
+    pub(super) async fn repair_programs(&self, sid: Sid) {
+        let taken = self
+            .table
+            .lock()
+            .unwrap()
+            .session(sid)
+            .filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up)
+            .map(|s| (s.record.clone(), s.identity.mac));
+        let Some((rec, mac)) = taken else { return };
+        let plan = match (&rec.programs, rec.address) {
+            (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => Some(address::AddressPlan {
+                uplink: self.settings.uplink.clone(),
+                link: address::link_name(sid),
+                mac,
+                address: a,
+                gateway: rec.gateway,
+                table: address::table(sid),
+            }),
+            _ => None,
+        };
+        let result = match &plan {
+            Some(p) => address::build(p).await.map_err(|e| format!("uplink is back but the session's address could not be restored: {e}")),
+            None => Ok(()),
+        };
+        if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
+            match result {
+                Ok(()) => {
+                    info!(sid = %sid, "uplink back: programs-mode session restored");
+                    s.record.fault = None;
+                }
+                Err(e) => {
+                    warn!(sid = %sid, "{e}");
+                    s.record.fault = Some(e);
+                }
+            }
+        }
+    }
+
+    async fn programs_abandon(&self, sid: Sid, spec: &ProgramsTeardown, hooks: Option<programs::hooks::Hooks>) {
+        for e in programs::teardown(&Kernel, self.platform.host(), spec, hooks).await {
+            warn!(sid = %sid, step = e.step, "cleanup: {e}");
+        }
+        self.forget(sid);
+        if let Err(e) = self.state.remove(sid) {
+            warn!(sid = %sid, "cleanup: {e}");
+        }
+    }
+}
+
+/// What a programs-mode record says to remove.
+fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
+    let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
+    let address = match (&rec.programs, rec.address) {
+        (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => {
+            Some(address::AddressTeardown { link: address::link_name(rec.session), address: a.addr(), table: address::table(rec.session) })
+        }
+        _ => None,
+    };
+    ProgramsTeardown { cgroup: cgroup.into(), loopback: rec.loopback, address }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addressing, FileConfig, Mode, Settings};
+    use crate::fake::FakePlatform;
+    use crate::state::StateDir;
+
+    #[tokio::test]
+    async fn a_running_session_is_not_handed_to_a_start_in_the_other_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileConfig {
+            uplink: Some("br-lan".into()),
+            addressing: Some(Addressing::Static),
+            pool: Some("10.0.0.100-10.0.0.110/24".into()),
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let settings = Settings::merge(file, FileConfig::default()).unwrap();
+        let m = Manager::new(FakePlatform::new(), settings, StateDir::open(dir.path()).unwrap(), "mid".into(), "host1".into()).unwrap();
+        let sid = Sid::new(1).unwrap();
+        m.start(Some(sid), Some(1000)).await.unwrap();
+        let e = m.start_in_mode(Some(sid), Some(1000), None, &|| false, Some(Mode::Programs)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::OtherMode { running: Mode::Namespace, wanted: Mode::Programs, .. }), "{e}");
+        assert_eq!(e.to_string(), "session 1 runs in namespace mode, not programs mode");
+        // The daemon's own mode (namespace here) and an explicit one both get it back.
+        for mode in [None, Some(Mode::Namespace)] {
+            assert_eq!(m.start_in_mode(Some(sid), Some(1000), None, &|| false, mode).await.unwrap().session, sid);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Address virtualization on the host's own stack: a session's address lives on a macvlan of
+//! its own in the host namespace (on the uplink, with the session's stable MAC), added without
+//! a prefix route, so that nothing of the host's own traffic moves to it. A rule sends what
+//! leaves from that address to a table of the session's, whose routes go out through that
+//! macvlan. ARP on those links answers only for their own address and announces only it
+//! (arp_ignore 1, arp_announce 2, arp_filter 1): several addresses on one LAN without ARP flux.
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::MacVlanMode;
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::rule::RuleAction;
+use rtnetlink::{Handle, LinkMacVlan, RouteMessageBuilder};
+
+use crate::netlink::{NetError, errno};
+use crate::sid::Sid;
+
+/// What to build for a session's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPlan {
+    pub uplink: String,
+    pub link: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub table: u32,
+}
+
+/// What to remove: derivable from the sid and the address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressTeardown {
+    pub link: String,
+    pub address: Ipv4Addr,
+    pub table: u32,
+}
+
+impl AddressPlan {
+    pub fn teardown_spec(&self) -> AddressTeardown {
+        AddressTeardown { link: self.link.clone(), address: self.address.addr(), table: self.table }
+    }
+}
+
+/// The session's macvlan in the host namespace.
+pub fn link_name(sid: Sid) -> String {
+    format!("sdp{sid}")
+}
+
+/// The session's routing table: above the ids that iproute2 and most tools use.
+pub fn table(sid: Sid) -> u32 {
+    TABLE_BASE + sid.get()
+}
+const TABLE_BASE: u32 = 0x1000_0000;
+/// Before the main table's rule (32766), after the local one (0).
+const RULE_PRIORITY: u32 = 1000;
+
+/// sysctls of the session's link: answer ARP only for its own address, announce only it,
+/// and answer only where the route back goes out of it.
+const ARP_SYSCTLS: [(&str, &str); 3] = [("arp_ignore", "1"), ("arp_announce", "2"), ("arp_filter", "1")];
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let op = op.into();
+    move |source| NetError::Netlink { op, source }
+}
+
+async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl(format!("look up {name}"))(e)),
+    }
+}
+
+fn connect() -> Result<Handle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io { op: "open netlink socket".into(), source })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn rule(h: &Handle, address: Ipv4Addr, table: u32) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
+    // The action must be said: a rule without one (FR_ACT_UNSPEC) fails every lookup (EINVAL).
+    h.rule().add().v4().source_prefix(address, 32).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY)
+}
+
+/// Builds it all; idempotent (what exists is kept), so a retry or a rollback is safe.
+pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
+    let h = connect()?;
+    let parent = index(&h, &plan.uplink).await?.ok_or_else(|| NetError::NoSuchLink(plan.uplink.clone()))?;
+    if index(&h, &plan.link).await?.is_none() {
+        let msg = LinkMacVlan::new(&plan.link, parent, MacVlanMode::Bridge).address(plan.mac.to_vec()).build();
+        h.link().add(msg).execute().await.map_err(nl(format!("create macvlan {} on {}", plan.link, plan.uplink)))?;
+    }
+    for (key, value) in ARP_SYSCTLS {
+        let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", plan.link);
+        std::fs::write(&path, value).map_err(|source| NetError::Io { op: format!("write {path}"), source })?;
+    }
+    let idx = index(&h, &plan.link).await?.ok_or_else(|| NetError::NoSuchLink(plan.link.clone()))?;
+    let mut add = h.address().add(idx, plan.address.addr().into(), plan.address.prefix_len()).replace();
+    add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+    add.execute().await.map_err(nl(format!("add {} to {}", plan.address, plan.link)))?;
+    let up = rtnetlink::LinkUnspec::new_with_index(idx).up().build();
+    h.link().set(up).execute().await.map_err(nl(format!("set {} up", plan.link)))?;
+    let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(plan.address.network(), plan.address.prefix_len())
+        .output_interface(idx)
+        .pref_source(plan.address.addr())
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Static)
+        .table_id(plan.table)
+        .build();
+    h.route().add(subnet).replace().execute().await.map_err(nl(format!("add the subnet route to table {}", plan.table)))?;
+    if let Some(gw) = plan.gateway {
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .output_interface(idx)
+            .gateway(gw)
+            .pref_source(plan.address.addr())
+            .protocol(RouteProtocol::Static)
+            .table_id(plan.table)
+            .build();
+        h.route().add(default).replace().execute().await.map_err(nl(format!("add the default route via {gw} to table {}", plan.table)))?;
+    }
+    match rule(&h, plan.address.addr(), plan.table).execute().await {
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+        r => r.map_err(nl(format!("add rule from {} lookup {}", plan.address.addr(), plan.table))),
+    }
+}
+
+/// Removes the rule and the link (its address and its table's routes go with it). What is
+/// already gone is fine.
+pub async fn teardown(spec: &AddressTeardown) -> Vec<NetError> {
+    let h = match connect() {
+        Ok(h) => h,
+        Err(e) => return vec![e],
+    };
+    let mut errors = Vec::new();
+    let mut req = rule(&h, spec.address, spec.table);
+    let msg = req.message_mut().clone();
+    match h.rule().del(msg).execute().await {
+        Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => {}
+        r => {
+            if let Err(e) = r.map_err(nl(format!("delete rule from {} lookup {}", spec.address, spec.table))) {
+                errors.push(e);
+            }
+        }
+    }
+    match index(&h, &spec.link).await {
+        Ok(None) => {}
+        Ok(Some(idx)) => match h.link().del(idx).execute().await {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+            r => {
+                if let Err(e) = r.map_err(nl(format!("delete {}", spec.link))) {
+                    errors.push(e);
+                }
+            }
+        },
+        Err(e) => errors.push(e),
+    }
+    errors
+}
