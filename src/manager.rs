@@ -1205,7 +1205,7 @@ impl<P: Platform> Manager<P> {
             let span = info_span!("recover", sid = %rec.session);
             async {
                 if rec.programs.is_some() {
-                    self.undo_programs(rec, &mut report).await;
+                    self.recover_programs(rec, &mut report).await;
                 } else if rec.state == SessionState::Up && self.is_live(&rec).await {
                     self.adopt(rec, &mut report).await;
                 } else {

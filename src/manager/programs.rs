@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
 use crate::platform::Platform;
-use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup};
+use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
 use crate::sid::Sid;
 use crate::state::{Holding, SessionRecord, SessionState};
 use sessiond_client::record::ProgramsInfo;
@@ -36,6 +36,7 @@ impl<P: Platform> Manager<P> {
             let plan = ProgramsPlan {
                 sid,
                 cgroup: dir.clone(),
+                pins: pins::session_dir(sid),
                 hooks: HookConfig {
                     loopback: identity.loopback,
                     address: address.map(|a| a.addr()),
@@ -135,12 +136,48 @@ impl<P: Platform> Manager<P> {
         Ok(Stopped::Stopped)
     }
 
-    /// A programs-mode session from the last run: its hooks went with that daemon's file
-    /// descriptors, so it is not adopted but torn down (a login that still runs goes on
-    /// without them); on errors it is kept as `Stopping` for a next try.
-    pub(super) async fn undo_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
+    /// A programs-mode session from the last run: one that was up, whose cgroup is there and
+    /// whose hooks are still pinned (so still attached: they worked on while no daemon ran)
+    /// is adopted; any other is torn down.
+    pub(super) async fn recover_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
         let sid = rec.session;
-        info!(state = ?rec.state, "removing a programs-mode session of the last run (its hooks ended with it)");
+        if rec.state != SessionState::Up {
+            return self.undo_programs(rec, report).await;
+        }
+        let spec = teardown_spec(&rec);
+        let hooks = match programs::hooks::Hooks::adopt(&spec.cgroup, &spec.pins) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot adopt the programs-mode session of the last run: {e}");
+                return self.undo_programs(rec, report).await;
+            }
+        };
+        info!(cgroup = %spec.cgroup.display(), "adopting the programs-mode session of the last run (its hooks stayed pinned)");
+        if let Some(a) = rec.address {
+            self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+        }
+        let identity = self.identity(sid);
+        let mut rec = rec;
+        let watches = self.rewatch(&mut rec);
+        self.table.lock().unwrap().insert(Session {
+            record: rec,
+            identity,
+            lease: None,
+            netns: None,
+            watches,
+            defence: None,
+            claiming: false,
+            hooks: Some(hooks),
+        });
+        report.adopted.push(sid);
+    }
+
+    /// A programs-mode session from the last run that cannot be adopted: torn down, pins and
+    /// all (a login that still runs goes on without the hooks); on errors it is kept as
+    /// `Stopping` for a next try.
+    async fn undo_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
+        let sid = rec.session;
+        info!(state = ?rec.state, "removing a programs-mode session of the last run");
         let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), None).await;
         if errors.is_empty() {
             let _ = self.state.remove(sid);
@@ -224,7 +261,7 @@ fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
         }
         _ => None,
     };
-    ProgramsTeardown { cgroup: cgroup.into(), loopback: rec.loopback, address }
+    ProgramsTeardown { cgroup: cgroup.into(), pins: pins::session_dir(rec.session), loopback: rec.loopback, address }
 }
 
 #[cfg(test)]

@@ -4,14 +4,18 @@
 //!
 //! Each session loads its own copy: its maps hold that session's loopback, address and
 //! program list, and nothing has to tell sessions apart at run time.
+//!
+//! The links and the counters map are pinned in the session's bpffs directory (`pins.rs`), so
+//! the hooks outlive the daemon, and a next daemon adopts them from there.
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, PerCpuArray};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLinkId};
-use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, LinkError, LinkType, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{EbpfLoader, include_bytes_aligned};
 
-use super::{HookConfig, Virtualize};
+use super::{HookConfig, Virtualize, pins};
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.bpf.o"));
 
@@ -44,6 +48,14 @@ pub enum HookError {
     Program { hook: &'static str, source: aya::programs::ProgramError },
     #[error("open cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("{op} {path}: {source}")]
+    Pin { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("pin {what}: {}", chain(source))]
+    PinObject { what: &'static str, source: aya::pin::PinError },
+    #[error("{what} {path}: {}", chain(source))]
+    Adopt { what: &'static str, path: PathBuf, source: LinkError },
+    #[error("{0} is not a cgroup link")]
+    NotAHook(PathBuf),
 }
 
 /// An error with its causes ("`bpf_link_create` failed: Invalid argument"): aya's errors keep
@@ -58,11 +70,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// One session's loaded and attached hooks. Dropping it detaches them (the links are file
-/// descriptors of this process).
+/// One session's attached hooks: the daemon's descriptors of their pinned links and of the
+/// counters map. Dropping it closes them; the pins keep the hooks attached.
 pub struct Hooks {
-    ebpf: Ebpf,
-    links: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    pins: PathBuf,
+    links: Vec<(&'static str, FdLink)>,
+    counters: PerCpuArray<MapData, u64>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -92,9 +105,10 @@ fn config_value(c: &HookConfig) -> [u8; 12] {
 }
 
 impl Hooks {
-    /// Loads a copy of the hooks configured for one session and attaches every one of them
-    /// to `cgroup`; on error what was attached is detached again (dropped).
-    pub fn attach(cgroup: &Path, config: &HookConfig) -> Result<Hooks, HookError> {
+    /// Loads a copy of the hooks configured for one session, attaches every one of them to
+    /// `cgroup` and pins them in `pins`. On error what was attached and pinned stays pinned:
+    /// the build's rollback removes `pins` (`pins::remove`).
+    pub fn attach(cgroup: &Path, config: &HookConfig, pins: &Path) -> Result<Hooks, HookError> {
         let mut ebpf = LOADER.lock().unwrap_or_else(|p| p.into_inner()).load(OBJECT).map_err(HookError::Load)?;
         let mut cfg: Array<_, [u8; 12]> =
             Array::try_from(ebpf.map_mut("config").ok_or(HookError::Missing("config map"))?).map_err(|source| HookError::Map { what: "config map", source })?;
@@ -105,19 +119,51 @@ impl Hooks {
             names.insert(p.comm_key(), 1, 0).map_err(|source| HookError::Map { what: "write the program list", source })?;
         }
         let dir = std::fs::File::open(cgroup).map_err(|source| HookError::Cgroup { path: cgroup.to_path_buf(), source })?;
-        let mut hooks = Hooks { ebpf, links: Vec::new() };
+        pins::prepare(pins)?;
+        // Taken out of `ebpf` (its descriptor stays open, which the programs' load below needs).
+        let counters = ebpf.take_map("counters").ok_or(HookError::Missing("counters map"))?;
+        counters.pin(pins::counters_pin(pins)).map_err(|source| HookError::PinObject { what: "the counters map", source })?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| HookError::Map { what: "counters map", source })?;
+        let mut hooks = Hooks { pins: pins.to_path_buf(), links: Vec::new(), counters };
         for hook in HOOKS {
             let program: &mut CgroupSockAddr =
-                hooks.ebpf.program_mut(hook).ok_or(HookError::Missing(hook))?.try_into().map_err(|source| HookError::Program { hook, source })?;
+                ebpf.program_mut(hook).ok_or(HookError::Missing(hook))?.try_into().map_err(|source| HookError::Program { hook, source })?;
             program.load().map_err(|source| HookError::Program { hook, source })?;
             // A bpf_link (aya makes one on Linux >= 5.7, and programs mode needs 5.8) is always
             // attached as with BPF_F_ALLOW_MULTI: other programs on the cgroup (systemd's)
             // stay and run too. The kernel takes no flags with it (EINVAL), hence `Single`,
             // which is aya's name for no flags.
-            let link = program.attach(&dir, CgroupAttachMode::Single).map_err(|source| HookError::Program { hook, source })?;
-            hooks.links.push((hook, link));
+            let id = program.attach(&dir, CgroupAttachMode::Single).map_err(|source| HookError::Program { hook, source })?;
+            let link = program.take_link(id).map_err(|source| HookError::Program { hook, source })?;
+            let link = FdLink::try_from(link).map_err(|source| HookError::Adopt { what: "take the link of", path: pins::link_pin(pins, hook), source })?;
+            let pinned = link.pin(pins::link_pin(pins, hook)).map_err(|source| HookError::PinObject { what: hook, source })?;
+            hooks.links.push((hook, pinned.into()));
         }
         Ok(hooks)
+    }
+
+    /// The hooks a previous daemon attached to `cgroup` and pinned in `pins`: every link and
+    /// the counters map must be there, the links cgroup links.
+    pub fn adopt(cgroup: &Path, pins: &Path) -> Result<Hooks, HookError> {
+        if !cgroup.is_dir() {
+            return Err(HookError::Cgroup { path: cgroup.to_path_buf(), source: std::io::ErrorKind::NotFound.into() });
+        }
+        let mut links = Vec::new();
+        for hook in HOOKS {
+            let path = pins::link_pin(pins, hook);
+            let link: FdLink =
+                PinnedLink::from_pin(&path).map_err(|source| HookError::Adopt { what: "open the pinned link", path: path.clone(), source })?.into();
+            if !matches!(link.info().and_then(|i| i.link_type()), Ok(LinkType::Cgroup)) {
+                return Err(HookError::NotAHook(path));
+            }
+            links.push((hook, link));
+        }
+        let path = pins::counters_pin(pins);
+        let counters = MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .and_then(PerCpuArray::try_from)
+            .map_err(|source| HookError::Map { what: "the pinned counters map", source })?;
+        Ok(Hooks { pins: pins.to_path_buf(), links, counters })
     }
 
     /// The attached hooks' names.
@@ -127,24 +173,15 @@ impl Hooks {
 
     /// How many socket addresses the hooks rewrote (every CPU's counters added up).
     pub fn rewritten(&self) -> u64 {
-        let Some(map) = self.ebpf.map("counters") else { return 0 };
-        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+        let counters = &self.counters;
         (0..counters.len()).filter_map(|i| counters.get(&i, 0).ok()).map(|per_cpu| per_cpu.iter().sum::<u64>()).sum()
     }
 
-    /// Detaches every hook, going on past errors; the programs are unloaded with `self`.
-    pub fn detach(mut self) -> Vec<HookError> {
-        let mut errors = Vec::new();
-        for (hook, link) in std::mem::take(&mut self.links) {
-            let detached = match self.ebpf.program_mut(hook).map(<&mut CgroupSockAddr>::try_from) {
-                Some(Ok(p)) => p.detach(link),
-                Some(Err(e)) => Err(e),
-                None => Ok(()),
-            };
-            if let Err(source) = detached {
-                errors.push(HookError::Program { hook, source });
-            }
-        }
+    /// Detaches every hook: unpins them (`pins::remove`, going on past errors), then closes
+    /// the daemon's descriptors, the last references; the programs are unloaded with them.
+    pub fn detach(self) -> Vec<HookError> {
+        let errors = pins::remove(&self.pins);
+        drop(self);
         errors
     }
 }

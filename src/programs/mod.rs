@@ -20,6 +20,7 @@ pub mod address;
 pub mod cgroup;
 pub mod hooks;
 pub mod kernel;
+pub mod pins;
 
 /// A process name as the kernel keeps it (`comm`: at most 15 bytes), which is what the hooks
 /// compare. Longer names are refused rather than cut, so that what the admin wrote is what
@@ -102,6 +103,8 @@ pub struct ProgramsPlan {
     pub sid: Sid,
     /// The cgroup v2 directory the hooks go on (created by the build).
     pub cgroup: PathBuf,
+    /// The bpffs directory the hooks are pinned in (`pins::session_dir`).
+    pub pins: PathBuf,
     pub hooks: HookConfig,
     /// Address virtualization: the session's macvlan, address, table and rule.
     pub address: Option<address::AddressPlan>,
@@ -109,7 +112,12 @@ pub struct ProgramsPlan {
 
 impl ProgramsPlan {
     pub fn teardown_spec(&self) -> ProgramsTeardown {
-        ProgramsTeardown { cgroup: self.cgroup.clone(), loopback: self.hooks.loopback, address: self.address.as_ref().map(|a| a.teardown_spec()) }
+        ProgramsTeardown {
+            cgroup: self.cgroup.clone(),
+            pins: self.pins.clone(),
+            loopback: self.hooks.loopback,
+            address: self.address.as_ref().map(|a| a.teardown_spec()),
+        }
     }
 }
 
@@ -118,6 +126,7 @@ impl ProgramsPlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramsTeardown {
     pub cgroup: PathBuf,
+    pub pins: PathBuf,
     pub loopback: Ipv4Addr,
     pub address: Option<address::AddressTeardown>,
 }
@@ -155,9 +164,12 @@ pub trait ProgramsKernel: Send + Sync {
     fn create_cgroup(&self, dir: &Path) -> Result<(), cgroup::CgroupError>;
     /// Moves what is left in the cgroup to its parent and removes it; absent is fine.
     fn remove_cgroup(&self, dir: &Path) -> Result<(), cgroup::CgroupError>;
-    fn attach(&self, dir: &Path, config: &HookConfig) -> Result<Self::Attached, hooks::HookError>;
+    /// Attaches the hooks to the cgroup `dir` and pins them in `pins`.
+    fn attach(&self, dir: &Path, config: &HookConfig, pins: &Path) -> Result<Self::Attached, hooks::HookError>;
     /// Detaches every hook, going on past errors.
     fn detach(&self, attached: Self::Attached) -> Vec<hooks::HookError>;
+    /// Removes the pins in `pins` and the directory, going on past errors; absent is fine.
+    fn unpin(&self, pins: &Path) -> Vec<hooks::HookError>;
     /// The session's address on its own link (idempotent).
     fn add_address(&self, plan: &address::AddressPlan) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Removes it all again, going on past errors; what is gone is fine.
@@ -179,11 +191,14 @@ impl ProgramsKernel for Kernel {
     fn remove_cgroup(&self, dir: &Path) -> Result<(), cgroup::CgroupError> {
         cgroup::remove(dir)
     }
-    fn attach(&self, dir: &Path, config: &HookConfig) -> Result<hooks::Hooks, hooks::HookError> {
-        hooks::Hooks::attach(dir, config)
+    fn attach(&self, dir: &Path, config: &HookConfig, pins: &Path) -> Result<hooks::Hooks, hooks::HookError> {
+        hooks::Hooks::attach(dir, config, pins)
     }
     fn detach(&self, attached: hooks::Hooks) -> Vec<hooks::HookError> {
         attached.detach()
+    }
+    fn unpin(&self, pins: &Path) -> Vec<hooks::HookError> {
+        pins::remove(pins)
     }
     async fn add_address(&self, plan: &address::AddressPlan) -> Result<(), NetError> {
         address::build(plan).await
@@ -241,19 +256,20 @@ async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &
     if let Some(a) = &plan.address {
         step("put the session address on its own link", kernel.add_address(a).await)?;
     }
-    let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks))?;
+    let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks, &plan.pins))?;
     debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), "programs-mode session built");
     Ok(attached)
 }
 
 /// Tears the session down in reverse order, going on past errors, and returns them all.
 /// Idempotent: what is already gone is not an error. `attached`: the hooks, when this daemon
-/// holds them (a crashed daemon's hooks went with its file descriptors).
+/// holds them; their pins (which keep them attached without the daemon) go in any case.
 pub async fn teardown<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, spec: &ProgramsTeardown, attached: Option<K::Attached>) -> Vec<ProgramsStepError> {
     let mut errors = Vec::new();
     if let Some(a) = attached {
         errors.extend(kernel.detach(a).into_iter().map(|e| ProgramsStepError { step: "detach the hooks", source: e.into() }));
     }
+    errors.extend(kernel.unpin(&spec.pins).into_iter().map(|e| ProgramsStepError { step: "unpin the hooks", source: e.into() }));
     if let Some(a) = &spec.address {
         errors.extend(
             kernel.remove_address(a).await.into_iter().map(|e| ProgramsStepError { step: "remove the session address and its link", source: e.into() }),

@@ -57,7 +57,7 @@ impl ProgramsKernel for FakeKernel {
         self.objects.lock().unwrap().remove(&format!("cgroup {}", dir.display()));
         Ok(())
     }
-    fn attach(&self, dir: &Path, config: &HookConfig) -> Result<FakeAttached, hooks::HookError> {
+    fn attach(&self, dir: &Path, config: &HookConfig, pins: &Path) -> Result<FakeAttached, hooks::HookError> {
         let names: Vec<&str> = config.programs.iter().map(ProgramName::as_str).collect();
         if !self.op(format!("attach {} loopback {} programs [{}]", dir.display(), config.loopback, names.join(","))) {
             return Err(hooks::HookError::Missing("connect4"));
@@ -67,6 +67,7 @@ impl ProgramsKernel for FakeKernel {
         }
         let key = format!("hooks {}", dir.display());
         self.objects.lock().unwrap().insert(key.clone());
+        self.objects.lock().unwrap().insert(format!("pins {}", pins.display()));
         Ok(FakeAttached(key))
     }
     async fn add_address(&self, plan: &address::AddressPlan) -> Result<(), NetError> {
@@ -83,6 +84,13 @@ impl ProgramsKernel for FakeKernel {
         self.objects.lock().unwrap().remove(&format!("address {}", spec.link));
         Vec::new()
     }
+    fn unpin(&self, pins: &Path) -> Vec<hooks::HookError> {
+        if !self.op(format!("unpin {}", pins.display())) {
+            return vec![hooks::HookError::NotAHook(pins.into())];
+        }
+        self.objects.lock().unwrap().remove(&format!("pins {}", pins.display()));
+        Vec::new()
+    }
     fn detach(&self, attached: FakeAttached) -> Vec<hooks::HookError> {
         if !self.op(format!("detach {}", attached.0)) {
             return vec![hooks::HookError::Missing("connect4")];
@@ -96,6 +104,7 @@ fn plan() -> ProgramsPlan {
     ProgramsPlan {
         sid: Sid::new(2).unwrap(),
         cgroup: PathBuf::from("/cg/sessiond-2"),
+        pins: PathBuf::from("/bpf/sessiond/2"),
         hooks: HookConfig {
             loopback: Ipv4Addr::new(127, 0, 0, 3),
             address: None,
@@ -128,7 +137,7 @@ async fn the_address_goes_on_before_the_hooks_and_comes_off_after_them() {
     let attached = build(&k, p.host(), &plan_with_address()).await.unwrap();
     assert_eq!(k.log()[2..], ["address 10.0.0.100/24 on sdp2 table 268435458", "attach /cg/sessiond-2 loopback 127.0.0.3 programs [python3]"]);
     assert!(teardown(&k, p.host(), &plan_with_address().teardown_spec(), Some(attached)).await.is_empty());
-    assert_eq!(k.log()[4..], ["detach hooks /cg/sessiond-2", "remove address 10.0.0.100 on sdp2", "rmdir /cg/sessiond-2"]);
+    assert_eq!(k.log()[4..], ["detach hooks /cg/sessiond-2", "unpin /bpf/sessiond/2", "remove address 10.0.0.100 on sdp2", "rmdir /cg/sessiond-2"]);
     assert!(k.objects().is_empty() && p.is_empty());
     // A failed address rolls back the cgroup and the loopback, and never attaches.
     let (k, p) = (FakeKernel::default(), FakePlatform::new());
@@ -145,10 +154,10 @@ async fn build_makes_cgroup_then_loopback_then_hooks_and_teardown_undoes_it_in_r
     let attached = build(&k, p.host(), &plan()).await.unwrap();
     assert_eq!(k.log(), ["check kernel", "mkdir /cg/sessiond-2", "attach /cg/sessiond-2 loopback 127.0.0.3 programs [python3]"]);
     assert_eq!(p.log(), ["host: addr add 127.0.0.3/32 dev lo scope host"]);
-    assert_eq!(k.objects().len(), 2);
+    assert_eq!(k.objects().len(), 3, "cgroup, hooks, pins: {:?}", k.objects());
     let errors = teardown(&k, p.host(), &plan().teardown_spec(), Some(attached)).await;
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(k.log()[3..], ["detach hooks /cg/sessiond-2", "rmdir /cg/sessiond-2"]);
+    assert_eq!(k.log()[3..], ["detach hooks /cg/sessiond-2", "unpin /bpf/sessiond/2", "rmdir /cg/sessiond-2"]);
     assert_eq!(p.log()[1..], ["host: addr del 127.0.0.3/32 dev lo"]);
     assert!(k.objects().is_empty() && p.is_empty(), "left: {:?} {:?}", k.objects(), p.objects());
 }
@@ -170,6 +179,7 @@ async fn a_failed_step_rolls_back_everything_before_it() {
         assert_eq!(e.step, want);
         assert!(k.objects().is_empty() && p.is_empty(), "{failing}: left {:?} {:?}", k.objects(), p.objects());
         assert!(!k.log().iter().any(|l| l.starts_with("detach")), "nothing was attached to detach");
+        assert!(k.log().iter().any(|l| l == "unpin /bpf/sessiond/2"), "the rollback removes any pins: {:?}", k.log());
     }
 }
 
@@ -188,10 +198,11 @@ async fn teardown_goes_on_past_errors_and_reports_each() {
     let (k, p) = (FakeKernel::default(), FakePlatform::new());
     let attached = build(&k, p.host(), &plan()).await.unwrap();
     k.fail_on("detach");
+    k.fail_on("unpin");
     p.fail_on("host: addr del");
     let errors = teardown(&k, p.host(), &plan().teardown_spec(), Some(attached)).await;
     let steps: Vec<_> = errors.iter().map(|e| e.step).collect();
-    assert_eq!(steps, ["detach the hooks", "remove the session loopback from lo"]);
+    assert_eq!(steps, ["detach the hooks", "unpin the hooks", "remove the session loopback from lo"]);
     assert!(k.log().last().unwrap().starts_with("rmdir"), "the cgroup still went: {:?}", k.log());
     // A second teardown (a crash's recovery: no hooks held any more) is a no-op that succeeds.
     let (k2, p2) = (FakeKernel::default(), FakePlatform::new());

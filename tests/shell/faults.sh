@@ -33,7 +33,8 @@
 #      (users by uid, refdir owner, timeout=, holder files, cgroupfs in the session)
 #  14  programs mode (eBPF hooks on a session cgroup): a session cgroup that cannot be made
 #      refuses a mode=programs login under fail=closed; kill -9 of the daemon with programs-mode
-#      sessions up (their hooks go with it; the next daemon removes cgroups and addresses)
+#      sessions up (their hooks stay pinned and attached; the next daemon adopts them, and tears
+#      down the one whose pins were removed)
 #
 # Each scenario is one or more rows of the reliability table; each row's expectations are
 # lib.sh checks named "[ROW] what" (the same PASS/FAIL lines and final tally as every suite).
@@ -1660,11 +1661,11 @@ source "$HERE/security.sh"
 
 # The scenario runs in a cgroup of its own: the daemon it starts makes the sessions' cgroups
 # inside its own, so nothing lands beside the root cgroup's.
-programs_cgroups_left() { find "$1" -mindepth 1 -type d | sed "s|^$1/||" | paste -sd' '; }
+programs_cgroups_left() { find "$1" -mindepth 1 -type d | sed "s|^$1/||" | sort | paste -sd' '; }
 scenario_14() {
     row_begin 14 "programs mode: a session cgroup that cannot be made; the daemon killed with programs-mode sessions up" \
-        "pamtester open_session for $LUSER with mode=programs fail=closed while the daemon's cgroup allows no child (cgroup.max.descendants 0); then 3 programs-mode sessions up, kill -9 of the daemon, restart" \
-        "the login is refused, naming the step, and leaves no session; after the kill no hook is left on the session cgroups (the links closed with the daemon); the restarted daemon removes every session cgroup and loopback address and has no session"
+        "pamtester open_session for $LUSER with mode=programs fail=closed while the daemon's cgroup allows no child (cgroup.max.descendants 0); then 3 programs-mode sessions up, kill -9 of the daemon, one session's bpffs pins removed, restart, stop --all" \
+        "the login is refused, naming the step, and leaves no session; after the kill every session's hooks stay attached (pinned in bpffs); the restarted daemon adopts the two with pins and tears down the one without (cgroup, loopback); stop --all then leaves no cgroup, loopback or pin"
     expect "the login user exists" login_user
     local root cg14
     root=$(findmnt -n -t cgroup2 -o TARGET | head -1)
@@ -1686,12 +1687,17 @@ scenario_14() {
     for n in 41 42 43; do timeout 30 "$SESSIOND" start --session "$n" >/dev/null || fail "start of programs-mode session $n"; done
     local cgs; cgs=$(programs_cgroups_left "$cg14")
     kill_daemon KILL
-    expect "after kill -9 no hook is left on the session cgroups" bash -c "for d in $cg14/sessiond-*; do [[ -z \$(bpftool cgroup show \$d | tail -n +2) ]] || exit 1; done"
+    expect "after kill -9 every session cgroup keeps its six hooks (pinned)" bash -c "for d in $cg14/sessiond-*; do [[ \$(bpftool cgroup show \$d | tail -n +2 | wc -l) == 6 ]] || exit 1; done"
+    rm -r /sys/fs/bpf/sessiond/43
     restart_daemon --mode programs --programs sleep || fail "the daemon did not restart"
-    expect "the restarted daemon removed every session cgroup" test -z "$(programs_cgroups_left "$cg14")"
-    expect "...every session loopback address" bash -c "! ip -4 addr show dev lo | grep -cE '127\.0\.0\.4[234]/32' >/dev/null"
-    expect "...and has no session" bash -c "[[ \$(timeout 30 $SESSIOND status --json | jq length) == 0 ]]"
+    expect "the restarted daemon adopted the two sessions whose pins are there" bash -c "[[ \$(timeout 30 $SESSIOND status --json | jq -c '[.[] | select(.state == \"up\") | .session]') == '[41,42]' ]]"
+    expect "...and removed the one without pins: its cgroup" test "$(programs_cgroups_left "$cg14")" == "sessiond-41 sessiond-42"
+    expect "...and its loopback address" bash -c "! ip -4 addr show dev lo | grep -c '127\.0\.0\.44/32' >/dev/null"
     note "cgroups before the kill: $cgs; the restart logged: $(grep -oE 'recovered state[^"]*' "$DAEMON_LOG" | tail -1)"
+    timeout 30 "$SESSIOND" stop --all >/dev/null || fail "stop --all"
+    expect "stop --all after the restart leaves no session cgroup" test -z "$(programs_cgroups_left "$cg14")"
+    expect "...no session loopback address" bash -c "! ip -4 addr show dev lo | grep -cE '127\.0\.0\.4[234]/32' >/dev/null"
+    expect "...and no pin" bash -c "[[ -z \$(ls /sys/fs/bpf/sessiond 2>/dev/null) ]]"
     end_daemon
     echo $$ >"$root/cgroup.procs"
     rmdir "$cg14"/* "$cg14" 2>/dev/null

@@ -4,7 +4,8 @@
 # Checks: two sessions' listed python3 both bind 127.0.0.1:8080 (landing on 127.0.0.2/3), the
 # host reaches both, preferred loopback (a session's own listener first, else the host's),
 # UDP both ways, getsockname, an unlisted program left alone, bad settings refused by name,
-# and stop leaving nothing (bpftool cgroup, cgroups, ip addr/rule/link).
+# and stop leaving nothing (bpftool cgroup, cgroups, ip addr/rule/link); the hooks survive a
+# daemon restart (kill -9 and SIGTERM: pinned in bpffs) and the next daemon adopts the session.
 #
 # The suite moves itself into a cgroup of its own (under the cgroup v2 root) before it starts
 # the daemon: the daemon makes the sessions' cgroups inside its own, so every cgroup and hook
@@ -294,24 +295,78 @@ address_stop_leaves_nothing() {
 }
 check "stop removes the macvlans, addresses, rules and tables too" address_stop_leaves_nothing
 
-crashed_daemon_leaves_nothing() {
-    local s5 cg5
-    s5=$("$SESSIOND" start --session 5 --json) || return 1
-    cg5=$(json .programs.cgroup <<<"$s5")
-    bg_in_session "$cg5" sleep 60 >/dev/null 2>&1; PIDS+=($!)
-    # The hooks are links held by the daemon's file descriptors: they go with it.
-    kill_daemon KILL
-    [[ -z $(bpftool cgroup show "$cg5" | tail -n +2) ]] || { echo "hooks outlived the daemon:"; bpftool cgroup show "$cg5"; return 1; }
-    [[ -d $cg5 ]] && ip link show sdp5 >/dev/null || { echo "nothing was left to recover (the test needs it)"; return 1; }
+start_address_daemon() {
     start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --virtualize address,loopback --addressing static \
-        --pool 10.77.0.100-10.77.0.109/24 --gateway "$SBX_GATEWAY" --state-dir /run/sessiond-programs-state-address || return 1
-    tail -3 "$DAEMON_LOG"
-    [[ ! -e $cg5 ]] || { echo "cgroup left: $cg5"; return 1; }
+        --pool 10.77.0.100-10.77.0.109/24 --gateway "$SBX_GATEWAY" --state-dir /run/sessiond-programs-state-address
+}
+# rewrites_work CG LOOPBACK ADDRESS PORT WHEN: a listed python3 in the session cgroup CG binds
+# 127.0.0.1:PORT at LOOPBACK, reaches its session's 127.0.0.1:8080 listener (www1: "session1")
+# and the LAN peer from ADDRESS: the hooks' bind and connect rewrites.
+rewrites_work() {
+    local cg=$1 lb=$2 addr=$3 port=$4 bound got from
+    bound=$(in_session "$cg" "$PY" -c "$BIND_NAME" "$port"); got=$(in_session "$cg" "$PY" -c "$GET" http://127.0.0.1:8080/who)
+    from=$(in_session "$cg" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    echo "$5: bind 127.0.0.1:$port -> $(tail -1 <<<"$bound" | awk '{print $4}'); GET 127.0.0.1:8080 -> $got; to the peer: $from"
+    grep -q "$lb:$port" <<<"$bound" && [[ $got == session1 && $from == "from $addr" ]]
+}
+S5= CG5= A5= PINS5=/sys/fs/bpf/sessiond/5 R5=
+hooks_survive_kill_9() {
+    S5=$("$SESSIOND" start --session 5 --json) || return 1
+    CG5=$(json .programs.cgroup <<<"$S5"); A5=$(json .address <<<"$S5" | cut -d/ -f1)
+    bg_in_session "$CG5" "$PY" -c "$SERVE" 127.0.0.1 8080 "$WORK/www1" >"$WORK/srv5.log" 2>&1; PIDS+=($!)
+    wait_for 20 bash -c 'ss -Hltn "sport = :8080" | grep -c 127.0.0.6:8080' >/dev/null || { ss -Hltn; cat "$WORK/srv5.log"; return 1; }
+    rewrites_work "$CG5" 127.0.0.6 "$A5" 8191 "with the daemon" || return 1
+    R5=$("$SESSIOND" status --session 5 --json | jq .programs.rewritten)
+    echo "pins: $(ls "$PINS5" | paste -sd' ')"
+    kill_daemon KILL
+    bpftool cgroup show "$CG5"
+    rewrites_work "$CG5" 127.0.0.6 "$A5" 8192 "no daemon (after kill -9)"
+}
+check "a daemon killed (-9) with a programs-mode session up: its hooks stay pinned and keep rewriting binds and connects" hooks_survive_kill_9
+
+adopted_after_restart() {
+    local log0 s
+    start_address_daemon || return 1
+    grep -E "adopting the programs-mode|recovered state" "$DAEMON_LOG" | tail -2
+    s=$("$SESSIOND" status --session 5 --json) || return 1
+    jq -c '{state, programs}' <<<"$s"
+    [[ $(json .state <<<"$s") == up && $(json '.programs.attached | length' <<<"$s") == 6 && -d $CG5 ]] || return 1
+    # The counters map is the same one (pinned): its count goes on from before the kill.
+    [[ $(json .programs.rewritten <<<"$s") -gt $R5 ]] || { echo "rewritten $R5 before the kill"; return 1; }
+    rewrites_work "$CG5" 127.0.0.6 "$A5" 8193 "adopted by the restarted daemon" || return 1
+    kill_daemon TERM
+    rewrites_work "$CG5" 127.0.0.6 "$A5" 8194 "no daemon (after SIGTERM)" || return 1
+    start_address_daemon || return 1
+    [[ $("$SESSIOND" status --session 5 --json | jq -r .state) == up ]] && rewrites_work "$CG5" 127.0.0.6 "$A5" 8195 "after the SIGTERM restart"
+}
+check "the restarted daemon adopts it (kill -9, then SIGTERM): it stays up, its rewrites work throughout" adopted_after_restart
+
+stop_after_restart_leaves_nothing() {
+    "$SESSIOND" stop --session 5 || return 1
+    [[ ! -e $CG5 && ! -e $PINS5 ]] || { echo "left: $(ls -d "$CG5" "$PINS5" 2>/dev/null)"; ls "$PINS5" 2>/dev/null; return 1; }
+    [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
     [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
     ! ip -4 addr show dev lo | grep -c "127.0.0.6/32" >/dev/null && [[ $("$SESSIOND" status --json | jq length) == 0 ]] &&
         kill -0 "${PIDS[-1]}"   # the session's process goes on, moved out
 }
-check "a daemon killed with a programs-mode session up: its hooks go with it, the next daemon removes the rest" crashed_daemon_leaves_nothing
+check "stop after the restarts: no pin, hook, cgroup, loopback, link or rule left" stop_after_restart_leaves_nothing
+
+missing_pins_torn_down() {
+    local s6 cg6
+    s6=$("$SESSIOND" start --session 6 --json) || return 1
+    cg6=$(json .programs.cgroup <<<"$s6")
+    bg_in_session "$cg6" sleep 60 >/dev/null 2>&1; PIDS+=($!)
+    kill_daemon KILL
+    rm -r /sys/fs/bpf/sessiond/6 || return 1   # no pins: the hooks go, as a lost bpffs would take them
+    [[ -d $cg6 ]] && ip link show sdp6 >/dev/null || { echo "nothing was left to recover (the test needs it)"; return 1; }
+    start_address_daemon || return 1
+    tail -3 "$DAEMON_LOG"
+    [[ ! -e $cg6 && ! -e /sys/fs/bpf/sessiond/6 ]] || { echo "cgroup or pins left: $cg6"; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
+    ! ip -4 addr show dev lo | grep -c "127.0.0.7/32" >/dev/null && [[ $("$SESSIOND" status --json | jq length) == 0 ]] &&
+        kill -0 "${PIDS[-1]}"   # the session's process goes on, moved out
+}
+check "a session whose pins are gone after kill -9: the next daemon tears it down, leaving nothing" missing_pins_torn_down
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()

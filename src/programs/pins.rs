@@ -1,0 +1,88 @@
+//! Where a programs-mode session's hooks are pinned in bpffs (`/sys/fs/bpf/sessiond/<sid>/`):
+//! a bpf_link lives while a file descriptor or a pin holds it, so pinned hooks outlive the
+//! daemon that attached them (a restart or an upgrade does not cut the session's programs off)
+//! and the next daemon finds them there again.
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::PinnedLink;
+
+use super::hooks::{HOOKS, HookError};
+use crate::sid::Sid;
+
+/// Where bpffs is mounted by convention (systemd mounts it there).
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// BPF_FS_MAGIC (linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The session's pin directory.
+pub fn session_dir(sid: Sid) -> PathBuf {
+    Path::new(BPFFS).join("sessiond").join(sid.get().to_string())
+}
+
+/// The pin of one hook's link.
+pub fn link_pin(dir: &Path, hook: &str) -> PathBuf {
+    dir.join(hook)
+}
+
+/// The pin of the counters map (which `status` reads).
+pub fn counters_pin(dir: &Path) -> PathBuf {
+    dir.join("counters")
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HookError {
+    let path = path.to_path_buf();
+    move |source| HookError::Pin { op, path, source }
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless one is there already (a host's systemd mounts it; a
+/// fresh sysfs, as in a private mount namespace, has none).
+pub fn ensure_bpffs() -> Result<(), HookError> {
+    let at = Path::new(BPFFS);
+    let mounted = nix::sys::statfs::statfs(at).map_err(|e| io("look at", at)(e.into()))?.filesystem_type().0 as i64 == BPF_FS_MAGIC;
+    if !mounted {
+        nix::mount::mount(Some("bpf"), at, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| io("mount bpffs on", at)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Makes the session's pin directory, empty: pins of an earlier session with this sid (whose
+/// record was lost; the sid is not running) are removed first.
+pub fn prepare(dir: &Path) -> Result<(), HookError> {
+    ensure_bpffs()?;
+    if let Some(e) = remove(dir).into_iter().next() {
+        return Err(e);
+    }
+    std::fs::create_dir_all(dir).map_err(io("create", dir))
+}
+
+/// Removes the session's pins in reverse order and then its directory, going on past errors;
+/// what is absent is fine. A link whose pin goes and that no one else holds is detached; the
+/// pin is removed while a descriptor of ours holds the link, so that closing that descriptor
+/// detaches it at once (a pin's last reference is dropped later, from a kernel work queue).
+pub fn remove(dir: &Path) -> Vec<HookError> {
+    let mut errors = Vec::new();
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    for hook in HOOKS.iter().rev() {
+        let pin = link_pin(dir, hook);
+        let removed = match PinnedLink::from_pin(&pin) {
+            Ok(link) => link.unpin().map(drop),
+            Err(_) => std::fs::remove_file(&pin),
+        };
+        if let Err(e) = gone(removed) {
+            errors.push(io("unpin", &pin)(e));
+        }
+    }
+    let counters = counters_pin(dir);
+    if let Err(e) = gone(std::fs::remove_file(&counters)) {
+        errors.push(io("unpin", &counters)(e));
+    }
+    if let Err(e) = gone(std::fs::remove_dir(dir)) {
+        errors.push(io("remove", dir)(e));
+    }
+    errors
+}
