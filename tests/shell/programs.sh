@@ -342,6 +342,8 @@ adopted_after_restart() {
 check "the restarted daemon adopts it (kill -9, then SIGTERM): it stays up, its rewrites work throughout" adopted_after_restart
 
 stop_after_restart_leaves_nothing() {
+    echo "pins before the stop: $(ls "$PINS5" 2>/dev/null | paste -sd' ')"
+    [[ $(ls "$PINS5" 2>/dev/null | wc -l) == 7 ]] || { echo "no pins (six links, the counters map) to remove"; return 1; }
     "$SESSIOND" stop --session 5 || return 1
     [[ ! -e $CG5 && ! -e $PINS5 ]] || { echo "left: $(ls -d "$CG5" "$PINS5" 2>/dev/null)"; ls "$PINS5" 2>/dev/null; return 1; }
     [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
@@ -352,19 +354,21 @@ stop_after_restart_leaves_nothing() {
 check "stop after the restarts: no pin, hook, cgroup, loopback, link or rule left" stop_after_restart_leaves_nothing
 
 missing_pins_torn_down() {
-    local s6 cg6
+    local s6 cg6 pins6=/sys/fs/bpf/sessiond/6 had_pins=0
     s6=$("$SESSIOND" start --session 6 --json) || return 1
     cg6=$(json .programs.cgroup <<<"$s6")
     bg_in_session "$cg6" sleep 60 >/dev/null 2>&1; PIDS+=($!)
     kill_daemon KILL
-    rm -r /sys/fs/bpf/sessiond/6 || return 1   # no pins: the hooks go, as a lost bpffs would take them
+    # No pins: the hooks go, as a lost bpffs would take them.
+    [[ -d $pins6 ]] && rm -r "$pins6" && had_pins=1
     [[ -d $cg6 ]] && ip link show sdp6 >/dev/null || { echo "nothing was left to recover (the test needs it)"; return 1; }
     start_address_daemon || return 1
     tail -3 "$DAEMON_LOG"
     [[ ! -e $cg6 && ! -e /sys/fs/bpf/sessiond/6 ]] || { echo "cgroup or pins left: $cg6"; return 1; }
     [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
     ! ip -4 addr show dev lo | grep -c "127.0.0.7/32" >/dev/null && [[ $("$SESSIOND" status --json | jq length) == 0 ]] &&
-        kill -0 "${PIDS[-1]}"   # the session's process goes on, moved out
+        kill -0 "${PIDS[-1]}" || return 1   # the session's process goes on, moved out
+    ((had_pins)) || { echo "the session had no pins to remove"; return 1; }
 }
 check "a session whose pins are gone after kill -9: the next daemon tears it down, leaving nothing" missing_pins_torn_down
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
