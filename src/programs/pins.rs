@@ -86,3 +86,43 @@ pub fn remove(dir: &Path) -> Vec<HookError> {
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_pins_under_its_sid() {
+        assert_eq!(session_dir(Sid::new(7).unwrap()), Path::new("/sys/fs/bpf/sessiond/7"));
+    }
+
+    #[test]
+    fn remove_takes_every_pin_and_the_directory_and_is_idempotent() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("3");
+        std::fs::create_dir(&dir).unwrap();
+        // Not bpffs: each pin is a plain file here, which `remove` deletes as it is.
+        for hook in HOOKS {
+            std::fs::write(link_pin(&dir, hook), b"").unwrap();
+        }
+        std::fs::write(counters_pin(&dir), b"").unwrap();
+        let errors = remove(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!dir.exists());
+        assert!(remove(&dir).is_empty(), "a second remove finds nothing and is fine");
+    }
+
+    #[test]
+    fn remove_goes_on_past_an_error_and_names_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("4");
+        std::fs::create_dir_all(link_pin(&dir, "connect4")).unwrap(); // a directory: cannot be unlinked
+        std::fs::write(link_pin(&dir, "bind4"), b"").unwrap();
+        std::fs::write(counters_pin(&dir), b"").unwrap();
+        let errors: Vec<String> = remove(&dir).iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("unpin ") && errors[0].contains("connect4"), "{errors:?}");
+        assert!(errors[1].starts_with("remove ") && errors[1].ends_with(&format!("{}: Directory not empty (os error 39)", dir.display())), "{errors:?}");
+        assert!(!link_pin(&dir, "bind4").exists() && !counters_pin(&dir).exists(), "the other pins still went");
+    }
+}
