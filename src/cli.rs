@@ -332,6 +332,13 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             holders_summary(r, now),
             lease_summary(r, now)
         );
+        // IPv6 on lines of its own under the session's: "ipv6 slaac", then one per address.
+        if let Some(state) = r.ipv6 {
+            let _ = writeln!(out, "{:<8} ipv6 {state}", "");
+            for a in &r.addresses6_detail {
+                let _ = writeln!(out, "{:<8}   {}", "", crate::ipv6::describe(a));
+            }
+        }
     }
     out
 }

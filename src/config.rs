@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, LoopbackReach, SOCKET_ENV};
+pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, SOCKET_ENV};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// A login's session is stopped this long after its last login process vanished.
@@ -97,6 +97,13 @@ pub struct RawSettings {
     /// listener discovery is cheap at scale)
     #[arg(long, value_parser = one_of::<LoopbackReach>(LoopbackReach::NAMES))]
     pub loopback_reach: Option<LoopbackReach>,
+    /// How sessions get IPv6 addresses (default auto: the router advertisement decides; off:
+    /// no IPv6 on the session's uplink)
+    #[arg(long, value_parser = one_of::<Ipv6Mode>(Ipv6Mode::NAMES))]
+    pub ipv6: Option<Ipv6Mode>,
+    /// Also form RFC 8981 temporary IPv6 addresses (and prefer them for outgoing connections)
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub ipv6_privacy: Option<bool>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -181,6 +188,8 @@ impl RawSettings {
             metrics_listen: self.metrics_listen.or(under.metrics_listen),
             acd_probe_ms: self.acd_probe_ms.or(under.acd_probe_ms),
             loopback_reach: self.loopback_reach.or(under.loopback_reach),
+            ipv6: self.ipv6.or(under.ipv6),
+            ipv6_privacy: self.ipv6_privacy.or(under.ipv6_privacy),
         }
     }
 }
@@ -208,6 +217,9 @@ pub struct Settings {
     /// Length of the RFC 5227 probe before an address is used; 0: no conflict detection.
     pub acd_probe_ms: u64,
     pub loopback_reach: LoopbackReach,
+    pub ipv6: Ipv6Mode,
+    /// RFC 8981 temporary addresses beside the stable one.
+    pub ipv6_privacy: bool,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -249,6 +261,8 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach,
+            ipv6,
+            ipv6_privacy,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -311,6 +325,8 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach: loopback_reach.unwrap_or(LoopbackReach::None),
+            ipv6: ipv6.unwrap_or(Ipv6Mode::Auto),
+            ipv6_privacy: ipv6_privacy.unwrap_or(false),
         })
     }
 }
@@ -437,6 +453,21 @@ state_dir = "/tmp/state"
         let e = Settings::merge(RawSettings { acd_probe_ms: Some(7001), ..base() }, RawSettings::default()).unwrap_err();
         assert!(matches!(e, ConfigError::BadAcdProbe(7001)) && e.to_string().contains("acd_probe_ms"), "{e}");
         assert!(parse("acd_probe_ms = -1\n").is_err());
+    }
+
+    #[test]
+    fn ipv6_defaults_to_auto_without_privacy_and_takes_its_names() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        let s = Settings::merge(base(), RawSettings::default()).unwrap();
+        assert_eq!((s.ipv6, s.ipv6_privacy), (Ipv6Mode::Auto, false));
+        let f = parse("ipv6 = \"off\"\nipv6_privacy = true\n").unwrap();
+        let s = Settings::merge(base(), f.clone()).unwrap();
+        assert_eq!((s.ipv6, s.ipv6_privacy), (Ipv6Mode::Off, true));
+        let flags = RawSettings { ipv6: Some(Ipv6Mode::Slaac), ..base() };
+        assert_eq!(Settings::merge(flags, f).unwrap().ipv6, Ipv6Mode::Slaac, "the flag wins");
+        let e = parse("ipv6 = \"on\"\n").unwrap_err().to_string();
+        assert!(e.contains("on") && e.contains("test.toml"), "{e}");
+        assert!(parse("ipv6_privacy = \"yes\"\n").is_err());
     }
 
     #[test]

@@ -219,6 +219,9 @@ impl NetOps for FakeNet {
         let w = self.world.lock().unwrap();
         Ok(w.objects.iter().filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()).collect())
     }
+    async fn addrs6(&self, _name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
+        Ok(Vec::new()) // no router advertises on the fake LAN
+    }
     async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         op(&self.world, self.line(format!("route {dest}{via} dev {name}")), |_| Ok(()))

@@ -21,6 +21,7 @@ pub mod fake;
 pub mod files;
 pub mod holders;
 pub mod identity;
+pub mod ipv6;
 pub mod lease_driver;
 pub mod live;
 pub mod logging;

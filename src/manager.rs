@@ -736,6 +736,9 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
             holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+            ipv6: None,
+            addresses6: vec![],
+            addresses6_detail: vec![],
         };
         let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false };
         t.insert(session);
@@ -778,6 +781,7 @@ impl<P: Platform> Manager<P> {
             gateway: rec.gateway,
             resolv_conf: crate::files::resolv_conf(&rec.dns, None, &[]),
             hosts: crate::files::hosts(&self.hostname, addr, rec.loopback),
+            ipv6_sysctls: crate::ipv6::sysctls(self.settings.ipv6, self.settings.ipv6_privacy, id.stable_secret, crate::ipv6::kernel_has_optimistic_dad()),
         }
     }
 
@@ -908,6 +912,25 @@ impl<P: Platform> Manager<P> {
             Some(sid) => t.session(sid).filter(up).map(|s| vec![s.view()]).ok_or(ManagerError::NotFound(sid)),
             None => Ok(t.sessions().filter(up).map(Session::view).collect()),
         }
+    }
+
+    /// `status`, with each session's IPv6 state and addresses read live from its namespace
+    /// (a session whose namespace cannot be read shows none, and the reason is logged).
+    pub async fn status_live(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
+        let mut records = self.status(sid)?;
+        let mode = self.settings.ipv6;
+        let reads = futures::future::join_all(records.iter().map(|r| async move {
+            let inside = self.platform.inside(&r.netns).await?;
+            crate::ipv6::read(&inside, SESSION_IF, mode).await
+        }))
+        .await;
+        for (r, read) in records.iter_mut().zip(reads) {
+            match read {
+                Ok((state, addresses)) => r.set_ipv6(state, addresses),
+                Err(e) => tracing::debug!(sid = %r.session, "reading IPv6 addresses: {e}"),
+            }
+        }
+        Ok(records)
     }
 
     /// Watches the uplink: when it goes away or down, every session shows the fault in

@@ -2,10 +2,10 @@
 //! namespace, each operation one netlink request. Deleting something absent and adding
 //! something present are not errors, so every create and teardown step is idempotent.
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::{AddressAttribute, AddressScope, CacheInfo};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, MacVlanMode};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
@@ -55,6 +55,22 @@ pub struct Neighbour {
     pub pinned: bool,
 }
 
+/// An IPv6 address of a link, as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub net: Ipv6Net,
+    /// Made by the kernel from a router advertisement's prefix (IFA_PROTO kernel_ra).
+    pub from_ra: bool,
+    /// An RFC 8981 temporary address (IFA_F_TEMPORARY).
+    pub temporary: bool,
+    /// Duplicate address detection is running and the address is not optimistic: not usable yet.
+    pub tentative: bool,
+    pub dad_failed: bool,
+    /// Seconds left; None: forever.
+    pub valid_secs: Option<u32>,
+    pub preferred_secs: Option<u32>,
+}
+
 /// Link operations in one network namespace.
 pub trait NetOps: Send + Sync {
     fn link_index(&self, name: &str) -> impl Future<Output = Result<Option<u32>, NetError>> + Send;
@@ -71,6 +87,8 @@ pub trait NetOps: Send + Sync {
     fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_addr(&self, name: &str, addr: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
     fn addrs(&self, name: &str) -> impl Future<Output = Result<Vec<Ipv4Net>, NetError>> + Send;
+    /// `name`'s IPv6 addresses (none when IPv6 is off on it).
+    fn addrs6(&self, name: &str) -> impl Future<Output = Result<Vec<Addr6>, NetError>> + Send;
     /// `gateway` None: an on-link route. Replaces an existing route to `dest`.
     fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
@@ -358,6 +376,44 @@ impl NetOps for RtNet {
                     out.push(net);
                 }
             }
+        }
+        Ok(out)
+    }
+
+    async fn addrs6(&self, name: &str) -> Result<Vec<Addr6>, NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::address::{AddressFlags, AddressProtocol};
+        const FOREVER: u32 = u32::MAX;
+        let idx = self.index_or_err(name).await?;
+        let mut out = Vec::new();
+        let mut req = self.handle.address().get().set_link_index_filter(idx);
+        req.message_mut().header.family = AddressFamily::Inet6;
+        let mut s = req.execute();
+        while let Some(m) = s.try_next().await.map_err(nl(format!("list IPv6 addresses of {name}")))? {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(net) = ip.and_then(|ip: Ipv6Addr| Ipv6Net::new(ip, m.header.prefix_len).ok()) else { continue };
+            // The 32-bit IFA_FLAGS, when present, supersedes the header's 8 bits.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| if let AddressAttribute::Flags(f) = a { Some(f.bits()) } else { None })
+                .unwrap_or(u32::from(m.header.flags.bits()));
+            let has = |f: AddressFlags| flags & f.bits() != 0;
+            let cache = m.attributes.iter().find_map(|a| if let AddressAttribute::CacheInfo(c) = a { Some(*c) } else { None });
+            let life = |secs: u32| (secs != FOREVER).then_some(secs);
+            out.push(Addr6 {
+                net,
+                from_ra: m.attributes.iter().any(|a| matches!(a, AddressAttribute::Protocol(AddressProtocol::RouterAnnouncement))),
+                // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit, named for IPv6.
+                temporary: has(AddressFlags::Secondary),
+                tentative: has(AddressFlags::Tentative) && !has(AddressFlags::Optimistic),
+                dad_failed: has(AddressFlags::Dadfailed),
+                valid_secs: cache.and_then(|c| life(c.ifa_valid)),
+                preferred_secs: cache.and_then(|c| life(c.ifa_preferred)),
+            });
         }
         Ok(out)
     }

@@ -326,6 +326,9 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         lease: None,
         fault: None,
         holding: None,
+        ipv6: None,
+        addresses6: vec![],
+        addresses6_detail: vec![],
     }
 }
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::holder::Holder;
@@ -100,6 +100,58 @@ named! {
     }
 }
 
+named! {
+    /// How a session gets its IPv6 addresses (`ipv6` in the config, `--ipv6`).
+    pub enum Ipv6Mode {
+        /// The router advertisement decides (SLAAC from autonomous prefixes).
+        Auto = "auto",
+        Slaac = "slaac",
+        Dhcpv6 = "dhcpv6",
+        /// No IPv6 on the session's uplink (its loopback keeps ::1).
+        Off = "off",
+    }
+}
+
+named! {
+    /// Where the session stands with IPv6, as `status` reads it from the namespace.
+    pub enum Ipv6State {
+        /// `ipv6 = "off"`: IPv6 is disabled on the uplink.
+        Off = "off",
+        /// No usable global address yet (no router advertisement, or DAD still running).
+        Waiting = "waiting",
+        /// A global address formed from a router advertisement's prefix.
+        Slaac = "slaac",
+    }
+}
+
+named! {
+    /// Where one IPv6 address on the session's uplink came from.
+    pub enum Address6Origin {
+        LinkLocal = "link-local",
+        /// Stable (RFC 7217) address from a router advertisement's prefix.
+        Slaac = "slaac",
+        /// RFC 8981 temporary address (`ipv6_privacy`).
+        Temporary = "temporary",
+        /// Put there by hand (not by the kernel from an RA, nor by sessiond).
+        Other = "other",
+    }
+}
+
+/// One IPv6 address of the session's uplink with its origin and lifetimes (`status`'s text
+/// view shows them; `addresses6` lists the same addresses as plain strings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address6 {
+    pub address: Ipv6Net,
+    pub origin: Address6Origin,
+    /// Seconds left; None: forever.
+    pub valid_secs: Option<u32>,
+    /// Seconds left; None: forever.
+    pub preferred_secs: Option<u32>,
+    /// Duplicate address detection is still running: not usable yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tentative: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
@@ -167,6 +219,25 @@ pub struct SessionRecord {
     /// every holder has exited. None: it lives until `stop` (`sessiond start`, a unit).
     #[serde(default)]
     pub holding: Option<Holding>,
+    /// The session's IPv6 state, read live from its namespace by `status` (None in the
+    /// persisted record and in records from before IPv6).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6State>,
+    /// The IPv6 addresses of the uplink, "addr/prefix", read live by `status`.
+    #[serde(default)]
+    pub addresses6: Vec<Ipv6Net>,
+    /// The same addresses with their origin and lifetimes.
+    #[serde(default)]
+    pub addresses6_detail: Vec<Address6>,
+}
+
+impl SessionRecord {
+    /// Sets the live IPv6 facts: `addresses6` and its detail come from the one list.
+    pub fn set_ipv6(&mut self, state: Ipv6State, addresses: Vec<Address6>) {
+        self.ipv6 = Some(state);
+        self.addresses6 = addresses.iter().map(|a| a.address).collect();
+        self.addresses6_detail = addresses;
+    }
 }
 
 #[cfg(test)]

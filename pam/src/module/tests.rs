@@ -139,6 +139,9 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         lease: None,
         fault: None,
         holding: None,
+        ipv6: None,
+        addresses6: vec![],
+        addresses6_detail: vec![],
     }
 }
 
