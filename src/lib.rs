@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod dhcp_session;
 pub mod events;
 pub mod exec;

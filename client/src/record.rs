@@ -125,6 +125,26 @@ named! {
 }
 
 named! {
+    /// A DHCPv6 client's state (RFC 8415 §18), shared by the daemon's sans-IO client
+    /// (`sessiond::dhcp6::State`) and `status`.
+    pub enum Dhcp6State {
+        Init = "init",
+        /// Solicit sent, collecting Advertises.
+        Soliciting = "soliciting",
+        Requesting = "requesting",
+        Bound = "bound",
+        Renewing = "renewing",
+        Rebinding = "rebinding",
+        /// Information-Request sent (stateless: DNS only).
+        Informing = "informing",
+        /// Stateless configuration received; refreshed after its refresh time.
+        Informed = "informed",
+        Releasing = "releasing",
+        Released = "released",
+    }
+}
+
+named! {
     /// Where one IPv6 address on the session's uplink came from.
     pub enum Address6Origin {
         LinkLocal = "link-local",
