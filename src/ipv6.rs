@@ -50,6 +50,8 @@ pub fn classify(a: &Addr6) -> Option<Address6> {
     let link_local = (a.net.addr().segments()[0] & 0xffc0) == 0xfe80;
     let origin = if link_local {
         Address6Origin::LinkLocal
+    } else if a.from_dhcpv6 {
+        Address6Origin::Dhcpv6
     } else if a.temporary {
         Address6Origin::Temporary
     } else if a.from_ra {
@@ -65,8 +67,14 @@ pub fn state(mode: Ipv6Mode, addresses: &[Address6]) -> Ipv6State {
     if mode == Ipv6Mode::Off {
         return Ipv6State::Off;
     }
-    let usable_slaac = addresses.iter().any(|a| !a.tentative && matches!(a.origin, Address6Origin::Slaac | Address6Origin::Temporary));
-    if usable_slaac { Ipv6State::Slaac } else { Ipv6State::Waiting }
+    let usable = |origins: &[Address6Origin]| addresses.iter().any(|a| !a.tentative && origins.contains(&a.origin));
+    if usable(&[Address6Origin::Dhcpv6]) {
+        Ipv6State::Dhcpv6
+    } else if usable(&[Address6Origin::Slaac, Address6Origin::Temporary]) {
+        Ipv6State::Slaac
+    } else {
+        Ipv6State::Waiting
+    }
 }
 
 /// Reads the state and addresses of the uplink `name` through `inside` (its namespace).
@@ -93,6 +101,7 @@ mod tests {
             temporary: false,
             tentative: false,
             dad_failed: false,
+            from_dhcpv6: false,
             valid_secs: Some(86400),
             preferred_secs: Some(14400),
         }
@@ -142,5 +151,8 @@ mod tests {
         assert_eq!(state(Ipv6Mode::Auto, &[ll.clone(), slaac.clone()]), Ipv6State::Slaac);
         assert_eq!(state(Ipv6Mode::Off, &[]), Ipv6State::Off);
         assert_eq!(state(Ipv6Mode::Auto, &[manual]), Ipv6State::Waiting, "an address put there by hand is not sessiond's doing");
+        let leased = classify(&Addr6 { from_dhcpv6: true, ..kernel("2001:db8:1::1:5/128", false) }).unwrap();
+        assert_eq!(leased.origin, Address6Origin::Dhcpv6);
+        assert_eq!(state(Ipv6Mode::Auto, &[ll, slaac, leased]), Ipv6State::Dhcpv6);
     }
 }

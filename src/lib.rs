@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod dhcp;
 pub mod dhcp6;
+pub mod dhcp6_driver;
 pub mod dhcp_session;
 pub mod events;
 pub mod exec;

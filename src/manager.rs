@@ -286,6 +286,8 @@ pub struct Manager<P: Platform> {
     lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Lost>>>,
     /// How many sessions are up, for whoever reports it (the daemon's STATUS= to systemd).
     sessions_up: tokio::sync::watch::Sender<usize>,
+    /// The sessions' DHCPv6 tasks (IPv6 completes beside `start`, never holding it up).
+    dhcp6: crate::dhcp6_driver::Dhcp6Sessions,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -308,6 +310,7 @@ impl<P: Platform> Manager<P> {
             lost_tx,
             lost_rx: Mutex::new(Some(lost_rx)),
             dhcp: Dhcp::new(&settings, state.clone(), hostname.clone(), events.clone(), metrics.clone()),
+            dhcp6: crate::dhcp6_driver::Dhcp6Sessions::new(settings.ipv6, &machine_id, settings.dhcp_min_lease_secs, state.clone()),
             platform,
             settings,
             state,
@@ -506,6 +509,7 @@ impl<P: Platform> Manager<P> {
             return Err(not_started(StartError::Record(e)));
         }
         let netns = self.platform.hold_netns(&identity.netns);
+        self.dhcp6.start(&self.platform, &identity).await;
         let mut t = self.table.lock().unwrap();
         let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
         (s.record, s.lease, s.netns, s.defence) = (up, lease, netns, defence);
@@ -739,6 +743,7 @@ impl<P: Platform> Manager<P> {
             ipv6: None,
             addresses6: vec![],
             addresses6_detail: vec![],
+            dhcp6_state: None,
         };
         let session = Session { record: record.clone(), identity: id.clone(), lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false };
         t.insert(session);
@@ -865,6 +870,7 @@ impl<P: Platform> Manager<P> {
         }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
+        self.dhcp6.release(sid).await;
         if let Some(l) = lease {
             // DHCPRELEASE from the bound address, before anything goes. The address itself goes
             // with the namespace when the kernel frees the interface.
@@ -926,7 +932,10 @@ impl<P: Platform> Manager<P> {
         .await;
         for (r, read) in records.iter_mut().zip(reads) {
             match read {
-                Ok((state, addresses)) => r.set_ipv6(state, addresses),
+                Ok((state, addresses)) => {
+                    r.set_ipv6(state, addresses);
+                    r.dhcp6_state = self.dhcp6.view(r.session).and_then(|v| v.state);
+                }
                 Err(e) => tracing::debug!(sid = %r.session, "reading IPv6 addresses: {e}"),
             }
         }
@@ -1226,6 +1235,7 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&rec.netns);
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
+        self.dhcp6.start(&self.platform, &identity).await;
         // A static session's defence is set up once the daemon serves (`defend_adopted`).
         self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false });
         report.adopted.push(sid);

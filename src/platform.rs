@@ -27,6 +27,8 @@ pub trait Platform: Send + Sync + 'static {
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
     /// The DHCP client socket inside the session namespace (port 68 on its interface).
     fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
+    /// The DHCPv6 client socket inside the session namespace ([::]:546 on its interface).
+    fn dhcp6_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// The session's ARP socket (address conflict detection), on its interface, made inside the
     /// namespace; it receives nothing until `ArpIo::watch`.
     fn arp_socket(&self, netns: &str) -> impl Future<Output = Result<Self::Arp, NetError>> + Send;
@@ -173,6 +175,10 @@ impl Platform for LinuxPlatform {
         dhcp_client_socket(netns, mac).await
     }
 
+    async fn dhcp6_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+        dhcp6_client_socket(netns).await
+    }
+
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
         let ns = crate::ns::open_netns(netns)?;
         let path = crate::ns::sysctl_path(key);
@@ -219,6 +225,27 @@ async fn dhcp_client_socket(netns: &str, mac: [u8; 6]) -> Result<tokio::net::Udp
     .await?
     .map_err(io_err(format!("DHCP socket in {netns}")))?;
     tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+}
+
+/// Makes the DHCPv6 client socket inside `netns`: UDP [::]:546 bound to the session
+/// interface (servers answer to its link-local address). Made on a throwaway thread in the
+/// namespace; usable from any thread.
+async fn dhcp6_client_socket(netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let ns = crate::ns::open_netns(netns)?;
+    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(true)?;
+        s.set_reuse_address(true)?;
+        s.bind_device(Some(crate::session::SESSION_IF.as_bytes()))?;
+        s.bind(&SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 546, 0, 0).into())?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    })
+    .await?
+    .map_err(io_err(format!("DHCPv6 socket in {netns}")))?;
+    tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCPv6 socket".into()))
 }
 
 /// A classic BPF socket filter that keeps only BOOTREPLYs whose chaddr is this session's MAC.

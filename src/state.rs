@@ -329,6 +329,7 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         ipv6: None,
         addresses6: vec![],
         addresses6_detail: vec![],
+        dhcp6_state: None,
     }
 }
 

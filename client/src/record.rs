@@ -121,6 +121,8 @@ named! {
         Waiting = "waiting",
         /// A global address formed from a router advertisement's prefix.
         Slaac = "slaac",
+        /// A global address leased by DHCPv6 (with or without SLAAC ones beside it).
+        Dhcpv6 = "dhcpv6",
     }
 }
 
@@ -152,6 +154,8 @@ named! {
         Slaac = "slaac",
         /// RFC 8981 temporary address (`ipv6_privacy`).
         Temporary = "temporary",
+        /// Leased by sessiond's DHCPv6 client.
+        Dhcpv6 = "dhcpv6",
         /// Put there by hand (not by the kernel from an RA, nor by sessiond).
         Other = "other",
     }
@@ -249,6 +253,10 @@ pub struct SessionRecord {
     /// The same addresses with their origin and lifetimes.
     #[serde(default)]
     pub addresses6_detail: Vec<Address6>,
+    /// The session's DHCPv6 client's state, while one runs (the RA asked for DHCPv6, or
+    /// `ipv6 = "dhcpv6"`).
+    #[serde(default)]
+    pub dhcp6_state: Option<Dhcp6State>,
 }
 
 impl SessionRecord {

@@ -11,6 +11,10 @@
 #   4. ipv6 = "off": no IPv6 address on the session's uplink (not even link-local), though
 #      the router keeps advertising; the session's loopback keeps ::1
 #   5. ipv6_privacy: a temporary address beside the stable one
+#   6. DHCPv6 against kea-dhcp6 (radvd now sets M, no autonomous prefix): two sessions lease
+#      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, renew at T1
+#      (Kea's expiry moves), a kill -9 + new daemon Rebinds the persisted lease (same address),
+#      stop's Release shows in Kea's memfile; ipv6 = "off" sends no DHCPv6 although M is set
 # Every wait is bounded; the suite takes about 30 s.
 # shellcheck source-path=SCRIPTDIR disable=SC2317
 source "$(dirname "$0")/lib.sh"
@@ -60,6 +64,9 @@ global6() { status_of "$1" | jq -r --arg p "$PREFIX:" '.addresses6[] | select(st
 ipv6_is() { [[ $(status_of "$1" | jq -r .ipv6) == "$2" ]]; }
 has_global() { [[ -n $(global6 "$1") ]] && ipv6_is "$1" slaac; }
 sysctl_in() { ip netns exec "sessiond-$1" cat "/proc/sys/net/ipv6/conf/$2"; }
+# addrs_of SID DEV: `ip -6 addr` of DEV in the session (captured whole: a grep -q reading a
+# pipe would stop it early, and pipefail would count that as a failure).
+addrs_of() { ip netns exec "sessiond-$1" ip -6 addr show dev "$2"; }
 
 # eui64 MAC: the interface id the kernel would form from the MAC (addr_gen_mode 0).
 eui64() {
@@ -95,7 +102,7 @@ two_sessions_form_stable_addresses() {
         [[ $(sysctl_in "$n" eth0/stable_secret) == "$(expected_secret "$n")" ]] || { echo "session $n: secret $(sysctl_in "$n" eth0/stable_secret), not the slot's $(expected_secret "$n")"; return 1; }
         [[ $(iid "$g") != "$(eui64 "$mac")" ]] || { echo "session $n: the interface id is the MAC's EUI-64"; return 1; }
         [[ $(sysctl_in "$n" eth0/stable_secret) != "$(sysctl_in $((3 - n)) eth0/stable_secret)" ]] || { echo "the two sessions share a secret"; return 1; }
-        ip netns exec "sessiond-$n" ip -6 addr show dev eth0 | grep -q "inet6 ${g%/*}/64 scope global" || { echo "session $n: $g not on eth0"; return 1; }
+        grep -q "inet6 ${g%/*}/64 scope global" <<<"$(addrs_of "$n" eth0)" || { echo "session $n: $g not on eth0"; addrs_of "$n" eth0; return 1; }
     done
 }
 
@@ -145,7 +152,7 @@ off_leaves_no_address() {
     local a; a=$(ip netns exec sessiond-3 ip -6 addr show dev eth0); echo "eth0: $a"
     [[ -z $a ]] || { echo "IPv6 address on eth0 with ipv6 = off"; return 1; }
     [[ $(sysctl_in 3 eth0/disable_ipv6) == 1 ]] || return 1
-    ip netns exec sessiond-3 ip -6 addr show dev lo | grep -q "inet6 ::1/128" || { echo "lo lost ::1"; return 1; }
+    grep -q "inet6 ::1/128" <<<"$(addrs_of 3 lo)" || { echo "lo lost ::1"; return 1; }
     status_of 3 | jq -e '.ipv6 == "off" and .addresses6 == []' || return 1
     # The daemon's mode does not reach into sessions made before: session 1 keeps its address.
     [[ $(global6 1) == "$G1" ]]
@@ -163,6 +170,131 @@ privacy_adds_a_temporary_address() {
     status_of 4 | jq -e '[.addresses6_detail[] | select(.origin == "slaac")] | length == 1' >/dev/null || { echo "the stable address went"; return 1; }
 }
 
+# ------------------------------------------------------------------ 6. DHCPv6 (Kea)
+# radvd now sets M (addresses from DHCPv6, no SLAAC prefix), and kea-dhcp6 leases from
+# $PREFIX::1:0/112 with short timers: T1 8 s, T2 14 s, valid 40 s.
+
+KEA_DIR=/run/kea6
+KEA_PID=
+KEA_LEASES=$KEA_DIR/leases6.csv
+
+radvd_managed() {
+    kill "$RADVD_PID" 2>/dev/null; wait "$RADVD_PID" 2>/dev/null
+    cat >/run/radvd.conf <<EOF
+interface $SBX_SERVER_IF {
+    AdvSendAdvert on;
+    AdvManagedFlag on;
+    AdvOtherConfigFlag on;
+    MinRtrAdvInterval 3;
+    MaxRtrAdvInterval 4;
+    prefix $PREFIX::/64 {
+        AdvOnLink on;
+        AdvAutonomous off;
+    };
+};
+EOF
+    ip netns exec "$SBX_SERVER_NS" radvd -C /run/radvd.conf -p /run/radvd.pid -n -m stderr >/run/radvd.log 2>&1 &
+    RADVD_PID=$!
+    sleep 0.3
+    kill -0 "$RADVD_PID" || { cat /run/radvd.log; return 1; }
+}
+
+start_kea6() {
+    mkdir -p "$KEA_DIR"
+    cat >"$KEA_DIR/kea-dhcp6.conf" <<EOF
+{ "Dhcp6": {
+    "interfaces-config": { "interfaces": [ "$SBX_SERVER_IF" ] },
+    "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0, "name": "$KEA_LEASES" },
+    "server-id": { "type": "EN", "enterprise-id": 2495, "identifier": "0102030405", "persist": false },
+    "preferred-lifetime": 30, "valid-lifetime": 40, "renew-timer": 8, "rebind-timer": 14,
+    "option-data": [ { "name": "dns-servers", "data": "$ROUTER" }, { "name": "domain-search", "data": "v6.example" } ],
+    "subnet6": [ { "id": 1, "subnet": "$PREFIX::/64", "interface": "$SBX_SERVER_IF",
+                   "pools": [ { "pool": "$PREFIX::1:0/112" } ] } ],
+    "loggers": [ { "name": "kea-dhcp6", "output_options": [ { "output": "$KEA_DIR/kea.log" } ], "severity": "INFO" } ]
+} }
+EOF
+    ip netns exec "$SBX_SERVER_NS" env KEA_PIDFILE_DIR="$KEA_DIR" KEA_LOCKFILE_DIR="$KEA_DIR" \
+        kea-dhcp6 -c "$KEA_DIR/kea-dhcp6.conf" >"$KEA_DIR/kea.out" 2>&1 &
+    KEA_PID=$!
+    wait_for 5 grep -q "DHCP6_STARTED" "$KEA_DIR/kea.log" || { cat "$KEA_DIR/kea.out" "$KEA_DIR/kea.log"; return 1; }
+    kill -0 "$KEA_PID" || { cat "$KEA_DIR/kea.out"; return 1; }
+}
+dhcp6_servers() { radvd_managed && start_kea6; }
+
+# kea_rows: "address iaid valid_lifetime expire" for the last row of each address in Kea's
+# memfile (valid_lifetime 0: released).
+kea_rows() {
+    [[ -f $KEA_LEASES ]] || return 0
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        { a = $(col["address"]); row[a] = a " " $(col["iaid"]) " " $(col["valid_lifetime"]) " " $(col["expire"]); if (!(a in seen)) { seen[a] = 1; order[++n] = a } }
+        END { for (i = 1; i <= n; i++) print row[order[i]] }' "$KEA_LEASES"
+}
+kea_row_of() { kea_rows | awk -v a="$1" '$1 == a'; }
+kea_released() { [[ -n $(kea_row_of "$1" | awk '$3 == 0') ]]; }
+leased6() { status_of "$1" | jq -r --arg p "$PREFIX::1:" '.addresses6_detail[] | select(.origin == "dhcpv6" and (.address | startswith($p))) | .address'; }
+has_lease6() { [[ -n $(leased6 "$1") ]] && ipv6_is "$1" dhcpv6; }
+# logged_since MARK REGEX: the daemon logged a line matching REGEX after MARK.
+logged_since() { grep -qE "$2" <<<"$(log_since "$1")"; }
+D5= D6=
+
+two_sessions_lease_from_kea() {
+    "$SESSIOND" stop --all >/dev/null || return 1
+    "$SESSIOND" start --session 5 >/dev/null && "$SESSIOND" start --session 6 >/dev/null || return 1
+    local n
+    for n in 5 6; do
+        wait_for 15 has_lease6 "$n" || { echo "session $n: no DHCPv6 address"; status_of "$n"; tail -20 "$DAEMON_LOG"; return 1; }
+    done
+    D5=$(leased6 5); D6=$(leased6 6); echo "s5 $D5, s6 $D6"
+    [[ $D5 != "$D6" && $D5 == */128 ]] || return 1
+    status_of 5 | jq -e '.dhcp6_state == "bound" and ([.addresses6_detail[] | select(.origin == "dhcpv6")][0] | .valid_secs <= 40 and .preferred_secs <= 30)' || return 1
+    [[ $(grep -A1 "inet6 ${D5%/*}/128 " <<<"$(addrs_of 5 eth0)") =~ valid_lft\ [0-9]+sec ]] || { echo "not on eth0 with a finite lifetime"; addrs_of 5 eth0; return 1; }
+    kea_rows
+    for n in 5 6; do
+        local d=D$n; d=${!d}
+        [[ -n $(kea_row_of "${d%/*}" | awk -v iaid="$n" '$2 == iaid && $3 > 0') ]] || { echo "Kea has no lease of ${d%/*} for IAID $n"; return 1; }
+    done
+    [[ -z $(global6 5 | grep -v "^$PREFIX::1:") ]] || { echo "a SLAAC address although the RA has no autonomous prefix"; return 1; }
+}
+
+dhcp6_reach_each_other() { ping6 5 "${D6%/*}" && ping6 6 "${D5%/*}"; }
+
+renews_at_t1() {
+    local mark before after
+    mark=$(log_mark)
+    before=$(kea_row_of "${D5%/*}" | awk '{print $4}')
+    wait_for 15 logged_since "$mark" 'dhcp6\{sid=5\}.*renewing -> bound' || { echo "no renewal"; log_since "$mark" | grep dhcp6; return 1; }
+    log_since "$mark" | grep "dhcp6{sid=5}"
+    after=$(kea_row_of "${D5%/*}" | awk '{print $4}')
+    echo "Kea's expiry for ${D5%/*}: $before -> $after"
+    ((after > before)) || { echo "Kea did not extend the lease"; return 1; }
+    [[ $(leased6 5) == "$D5" ]]
+}
+
+dhcp6_survives_daemon_kill() {
+    kill_daemon 9
+    grep -q "${D5%/*}/128" <<<"$(addrs_of 5 eth0)" || { echo "the address went with the daemon"; return 1; }
+    local mark; mark=$(log_mark)
+    start_v6_daemon || return 1
+    wait_for 10 logged_since "$mark" 'dhcp6\{sid=5\}.*rebinding -> bound' || { echo "the persisted lease was not rebound"; log_since "$mark" | grep dhcp6; return 1; }
+    [[ $(leased6 5) == "$D5" ]] || { echo "now $(leased6 5)"; return 1; }
+}
+
+release_shows_in_kea() {
+    "$SESSIOND" stop --session 5 >/dev/null || return 1
+    wait_for 5 kea_released "${D5%/*}" || { kea_row_of "${D5%/*}"; grep -i release "$KEA_DIR/kea.log" | tail -3; return 1; }
+    kea_row_of "${D5%/*}"
+}
+
+off_sends_no_dhcpv6() {
+    kill_daemon
+    start_v6_daemon --ipv6 off || return 1
+    "$SESSIOND" start --session 7 >/dev/null || return 1
+    sleep 4.5   # past an RA with M set
+    [[ -z $(ip netns exec sessiond-7 ip -6 addr show dev eth0) ]] || { echo "IPv6 on eth0"; return 1; }
+    [[ -z $(kea_rows | awk '$2 == 7') ]] || { echo "Kea leased to IAID 7"; return 1; }
+    ! grep -q "dhcp6{sid=7}" "$DAEMON_LOG" || { echo "a DHCPv6 task ran for session 7"; return 1; }
+}
+
 t0=$(date +%s)
 check "radvd advertises $PREFIX::/64 in the server namespace" start_radvd
 check "daemon starts" start_v6_daemon
@@ -173,8 +305,16 @@ check "same sid, same address after stop/start" same_address_after_stop_start
 check "same sid, same address after kill -9 and a new daemon" same_address_after_daemon_kill
 check "ipv6 = off: no address on the uplink, lo keeps ::1" off_leaves_no_address
 check "ipv6_privacy: a temporary address beside the stable one" privacy_adds_a_temporary_address
+check "radvd sets M, kea-dhcp6 serves $PREFIX::1:0/112" dhcp6_servers
+check "kea: two sessions lease distinct addresses, shown in status and in Kea's lease DB" two_sessions_lease_from_kea
+check "kea: the sessions reach each other at their leased addresses" dhcp6_reach_each_other
+check "kea: renewal at T1 extends the lease (Kea's expiry moves)" renews_at_t1
+check "kea: kill -9 and a new daemon: the persisted lease is rebound, same address" dhcp6_survives_daemon_kill
+check "kea: stop sends Release, visible in Kea's lease DB" release_shows_in_kea
+check "ipv6 = off: no address and no DHCPv6 although the RA sets M" off_sends_no_dhcpv6
 "$SESSIOND" stop --all >/dev/null 2>&1
 kill_daemon
 [[ -n $RADVD_PID ]] && kill "$RADVD_PID" 2>/dev/null
+[[ -n $KEA_PID ]] && kill "$KEA_PID" 2>/dev/null
 info "took $(($(date +%s) - t0)) s"
 finish

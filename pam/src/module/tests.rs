@@ -142,6 +142,7 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         ipv6: None,
         addresses6: vec![],
         addresses6_detail: vec![],
+        dhcp6_state: None,
     }
 }
 
