@@ -4,7 +4,9 @@
 //! (stateless: Information-Request for DNS); in `dhcpv6` mode it Solicits at once. The task
 //! only does what the machine says: send to ff02::1:2, put the address on `eth0` with the
 //! lease's lifetimes (marked `DHCPV6_PROTO`, so `status` tells it from SLAAC's), persist the
-//! lease in the state dir (`leases/N.v6.json`, beside IPv4's), release at stop.
+//! lease in the state dir (`leases/N.v6.json`, beside IPv4's), release at stop. It also puts
+//! the session's IPv6 address (the lease's, else the stable SLAAC one) and DHCPv6's DNS into
+//! the session's hosts and resolv.conf, merged with IPv4's (`files::MergedFiles`).
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::sync::Mutex;
@@ -17,10 +19,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::Ipv6Mode;
 use crate::dhcp::Millis;
 use crate::dhcp6::{Action, Client, ClientConfig, Event, Info, Lease, State};
+use crate::files::Ipv6Names;
 use crate::identity::Identity;
 use crate::lease_driver::now_ms;
 use crate::netlink::{Lifetimes, NetOps};
-use crate::platform::Platform;
+use crate::platform::{Ipv6NamesWriter, Platform};
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
 use crate::state::StateDir;
@@ -28,10 +31,13 @@ use crate::state::StateDir;
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
 const ALL_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
 const SERVER_PORT: u16 = 547;
-/// How often the task looks for the first router advertisement, and for how long (a router
-/// sends one within a second of our solicitation, else every few minutes unsolicited).
-const RA_POLL: Duration = Duration::from_millis(200);
-const RA_WAIT: Duration = Duration::from_secs(600);
+/// How often the task looks for the first router advertisement: often while the kernel's
+/// router solicitations run (3, 4 s apart: a router answers each within a second), then
+/// rarely (routers advertise unsolicited every few minutes), so that a LAN without IPv6
+/// routers costs 1000 sessions ~17 netlink requests a second.
+const RA_POLL_SOLICITING: Duration = Duration::from_millis(200);
+const RA_SOLICITING: Duration = Duration::from_secs(12);
+const RA_POLL_LATER: Duration = Duration::from_secs(60);
 /// How long `stop` waits for the Release to leave (the namespace goes right after).
 const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
@@ -68,10 +74,11 @@ impl Dhcp6Sessions {
     }
 
     /// Starts the session's DHCPv6 in the background; with a persisted lease (a daemon
-    /// restart) it Rebinds that one. Nothing in `slaac` or `off` mode. A failure is logged:
-    /// IPv6 never fails a start.
+    /// restart) it Rebinds that one. In `slaac` mode the task only waits for the RA to put the
+    /// SLAAC address into hosts; nothing in `off` mode. A failure is logged: IPv6 never fails
+    /// a start.
     pub async fn start<P: Platform>(&self, p: &P, id: &Identity) {
-        if !matches!(self.mode, Ipv6Mode::Auto | Ipv6Mode::Dhcpv6) {
+        if self.mode == Ipv6Mode::Off {
             return;
         }
         let span = info_span!("dhcp6", sid = %id.sid);
@@ -95,7 +102,7 @@ impl Dhcp6Sessions {
         };
         let (release, rx) = mpsc::channel(1);
         let (view_tx, view) = watch::channel(Dhcp6View::default());
-        let ctx = Ctx { sid: id.sid, inside, state: self.state.clone(), mode: self.mode };
+        let ctx = Ctx { sid: id.sid, netns: id.netns.clone(), inside, state: self.state.clone(), mode: self.mode, names: p.ipv6_names_writer() };
         tokio::spawn(run(ctx, sock, Client::new(cfg), persisted, rx, view_tx).instrument(span));
         self.tasks.lock().unwrap().insert(id.sid, Task { release, view });
     }
@@ -127,9 +134,25 @@ impl Dhcp6Sessions {
 
 struct Ctx<N: NetOps> {
     sid: Sid,
+    netns: String,
     inside: N,
     state: StateDir,
     mode: Ipv6Mode,
+    names: Ipv6NamesWriter,
+}
+
+impl<N: NetOps> Ctx<N> {
+    fn write_names(&self, names: &Ipv6Names) {
+        if let Err(e) = (self.names)(&self.netns, names.clone()) {
+            warn!("writing the session's IPv6 names: {e}");
+        }
+    }
+
+    /// The stable SLAAC address, once usable (optimistic DAD makes it so at once).
+    async fn slaac_address(&self) -> Option<Ipv6Addr> {
+        let (_, addresses) = crate::ipv6::read(&self.inside, SESSION_IF, self.mode).await.ok()?;
+        addresses.iter().find(|a| a.origin == sessiond_client::record::Address6Origin::Slaac && !a.tentative).map(|a| a.address.addr())
+    }
 }
 
 /// Why the task does not (yet) run the machine.
@@ -142,16 +165,25 @@ enum Wait {
 
 /// The first event: the persisted lease's Rebind, a Solicit (`dhcpv6` mode, or M), an
 /// Information-Request (O without M), or nothing.
-async fn first_event<N: NetOps>(ctx: &Ctx<N>, persisted: Option<Lease>, rx: &mut mpsc::Receiver<oneshot::Sender<()>>) -> Wait {
+async fn first_event<N: NetOps>(ctx: &Ctx<N>, persisted: Option<Lease>, rx: &mut mpsc::Receiver<oneshot::Sender<()>>, names: &mut Ipv6Names) -> Wait {
     if let Some(l) = persisted {
         return Wait::Begin(Event::StartWithLease(l));
     }
     if ctx.mode == Ipv6Mode::Dhcpv6 {
         return Wait::Begin(Event::Start);
     }
-    let polls = RA_WAIT.as_millis() / RA_POLL.as_millis();
-    for _ in 0..polls {
-        match ctx.inside.ra_flags(SESSION_IF).await {
+    let fast = (RA_SOLICITING.as_millis() / RA_POLL_SOLICITING.as_millis()) as u32;
+    for poll in 0u32.. {
+        let flags = ctx.inside.ra_flags(SESSION_IF).await;
+        if let Ok(Some(_)) = flags {
+            // The kernel formed the SLAAC addresses with the RA's flags: hosts gets one now.
+            names.address = ctx.slaac_address().await;
+            if names.address.is_some() {
+                ctx.write_names(names);
+            }
+        }
+        match flags {
+            Ok(Some(_)) if ctx.mode == Ipv6Mode::Slaac => return Wait::Done(None),
             Ok(Some(f)) if f.managed => return Wait::Begin(Event::Start),
             Ok(Some(f)) if f.other => return Wait::Begin(Event::StartInformation),
             Ok(Some(_)) => {
@@ -164,12 +196,12 @@ async fn first_event<N: NetOps>(ctx: &Ctx<N>, persisted: Option<Lease>, rx: &mut
                 return Wait::Done(None);
             }
         }
+        let every = if poll < fast { RA_POLL_SOLICITING } else { RA_POLL_LATER };
         tokio::select! {
-            _ = tokio::time::sleep(RA_POLL) => {}
+            _ = tokio::time::sleep(every) => {}
             done = rx.recv() => return Wait::Done(done),
         }
     }
-    debug!("no router advertisement: no DHCPv6");
     Wait::Done(None)
 }
 
@@ -181,7 +213,8 @@ async fn run<N: NetOps>(
     mut rx: mpsc::Receiver<oneshot::Sender<()>>,
     view: watch::Sender<Dhcp6View>,
 ) {
-    let first = match first_event(&ctx, persisted, &mut rx).await {
+    let mut names = Ipv6Names::default();
+    let first = match first_event(&ctx, persisted, &mut rx, &mut names).await {
         Wait::Begin(ev) => ev,
         Wait::Done(done) => {
             if let Some(d) = done {
@@ -207,7 +240,13 @@ async fn run<N: NetOps>(
         for a in std::mem::take(&mut actions) {
             match a {
                 Action::SetTimer(t) => deadline = Some(t),
-                a => execute(&ctx, &sock, dest, a).await,
+                a => {
+                    if let Some(changed) = names_after(&names, &a) {
+                        names = changed;
+                        ctx.write_names(&names);
+                    }
+                    execute(&ctx, &sock, dest, a).await
+                }
             }
         }
         if client.state() != last_state {
@@ -246,6 +285,17 @@ async fn run<N: NetOps>(
             }
         }
     }
+}
+
+/// What the session's files say of IPv6 after `a`, if it changes that.
+fn names_after(names: &Ipv6Names, a: &Action) -> Option<Ipv6Names> {
+    let next = match a {
+        Action::ApplyLease { lease, .. } => Ipv6Names { dns: lease.dns.clone(), search: lease.search.clone(), address: Some(lease.address) },
+        Action::ApplyInfo(info) => Ipv6Names { dns: info.dns.clone(), search: info.search.clone(), address: names.address },
+        Action::RemoveLease(_) => Ipv6Names { address: None, ..names.clone() },
+        _ => return None,
+    };
+    (next != *names).then_some(next)
 }
 
 /// The kernel's lifetimes for `lease` now (u32::MAX: forever).

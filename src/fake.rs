@@ -422,6 +422,10 @@ impl Platform for FakePlatform {
         let p = self.clone();
         std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| p.write_netns_file(netns, file, contents))
     }
+    fn ipv6_names_writer(&self) -> crate::platform::Ipv6NamesWriter {
+        let p = self.clone();
+        std::sync::Arc::new(move |netns: &str, names: crate::files::Ipv6Names| op(&p.world, format!("ipv6 names {netns}: {names:?}"), |_| Ok(())))
+    }
     fn list_netns_files(&self) -> Vec<String> {
         self.world.lock().unwrap().objects.iter().filter_map(|o| o.strip_prefix("files:").map(String::from)).collect()
     }

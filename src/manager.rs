@@ -924,6 +924,12 @@ impl<P: Platform> Manager<P> {
     /// (a session whose namespace cannot be read shows none, and the reason is logged).
     pub async fn status_live(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
         let mut records = self.status(sid)?;
+        self.fill_ipv6(&mut records).await;
+        Ok(records)
+    }
+
+    /// Sets the records' IPv6 facts, read from their namespaces.
+    async fn fill_ipv6(&self, records: &mut [SessionRecord]) {
         let mode = self.settings.ipv6;
         let reads = futures::future::join_all(records.iter().map(|r| async move {
             let inside = self.platform.inside(&r.netns).await?;
@@ -939,7 +945,6 @@ impl<P: Platform> Manager<P> {
                 Err(e) => tracing::debug!(sid = %r.session, "reading IPv6 addresses: {e}"),
             }
         }
-        Ok(records)
     }
 
     /// Watches the uplink: when it goes away or down, every session shows the fault in

@@ -34,6 +34,9 @@ pub trait Platform: Send + Sync + 'static {
     fn arp_socket(&self, netns: &str) -> impl Future<Output = Result<Self::Arp, NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
+    /// What the DHCPv6 tasks use to merge their DNS, search list and address into the
+    /// session's files (`files::MergedFiles`).
+    fn ipv6_names_writer(&self) -> Ipv6NamesWriter;
     /// Sets /proc/sys/KEY inside the namespace.
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError>;
     /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
@@ -54,6 +57,8 @@ pub trait ArpIo: Send + Sync + 'static {
 }
 
 pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
+/// (netns, what IPv6 adds to its files).
+pub type Ipv6NamesWriter = std::sync::Arc<dyn Fn(&str, crate::files::Ipv6Names) -> Result<(), NetError> + Send + Sync>;
 
 /// Writes /etc/netns/NETNS/FILE atomically. The folder is made under `run_dir` (tmpfs) and
 /// reached through a symlink /etc/netns/NETNS, which `ip netns exec` and bind mounts follow;
@@ -112,6 +117,8 @@ pub struct LinuxPlatform {
     host: RtNet,
     etc_netns: PathBuf,
     run_dir: PathBuf,
+    /// Every write of a session's resolv.conf and hosts goes through it (IPv4 and IPv6 parts).
+    merged: std::sync::Arc<std::sync::Mutex<crate::files::MergedFiles>>,
 }
 
 impl LinuxPlatform {
@@ -121,6 +128,7 @@ impl LinuxPlatform {
             host: RtNet::connect_here()?,
             etc_netns: PathBuf::from(crate::files::ETC_NETNS),
             run_dir: PathBuf::from(crate::files::RUN_NETNS_ETC),
+            merged: Default::default(),
         })
     }
 }
@@ -168,7 +176,8 @@ impl Platform for LinuxPlatform {
     }
 
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
-        write_netns_file_in(&self.etc_netns, &self.run_dir, netns, file, contents)
+        let contents = self.merged.lock().unwrap().write_v4(netns, file, contents);
+        write_netns_file_in(&self.etc_netns, &self.run_dir, netns, file, &contents)
     }
 
     async fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
@@ -192,8 +201,19 @@ impl Platform for LinuxPlatform {
     }
 
     fn file_writer(&self) -> FileWriter {
-        let (etc, run) = (self.etc_netns.clone(), self.run_dir.clone());
-        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&etc, &run, netns, file, contents))
+        let (etc, run, merged) = (self.etc_netns.clone(), self.run_dir.clone(), self.merged.clone());
+        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| {
+            let contents = merged.lock().unwrap().write_v4(netns, file, contents);
+            write_netns_file_in(&etc, &run, netns, file, &contents)
+        })
+    }
+
+    fn ipv6_names_writer(&self) -> Ipv6NamesWriter {
+        let (etc, run, merged) = (self.etc_netns.clone(), self.run_dir.clone(), self.merged.clone());
+        std::sync::Arc::new(move |netns: &str, names: crate::files::Ipv6Names| {
+            let rewrites = merged.lock().unwrap().set_v6(netns, names);
+            rewrites.iter().try_for_each(|(file, contents)| write_netns_file_in(&etc, &run, netns, file, contents))
+        })
     }
 
     fn list_netns_files(&self) -> Vec<String> {
@@ -201,6 +221,7 @@ impl Platform for LinuxPlatform {
     }
 
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
+        self.merged.lock().unwrap().forget(netns);
         remove_netns_files_in(&self.etc_netns, &self.run_dir, netns)
     }
 }

@@ -1,7 +1,7 @@
 //! One session as the daemon records it and the protocol carries it (`status --json`), and
 //! the names it carries: how the session is linked to the uplink and addressed, and its DHCP state.
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -266,6 +266,13 @@ impl SessionRecord {
         self.addresses6 = addresses.iter().map(|a| a.address).collect();
         self.addresses6_detail = addresses;
     }
+
+    /// The session's IPv6 address for `SESSIOND_ADDRESS6`: the DHCPv6 lease's, else the
+    /// stable SLAAC one (never a temporary or link-local one, nor one still in DAD).
+    pub fn address6(&self) -> Option<Ipv6Addr> {
+        let usable = |origin: Address6Origin| self.addresses6_detail.iter().find(|a| a.origin == origin && !a.tentative).map(|a| a.address.addr());
+        usable(Address6Origin::Dhcpv6).or_else(|| usable(Address6Origin::Slaac))
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +310,26 @@ mod tests {
         for l in [looking, held] {
             assert_eq!(serde_json::from_str::<LeaseInfo>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
         }
+    }
+
+    #[test]
+    fn address6_prefers_the_lease_then_the_stable_slaac_address() {
+        let a = |address: &str, origin, tentative| Address6 { address: address.parse().unwrap(), origin, valid_secs: None, preferred_secs: None, tentative };
+        let mut r: SessionRecord = serde_json::from_str(
+            r#"{"session":1,"netns":"sessiond-1","interface":"eth0","mac":"02:00:00:00:00:01","address":null,"gateway":null,"dns":[],
+                "loopback":"127.0.0.2","addressing":"dhcp","state":"up","link":"macvlan","host_link":null,"owner_uid":null}"#,
+        )
+        .unwrap();
+        assert_eq!(r.address6(), None, "a record from before IPv6 has none");
+        r.set_ipv6(Ipv6State::Slaac, vec![a("fe80::1/64", Address6Origin::LinkLocal, false), a("2001:db8::9/64", Address6Origin::Temporary, false)]);
+        assert_eq!(r.address6(), None, "not a temporary or link-local one");
+        r.set_ipv6(Ipv6State::Slaac, vec![a("2001:db8::9/64", Address6Origin::Temporary, false), a("2001:db8::5/64", Address6Origin::Slaac, false)]);
+        assert_eq!(r.address6(), Some("2001:db8::5".parse().unwrap()));
+        assert_eq!(r.addresses6, vec!["2001:db8::9/64".parse::<Ipv6Net>().unwrap(), "2001:db8::5/64".parse().unwrap()], "one list, two views");
+        r.set_ipv6(Ipv6State::Dhcpv6, vec![a("2001:db8::5/64", Address6Origin::Slaac, false), a("2001:db8::1:7/128", Address6Origin::Dhcpv6, true)]);
+        assert_eq!(r.address6(), Some("2001:db8::5".parse().unwrap()), "a lease still in DAD is not used yet");
+        r.set_ipv6(Ipv6State::Dhcpv6, vec![a("2001:db8::5/64", Address6Origin::Slaac, false), a("2001:db8::1:7/128", Address6Origin::Dhcpv6, false)]);
+        assert_eq!(r.address6(), Some("2001:db8::1:7".parse().unwrap()));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub enum RejectReason {
     Oversize { len: usize, max: usize },
     #[error("undecodable message: {0}")]
     Undecodable(String),
+    #[error("malformed option {code}: {why}")]
+    MalformedOption { code: u16, why: &'static str },
     #[error("a {0:?} is not a message for a client")]
     NotForClient(dhcproto::v6::MessageType),
     #[error("unexpected {got:?} in state {state}")]

@@ -61,11 +61,57 @@ fn status_of(opts: &v6::DhcpOptions) -> Option<(Status, String)> {
     opts.iter().find_map(|o| if let DhcpOption::StatusCode(s) = o { Some((s.status, s.msg.clone())) } else { None })
 }
 
+/// The options in `area` (RFC 8415 §21.1: code, length, data), and those nested in them, are
+/// well formed: each within its parent, each at least as long as its fixed part. dhcproto
+/// reads a Status Code's, a Vendor Class's and Vendor Options' fixed part from the message
+/// rather than the option and then subtracts it from the option's length: a short one would
+/// make it panic (debug) or read past the option. Relay messages are refused: a server
+/// never sends one to a client.
+fn well_formed(area: &[u8], depth: u8) -> Result<(), RejectReason> {
+    let mut rest = area;
+    while !rest.is_empty() {
+        let bad = |code: u16, why| RejectReason::MalformedOption { code, why };
+        if rest.len() < 4 {
+            return Err(bad(0, "truncated option header"));
+        }
+        let code = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let data = rest.get(4..4 + len).ok_or(bad(code, "overruns its container"))?;
+        // (fixed part, whether options follow it)
+        let (fixed, nested) = match code {
+            3 | 25 => (12, true), // IA_NA, IA_PD
+            4 => (4, true),       // IA_TA
+            5 => (24, true),      // IA Address
+            26 => (25, true),     // IA Prefix
+            17 => (4, true),      // Vendor Options
+            13 => (2, false),     // Status Code
+            16 => (4, false),     // Vendor Class
+            9 => return Err(bad(code, "a relay message in a reply to a client")),
+            _ => (0, false),
+        };
+        if len < fixed {
+            return Err(bad(code, "shorter than its fixed part"));
+        }
+        if nested {
+            if depth >= 4 {
+                return Err(bad(code, "nested too deep"));
+            }
+            well_formed(&data[fixed..], depth + 1)?;
+        }
+        rest = &rest[4 + len..];
+    }
+    Ok(())
+}
+
 /// Decodes `bytes`: an Advertise or a Reply, or why not.
 pub fn parse(bytes: &[u8]) -> Result<Incoming, RejectReason> {
     if bytes.len() > MAX_MESSAGE {
         return Err(RejectReason::Oversize { len: bytes.len(), max: MAX_MESSAGE });
     }
+    if bytes.len() < 4 {
+        return Err(RejectReason::Undecodable(format!("{} bytes: shorter than a message header", bytes.len())));
+    }
+    well_formed(&bytes[4..], 0)?;
     let msg = v6::Message::decode(&mut Decoder::new(bytes)).map_err(|e| RejectReason::Undecodable(e.to_string()))?;
     let kind = match msg.msg_type() {
         MessageType::Advertise => Kind::Advertise,

@@ -5,14 +5,17 @@
 # Sessions use static IPv4 from a pool, so no DHCP server is needed here.
 #   1. two sessions form distinct stable-privacy (RFC 7217) addresses in the prefix, not the
 #      EUI-64 of their MAC, with the slot's stable_secret; status and --json show them
-#   2. the sessions reach each other and the router over IPv6 (busybox ping -6)
+#   2. the sessions reach each other and the router over IPv6 (busybox ping -6); the SLAAC
+#      address is in the session's hosts file and `exec`'s SESSIOND_ADDRESS6
 #   3. the same sid gets the same address after stop/start, and after the daemon's kill -9
 #      and restart (a new daemon process derives the same identity)
 #   4. ipv6 = "off": no IPv6 address on the session's uplink (not even link-local), though
 #      the router keeps advertising; the session's loopback keeps ::1
 #   5. ipv6_privacy: a temporary address beside the stable one
 #   6. DHCPv6 against kea-dhcp6 (radvd now sets M, no autonomous prefix): two sessions lease
-#      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, renew at T1
+#      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, get Kea's DNS
+#      and search list merged into resolv.conf after IPv4's (hosts, SESSIOND_ADDRESS6: the
+#      lease), renew at T1
 #      (Kea's expiry moves), a kill -9 + new daemon Rebinds the persisted lease (same address),
 #      stop's Release shows in Kea's memfile; ipv6 = "off" sends no DHCPv6 although M is set
 # Every wait is bounded; the suite takes about 30 s.
@@ -114,6 +117,19 @@ status_shows_ipv6() {
         { echo "unexpected IPv6 fields"; return 1; }
     t=$("$SESSIOND" status); echo "$t"
     grep -q "ipv6 slaac" <<<"$t" && grep -qE "$G1 slaac, valid [0-9]+ s, preferred [0-9]+ s" <<<"$t" || { echo "text view lacks the IPv6 lines"; return 1; }
+}
+
+# hosts_maps SID ADDR: the session's hosts file maps the host name to ADDR (and keeps IPv4's).
+hosts_maps() {
+    local h; h=$(cat "/etc/netns/sessiond-$1/hosts"); echo "$h"
+    grep -qP "^${2%/*}\t$(hostname)" <<<"$h" && grep -qP "^10\.77\.0\.\d+\t$(hostname)" <<<"$h"
+}
+# env6 SID: SESSIOND_ADDRESS6 as `exec` sets it.
+env6() { "$SESSIOND" exec --session "$1" -- printenv SESSIOND_ADDRESS6; }
+
+slaac_address_in_hosts_and_exec() {
+    wait_for 5 hosts_maps 1 "$G1" || { hosts_maps 1 "$G1"; return 1; }
+    [[ $(env6 1) == "${G1%/*}" ]] || { echo "SESSIOND_ADDRESS6=$(env6 1), want ${G1%/*}"; return 1; }
 }
 
 # ------------------------------------------------------------------ 2. reachability
@@ -258,6 +274,14 @@ two_sessions_lease_from_kea() {
 
 dhcp6_reach_each_other() { ping6 5 "${D6%/*}" && ping6 6 "${D5%/*}"; }
 
+dhcp6_names_in_files() {
+    local r; r=$(cat /etc/netns/sessiond-5/resolv.conf); echo "$r"
+    grep -qx "nameserver $ROUTER" <<<"$r" && grep -qE "^search (.* )?v6\.example( |$)" <<<"$r" || { echo "no IPv6 DNS in resolv.conf"; return 1; }
+    grep -qx "nameserver $SBX_GATEWAY" <<<"$r" || { echo "the IPv4 name server went"; return 1; }
+    hosts_maps 5 "$D5" || return 1
+    [[ $(env6 5) == "${D5%/*}" ]] || { echo "SESSIOND_ADDRESS6=$(env6 5), want ${D5%/*}"; return 1; }
+}
+
 renews_at_t1() {
     local mark before after
     mark=$(log_mark)
@@ -301,6 +325,7 @@ check "daemon starts" start_v6_daemon
 check "two sessions form distinct stable-privacy addresses in the prefix" two_sessions_form_stable_addresses
 check "status and --json show ipv6 and addresses6 with origin and lifetimes" status_shows_ipv6
 check "sessions reach each other and the router (busybox ping -6)" sessions_reach_each_other
+check "the SLAAC address is in the session's hosts and SESSIOND_ADDRESS6" slaac_address_in_hosts_and_exec
 check "same sid, same address after stop/start" same_address_after_stop_start
 check "same sid, same address after kill -9 and a new daemon" same_address_after_daemon_kill
 check "ipv6 = off: no address on the uplink, lo keeps ::1" off_leaves_no_address
@@ -308,6 +333,7 @@ check "ipv6_privacy: a temporary address beside the stable one" privacy_adds_a_t
 check "radvd sets M, kea-dhcp6 serves $PREFIX::1:0/112" dhcp6_servers
 check "kea: two sessions lease distinct addresses, shown in status and in Kea's lease DB" two_sessions_lease_from_kea
 check "kea: the sessions reach each other at their leased addresses" dhcp6_reach_each_other
+check "kea: DHCPv6 DNS and search merged into resolv.conf with IPv4's; the lease in hosts and SESSIOND_ADDRESS6" dhcp6_names_in_files
 check "kea: renewal at T1 extends the lease (Kea's expiry moves)" renews_at_t1
 check "kea: kill -9 and a new daemon: the persisted lease is rebound, same address" dhcp6_survives_daemon_kill
 check "kea: stop sends Release, visible in Kea's lease DB" release_shows_in_kea

@@ -354,6 +354,15 @@ fn every_reply_is_validated_and_rejects_change_nothing() {
     let solicit = one_send(&c.on_event(Event::Start, T0));
     assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: solicit.clone() }, T0 + 1)), Some(RejectReason::NotForClient(MessageType::Solicit))));
     assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: vec![7, 1] }, T0 + 1)), Some(RejectReason::Undecodable(_))));
+    // A Status Code (13) of length 0 followed by more bytes: dhcproto would read its code from
+    // what follows and then compute 0 - 2 (a panic in debug builds). Also nested in an IA_NA.
+    let short_status = [7, 1, 2, 3, 0, 13, 0, 0, 0, 1, 0, 2, 0, 0];
+    assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: short_status.to_vec() }, T0 + 1)), Some(RejectReason::MalformedOption { code: 13, .. })));
+    let mut nested = vec![7, 1, 2, 3, 0, 3, 0, 16, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0];
+    nested.extend_from_slice(&[0, 1, 0, 0]);
+    assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: nested }, T0 + 1)), Some(RejectReason::MalformedOption { code: 17, .. })));
+    let overrun = [7, 1, 2, 3, 0, 1, 0, 9, 1];
+    assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: overrun.to_vec() }, T0 + 1)), Some(RejectReason::MalformedOption { code: 1, .. })));
     assert!(matches!(rejected(&c.on_event(Event::Packet { bytes: vec![7; 2000] }, T0 + 1)), Some(RejectReason::Oversize { len: 2000, .. })));
     let (mut b, now, request) = bound(&good);
     let late = srv::answer(&request, MessageType::Reply, &good);
