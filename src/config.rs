@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, SOCKET_ENV};
+pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, SOCKET_ENV, WaitFor};
 
 pub const DEFAULT_CONFIG: &str = "/etc/sessiond/sessiond.toml";
 /// A login's session is stopped this long after its last login process vanished.
@@ -104,6 +104,10 @@ pub struct RawSettings {
     /// Also form RFC 8981 temporary IPv6 addresses (and prefer them for outgoing connections)
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub ipv6_privacy: Option<bool>,
+    /// What start waits for before it answers: ipv4 (default: IPv6 completes in the
+    /// background), ipv6 or both (also a usable global IPv6 address, within the DHCP timeout)
+    #[arg(long, value_parser = one_of::<WaitFor>(WaitFor::NAMES))]
+    pub wait_for: Option<WaitFor>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -143,6 +147,8 @@ pub enum ConfigError {
     BadMinLease(u32),
     #[error("acd_probe_ms must be 0 (no address conflict detection) to 7000 (RFC 5227's own timing), got {0}")]
     BadAcdProbe(u64),
+    #[error("wait_for = \"{0}\" waits for an IPv6 address, but ipv6 = \"off\" gives none")]
+    WaitForIpv6Off(WaitFor),
 }
 
 impl ConfigError {
@@ -190,6 +196,7 @@ impl RawSettings {
             loopback_reach: self.loopback_reach.or(under.loopback_reach),
             ipv6: self.ipv6.or(under.ipv6),
             ipv6_privacy: self.ipv6_privacy.or(under.ipv6_privacy),
+            wait_for: self.wait_for.or(under.wait_for),
         }
     }
 }
@@ -220,6 +227,7 @@ pub struct Settings {
     pub ipv6: Ipv6Mode,
     /// RFC 8981 temporary addresses beside the stable one.
     pub ipv6_privacy: bool,
+    pub wait_for: WaitFor,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -263,6 +271,7 @@ impl Settings {
             loopback_reach,
             ipv6,
             ipv6_privacy,
+            wait_for,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -301,6 +310,11 @@ impl Settings {
         if !MIN_LEASE_RANGE.contains(&dhcp_min_lease_secs) {
             return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
         }
+        let ipv6 = ipv6.unwrap_or(Ipv6Mode::Auto);
+        let wait_for = wait_for.unwrap_or(WaitFor::Ipv4);
+        if wait_for != WaitFor::Ipv4 && ipv6 == Ipv6Mode::Off {
+            return Err(ConfigError::WaitForIpv6Off(wait_for));
+        }
         let acd_probe_ms = acd_probe_ms.unwrap_or(DEFAULT_ACD_PROBE_MS);
         if acd_probe_ms > crate::acd::RFC_PROBE_MS {
             return Err(ConfigError::BadAcdProbe(acd_probe_ms));
@@ -325,8 +339,9 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach: loopback_reach.unwrap_or(LoopbackReach::None),
-            ipv6: ipv6.unwrap_or(Ipv6Mode::Auto),
+            ipv6,
             ipv6_privacy: ipv6_privacy.unwrap_or(false),
+            wait_for,
         })
     }
 }
@@ -468,6 +483,18 @@ state_dir = "/tmp/state"
         let e = parse("ipv6 = \"on\"\n").unwrap_err().to_string();
         assert!(e.contains("on") && e.contains("test.toml"), "{e}");
         assert!(parse("ipv6_privacy = \"yes\"\n").is_err());
+    }
+
+    #[test]
+    fn wait_for_defaults_to_ipv4_and_ipv6_needs_ipv6_on() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().wait_for, WaitFor::Ipv4);
+        let f = parse("wait_for = \"both\"\n").unwrap();
+        assert_eq!(Settings::merge(base(), f.clone()).unwrap().wait_for, WaitFor::Both);
+        let off = RawSettings { ipv6: Some(Ipv6Mode::Off), ..base() };
+        let e = Settings::merge(off, f).unwrap_err();
+        assert!(matches!(e, ConfigError::WaitForIpv6Off(WaitFor::Both)) && e.to_string().contains("ipv6 = \"off\""), "{e}");
+        assert!(parse("wait_for = \"ipv5\"\n").unwrap_err().to_string().contains("ipv5"));
     }
 
     #[test]

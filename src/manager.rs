@@ -91,6 +91,8 @@ pub enum StartError {
         "gave up after {count} pool addresses in a row were in use by other hosts (the last, {last}, by {by}): a persistent address conflict on the LAN (RFC 5227 MAX_CONFLICTS)"
     )]
     PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
+    #[error("no usable global IPv6 address within {secs} s (wait_for = \"{wait_for}\"; is there an IPv6 router on the uplink?)")]
+    NoIpv6 { secs: u64, wait_for: crate::config::WaitFor },
 }
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
@@ -113,6 +115,7 @@ impl StartError {
             StartError::Build(e) => e.step,
             StartError::Dhcp(_) => "lease an address by DHCP",
             StartError::Probe(_) | StartError::AddressConflict { .. } | StartError::PersistentConflict { .. } => "probe the address (RFC 5227)",
+            StartError::NoIpv6 { .. } => "get an IPv6 address",
         }
     }
 }
@@ -499,9 +502,21 @@ impl<P: Platform> Manager<P> {
                 }
             },
         };
+        self.dhcp6.start(&self.platform, &identity).await;
+        if self.settings.wait_for != crate::config::WaitFor::Ipv4
+            && let Err(e) = self.wait_for_ipv6(&identity.netns).await
+        {
+            self.dhcp6.release(sid).await;
+            if let Some(l) = lease {
+                l.release(true).await;
+            }
+            self.abandon(sid, &plan.teardown_spec()).await;
+            return Err(not_started(e));
+        }
         let mut up = rec;
         up.state = SessionState::Up;
         if let Err(e) = self.state.save(&up) {
+            self.dhcp6.release(sid).await;
             if let Some(l) = lease {
                 l.release(true).await;
             }
@@ -509,7 +524,6 @@ impl<P: Platform> Manager<P> {
             return Err(not_started(StartError::Record(e)));
         }
         let netns = self.platform.hold_netns(&identity.netns);
-        self.dhcp6.start(&self.platform, &identity).await;
         let mut t = self.table.lock().unwrap();
         let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
         (s.record, s.lease, s.netns, s.defence) = (up, lease, netns, defence);
@@ -926,6 +940,26 @@ impl<P: Platform> Manager<P> {
         let mut records = self.status(sid)?;
         self.fill_ipv6(&mut records).await;
         Ok(records)
+    }
+
+    /// `wait_for` ipv6/both: waits (within the DHCP timeout) until the session's uplink has a
+    /// usable global IPv6 address, SLAAC or DHCPv6.
+    async fn wait_for_ipv6(&self, netns: &str) -> Result<(), StartError> {
+        let secs = self.settings.dhcp_timeout_secs;
+        let no_ipv6 = || StartError::NoIpv6 { secs, wait_for: self.settings.wait_for };
+        let inside = self.platform.inside(netns).await.map_err(|_| no_ipv6())?;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Ok((crate::config::Ipv6State::Slaac | crate::config::Ipv6State::Dhcpv6, _)) =
+                crate::ipv6::read(&inside, SESSION_IF, self.settings.ipv6).await
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(no_ipv6());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Sets the records' IPv6 facts, read from their namespaces.

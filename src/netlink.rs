@@ -441,6 +441,7 @@ impl NetOps for RtNet {
 
     async fn add_addr6(&self, name: &str, addr: Ipv6Addr, life: Lifetimes) -> Result<(), NetError> {
         use netlink_packet_route::address::AddressProtocol;
+        // (a refresh with the same flags keeps the address as it is)
         self.with_index(name, |idx| async move {
             let mut req = self.handle.address().add(idx, IpAddr::V6(addr), 128).replace();
             let mut ci = CacheInfo::default();
@@ -448,6 +449,8 @@ impl NetOps for RtNet {
             ci.ifa_valid = life.valid_secs;
             req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
             req.message_mut().attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(DHCPV6_PROTO)));
+            // Usable during its DAD (RFC 4429) where the namespace has optimistic DAD on.
+            req.message_mut().attributes.push(AddressAttribute::Flags(netlink_packet_route::address::AddressFlags::Optimistic));
             req.execute().await.map_err(nl(format!("add address {addr}/128 to {name}")))
         })
         .await

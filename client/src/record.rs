@@ -113,6 +113,17 @@ named! {
 }
 
 named! {
+    /// What `start` waits for before it answers (`wait_for`).
+    pub enum WaitFor {
+        /// The IPv4 address (IPv6 completes in the background).
+        Ipv4 = "ipv4",
+        /// A usable global IPv6 address too (IPv4 is still required while every session has one).
+        Ipv6 = "ipv6",
+        Both = "both",
+    }
+}
+
+named! {
     /// Where the session stands with IPv6, as `status` reads it from the namespace.
     pub enum Ipv6State {
         /// `ipv6 = "off"`: IPv6 is disabled on the uplink.

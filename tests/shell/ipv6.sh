@@ -11,7 +11,8 @@
 #      and restart (a new daemon process derives the same identity)
 #   4. ipv6 = "off": no IPv6 address on the session's uplink (not even link-local), though
 #      the router keeps advertising; the session's loopback keeps ::1
-#   5. ipv6_privacy: a temporary address beside the stable one
+#   5. ipv6_privacy: a temporary address beside the stable one; wait_for = both: start answers
+#      with a usable IPv6 address, and fails (leaving nothing) without a router
 #   6. DHCPv6 against kea-dhcp6 (radvd now sets M, no autonomous prefix): two sessions lease
 #      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, get Kea's DNS
 #      and search list merged into resolv.conf after IPv4's (hosts, SESSIOND_ADDRESS6: the
@@ -186,6 +187,24 @@ privacy_adds_a_temporary_address() {
     status_of 4 | jq -e '[.addresses6_detail[] | select(.origin == "slaac")] | length == 1' >/dev/null || { echo "the stable address went"; return 1; }
 }
 
+# ------------------------------------------------------------------ 5b. wait_for
+
+wait_for_both_answers_with_ipv6() {
+    kill_daemon
+    start_v6_daemon --wait-for both --dhcp-timeout 3 || return 1
+    local j; j=$("$SESSIOND" start --session 8 --json) || return 1
+    # no polling here: the start answered only once the address was usable
+    local s; s=$(status_of 8); echo "$s"
+    jq -e '.ipv6 == "slaac" and (.addresses6 | map(select(startswith("2001:db8:77:"))) | length) == 1' <<<"$s" >/dev/null
+}
+
+wait_for_fails_without_a_router() {
+    kill "$RADVD_PID" 2>/dev/null; wait "$RADVD_PID" 2>/dev/null; RADVD_PID=
+    expect_exit 1 "no usable global IPv6 address within 3 s" "$SESSIOND" start --session 9 || return 1
+    [[ ! -e /run/netns/sessiond-9 && ! -e /etc/netns/sessiond-9 ]] || { echo "the failed start left its namespace"; return 1; }
+    [[ $("$SESSIOND" status --json | jq 'map(select(.session == 9)) | length') == 0 ]]
+}
+
 # ------------------------------------------------------------------ 6. DHCPv6 (Kea)
 # radvd now sets M (addresses from DHCPv6, no SLAAC prefix), and kea-dhcp6 leases from
 # $PREFIX::1:0/112 with short timers: T1 8 s, T2 14 s, valid 40 s.
@@ -255,6 +274,8 @@ D5= D6=
 
 two_sessions_lease_from_kea() {
     "$SESSIOND" stop --all >/dev/null || return 1
+    kill_daemon
+    start_v6_daemon || return 1
     "$SESSIOND" start --session 5 >/dev/null && "$SESSIOND" start --session 6 >/dev/null || return 1
     local n
     for n in 5 6; do
@@ -330,6 +351,8 @@ check "same sid, same address after stop/start" same_address_after_stop_start
 check "same sid, same address after kill -9 and a new daemon" same_address_after_daemon_kill
 check "ipv6 = off: no address on the uplink, lo keeps ::1" off_leaves_no_address
 check "ipv6_privacy: a temporary address beside the stable one" privacy_adds_a_temporary_address
+check "wait_for = both: start answers once the IPv6 address is usable" wait_for_both_answers_with_ipv6
+check "wait_for = both without a router: start fails naming IPv6 and leaves nothing" wait_for_fails_without_a_router
 check "radvd sets M, kea-dhcp6 serves $PREFIX::1:0/112" dhcp6_servers
 check "kea: two sessions lease distinct addresses, shown in status and in Kea's lease DB" two_sessions_lease_from_kea
 check "kea: the sessions reach each other at their leased addresses" dhcp6_reach_each_other
