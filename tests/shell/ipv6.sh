@@ -19,6 +19,8 @@
 #      lease), renew at T1
 #      (Kea's expiry moves), a kill -9 + new daemon Rebinds the persisted lease (same address),
 #      stop's Release shows in Kea's memfile; ipv6 = "off" sends no DHCPv6 although M is set
+#   7. dnsmasq in RA + DHCPv6 mode: a lease, its DNS and search list in resolv.conf, the
+#      router reached, the Release leaves dnsmasq's lease file
 # Every wait is bounded; the suite takes about 30 s.
 # shellcheck source-path=SCRIPTDIR disable=SC2317
 source "$(dirname "$0")/lib.sh"
@@ -340,6 +342,41 @@ off_sends_no_dhcpv6() {
     ! grep -q "dhcp6{sid=7}" "$DAEMON_LOG" || { echo "a DHCPv6 task ran for session 7"; return 1; }
 }
 
+# ------------------------------------------------------------------ 7. dnsmasq (RA + DHCPv6)
+# radvd and Kea go; dnsmasq sends the RAs itself (M set) and leases from $PREFIX::2:0/112.
+
+DNSMASQ_PID=
+DNSMASQ_LEASES=/run/dnsmasq6.leases
+
+start_dnsmasq6() {
+    kill "$RADVD_PID" "$KEA_PID" 2>/dev/null; wait "$RADVD_PID" "$KEA_PID" 2>/dev/null; RADVD_PID= KEA_PID=
+    ip netns exec "$SBX_SERVER_NS" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface="$SBX_SERVER_IF" \
+        --enable-ra --ra-param="$SBX_SERVER_IF",4 --dhcp-range="$PREFIX::2:0,$PREFIX::2:ffff,64,300" \
+        --dhcp-option="option6:dns-server,[$ROUTER]" --dhcp-option="option6:domain-search,dq.example" \
+        --dhcp-leasefile="$DNSMASQ_LEASES" --pid-file=/run/dnsmasq6.pid --log-dhcp >/run/dnsmasq6.log 2>&1 &
+    DNSMASQ_PID=$!
+    sleep 0.3
+    kill -0 "$DNSMASQ_PID" || { cat /run/dnsmasq6.log; return 1; }
+}
+# dnsmasq_has ADDR: dnsmasq's lease file lists ADDR.
+dnsmasq_has() { [[ -f $DNSMASQ_LEASES ]] && [[ -n $(awk -v a="$1" '$3 == a' "$DNSMASQ_LEASES") ]]; }
+has_dq_lease() { [[ -n $(status_of 10 | jq -r --arg p "$PREFIX::2:" '.addresses6_detail[] | select(.origin == "dhcpv6" and (.address | startswith($p))) | .address') ]]; }
+
+dnsmasq_leases_and_releases() {
+    kill_daemon
+    start_v6_daemon || return 1
+    "$SESSIOND" start --session 10 >/dev/null || return 1
+    wait_for 15 has_dq_lease || { echo "no DHCPv6 address from dnsmasq"; status_of 10; tail -20 /run/dnsmasq6.log; return 1; }
+    local a; a=$(status_of 10 | jq -r --arg p "$PREFIX::2:" '.addresses6_detail[] | select(.origin == "dhcpv6" and (.address | startswith($p))) | .address')
+    echo "session 10: $a"; cat "$DNSMASQ_LEASES"
+    wait_for 3 dnsmasq_has "${a%/*}" || { echo "dnsmasq does not list ${a%/*}"; return 1; }
+    local r; r=$(cat /etc/netns/sessiond-10/resolv.conf); echo "$r"
+    grep -qx "nameserver $ROUTER" <<<"$r" && grep -qE "^search (.* )?dq\\.example( |$)" <<<"$r" || { echo "no IPv6 DNS from dnsmasq"; return 1; }
+    ping6 10 "$ROUTER" || return 1
+    "$SESSIOND" stop --session 10 >/dev/null || return 1
+    wait_for 5 bash -c "! awk -v a='${a%/*}' '\$3 == a { f = 1 } END { exit !f }' '$DNSMASQ_LEASES'" || { echo "dnsmasq still lists ${a%/*} after the Release"; cat "$DNSMASQ_LEASES"; return 1; }
+}
+
 t0=$(date +%s)
 check "radvd advertises $PREFIX::/64 in the server namespace" start_radvd
 check "daemon starts" start_v6_daemon
@@ -361,9 +398,12 @@ check "kea: renewal at T1 extends the lease (Kea's expiry moves)" renews_at_t1
 check "kea: kill -9 and a new daemon: the persisted lease is rebound, same address" dhcp6_survives_daemon_kill
 check "kea: stop sends Release, visible in Kea's lease DB" release_shows_in_kea
 check "ipv6 = off: no address and no DHCPv6 although the RA sets M" off_sends_no_dhcpv6
+check "dnsmasq sends the RAs (M) and leases by DHCPv6" start_dnsmasq6
+check "dnsmasq: a lease, its DNS in resolv.conf, reachability; the Release leaves dnsmasq's lease file" dnsmasq_leases_and_releases
 "$SESSIOND" stop --all >/dev/null 2>&1
 kill_daemon
 [[ -n $RADVD_PID ]] && kill "$RADVD_PID" 2>/dev/null
 [[ -n $KEA_PID ]] && kill "$KEA_PID" 2>/dev/null
+[[ -n $DNSMASQ_PID ]] && kill "$DNSMASQ_PID" 2>/dev/null
 info "took $(($(date +%s) - t0)) s"
 finish
