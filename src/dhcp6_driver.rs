@@ -127,6 +127,11 @@ impl Dhcp6Sessions {
         self.tasks.lock().unwrap().remove(&sid);
     }
 
+    /// Whether the session has a task (it may have ended: nothing asked for DHCPv6).
+    pub fn has(&self, sid: Sid) -> bool {
+        self.tasks.lock().unwrap().contains_key(&sid)
+    }
+
     pub fn view(&self, sid: Sid) -> Option<Dhcp6View> {
         self.tasks.lock().unwrap().get(&sid).map(|t| t.view.borrow().clone())
     }

@@ -620,6 +620,23 @@ impl<P: Platform> Manager<P> {
     /// After recovery, while the daemon already serves: defends the addresses of the static
     /// sessions it adopted (an ARP socket each, made in their namespaces one after the other;
     /// recovery itself does not wait for them).
+    /// Gives every re-adopted session its DHCPv6 task (a persisted lease is Rebound), after
+    /// the daemon answers: made one at a time here, they would hold up recovery (a socket and
+    /// a netlink connection made in each namespace).
+    pub async fn start_ipv6_adopted(self: Arc<Self>) {
+        let sids: Vec<Sid> = self.table.lock().unwrap().sessions().filter(|s| s.record.state == SessionState::Up).map(|s| s.record.session).collect();
+        for sid in sids {
+            let lock = self.sid_lock(sid);
+            let _held = lock.lock().await;
+            let id = self.table.lock().unwrap().session(sid).filter(|s| s.record.state == SessionState::Up).map(|s| s.identity.clone());
+            if let Some(id) = id
+                && !self.dhcp6.has(sid)
+            {
+                self.dhcp6.start(&self.platform, &id).instrument(info_span!("adopt", sid = %sid)).await;
+            }
+        }
+    }
+
     pub async fn defend_adopted(self: Arc<Self>) {
         if self.settings.acd_probe_ms == 0 {
             return;
@@ -1274,7 +1291,7 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&rec.netns);
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
-        self.dhcp6.start(&self.platform, &identity).await;
+        // Its DHCPv6 task starts once the daemon serves (`start_ipv6_adopted`).
         // A static session's defence is set up once the daemon serves (`defend_adopted`).
         self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false });
         report.adopted.push(sid);
