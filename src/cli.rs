@@ -332,6 +332,14 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             holders_summary(r, now),
             r.programs.as_ref().map_or_else(|| lease_summary(r, now), programs_summary)
         );
+        // IPv6 on lines of its own under the session's: "ipv6 slaac", then one per address.
+        if let Some(state) = r.ipv6 {
+            let dhcp6 = r.dhcp6_state.map(|s| format!(", DHCPv6 {s}")).unwrap_or_default();
+            let _ = writeln!(out, "{:<8} ipv6 {state}{dhcp6}", "");
+            for a in &r.addresses6_detail {
+                let _ = writeln!(out, "{:<8}   {}", "", crate::ipv6::describe(a));
+            }
+        }
     }
     out
 }

@@ -6,7 +6,9 @@ use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
 /// Shared with the clients (the session record names them; they find the socket by them).
-pub use sessiond_client::{Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, LinkKind, LoopbackReach, Mode, SOCKET_ENV, Virtualize};
+pub use sessiond_client::{
+    Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, Mode, SOCKET_ENV, Virtualize, WaitFor,
+};
 
 use crate::programs::ProgramName;
 
@@ -111,6 +113,17 @@ pub struct RawSettings {
     /// address; needs --addressing static) or both (comma-separated; default loopback)
     #[arg(long, value_delimiter = ',', value_parser = one_of::<Virtualize>(Virtualize::NAMES))]
     pub virtualize: Option<Vec<Virtualize>>,
+    /// How sessions get IPv6 addresses (default auto: the router advertisement decides; off:
+    /// no IPv6 on the session's uplink)
+    #[arg(long, value_parser = one_of::<Ipv6Mode>(Ipv6Mode::NAMES))]
+    pub ipv6: Option<Ipv6Mode>,
+    /// Also form RFC 8981 temporary IPv6 addresses (and prefer them for outgoing connections)
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub ipv6_privacy: Option<bool>,
+    /// What start waits for before it answers: ipv4 (default: IPv6 completes in the
+    /// background), ipv6 or both (also a usable global IPv6 address, within the DHCP timeout)
+    #[arg(long, value_parser = one_of::<WaitFor>(WaitFor::NAMES))]
+    pub wait_for: Option<WaitFor>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -154,6 +167,8 @@ pub enum ConfigError {
     NothingToVirtualize,
     #[error("virtualize = address needs addressing = \"static\" (a pool) for now: programs mode has no DHCP yet")]
     AddressNeedsStatic,
+    #[error("wait_for = \"{0}\" waits for an IPv6 address, but ipv6 = \"off\" gives none")]
+    WaitForIpv6Off(WaitFor),
 }
 
 impl ConfigError {
@@ -202,6 +217,9 @@ impl RawSettings {
             mode: self.mode.or(under.mode),
             programs: self.programs.or(under.programs),
             virtualize: self.virtualize.or(under.virtualize),
+            ipv6: self.ipv6.or(under.ipv6),
+            ipv6_privacy: self.ipv6_privacy.or(under.ipv6_privacy),
+            wait_for: self.wait_for.or(under.wait_for),
         }
     }
 }
@@ -234,6 +252,10 @@ pub struct Settings {
     pub programs: Vec<ProgramName>,
     /// What programs mode virtualizes, sorted, each once (never empty).
     pub virtualize: Vec<Virtualize>,
+    pub ipv6: Ipv6Mode,
+    /// RFC 8981 temporary addresses beside the stable one.
+    pub ipv6_privacy: bool,
+    pub wait_for: WaitFor,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -278,6 +300,9 @@ impl Settings {
             mode,
             programs,
             virtualize,
+            ipv6,
+            ipv6_privacy,
+            wait_for,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -315,6 +340,11 @@ impl Settings {
         let dhcp_min_lease_secs = dhcp_min_lease_secs.unwrap_or(crate::dhcp::DEFAULT_MIN_LEASE_SECS);
         if !MIN_LEASE_RANGE.contains(&dhcp_min_lease_secs) {
             return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
+        }
+        let ipv6 = ipv6.unwrap_or(Ipv6Mode::Auto);
+        let wait_for = wait_for.unwrap_or(WaitFor::Ipv4);
+        if wait_for != WaitFor::Ipv4 && ipv6 == Ipv6Mode::Off {
+            return Err(ConfigError::WaitForIpv6Off(wait_for));
         }
         let acd_probe_ms = acd_probe_ms.unwrap_or(DEFAULT_ACD_PROBE_MS);
         if acd_probe_ms > crate::acd::RFC_PROBE_MS {
@@ -355,6 +385,9 @@ impl Settings {
             mode: mode.unwrap_or(Mode::Namespace),
             programs,
             virtualize,
+            ipv6,
+            ipv6_privacy: ipv6_privacy.unwrap_or(false),
+            wait_for,
         })
     }
 }
@@ -510,6 +543,33 @@ state_dir = "/tmp/state"
             ..base()
         };
         assert_eq!(Settings::merge(st, RawSettings::default()).unwrap().virtualize, [Virtualize::Address, Virtualize::Loopback]);
+    }
+
+    #[test]
+    fn ipv6_defaults_to_auto_without_privacy_and_takes_its_names() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        let s = Settings::merge(base(), RawSettings::default()).unwrap();
+        assert_eq!((s.ipv6, s.ipv6_privacy), (Ipv6Mode::Auto, false));
+        let f = parse("ipv6 = \"off\"\nipv6_privacy = true\n").unwrap();
+        let s = Settings::merge(base(), f.clone()).unwrap();
+        assert_eq!((s.ipv6, s.ipv6_privacy), (Ipv6Mode::Off, true));
+        let flags = RawSettings { ipv6: Some(Ipv6Mode::Slaac), ..base() };
+        assert_eq!(Settings::merge(flags, f).unwrap().ipv6, Ipv6Mode::Slaac, "the flag wins");
+        let e = parse("ipv6 = \"on\"\n").unwrap_err().to_string();
+        assert!(e.contains("on") && e.contains("test.toml"), "{e}");
+        assert!(parse("ipv6_privacy = \"yes\"\n").is_err());
+    }
+
+    #[test]
+    fn wait_for_defaults_to_ipv4_and_ipv6_needs_ipv6_on() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().wait_for, WaitFor::Ipv4);
+        let f = parse("wait_for = \"both\"\n").unwrap();
+        assert_eq!(Settings::merge(base(), f.clone()).unwrap().wait_for, WaitFor::Both);
+        let off = RawSettings { ipv6: Some(Ipv6Mode::Off), ..base() };
+        let e = Settings::merge(off, f).unwrap_err();
+        assert!(matches!(e, ConfigError::WaitForIpv6Off(WaitFor::Both)) && e.to_string().contains("ipv6 = \"off\""), "{e}");
+        assert!(parse("wait_for = \"ipv5\"\n").unwrap_err().to_string().contains("ipv5"));
     }
 
     #[test]

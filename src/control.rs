@@ -215,7 +215,7 @@ pub async fn handle<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32) -> Re
 async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Option<&UnixStream>) -> Response {
     if uid != 0 {
         return match req {
-            Request::Status { session } => match mgr.status(session) {
+            Request::Status { session } => match mgr.status_live(session).await {
                 Ok(list) => {
                     let viewer = crate::events::Viewer::from_uid(uid);
                     let mine: Vec<_> = list.into_iter().filter(|r| viewer.may_see(r.owner_uid)).collect();
@@ -248,7 +248,7 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
                 Err(e) => from_manager(e),
             }
         }
-        Request::Status { session } => match mgr.status(session) {
+        Request::Status { session } => match mgr.status_live(session).await {
             Ok(sessions) => Response::Sessions { sessions },
             Err(e) => from_manager(e),
         },

@@ -103,6 +103,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     }
     tokio::spawn(mgr.clone().watch_conflicts());
     tokio::spawn(mgr.clone().defend_adopted());
+    tokio::spawn(mgr.clone().start_ipv6_adopted());
     match mgr.settings().loopback_reach {
         crate::config::LoopbackReach::None => {}
         reach => drop(tokio::spawn(crate::bridge::run(mgr.clone(), reach))),

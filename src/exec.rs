@@ -86,6 +86,9 @@ pub fn session_vars(rec: &SessionRecord) -> Vec<(&'static str, String)> {
     if let Some(a) = rec.address {
         v.push(("SESSIOND_ADDRESS", a.addr().to_string()));
     }
+    if let Some(a) = rec.address6() {
+        v.push(("SESSIOND_ADDRESS6", a.to_string()));
+    }
     v
 }
 

@@ -220,6 +220,18 @@ impl NetOps for FakeNet {
         let w = self.world.lock().unwrap();
         Ok(w.objects.iter().filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()).collect())
     }
+    async fn addrs6(&self, _name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
+        Ok(Vec::new()) // no router advertises on the fake LAN
+    }
+    async fn add_addr6(&self, name: &str, addr: std::net::Ipv6Addr, life: Lifetimes) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("addr add {addr}/128 dev {name} valid {} preferred {}", life.valid_secs, life.preferred_secs)), |_| Ok(()))
+    }
+    async fn del_addr6(&self, name: &str, addr: std::net::Ipv6Addr) -> Result<(), NetError> {
+        op(&self.world, self.line(format!("addr del {addr}/128 dev {name}")), |_| Ok(()))
+    }
+    async fn ra_flags(&self, _name: &str) -> Result<Option<crate::netlink::RaFlags>, NetError> {
+        Ok(None)
+    }
     async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
         op(&self.world, self.line(format!("route {dest}{via} dev {name}")), |_| Ok(()))
@@ -415,6 +427,9 @@ impl Platform for FakePlatform {
     async fn dhcp_socket(&self, netns: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
     }
+    async fn dhcp6_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+        Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
+    }
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
         op(&self.world, format!("{netns}: sysctl {key}={value}"), |_| Ok(()))
     }
@@ -424,6 +439,10 @@ impl Platform for FakePlatform {
     fn file_writer(&self) -> crate::platform::FileWriter {
         let p = self.clone();
         std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| p.write_netns_file(netns, file, contents))
+    }
+    fn ipv6_names_writer(&self) -> crate::platform::Ipv6NamesWriter {
+        let p = self.clone();
+        std::sync::Arc::new(move |netns: &str, names: crate::files::Ipv6Names| op(&p.world, format!("ipv6 names {netns}: {names:?}"), |_| Ok(())))
     }
     fn list_netns_files(&self) -> Vec<String> {
         self.world.lock().unwrap().objects.iter().filter_map(|o| o.strip_prefix("files:").map(String::from)).collect()

@@ -99,6 +99,8 @@ pub enum StartError {
     PersistentConflict { count: u32, last: std::net::Ipv4Addr, by: String },
     #[error(transparent)]
     Programs(crate::programs::ProgramsStepError),
+    #[error("no usable global IPv6 address within {secs} s (wait_for = \"{wait_for}\"; is there an IPv6 router on the uplink?)")]
+    NoIpv6 { secs: u64, wait_for: crate::config::WaitFor },
 }
 
 fn other_owner(sid: Sid, owner: Option<u32>, wanted: Option<u32>) -> String {
@@ -122,6 +124,7 @@ impl StartError {
             StartError::Dhcp(_) => "lease an address by DHCP",
             StartError::Probe(_) | StartError::AddressConflict { .. } | StartError::PersistentConflict { .. } => "probe the address (RFC 5227)",
             StartError::Programs(e) => e.step,
+            StartError::NoIpv6 { .. } => "get an IPv6 address",
         }
     }
 }
@@ -300,6 +303,8 @@ pub struct Manager<P: Platform> {
     lost_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Lost>>>,
     /// How many sessions are up, for whoever reports it (the daemon's STATUS= to systemd).
     sessions_up: tokio::sync::watch::Sender<usize>,
+    /// The sessions' DHCPv6 tasks (IPv6 completes beside `start`, never holding it up).
+    dhcp6: crate::dhcp6_driver::Dhcp6Sessions,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -322,6 +327,7 @@ impl<P: Platform> Manager<P> {
             lost_tx,
             lost_rx: Mutex::new(Some(lost_rx)),
             dhcp: Dhcp::new(&settings, state.clone(), hostname.clone(), events.clone(), metrics.clone()),
+            dhcp6: crate::dhcp6_driver::Dhcp6Sessions::new(settings.ipv6, &machine_id, settings.dhcp_min_lease_secs, state.clone()),
             platform,
             settings,
             state,
@@ -529,9 +535,21 @@ impl<P: Platform> Manager<P> {
                 }
             },
         };
+        self.dhcp6.start(&self.platform, &identity).await;
+        if self.settings.wait_for != crate::config::WaitFor::Ipv4
+            && let Err(e) = self.wait_for_ipv6(&identity.netns).await
+        {
+            self.dhcp6.release(sid).await;
+            if let Some(l) = lease {
+                l.release(true).await;
+            }
+            self.abandon(sid, &plan.teardown_spec()).await;
+            return Err(not_started(e));
+        }
         let mut up = rec;
         up.state = SessionState::Up;
         if let Err(e) = self.state.save(&up) {
+            self.dhcp6.release(sid).await;
             if let Some(l) = lease {
                 l.release(true).await;
             }
@@ -635,6 +653,23 @@ impl<P: Platform> Manager<P> {
     /// After recovery, while the daemon already serves: defends the addresses of the static
     /// sessions it adopted (an ARP socket each, made in their namespaces one after the other;
     /// recovery itself does not wait for them).
+    /// Gives every re-adopted session its DHCPv6 task (a persisted lease is Rebound), after
+    /// the daemon answers: made one at a time here, they would hold up recovery (a socket and
+    /// a netlink connection made in each namespace).
+    pub async fn start_ipv6_adopted(self: Arc<Self>) {
+        let sids: Vec<Sid> = self.table.lock().unwrap().sessions().filter(|s| s.record.state == SessionState::Up).map(|s| s.record.session).collect();
+        for sid in sids {
+            let lock = self.sid_lock(sid);
+            let _held = lock.lock().await;
+            let id = self.table.lock().unwrap().session(sid).filter(|s| s.record.state == SessionState::Up).map(|s| s.identity.clone());
+            if let Some(id) = id
+                && !self.dhcp6.has(sid)
+            {
+                self.dhcp6.start(&self.platform, &id).instrument(info_span!("adopt", sid = %sid)).await;
+            }
+        }
+    }
+
     pub async fn defend_adopted(self: Arc<Self>) {
         if self.settings.acd_probe_ms == 0 {
             return;
@@ -769,6 +804,10 @@ impl<P: Platform> Manager<P> {
             lease: None,
             fault: None,
             holding: holder.map(|h| Holding { holders: vec![h], unheld_since: None }),
+            ipv6: None,
+            addresses6: vec![],
+            addresses6_detail: vec![],
+            dhcp6_state: None,
             programs: None,
         };
         let session = Session {
@@ -821,6 +860,7 @@ impl<P: Platform> Manager<P> {
             gateway: rec.gateway,
             resolv_conf: crate::files::resolv_conf(&rec.dns, None, &[]),
             hosts: crate::files::hosts(&self.hostname, addr, rec.loopback),
+            ipv6_sysctls: crate::ipv6::sysctls(self.settings.ipv6, self.settings.ipv6_privacy, id.stable_secret, crate::ipv6::kernel_has_optimistic_dad()),
         }
     }
 
@@ -907,6 +947,7 @@ impl<P: Platform> Manager<P> {
         }
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
+        self.dhcp6.release(sid).await;
         if let Some(l) = lease {
             // DHCPRELEASE from the bound address, before anything goes. The address itself goes
             // with the namespace when the kernel frees the interface.
@@ -953,6 +994,61 @@ impl<P: Platform> Manager<P> {
         match sid {
             Some(sid) => t.session(sid).filter(up).map(|s| vec![s.view()]).ok_or(ManagerError::NotFound(sid)),
             None => Ok(t.sessions().filter(up).map(Session::view).collect()),
+        }
+    }
+
+    /// `status`, with each session's IPv6 state and addresses read live from its namespace
+    /// (a session whose namespace cannot be read shows none, and the reason is logged).
+    pub async fn status_live(&self, sid: Option<Sid>) -> Result<Vec<SessionRecord>, ManagerError> {
+        let mut records = self.status(sid)?;
+        self.fill_ipv6(&mut records).await;
+        Ok(records)
+    }
+
+    /// `wait_for` ipv6/both: waits (within the DHCP timeout) until the session's uplink has a
+    /// usable global IPv6 address, SLAAC or DHCPv6.
+    async fn wait_for_ipv6(&self, netns: &str) -> Result<(), StartError> {
+        let secs = self.settings.dhcp_timeout_secs;
+        let no_ipv6 = || StartError::NoIpv6 { secs, wait_for: self.settings.wait_for };
+        let inside = self.platform.inside(netns).await.map_err(|_| no_ipv6())?;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Ok((crate::config::Ipv6State::Slaac | crate::config::Ipv6State::Dhcpv6, _)) =
+                crate::ipv6::read(&inside, SESSION_IF, self.settings.ipv6).await
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(no_ipv6());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sets the records' IPv6 facts, read from their namespaces.
+    async fn fill_ipv6(&self, records: &mut [SessionRecord]) {
+        let mode = self.settings.ipv6;
+        // A programs-mode session has no namespace: its IPv6 is the host's.
+        let reads = futures::future::join_all(records.iter().map(|r| async move {
+            if r.mode() == crate::config::Mode::Programs {
+                return None;
+            }
+            let inside = match self.platform.inside(&r.netns).await {
+                Ok(inside) => inside,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(crate::ipv6::read(&inside, SESSION_IF, mode).await)
+        }))
+        .await;
+        for (r, read) in records.iter_mut().zip(reads) {
+            let Some(read) = read else { continue };
+            match read {
+                Ok((state, addresses)) => {
+                    r.set_ipv6(state, addresses);
+                    r.dhcp6_state = self.dhcp6.view(r.session).and_then(|v| v.state);
+                }
+                Err(e) => tracing::debug!(sid = %r.session, "reading IPv6 addresses: {e}"),
+            }
         }
     }
 
@@ -1254,6 +1350,7 @@ impl<P: Platform> Manager<P> {
         let netns = self.platform.hold_netns(&rec.netns);
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
+        // Its DHCPv6 task starts once the daemon serves (`start_ipv6_adopted`).
         // A static session's defence is set up once the daemon serves (`defend_adopted`).
         self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns, watches, defence: None, claiming: false, hooks: None });
         report.adopted.push(sid);

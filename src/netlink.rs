@@ -2,10 +2,10 @@
 //! namespace, each operation one netlink request. Deleting something absent and adding
 //! something present are not errors, so every create and teardown step is idempotent.
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::{AddressAttribute, AddressScope, CacheInfo};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkFlags, MacVlanMode};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
@@ -55,6 +55,37 @@ pub struct Neighbour {
     pub pinned: bool,
 }
 
+/// An IPv6 address of a link, as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr6 {
+    pub net: Ipv6Net,
+    /// Made by the kernel from a router advertisement's prefix (IFA_PROTO kernel_ra).
+    pub from_ra: bool,
+    /// An RFC 8981 temporary address (IFA_F_TEMPORARY).
+    pub temporary: bool,
+    /// Duplicate address detection is running and the address is not optimistic: not usable yet.
+    pub tentative: bool,
+    pub dad_failed: bool,
+    /// Put there by sessiond's DHCPv6 client (IFA_PROTO `DHCPV6_PROTO`).
+    pub from_dhcpv6: bool,
+    /// Seconds left; None: forever.
+    pub valid_secs: Option<u32>,
+    pub preferred_secs: Option<u32>,
+}
+
+/// The IFA_PROTO sessiond marks its DHCPv6 addresses with (RTPROT_DHCP's number): `status`
+/// tells them from the kernel's SLAAC ones by it, with no other record.
+pub const DHCPV6_PROTO: u8 = 16;
+
+/// What the last router advertisement on a link said about DHCPv6 (RFC 4861 M and O flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RaFlags {
+    /// M: addresses come from DHCPv6.
+    pub managed: bool,
+    /// O: other configuration (DNS) comes from DHCPv6.
+    pub other: bool,
+}
+
 /// Link operations in one network namespace.
 pub trait NetOps: Send + Sync {
     fn link_index(&self, name: &str) -> impl Future<Output = Result<Option<u32>, NetError>> + Send;
@@ -71,6 +102,13 @@ pub trait NetOps: Send + Sync {
     fn add_addr(&self, name: &str, addr: Ipv4Net, host_scope: bool, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_addr(&self, name: &str, addr: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
     fn addrs(&self, name: &str) -> impl Future<Output = Result<Vec<Ipv4Net>, NetError>> + Send;
+    /// `name`'s IPv6 addresses (none when IPv6 is off on it).
+    fn addrs6(&self, name: &str) -> impl Future<Output = Result<Vec<Addr6>, NetError>> + Send;
+    /// Adds (or refreshes) `addr`/128 on `name`, marked as sessiond's DHCPv6 address.
+    fn add_addr6(&self, name: &str, addr: Ipv6Addr, life: Lifetimes) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn del_addr6(&self, name: &str, addr: Ipv6Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The M and O flags of the last router advertisement `name` received; None before any.
+    fn ra_flags(&self, name: &str) -> impl Future<Output = Result<Option<RaFlags>, NetError>> + Send;
     /// `gateway` None: an on-link route. Replaces an existing route to `dest`.
     fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
     fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
@@ -360,6 +398,100 @@ impl NetOps for RtNet {
             }
         }
         Ok(out)
+    }
+
+    async fn addrs6(&self, name: &str) -> Result<Vec<Addr6>, NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::address::{AddressFlags, AddressProtocol};
+        const FOREVER: u32 = u32::MAX;
+        let idx = self.index_or_err(name).await?;
+        let mut out = Vec::new();
+        let mut req = self.handle.address().get().set_link_index_filter(idx);
+        req.message_mut().header.family = AddressFamily::Inet6;
+        let mut s = req.execute();
+        while let Some(m) = s.try_next().await.map_err(nl(format!("list IPv6 addresses of {name}")))? {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(net) = ip.and_then(|ip: Ipv6Addr| Ipv6Net::new(ip, m.header.prefix_len).ok()) else { continue };
+            // The 32-bit IFA_FLAGS, when present, supersedes the header's 8 bits.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| if let AddressAttribute::Flags(f) = a { Some(f.bits()) } else { None })
+                .unwrap_or(u32::from(m.header.flags.bits()));
+            let has = |f: AddressFlags| flags & f.bits() != 0;
+            let cache = m.attributes.iter().find_map(|a| if let AddressAttribute::CacheInfo(c) = a { Some(*c) } else { None });
+            let life = |secs: u32| (secs != FOREVER).then_some(secs);
+            out.push(Addr6 {
+                net,
+                from_ra: m.attributes.iter().any(|a| matches!(a, AddressAttribute::Protocol(AddressProtocol::RouterAnnouncement))),
+                // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit, named for IPv6.
+                temporary: has(AddressFlags::Secondary),
+                tentative: has(AddressFlags::Tentative) && !has(AddressFlags::Optimistic),
+                dad_failed: has(AddressFlags::Dadfailed),
+                from_dhcpv6: m.attributes.iter().any(|a| matches!(a, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == DHCPV6_PROTO)),
+                valid_secs: cache.and_then(|c| life(c.ifa_valid)),
+                preferred_secs: cache.and_then(|c| life(c.ifa_preferred)),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn add_addr6(&self, name: &str, addr: Ipv6Addr, life: Lifetimes) -> Result<(), NetError> {
+        use netlink_packet_route::address::AddressProtocol;
+        // (a refresh with the same flags keeps the address as it is)
+        self.with_index(name, |idx| async move {
+            let mut req = self.handle.address().add(idx, IpAddr::V6(addr), 128).replace();
+            let mut ci = CacheInfo::default();
+            ci.ifa_preferred = life.preferred_secs;
+            ci.ifa_valid = life.valid_secs;
+            req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
+            req.message_mut().attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(DHCPV6_PROTO)));
+            // Usable during its DAD (RFC 4429) where the namespace has optimistic DAD on.
+            req.message_mut().attributes.push(AddressAttribute::Flags(netlink_packet_route::address::AddressFlags::Optimistic));
+            req.execute().await.map_err(nl(format!("add address {addr}/128 to {name}")))
+        })
+        .await
+    }
+
+    async fn del_addr6(&self, name: &str, addr: Ipv6Addr) -> Result<(), NetError> {
+        use netlink_packet_route::AddressFamily;
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let mut req = self.handle.address().get().set_link_index_filter(idx);
+        req.message_mut().header.family = AddressFamily::Inet6;
+        let mut s = req.execute();
+        while let Some(m) = s.try_next().await.map_err(nl(format!("list IPv6 addresses of {name}")))? {
+            if m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V6(a)) if *a == addr)) {
+                return match self.handle.address().del(m).execute().await {
+                    Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => Ok(()),
+                    r => r.map_err(nl(format!("delete address {addr} from {name}"))),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    async fn ra_flags(&self, name: &str) -> Result<Option<RaFlags>, NetError> {
+        use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, Inet6IfaceFlags, LinkAttribute};
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let link = match s.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(NetError::NoSuchLink(name.to_string())),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => return Err(NetError::NoSuchLink(name.to_string())),
+            Err(e) => return Err(nl(format!("look up link {name}"))(e)),
+        };
+        let flags = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+                AfSpecUnspec::Inet6(v) => v.iter().find_map(|i| if let AfSpecInet6::Flags(f) = i { Some(*f) } else { None }),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(flags
+            .filter(|f| f.contains(Inet6IfaceFlags::RaRcvd))
+            .map(|f| RaFlags { managed: f.contains(Inet6IfaceFlags::RaManaged), other: f.contains(Inet6IfaceFlags::Otherconf) }))
     }
 
     async fn add_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {

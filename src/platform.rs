@@ -27,6 +27,8 @@ pub trait Platform: Send + Sync + 'static {
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError>;
     /// The DHCP client socket inside the session namespace (port 68 on its interface).
     fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
+    /// The DHCPv6 client socket inside the session namespace ([::]:546 on its interface).
+    fn dhcp6_socket(&self, netns: &str) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// The session's ARP socket (address conflict detection), on its interface, made inside the
     /// namespace; it receives nothing until `ArpIo::watch`.
     fn arp_socket(&self, netns: &str) -> impl Future<Output = Result<Self::Arp, NetError>> + Send;
@@ -36,6 +38,9 @@ pub trait Platform: Send + Sync + 'static {
     fn uplink_arp_socket(&self, uplink: &str) -> impl Future<Output = Result<(Self::Arp, [u8; 6]), NetError>> + Send;
     /// A writer for /etc/netns files that the DHCP task can keep.
     fn file_writer(&self) -> FileWriter;
+    /// What the DHCPv6 tasks use to merge their DNS, search list and address into the
+    /// session's files (`files::MergedFiles`).
+    fn ipv6_names_writer(&self) -> Ipv6NamesWriter;
     /// Sets /proc/sys/KEY inside the namespace.
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError>;
     /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
@@ -56,6 +61,8 @@ pub trait ArpIo: Send + Sync + 'static {
 }
 
 pub type FileWriter = std::sync::Arc<dyn Fn(&str, &str, &str) -> Result<(), NetError> + Send + Sync>;
+/// (netns, what IPv6 adds to its files).
+pub type Ipv6NamesWriter = std::sync::Arc<dyn Fn(&str, crate::files::Ipv6Names) -> Result<(), NetError> + Send + Sync>;
 
 /// Writes /etc/netns/NETNS/FILE atomically. The folder is made under `run_dir` (tmpfs) and
 /// reached through a symlink /etc/netns/NETNS, which `ip netns exec` and bind mounts follow;
@@ -114,6 +121,8 @@ pub struct LinuxPlatform {
     host: RtNet,
     etc_netns: PathBuf,
     run_dir: PathBuf,
+    /// Every write of a session's resolv.conf and hosts goes through it (IPv4 and IPv6 parts).
+    merged: std::sync::Arc<std::sync::Mutex<crate::files::MergedFiles>>,
 }
 
 impl LinuxPlatform {
@@ -123,6 +132,7 @@ impl LinuxPlatform {
             host: RtNet::connect_here()?,
             etc_netns: PathBuf::from(crate::files::ETC_NETNS),
             run_dir: PathBuf::from(crate::files::RUN_NETNS_ETC),
+            merged: Default::default(),
         })
     }
 }
@@ -183,11 +193,16 @@ impl Platform for LinuxPlatform {
     }
 
     fn write_netns_file(&self, netns: &str, file: &str, contents: &str) -> Result<(), NetError> {
-        write_netns_file_in(&self.etc_netns, &self.run_dir, netns, file, contents)
+        let contents = self.merged.lock().unwrap().write_v4(netns, file, contents);
+        write_netns_file_in(&self.etc_netns, &self.run_dir, netns, file, &contents)
     }
 
     async fn dhcp_socket(&self, netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
         dhcp_client_socket(netns, mac).await
+    }
+
+    async fn dhcp6_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+        dhcp6_client_socket(netns).await
     }
 
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
@@ -203,8 +218,19 @@ impl Platform for LinuxPlatform {
     }
 
     fn file_writer(&self) -> FileWriter {
-        let (etc, run) = (self.etc_netns.clone(), self.run_dir.clone());
-        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| write_netns_file_in(&etc, &run, netns, file, contents))
+        let (etc, run, merged) = (self.etc_netns.clone(), self.run_dir.clone(), self.merged.clone());
+        std::sync::Arc::new(move |netns: &str, file: &str, contents: &str| {
+            let contents = merged.lock().unwrap().write_v4(netns, file, contents);
+            write_netns_file_in(&etc, &run, netns, file, &contents)
+        })
+    }
+
+    fn ipv6_names_writer(&self) -> Ipv6NamesWriter {
+        let (etc, run, merged) = (self.etc_netns.clone(), self.run_dir.clone(), self.merged.clone());
+        std::sync::Arc::new(move |netns: &str, names: crate::files::Ipv6Names| {
+            let rewrites = merged.lock().unwrap().set_v6(netns, names);
+            rewrites.iter().try_for_each(|(file, contents)| write_netns_file_in(&etc, &run, netns, file, contents))
+        })
     }
 
     fn list_netns_files(&self) -> Vec<String> {
@@ -212,6 +238,7 @@ impl Platform for LinuxPlatform {
     }
 
     fn remove_netns_files(&self, netns: &str) -> Result<(), NetError> {
+        self.merged.lock().unwrap().forget(netns);
         remove_netns_files_in(&self.etc_netns, &self.run_dir, netns)
     }
 }
@@ -236,6 +263,27 @@ async fn dhcp_client_socket(netns: &str, mac: [u8; 6]) -> Result<tokio::net::Udp
     .await?
     .map_err(io_err(format!("DHCP socket in {netns}")))?;
     tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+}
+
+/// Makes the DHCPv6 client socket inside `netns`: UDP [::]:546 bound to the session
+/// interface (servers answer to its link-local address). Made on a throwaway thread in the
+/// namespace; usable from any thread.
+async fn dhcp6_client_socket(netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let ns = crate::ns::open_netns(netns)?;
+    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(true)?;
+        s.set_reuse_address(true)?;
+        s.bind_device(Some(crate::session::SESSION_IF.as_bytes()))?;
+        s.bind(&SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 546, 0, 0).into())?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    })
+    .await?
+    .map_err(io_err(format!("DHCPv6 socket in {netns}")))?;
+    tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCPv6 socket".into()))
 }
 
 /// A classic BPF socket filter that keeps only BOOTREPLYs whose chaddr is this session's MAC.

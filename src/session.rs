@@ -27,6 +27,8 @@ pub struct SessionPlan {
     pub gateway: Option<Ipv4Addr>,
     pub resolv_conf: String,
     pub hosts: String,
+    /// Set in the new namespace before its uplink exists (`ipv6::sysctls`).
+    pub ipv6_sysctls: Vec<(&'static str, String)>,
 }
 
 /// What to remove; derivable from the sid alone so a crash leaves nothing untraceable.
@@ -94,7 +96,8 @@ pub async fn build<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, Ste
 
 async fn build_steps<P: Platform>(p: &P, plan: &SessionPlan) -> Result<P::Net, StepError> {
     let netns = plan.netns();
-    step("create network namespace", p.create_netns(&netns, &[PROMOTE_SECONDARIES]).await)?;
+    let sysctls: Vec<(&str, &str)> = std::iter::once(PROMOTE_SECONDARIES).chain(plan.ipv6_sysctls.iter().map(|(k, v)| (*k, v.as_str()))).collect();
+    step("create network namespace", p.create_netns(&netns, &sysctls).await)?;
     match plan.link {
         // Created directly inside the namespace: moving a link afterwards costs ~40x more.
         LinkKind::Macvlan => step("create macvlan", p.host().create_macvlan(&plan.uplink, SESSION_IF, plan.mac, &netns).await)?,
@@ -287,6 +290,7 @@ mod tests {
             gateway: Some("10.0.0.1".parse().unwrap()),
             resolv_conf: "nameserver 10.0.0.1\n".into(),
             hosts: "127.0.0.1 localhost\n".into(),
+            ipv6_sysctls: crate::ipv6::sysctls(crate::config::Ipv6Mode::Auto, false, "fd00::3".parse().unwrap(), false),
         }
     }
 
@@ -299,6 +303,11 @@ mod tests {
             vec![
                 "netns add sessiond-3",
                 "sessiond-3: sysctl net.ipv4.conf.all.promote_secondaries=1",
+                "sessiond-3: sysctl net.ipv6.conf.default.stable_secret=fd00::3",
+                "sessiond-3: sysctl net.ipv6.conf.default.addr_gen_mode=2",
+                "sessiond-3: sysctl net.ipv6.conf.default.accept_ra=1",
+                "sessiond-3: sysctl net.ipv6.conf.default.autoconf=1",
+                "sessiond-3: sysctl net.ipv6.conf.default.use_tempaddr=0",
                 "host: macvlan eth0 on br-lan mac 02:00:00:00:00:03 in sessiond-3",
                 "sessiond-3: up lo",
                 "sessiond-3: addr add 127.0.0.1/8 dev lo scope host",

@@ -327,6 +327,10 @@ pub(crate) fn sample_record(n: u64) -> SessionRecord {
         fault: None,
         holding: None,
         programs: None,
+        ipv6: None,
+        addresses6: vec![],
+        addresses6_detail: vec![],
+        dhcp6_state: None,
     }
 }
 

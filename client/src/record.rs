@@ -1,10 +1,10 @@
 //! One session as the daemon records it and the protocol carries it (`status --json`), and
 //! the names it carries: how the session is linked to the uplink and addressed, and its DHCP state.
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::holder::Holder;
@@ -112,6 +112,18 @@ named! {
 }
 
 named! {
+    /// How a session gets its IPv6 addresses (`ipv6` in the config, `--ipv6`).
+    pub enum Ipv6Mode {
+        /// The router advertisement decides (SLAAC from autonomous prefixes).
+        Auto = "auto",
+        Slaac = "slaac",
+        Dhcpv6 = "dhcpv6",
+        /// No IPv6 on the session's uplink (its loopback keeps ::1).
+        Off = "off",
+    }
+}
+
+named! {
     /// What programs mode gives the listed programs (either or both, as Windows allows).
     pub enum Virtualize {
         /// The session's own address for what they bind to 0.0.0.0 and connect from.
@@ -135,6 +147,81 @@ pub struct ProgramsInfo {
     /// Socket addresses the hooks rewrote so far (read when `status` asks).
     #[serde(default)]
     pub rewritten: u64,
+}
+
+named! {
+    /// What `start` waits for before it answers (`wait_for`).
+    pub enum WaitFor {
+        /// The IPv4 address (IPv6 completes in the background).
+        Ipv4 = "ipv4",
+        /// A usable global IPv6 address too (IPv4 is still required while every session has one).
+        Ipv6 = "ipv6",
+        Both = "both",
+    }
+}
+
+named! {
+    /// Where the session stands with IPv6, as `status` reads it from the namespace.
+    pub enum Ipv6State {
+        /// `ipv6 = "off"`: IPv6 is disabled on the uplink.
+        Off = "off",
+        /// No usable global address yet (no router advertisement, or DAD still running).
+        Waiting = "waiting",
+        /// A global address formed from a router advertisement's prefix.
+        Slaac = "slaac",
+        /// A global address leased by DHCPv6 (with or without SLAAC ones beside it).
+        Dhcpv6 = "dhcpv6",
+    }
+}
+
+named! {
+    /// A DHCPv6 client's state (RFC 8415 §18), shared by the daemon's sans-IO client
+    /// (`sessiond::dhcp6::State`) and `status`.
+    pub enum Dhcp6State {
+        Init = "init",
+        /// Solicit sent, collecting Advertises.
+        Soliciting = "soliciting",
+        Requesting = "requesting",
+        Bound = "bound",
+        Renewing = "renewing",
+        Rebinding = "rebinding",
+        /// Information-Request sent (stateless: DNS only).
+        Informing = "informing",
+        /// Stateless configuration received; refreshed after its refresh time.
+        Informed = "informed",
+        Releasing = "releasing",
+        Released = "released",
+    }
+}
+
+named! {
+    /// Where one IPv6 address on the session's uplink came from.
+    pub enum Address6Origin {
+        LinkLocal = "link-local",
+        /// Stable (RFC 7217) address from a router advertisement's prefix.
+        Slaac = "slaac",
+        /// RFC 8981 temporary address (`ipv6_privacy`).
+        Temporary = "temporary",
+        /// Leased by sessiond's DHCPv6 client.
+        Dhcpv6 = "dhcpv6",
+        /// Put there by hand (not by the kernel from an RA, nor by sessiond).
+        Other = "other",
+    }
+}
+
+/// One IPv6 address of the session's uplink with its origin and lifetimes (`status`'s text
+/// view shows them; `addresses6` lists the same addresses as plain strings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address6 {
+    pub address: Ipv6Net,
+    pub origin: Address6Origin,
+    /// Seconds left; None: forever.
+    pub valid_secs: Option<u32>,
+    /// Seconds left; None: forever.
+    pub preferred_secs: Option<u32>,
+    /// Duplicate address detection is still running: not usable yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tentative: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,11 +294,39 @@ pub struct SessionRecord {
     /// Programs mode's hooks; None: a namespace-mode session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub programs: Option<ProgramsInfo>,
+    /// The session's IPv6 state, read live from its namespace by `status` (None in the
+    /// persisted record and in records from before IPv6).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6State>,
+    /// The IPv6 addresses of the uplink, "addr/prefix", read live by `status`.
+    #[serde(default)]
+    pub addresses6: Vec<Ipv6Net>,
+    /// The same addresses with their origin and lifetimes.
+    #[serde(default)]
+    pub addresses6_detail: Vec<Address6>,
+    /// The session's DHCPv6 client's state, while one runs (the RA asked for DHCPv6, or
+    /// `ipv6 = "dhcpv6"`).
+    #[serde(default)]
+    pub dhcp6_state: Option<Dhcp6State>,
 }
 
 impl SessionRecord {
     pub fn mode(&self) -> Mode {
         if self.programs.is_some() { Mode::Programs } else { Mode::Namespace }
+    }
+
+    /// Sets the live IPv6 facts: `addresses6` and its detail come from the one list.
+    pub fn set_ipv6(&mut self, state: Ipv6State, addresses: Vec<Address6>) {
+        self.ipv6 = Some(state);
+        self.addresses6 = addresses.iter().map(|a| a.address).collect();
+        self.addresses6_detail = addresses;
+    }
+
+    /// The session's IPv6 address for `SESSIOND_ADDRESS6`: the DHCPv6 lease's, else the
+    /// stable SLAAC one (never a temporary or link-local one, nor one still in DAD).
+    pub fn address6(&self) -> Option<Ipv6Addr> {
+        let usable = |origin: Address6Origin| self.addresses6_detail.iter().find(|a| a.origin == origin && !a.tentative).map(|a| a.address.addr());
+        usable(Address6Origin::Dhcpv6).or_else(|| usable(Address6Origin::Slaac))
     }
 }
 
@@ -250,6 +365,26 @@ mod tests {
         for l in [looking, held] {
             assert_eq!(serde_json::from_str::<LeaseInfo>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
         }
+    }
+
+    #[test]
+    fn address6_prefers_the_lease_then_the_stable_slaac_address() {
+        let a = |address: &str, origin, tentative| Address6 { address: address.parse().unwrap(), origin, valid_secs: None, preferred_secs: None, tentative };
+        let mut r: SessionRecord = serde_json::from_str(
+            r#"{"session":1,"netns":"sessiond-1","interface":"eth0","mac":"02:00:00:00:00:01","address":null,"gateway":null,"dns":[],
+                "loopback":"127.0.0.2","addressing":"dhcp","state":"up","link":"macvlan","host_link":null,"owner_uid":null}"#,
+        )
+        .unwrap();
+        assert_eq!(r.address6(), None, "a record from before IPv6 has none");
+        r.set_ipv6(Ipv6State::Slaac, vec![a("fe80::1/64", Address6Origin::LinkLocal, false), a("2001:db8::9/64", Address6Origin::Temporary, false)]);
+        assert_eq!(r.address6(), None, "not a temporary or link-local one");
+        r.set_ipv6(Ipv6State::Slaac, vec![a("2001:db8::9/64", Address6Origin::Temporary, false), a("2001:db8::5/64", Address6Origin::Slaac, false)]);
+        assert_eq!(r.address6(), Some("2001:db8::5".parse().unwrap()));
+        assert_eq!(r.addresses6, vec!["2001:db8::9/64".parse::<Ipv6Net>().unwrap(), "2001:db8::5/64".parse().unwrap()], "one list, two views");
+        r.set_ipv6(Ipv6State::Dhcpv6, vec![a("2001:db8::5/64", Address6Origin::Slaac, false), a("2001:db8::1:7/128", Address6Origin::Dhcpv6, true)]);
+        assert_eq!(r.address6(), Some("2001:db8::5".parse().unwrap()), "a lease still in DAD is not used yet");
+        r.set_ipv6(Ipv6State::Dhcpv6, vec![a("2001:db8::5/64", Address6Origin::Slaac, false), a("2001:db8::1:7/128", Address6Origin::Dhcpv6, false)]);
+        assert_eq!(r.address6(), Some("2001:db8::1:7".parse().unwrap()));
     }
 
     #[test]

@@ -46,13 +46,13 @@ mod tests;
 pub type Millis = u64;
 
 pub use backoff::{INITIAL_RETRY_MS, JITTER_MS, MAX_RETRY_MS, MIN_LEASE_RETRY_MS};
-pub use client_id::client_identifier;
+pub use client_id::{client_identifier, duid};
 pub use decode::{MAX_PACKET, message_type};
 pub use encode::{MAX_MESSAGE_SIZE, PARAMETER_REQUEST_LIST};
 pub use lease::{DEFAULT_MIN_LEASE_SECS, INFINITE, Lease, MIN_PREFIX_LEN};
 pub use machine::{Action, Client, ClientConfig, DECLINE_WAIT_MS, Dest, Event, MAX_REBOOT_REQUESTS, MAX_SELECTING_REQUESTS, State};
 pub use reject::RejectReason;
-/// The machine's seeded PRNG, shared with `acd` (same sans-IO rule: randomness from a seed).
+/// The machine's seeded PRNG, shared with `acd` and `dhcp6` (same sans-IO rule: randomness from a seed).
 pub(crate) use rng::SplitMix64;
 
 #[cfg(test)]

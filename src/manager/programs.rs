@@ -77,6 +77,10 @@ impl<P: Platform> Manager<P> {
                     attached: Vec::new(),
                     rewritten: 0,
                 }),
+                ipv6: None,
+                addresses6: vec![],
+                addresses6_detail: vec![],
+                dhcp6_state: None,
             };
             t.insert(Session { record: record.clone(), identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false, hooks: None });
             (plan, record)

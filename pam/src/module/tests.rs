@@ -150,6 +150,10 @@ fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
         fault: None,
         holding: None,
         programs: None,
+        ipv6: None,
+        addresses6: vec![],
+        addresses6_detail: vec![],
+        dhcp6_state: None,
     }
 }
 

@@ -194,8 +194,10 @@ scenario_13b() {
 same_as_before() { # SID STATUS_JSON START_ARGS...: `start` returns the record status had
     local sid=$1 before=$2; shift 2
     local got want
-    got=$("$SESSIOND" start --session "$sid" "$@" --json | jq -c .) || return 1
-    want=$(jq -c ".[] | select(.session == $sid)" <<<"$before")
+    # (less the IPv6 facts status reads live from the namespace, which start does not)
+    local live='del(.ipv6, .addresses6, .addresses6_detail, .dhcp6_state)'
+    got=$("$SESSIOND" start --session "$sid" "$@" --json | jq -c "$live") || return 1
+    want=$(jq -c ".[] | select(.session == $sid) | $live" <<<"$before")
     echo "got  $got"; echo "want $want"
     [[ $got == "$want" ]]
 }
