@@ -103,10 +103,11 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     }
     tokio::spawn(mgr.clone().watch_conflicts());
     tokio::spawn(mgr.clone().defend_adopted());
-    match mgr.settings().loopback_reach {
-        crate::config::LoopbackReach::None => {}
-        reach => drop(tokio::spawn(crate::bridge::run(mgr.clone(), reach))),
-    }
+    // The loopback bridge: without it (nft missing, say) the daemon still serves sessions.
+    let bridge = match mgr.settings().loopback_reach {
+        crate::config::LoopbackReach::None => None,
+        reach => crate::bridge::start(mgr.clone(), reach).await.inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback")).ok(),
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();
@@ -116,6 +117,9 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
     }
     notify(&format!("STOPPING=1\nSTATUS=exiting; {} keep running", sessions(*running.borrow())));
+    if let Some(b) = bridge {
+        b.stop().await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
