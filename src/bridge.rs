@@ -74,11 +74,7 @@ pub fn allowed(reach: LoopbackReach, owner: Option<u32>, peer_uid: Option<u32>) 
 /// order: 127.0.0.1 (also what 0.0.0.0 and a dual-stack [::] listener take), the session's
 /// own loopback, then ::1 (an IPv6-only [::] or ::1 listener).
 pub fn targets(sid: Sid, port: u16) -> [SocketAddr; 3] {
-    [
-        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
-        SocketAddr::new(loopback_for(sid).into(), port),
-        SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
-    ]
+    [SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port), SocketAddr::new(loopback_for(sid).into(), port), SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)]
 }
 
 /// The session and port a diverted connection or datagram was sent to (its original
