@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::LoopbackReach;
+use crate::config::{HostService, LoopbackReach};
 use crate::manager::Manager;
 use crate::nft::{self, Listeners, NftError};
 use crate::ns_socket::SocketMaker;
@@ -104,6 +104,7 @@ struct Target {
 
 struct Shared {
     reach: LoopbackReach,
+    host_services: Vec<HostService>,
     sessions: Mutex<HashMap<Sid, Live>>,
     maker: SocketMaker,
     /// (session, uid, port) refusals already logged.
@@ -141,6 +142,8 @@ impl Shared {
 /// The running bridge: its tasks, and the nftables table it owns.
 pub struct Bridge {
     tasks: Vec<JoinHandle<()>>,
+    /// Whether it installed the table.
+    table: bool,
 }
 
 impl Bridge {
@@ -150,6 +153,9 @@ impl Bridge {
         for t in &self.tasks {
             t.abort();
         }
+        if !self.table {
+            return;
+        }
         match nft::apply("remove table inet sessiond", &nft::remove()).await {
             Ok(()) => info!("loopback bridge: removed table inet {}", nft::TABLE),
             Err(e) => warn!("loopback bridge: {e}"),
@@ -157,52 +163,63 @@ impl Bridge {
     }
 }
 
-/// Starts the bridge: binds the transparent listeners, installs the table with the running
-/// sessions' loopbacks, and keeps the set in step with the sessions from then on.
-pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackReach) -> Result<Bridge, BridgeError> {
-    let tcp = transparent_listener().map_err(|source| BridgeError::Socket { what: "transparent TCP listener on 127.0.0.1", source })?;
-    let udp = transparent_udp().map_err(|source| BridgeError::Socket { what: "transparent UDP socket on 127.0.0.1", source })?;
-    let to = Listeners {
-        tcp: tcp.local_addr().map_err(|source| BridgeError::Socket { what: "TCP listener address", source })?.port(),
-        udp: udp.local_addr().map_err(|source| BridgeError::Socket { what: "UDP socket address", source })?.port(),
-    };
+/// Starts the bridge: with `reach` other than none, binds the transparent listeners and
+/// installs the table with the running sessions' loopbacks; with host services, binds them in
+/// every session; and keeps both in step with the sessions from then on. None when there is
+/// nothing to do.
+pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackReach, host_services: Vec<HostService>) -> Result<Option<Bridge>, BridgeError> {
+    let tproxy = reach != LoopbackReach::None;
+    if !tproxy && host_services.is_empty() {
+        return Ok(None);
+    }
     let maker = SocketMaker::spawn().map_err(|source| BridgeError::Socket { what: "namespace socket thread", source })?;
-    let shared = Arc::new(Shared { reach, sessions: Mutex::new(HashMap::new()), maker, refused: Mutex::new(HashSet::new()) });
+    let shared = Arc::new(Shared { reach, host_services, sessions: Mutex::new(HashMap::new()), maker, refused: Mutex::new(HashSet::new()) });
     // Subscribed before the first look at the sessions: no change falls in between.
     let (_, mut changes) = mgr.events().subscribe(crate::events::Viewer::Root);
     let mut members = sync_sessions(&mgr, &shared);
-    nft::apply("install table inet sessiond", &nft::install(to, &members)).await?;
-    info!(tcp = to.tcp, udp = to.udp, sessions = members.len(), %reach, "loopback bridge: table inet {} installed", nft::TABLE);
-    let tracker = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                match changes.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-                // A burst of changes (a mass start) becomes one update.
-                while changes.try_recv().is_ok() {}
-                let now = sync_sessions(&mgr, &shared);
-                if let Some(batch) = nft::update(&members, &now) {
-                    match nft::apply("update set sessions", &batch).await {
-                        Ok(()) => members = now,
-                        // Out of step with the kernel (someone edited the table): say so and
-                        // put it back whole.
-                        Err(e) => {
-                            warn!("loopback bridge: {e}; installing the table again");
-                            match nft::apply("install table inet sessiond", &nft::install(to, &now)).await {
-                                Ok(()) => members = now,
-                                Err(e) => warn!("loopback bridge: {e}"),
-                            }
+    let mut tasks = Vec::new();
+    let to = if tproxy {
+        let tcp = transparent_listener().map_err(|source| BridgeError::Socket { what: "transparent TCP listener on 127.0.0.1", source })?;
+        let udp = transparent_udp().map_err(|source| BridgeError::Socket { what: "transparent UDP socket on 127.0.0.1", source })?;
+        let to = Listeners {
+            tcp: tcp.local_addr().map_err(|source| BridgeError::Socket { what: "TCP listener address", source })?.port(),
+            udp: udp.local_addr().map_err(|source| BridgeError::Socket { what: "UDP socket address", source })?.port(),
+        };
+        nft::apply("install table inet sessiond", &nft::install(to, &members)).await?;
+        info!(tcp = to.tcp, udp = to.udp, sessions = members.len(), %reach, "loopback bridge: table inet {} installed", nft::TABLE);
+        tasks.push(tokio::spawn(serve_tcp(tcp, shared.clone())));
+        tasks.push(tokio::spawn(serve_udp(udp, shared.clone())));
+        Some(to)
+    } else {
+        None
+    };
+    tasks.push(tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            // A burst of changes (a mass start) becomes one update.
+            while changes.try_recv().is_ok() {}
+            let now = sync_sessions(&mgr, &shared);
+            let Some(to) = to else { continue };
+            if let Some(batch) = nft::update(&members, &now) {
+                match nft::apply("update set sessions", &batch).await {
+                    Ok(()) => members = now,
+                    // Out of step with the kernel (someone edited the table): say so and put
+                    // it back whole.
+                    Err(e) => {
+                        warn!("loopback bridge: {e}; installing the table again");
+                        match nft::apply("install table inet sessiond", &nft::install(to, &now)).await {
+                            Ok(()) => members = now,
+                            Err(e) => warn!("loopback bridge: {e}"),
                         }
                     }
                 }
             }
-        })
-    };
-    let tasks = vec![tracker, tokio::spawn(serve_tcp(tcp, shared.clone())), tokio::spawn(serve_udp(udp, shared))];
-    Ok(Bridge { tasks })
+        }
+    }));
+    Ok(Some(Bridge { tasks, table: to.is_some() }))
 }
 
 /// Brings the bridge's view of the running sessions up to date (a session that is gone drops
@@ -212,7 +229,22 @@ fn sync_sessions<P: Platform>(mgr: &Manager<P>, shared: &Shared) -> BTreeSet<Ipv
     let mut s = shared.sessions.lock().unwrap();
     s.retain(|sid, _| running.iter().any(|r| r.session == *sid));
     for r in &running {
-        let live = s.entry(r.session).or_insert_with(|| Live { netns: r.netns.clone(), owner: r.owner_uid, gone: watch::channel(()).0 });
+        let live = s.entry(r.session).or_insert_with(|| {
+            let live = Live { netns: r.netns.clone(), owner: r.owner_uid, gone: watch::channel(()).0 };
+            if !shared.host_services.is_empty() {
+                match crate::ns::open_netns(&r.netns) {
+                    Ok(ns) => drop(tokio::spawn(crate::host_services::expose(
+                        shared.maker.clone(),
+                        Arc::new(ns),
+                        r.session,
+                        shared.host_services.clone(),
+                        live.gone.subscribe(),
+                    ))),
+                    Err(e) => warn!(session = %r.session, "host services: {e}"),
+                }
+            }
+            live
+        });
         live.owner = r.owner_uid;
     }
     running.iter().map(|r| r.loopback).collect()

@@ -104,10 +104,12 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(mgr.clone().watch_conflicts());
     tokio::spawn(mgr.clone().defend_adopted());
     // The loopback bridge: without it (nft missing, say) the daemon still serves sessions.
-    let bridge = match mgr.settings().loopback_reach {
-        crate::config::LoopbackReach::None => None,
-        reach => crate::bridge::start(mgr.clone(), reach).await.inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback")).ok(),
-    };
+    let (reach, host_services) = (mgr.settings().loopback_reach, mgr.settings().host_services.clone());
+    let bridge = crate::bridge::start(mgr.clone(), reach, host_services)
+        .await
+        .inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback, nor sessions the host services"))
+        .ok()
+        .flatten();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();

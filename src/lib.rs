@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fake;
 pub mod files;
 pub mod holders;
+pub mod host_services;
 pub mod identity;
 pub mod lease_driver;
 pub mod live;

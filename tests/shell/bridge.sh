@@ -13,6 +13,10 @@
 # The TPROXY table `inet sessiond` holds exactly the running sessions' loopbacks and diverts to
 # listeners on 127.0.0.1; a port nothing takes inside is reset; the host's other 127/8
 # addresses stay the host's; `stop` empties the set and the daemon's exit removes the table.
+# Session -> host: with --host-service tcp:9631 / udp:9947, 127.0.0.1:P in each session reaches
+# the host's 127.0.0.1:P, which sees the session's loopback as the peer; the port is taken in
+# the session (EADDRINUSE); nothing listening on the host: the session's client is reset; bad
+# --host-service values are named.
 # 200 sessions, each with a listener on 127.0.0.1:8080, are all reachable at their loopback,
 # and again after a daemon restart.
 # Usage: tests/shell/bridge.sh
@@ -60,7 +64,8 @@ users_and_daemon() {
     BOB=(setpriv --reuid="$(id -u bob)" --regid="$(id -g bob)" --init-groups --)
     rm -rf "$STATE"
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
-        --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner
+        --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner \
+        --host-service tcp:9631 --host-service udp:9947 --host-service tcp:9632
 }
 
 sessions_for_alice_and_bob() {
@@ -340,6 +345,51 @@ daemon_exit_removes_the_table() {
     ! nft list table inet sessiond 2>/dev/null || { nft list ruleset; return 1; }
 }
 
+# ------------------------------------------------------------------ session -> host
+host_services_up() {
+    rm -f "$W/hs.pid" "$W/hu.pid"
+    timeout 130 python3 -c "$GREETER_PY" "$W/hs.pid" 127.0.0.1:9631 & LISTENERS+=($!)
+    timeout 130 python3 -c "$ECHO_UDP_PY" "$W/hu.pid" 127.0.0.1:9947 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/hs.pid" && wait_for 10 test -s "$W/hu.pid"
+}
+
+# each session reaches the host's service, which sees the session's own loopback
+sessions_reach_host_services() {
+    local a b u
+    a=$("$SESSIOND" exec --session 1 --user alice -- bash -c "$(declare -f hit); hit 127.0.0.1 9631")
+    b=$("$SESSIOND" exec --session 2 --user bob -- bash -c "$(declare -f hit); hit 127.0.0.1 9631")
+    u=$("$SESSIOND" exec --session 1 --user alice -- bash -c "$(declare -f udp_hit); udp_hit 127.0.0.1 9947")
+    echo "session 1 -> 127.0.0.1:9631: $a; session 2: $b; session 1 udp 9947: $u"
+    [[ $a == "9631 127.0.0.2" && $b == "9631 127.0.0.3" && $u == "9947 127.0.0.2" ]]
+}
+
+host_service_port_is_taken_in_sessions() {
+    local out
+    out=$("$SESSIOND" exec --session 1 --user alice -- python3 -c '
+import socket
+for proto, port in ((socket.SOCK_STREAM, 9631), (socket.SOCK_DGRAM, 9947)):
+    s = socket.socket(socket.AF_INET, proto)
+    try:
+        s.bind(("127.0.0.1", port)); print("bound", port)
+    except OSError as e:
+        print(port, e.strerror)
+' 2>&1); echo "$out"
+    [[ $out == $'9631 Address already in use\n9947 Address already in use' ]]
+}
+
+# 9632 is exposed but nothing listens on the host: the session's client is reset
+absent_host_service_resets() {
+    local out; out=$("$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit 127.0.0.1 9632"); echo "session 1 -> 127.0.0.1:9632: $out"
+    [[ $out == *"reset by peer"* ]]
+}
+
+bad_host_service_is_named() {
+    expect_exit 2 "from 1 to 65535" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service tcp:0 &&
+    expect_exit 2 "unknown protocol" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service sctp:9 &&
+    echo 'host_services = ["tcp:631", "631"]' >"$W/bad.toml" &&
+    expect_exit 2 "expected PROTO:PORT" "$SESSIOND" daemon --config "$W/bad.toml" --uplink "$SBX_UPLINK"
+}
+
 # ------------------------------------------------------------------ 200 sessions
 MANY=200
 # One process listens on 127.0.0.1:8080 in each of sessions 1..N (entering each namespace with
@@ -410,7 +460,7 @@ daemon_restart_keeps_the_bridge() {
 cleanup() {
     local p
     for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in s1 s2 host g1 g2 g3 u1 h9 many; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3 u1 h9 many hs hu; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
     wait_pid 5 "${LISTENERS[@]}"
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
@@ -436,6 +486,11 @@ check "bridge: nothing listens off loopback; no route_localnet, forwarding uncha
 check "bridge: table inet sessiond diverts the running sessions' loopbacks (only) to 127.0.0.1" nft_table_holds_the_running_sessions
 check "bridge: a port nothing takes inside is reset" nothing_inside_is_reset
 check "bridge: the host's other loopbacks (127.0.0.9, 127.0.0.53) stay the host's" the_hosts_other_loopbacks_stay_the_hosts
+check "host services: tcp 127.0.0.1:9631 and udp 127.0.0.1:9947 on the host" host_services_up
+check "host services: each session reaches them at its 127.0.0.1, seen from its own loopback" sessions_reach_host_services
+check "host services: their ports are taken in the sessions (EADDRINUSE)" host_service_port_is_taken_in_sessions
+check "host services: nothing listening on the host: the session's client is reset" absent_host_service_resets
+check "host services: bad --host-service values and config entries are named" bad_host_service_is_named
 check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
 check "bridge: stop empties the set" stop_empties_the_set
 check "bridge: the daemon's exit removes table inet sessiond" daemon_exit_removes_the_table
