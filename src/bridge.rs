@@ -32,7 +32,7 @@ use netlink_sys::Socket as NlSocket;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
 use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use sessiond_client::loopback::{loopback_for, sid_for_loopback};
-use sessiond_client::ports::Proto;
+use sessiond_client::ports::{Forwarded, Place, PortEntry, Proto, SessionBridge};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HostService, LoopbackReach};
 use crate::manager::Manager;
+use crate::metrics::{BridgeDirection, Metrics, RefusedReason};
 use crate::nft::{self, Listeners, NftError};
 use crate::ns_socket::SocketMaker;
 use crate::platform::Platform;
@@ -86,6 +87,30 @@ pub fn destination(original: SocketAddr) -> Option<(Sid, u16)> {
     }
 }
 
+/// Whether a connection from the bridge (to 127.0.0.1, the session loopback, or ::1, as
+/// `targets` tries them) reaches a listener bound at `local`.
+pub fn reached(sid: Sid, local: IpAddr) -> bool {
+    match local {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified() || v4 == loopback_for(sid),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6 == Ipv6Addr::LOCALHOST,
+    }
+}
+
+/// Session `sid`'s bridge for `status`, from the listening sockets `ports` lists (any places):
+/// each protocol and port the host reaches, once, with the program listening. Sockets that no
+/// process of the session holds are the daemon's own (its DHCP client, the host services'
+/// listeners) and are left out.
+pub fn view(sid: Sid, ports: &[PortEntry], host_services: &[HostService]) -> SessionBridge {
+    let mut from_host: Vec<Forwarded> = Vec::new();
+    for p in ports.iter().filter(|p| p.session == Place::Session(sid) && p.is_listening() && p.pid.is_some() && reached(sid, p.local.ip())) {
+        if !from_host.iter().any(|f| f.proto == p.proto && f.port == p.local.port()) {
+            from_host.push(Forwarded { proto: p.proto, port: p.local.port(), pid: p.pid, program: p.program.clone() });
+        }
+    }
+    from_host.sort_by_key(|f| (f.proto, f.port));
+    SessionBridge { session: sid, from_host, host_services: host_services.to_vec() }
+}
+
 /// A running session as the bridge sees it. Dropping it (the session stopped) ends its
 /// connections and flows: they wait on `gone`.
 struct Live {
@@ -103,6 +128,7 @@ struct Target {
 }
 
 struct Shared {
+    metrics: Metrics,
     reach: LoopbackReach,
     host_services: Vec<HostService>,
     sessions: Mutex<HashMap<Sid, Live>>,
@@ -128,6 +154,7 @@ impl Shared {
         if allowed(self.reach, t.owner, uid) {
             return true;
         }
+        self.metrics.bridge_refused(BridgeDirection::HostToSession, RefusedReason::NotAllowed);
         if self.refused.lock().unwrap().insert((t.sid, uid.unwrap_or(u32::MAX), local.port())) {
             warn!(session = %t.sid, %proto, port = local.port(), uid = ?uid, "loopback bridge: refused a connection (loopback_reach = {}; only root and the owner may connect)", self.reach);
         }
@@ -173,7 +200,14 @@ pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackR
         return Ok(None);
     }
     let maker = SocketMaker::spawn().map_err(|source| BridgeError::Socket { what: "namespace socket thread", source })?;
-    let shared = Arc::new(Shared { reach, host_services, sessions: Mutex::new(HashMap::new()), maker, refused: Mutex::new(HashSet::new()) });
+    let shared = Arc::new(Shared {
+        metrics: mgr.metrics().clone(),
+        reach,
+        host_services,
+        sessions: Mutex::new(HashMap::new()),
+        maker,
+        refused: Mutex::new(HashSet::new()),
+    });
     // Subscribed before the first look at the sessions: no change falls in between.
     let (_, mut changes) = mgr.events().subscribe(crate::events::Viewer::Root);
     let mut members = sync_sessions(&mgr, &shared);
@@ -235,6 +269,7 @@ fn sync_sessions<P: Platform>(mgr: &Manager<P>, shared: &Shared) -> BTreeSet<Ipv
                 match crate::ns::open_netns(&r.netns) {
                     Ok(ns) => drop(tokio::spawn(crate::host_services::expose(
                         shared.maker.clone(),
+                        shared.metrics.clone(),
                         Arc::new(ns),
                         r.session,
                         shared.host_services.clone(),
@@ -289,6 +324,7 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn tcp_connection(conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let Ok(local) = conn.local_addr() else { return };
+    shared.metrics.bridge_connection(BridgeDirection::HostToSession);
     // Anything else reaching the listener (a direct connection to 127.0.0.1:its port) is no
     // session's.
     let Some((sid, port)) = destination(local) else { return reset(conn) };
@@ -300,6 +336,7 @@ async fn tcp_connection(conn: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
         Ok(s) => s,
         Err(e) => {
             debug!(session = %sid, port, "loopback bridge: nothing takes it inside: {e}");
+            shared.metrics.bridge_refused(BridgeDirection::HostToSession, RefusedReason::NothingListening);
             return reset(conn);
         }
     };
@@ -385,6 +422,7 @@ async fn serve_udp(sock: UdpSocket, shared: Arc<Shared>) {
 /// without either (a refused peer's are dropped for as long), or the session stops.
 async fn udp_flow(key: FlowKey, mut queued: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>, flows: Flows) {
     let (peer, original) = key;
+    shared.metrics.bridge_connection(BridgeDirection::HostToSession);
     if let Some((sid, port)) = destination(original)
         && let Some(mut t) = shared.target(sid)
     {
@@ -510,6 +548,43 @@ mod tests {
         assert_eq!(destination("127.0.0.1:40000".parse().unwrap()), None);
         assert_eq!(destination("10.0.0.2:80".parse().unwrap()), None);
         assert_eq!(destination("[::1]:80".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn status_shows_what_the_host_reaches_once_per_port_with_its_program() {
+        use sessiond_client::ports::SockState;
+        let sid = Sid::new(7).unwrap();
+        let entry = |local: &str, proto, state, pid: Option<u32>| PortEntry {
+            session: Place::Session(sid),
+            proto,
+            local: local.parse().unwrap(),
+            remote: None,
+            state,
+            pid,
+            program: pid.map(|_| "python3".to_string()),
+            uid: 1000,
+            user: None,
+            also_in: vec![],
+        };
+        let ports = [
+            entry("127.0.0.1:8888", Proto::Tcp, SockState::Listen, Some(10)),
+            entry("[::]:8888", Proto::Tcp, SockState::Listen, Some(10)), // the same port again
+            entry("127.0.0.8:8001", Proto::Tcp, SockState::Listen, Some(11)),
+            entry("[::1]:8002", Proto::Tcp, SockState::Listen, Some(12)),
+            entry("0.0.0.0:5353", Proto::Udp, SockState::Unconnected, Some(13)),
+            entry("127.0.0.9:9001", Proto::Tcp, SockState::Listen, Some(14)), // session 8's loopback
+            entry("10.0.0.5:9002", Proto::Tcp, SockState::Listen, Some(15)),  // the LAN address
+            entry("127.0.0.1:9003", Proto::Tcp, SockState::Established, Some(16)),
+            entry("127.0.0.1:631", Proto::Tcp, SockState::Listen, None), // the daemon's host service
+            entry("0.0.0.0:68", Proto::Udp, SockState::Unconnected, None), // the daemon's DHCP client
+            PortEntry { session: Place::Session(Sid::new(8).unwrap()), ..entry("127.0.0.1:7000", Proto::Tcp, SockState::Listen, Some(17)) },
+        ];
+        let services = vec!["tcp:631".parse().unwrap()];
+        let v = view(sid, &ports, &services);
+        let got: Vec<(Proto, u16, Option<u32>)> = v.from_host.iter().map(|f| (f.proto, f.port, f.pid)).collect();
+        assert_eq!(got, vec![(Proto::Tcp, 8001, Some(11)), (Proto::Tcp, 8002, Some(12)), (Proto::Tcp, 8888, Some(10)), (Proto::Udp, 5353, Some(13))]);
+        assert_eq!(v.from_host[0].program.as_deref(), Some("python3"));
+        assert_eq!(v.host_services, services);
     }
 
     #[test]

@@ -21,17 +21,18 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::bridge::UDP_IDLE;
+use crate::metrics::{BridgeDirection, Metrics, RefusedReason};
 use crate::ns_socket::SocketMaker;
 use crate::sid::Sid;
 
 /// Binds every service's port at 127.0.0.1 inside session `sid` and serves it until `gone`
 /// closes (the session stopped, or the daemon ends). A port that cannot be bound (an app of
 /// the session took it first) is logged and skipped.
-pub async fn expose(maker: SocketMaker, ns: Arc<File>, sid: Sid, services: Vec<HostService>, gone: watch::Receiver<()>) {
+pub async fn expose(maker: SocketMaker, metrics: Metrics, ns: Arc<File>, sid: Sid, services: Vec<HostService>, gone: watch::Receiver<()>) {
     for svc in services {
         match bind_inside(&maker, &ns, svc).await {
-            Ok(Inside::Tcp(l)) => drop(tokio::spawn(serve_tcp(l, sid, svc.port, gone.clone()))),
-            Ok(Inside::Udp(s)) => drop(tokio::spawn(serve_udp(Arc::new(s), sid, svc.port, gone.clone()))),
+            Ok(Inside::Tcp(l)) => drop(tokio::spawn(serve_tcp(l, sid, svc.port, metrics.clone(), gone.clone()))),
+            Ok(Inside::Udp(s)) => drop(tokio::spawn(serve_udp(Arc::new(s), sid, svc.port, metrics.clone(), gone.clone()))),
             Err(e) => warn!(session = %sid, service = %svc, "host service: cannot bind 127.0.0.1:{} in the session: {e}", svc.port),
         }
     }
@@ -73,7 +74,7 @@ fn host_socket(sid: Sid, ty: Type) -> io::Result<Socket> {
     Ok(s)
 }
 
-async fn serve_tcp(listener: TcpListener, sid: Sid, port: u16, mut gone: watch::Receiver<()>) {
+async fn serve_tcp(listener: TcpListener, sid: Sid, port: u16, metrics: Metrics, mut gone: watch::Receiver<()>) {
     loop {
         let conn = tokio::select! {
             r = listener.accept() => match r {
@@ -86,12 +87,12 @@ async fn serve_tcp(listener: TcpListener, sid: Sid, port: u16, mut gone: watch::
             },
             _ = gone.changed() => return,
         };
-        let gone = gone.clone();
-        tokio::spawn(tcp_connection(conn, sid, port, gone));
+        metrics.bridge_connection(BridgeDirection::SessionToHost);
+        tokio::spawn(tcp_connection(conn, sid, port, metrics.clone(), gone.clone()));
     }
 }
 
-async fn tcp_connection(inside: TcpStream, sid: Sid, port: u16, mut gone: watch::Receiver<()>) {
+async fn tcp_connection(inside: TcpStream, sid: Sid, port: u16, metrics: Metrics, mut gone: watch::Receiver<()>) {
     let host: io::Result<TcpStream> = async {
         let s = host_socket(sid, Type::STREAM)?;
         TcpSocket::from_std_stream(s.into()).connect((Ipv4Addr::LOCALHOST, port).into()).await
@@ -102,6 +103,7 @@ async fn tcp_connection(inside: TcpStream, sid: Sid, port: u16, mut gone: watch:
         Err(e) => {
             // Nothing listens on the host (or it refused): the session's client sees a reset.
             debug!(session = %sid, port, "host service: {e}");
+            metrics.bridge_refused(BridgeDirection::SessionToHost, RefusedReason::NothingListening);
             let _ = SockRef::from(&inside).set_linger(Some(std::time::Duration::ZERO));
             return;
         }
@@ -118,7 +120,7 @@ type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>;
 
 /// Each session peer gets a host socket of its own (so the replies find it), ended after
 /// `UDP_IDLE` without traffic.
-async fn serve_udp(inside: Arc<UdpSocket>, sid: Sid, port: u16, mut gone: watch::Receiver<()>) {
+async fn serve_udp(inside: Arc<UdpSocket>, sid: Sid, port: u16, metrics: Metrics, mut gone: watch::Receiver<()>) {
     let flows: Flows = Default::default();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -142,6 +144,7 @@ async fn serve_udp(inside: Arc<UdpSocket>, sid: Sid, port: u16, mut gone: watch:
                 .await;
                 let Ok(h) = made.inspect_err(|e| debug!(session = %sid, port, "host service: udp: {e}")) else { continue };
                 let h = Arc::new(h);
+                metrics.bridge_connection(BridgeDirection::SessionToHost);
                 flows.lock().unwrap().insert(peer, h.clone());
                 tokio::spawn(udp_replies(h.clone(), inside.clone(), peer, flows.clone(), gone.clone()));
                 debug!(session = %sid, port, %peer, "host service: new udp flow");

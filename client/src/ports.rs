@@ -122,6 +122,27 @@ impl fmt::Display for HostService {
     }
 }
 
+/// One session's loopback bridge, as `status` shows it (key `bridge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionBridge {
+    pub session: Sid,
+    /// What the host reaches at the session's loopback: the session's TCP listeners and bound
+    /// UDP sockets that a connection from the bridge reaches (on 127.0.0.1, the session
+    /// loopback, 0.0.0.0 or [::]); empty when loopback_reach is none.
+    pub from_host: Vec<Forwarded>,
+    /// The host services the session reaches at its own 127.0.0.1.
+    pub host_services: Vec<HostService>,
+}
+
+/// A port of a session the host reaches through the bridge, and the program listening on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub proto: Proto,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub program: Option<String>,
+}
+
 /// The kernel's socket state (include/net/tcp_states.h). A UDP socket is `Unconnected`
 /// (the kernel's TCP_CLOSE) or `Established` (connected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

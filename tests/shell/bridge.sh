@@ -16,7 +16,7 @@
 # Session -> host: with --host-service tcp:9631 / udp:9947, 127.0.0.1:P in each session reaches
 # the host's 127.0.0.1:P, which sees the session's loopback as the peer; the port is taken in
 # the session (EADDRINUSE); nothing listening on the host: the session's client is reset; bad
-# --host-service values are named.
+# --host-service values are named. `status` shows each session's bridge (JSON key bridge).
 # 200 sessions, each with a listener on 127.0.0.1:8080, are all reachable at their loopback,
 # and again after a daemon restart.
 # Usage: tests/shell/bridge.sh
@@ -65,7 +65,7 @@ users_and_daemon() {
     rm -rf "$STATE"
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
         --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner \
-        --host-service tcp:9631 --host-service udp:9947 --host-service tcp:9632
+        --host-service tcp:9631 --host-service udp:9947 --host-service tcp:9632 --metrics-listen 127.0.0.1:9737
 }
 
 sessions_for_alice_and_bob() {
@@ -383,6 +383,32 @@ absent_host_service_resets() {
     [[ $out == *"reset by peer"* ]]
 }
 
+# status (text and --json key bridge): session 1's ports the host reaches, with the program,
+# and the host services; the daemon's own listeners inside (host services, DHCP) are not shown
+status_shows_the_bridge() {
+    local j t
+    j=$("${ALICE[@]}" "$SESSIOND" status --session 1 --json | jq -c .bridge) || return 1
+    t=$("$SESSIOND" status); echo "$j"; echo "$t"
+    [[ $(jq -c '[.from_host[] | select(.proto == "tcp") | .port]' <<<"$j") == '[8080,8081,8082,8083,8084]' ]] &&
+    [[ $(jq -c '[.from_host[] | select(.proto == "udp") | .port]' <<<"$j") == '[5301,5302,5303,5304,5353]' ]] &&
+    [[ $(jq -c '[.from_host[].program] | unique' <<<"$j") == '["python3"]' ]] &&
+    [[ $(jq -c '.host_services' <<<"$j") == '["tcp:9631","tcp:9632","udp:9947"]' ]] &&
+    grep -q '^bridge 1: the host reaches tcp:8080 (python3), .* at 127.0.0.2; it reaches the host.s tcp:9631, tcp:9632, udp:9947$' <<<"$t"
+}
+
+# the bridge's counters: what the checks above did (bob refused over TCP and UDP; a reset each way)
+bridge_metrics() {
+    local m; m=$(python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9737/metrics", timeout=5).read().decode())') || return 1
+    grep '^sessiond_bridge' <<<"$m"
+    local v
+    v() { awk -v s="$1" '$1 == s {print $2}' <<<"$m"; }
+    (( $(v 'sessiond_bridge_connections_total{direction="host_to_session"}') >= 10 )) &&
+    (( $(v 'sessiond_bridge_connections_total{direction="session_to_host"}') >= 4 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="host_to_session",reason="not_allowed"}') >= 2 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="host_to_session",reason="nothing_listening"}') >= 1 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="session_to_host",reason="nothing_listening"}') == 1 ))
+}
+
 bad_host_service_is_named() {
     expect_exit 2 "from 1 to 65535" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service tcp:0 &&
     expect_exit 2 "unknown protocol" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service sctp:9 &&
@@ -490,6 +516,8 @@ check "host services: tcp 127.0.0.1:9631 and udp 127.0.0.1:9947 on the host" hos
 check "host services: each session reaches them at its 127.0.0.1, seen from its own loopback" sessions_reach_host_services
 check "host services: their ports are taken in the sessions (EADDRINUSE)" host_service_port_is_taken_in_sessions
 check "host services: nothing listening on the host: the session's client is reset" absent_host_service_resets
+check "status: key bridge (and a text line): the ports the host reaches with their program, the host services" status_shows_the_bridge
+check "metrics: sessiond_bridge_connections_total and _refused_total count both directions" bridge_metrics
 check "host services: bad --host-service values and config entries are named" bad_host_service_is_named
 check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
 check "bridge: stop empties the set" stop_empties_the_set
