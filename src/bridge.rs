@@ -199,7 +199,7 @@ pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackR
     if !tproxy && host_services.is_empty() {
         return Ok(None);
     }
-    let maker = SocketMaker::spawn().map_err(|source| BridgeError::Socket { what: "namespace socket thread", source })?;
+    let maker = SocketMaker::new().map_err(|source| BridgeError::Socket { what: "the daemon's own namespace", source })?;
     let shared = Arc::new(Shared {
         metrics: mgr.metrics().clone(),
         reach,
@@ -353,7 +353,7 @@ async fn connect_inside(shared: &Shared, t: &Target, port: u16) -> io::Result<Tc
     let ns = shared.open_ns(t).await?;
     let mut last = None;
     for target in targets(t.sid, port) {
-        let sock = shared.maker.socket(ns.clone(), Domain::for_address(target), Type::STREAM).await?;
+        let sock = shared.maker.socket(&ns, Domain::for_address(target), Type::STREAM)?;
         // From 127.0.0.1, which the kernel picks for 127.0.0.1 itself.
         if target.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) && target.is_ipv4() {
             sock.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
@@ -483,7 +483,7 @@ async fn udp_relay(shared: &Shared, t: &mut Target, port: u16, peer: SocketAddr,
 
 /// A UDP socket made inside the session, from 127.0.0.1 for an IPv4 target, connected to it.
 async fn udp_inside(shared: &Shared, ns: &Arc<File>, target: SocketAddr) -> io::Result<UdpSocket> {
-    let sock = shared.maker.socket(ns.clone(), Domain::for_address(target), Type::DGRAM).await?;
+    let sock = shared.maker.socket(ns, Domain::for_address(target), Type::DGRAM)?;
     if target.is_ipv4() {
         sock.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
     }

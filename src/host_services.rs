@@ -50,7 +50,7 @@ async fn bind_inside(maker: &SocketMaker, ns: &Arc<File>, svc: HostService) -> i
         Proto::Tcp => Type::STREAM,
         Proto::Udp => Type::DGRAM,
     };
-    let s = maker.socket(ns.clone(), Domain::IPV4, ty).await?;
+    let s = maker.socket(ns, Domain::IPV4, ty)?;
     s.set_nonblocking(true)?;
     match svc.proto {
         Proto::Tcp => {
