@@ -115,6 +115,9 @@ pub fn view(sid: Sid, ports: &[PortEntry], host_services: &[HostService]) -> Ses
 /// connections and flows: they wait on `gone`.
 struct Live {
     netns: String,
+    /// Kept open while the session runs (closed as soon as it stops, long before the stop's
+    /// "still held" check): a connection does not open it again.
+    ns: Option<Arc<File>>,
     owner: Option<u32>,
     gone: watch::Sender<()>,
 }
@@ -123,12 +126,15 @@ struct Live {
 struct Target {
     sid: Sid,
     netns: String,
+    ns: Option<Arc<File>>,
     owner: Option<u32>,
     gone: watch::Receiver<()>,
 }
 
 struct Shared {
     metrics: Metrics,
+    /// The host's sock_diag socket for the owner rule, made once (and again after an error).
+    diag: Mutex<Diag>,
     reach: LoopbackReach,
     host_services: Vec<HostService>,
     sessions: Mutex<HashMap<Sid, Live>>,
@@ -140,7 +146,7 @@ struct Shared {
 impl Shared {
     fn target(&self, sid: Sid) -> Option<Target> {
         let s = self.sessions.lock().unwrap();
-        s.get(&sid).map(|l| Target { sid, netns: l.netns.clone(), owner: l.owner, gone: l.gone.subscribe() })
+        s.get(&sid).map(|l| Target { sid, netns: l.netns.clone(), ns: l.ns.clone(), owner: l.owner, gone: l.gone.subscribe() })
     }
 
     /// Whether the host socket at `peer` (talking to `local`, a session loopback) may come in;
@@ -150,7 +156,7 @@ impl Shared {
             return true;
         }
         // One netlink request the kernel answers at once: cheaper than a hop to a thread.
-        let uid = peer_uid(proto, peer, local);
+        let uid = peer_uid(&self.diag, proto, peer, local);
         if allowed(self.reach, t.owner, uid) {
             return true;
         }
@@ -162,7 +168,10 @@ impl Shared {
     }
 
     async fn open_ns(&self, t: &Target) -> io::Result<Arc<File>> {
-        crate::ns::open_netns(&t.netns).map(Arc::new).map_err(io::Error::other)
+        match &t.ns {
+            Some(ns) => Ok(ns.clone()),
+            None => crate::ns::open_netns(&t.netns).map(Arc::new).map_err(io::Error::other),
+        }
     }
 }
 
@@ -202,6 +211,7 @@ pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackR
     let maker = SocketMaker::new().map_err(|source| BridgeError::Socket { what: "the daemon's own namespace", source })?;
     let shared = Arc::new(Shared {
         metrics: mgr.metrics().clone(),
+        diag: Mutex::default(),
         reach,
         host_services,
         sessions: Mutex::new(HashMap::new()),
@@ -264,7 +274,8 @@ fn sync_sessions<P: Platform>(mgr: &Manager<P>, shared: &Shared) -> BTreeSet<Ipv
     s.retain(|sid, _| running.iter().any(|r| r.session == *sid));
     for r in &running {
         let live = s.entry(r.session).or_insert_with(|| {
-            let live = Live { netns: r.netns.clone(), owner: r.owner_uid, gone: watch::channel(()).0 };
+            let ns = crate::ns::open_netns(&r.netns).ok().map(Arc::new);
+            let live = Live { netns: r.netns.clone(), ns, owner: r.owner_uid, gone: watch::channel(()).0 };
             if !shared.host_services.is_empty() {
                 match crate::ns::open_netns(&r.netns) {
                     Ok(ns) => drop(tokio::spawn(crate::host_services::expose(
@@ -497,10 +508,32 @@ async fn udp_inside(shared: &Shared, ns: &Arc<File>, target: SocketAddr) -> io::
 /// host namespace, where this runs), if it is found. A TCP lookup names the socket by its
 /// own address first; a UDP lookup names the socket a datagram from `local` to `peer` would
 /// reach (the kernel looks each up as it would deliver a packet).
-fn peer_uid(proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
-    let sock = NlSocket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG).ok()?;
+fn peer_uid(diag: &Mutex<Diag>, proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let mut d = diag.lock().unwrap();
+    if d.sock.is_none() {
+        d.sock = NlSocket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG).ok();
+    }
+    d.seq = d.seq.wrapping_add(1);
+    let seq = d.seq;
+    let uid = ask_uid(d.sock.as_ref()?, seq, proto, peer, local);
+    if uid.is_err() {
+        d.sock = None; // made anew next time: no stale reply can be read as an answer
+    }
+    uid.ok().flatten()
+}
+
+/// The owner rule's sock_diag socket, and the sequence number of its last request.
+#[derive(Default)]
+struct Diag {
+    sock: Option<NlSocket>,
+    seq: u32,
+}
+
+/// One sock_diag request; Err when the socket failed (it is then made anew).
+fn ask_uid(sock: &NlSocket, seq: u32, proto: Proto, peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
+    header.sequence_number = seq;
     let (src, dst, protocol) = match proto {
         Proto::Tcp => (peer, local, IPPROTO_TCP),
         Proto::Udp => (local, peer, IPPROTO_UDP),
@@ -519,12 +552,21 @@ fn peer_uid(proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
     msg.serialize(&mut buf);
-    sock.send_to(&buf, &netlink_sys::SocketAddr::new(0, 0), 0).ok()?;
-    let (reply, _) = sock.recv_from_full().ok()?;
-    match NetlinkMessage::<SockDiagMessage>::deserialize(&reply).ok()?.payload {
-        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Some(r.header.uid),
-        _ => None,
+    sock.send_to(&buf, &netlink_sys::SocketAddr::new(0, 0), 0)?;
+    // The kernel answers at once (the socket, or an error when there is none); an answer to an
+    // earlier request (one whose reader gave up) is skipped.
+    for _ in 0..4 {
+        let (reply, _) = sock.recv_from_full()?;
+        let Ok(msg) = NetlinkMessage::<SockDiagMessage>::deserialize(&reply) else { return Err(io::Error::other("unreadable sock_diag reply")) };
+        if msg.header.sequence_number != seq {
+            continue;
+        }
+        return Ok(match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => Some(r.header.uid),
+            _ => None,
+        });
     }
+    Err(io::Error::other("no sock_diag answer"))
 }
 
 #[cfg(test)]
