@@ -10,9 +10,9 @@ use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Each direction's pipe capacity, and the bytes moved per splice call: 16 times the default,
-/// so a bulk transfer takes a sixteenth of the system calls and wake-ups.
-const CHUNK: usize = 1024 * 1024;
+/// Bytes moved per splice call: the pipe's default capacity (16 pages). A 1 MiB pipe
+/// (F_SETPIPE_SZ) measured no better on the 2-core test VM (docs/performance.md).
+const CHUNK: usize = 64 * 1024;
 
 /// Moves bytes both ways until both sides have finished sending (each end-of-stream is passed
 /// on as a shutdown of the other side's sending half), or either fails. The bytes each way.
@@ -22,13 +22,11 @@ pub async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
 
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let (pipe_out, pipe_in): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-    // A smaller pipe (the limit, fs.pipe-max-size, was lowered) only costs more calls.
-    let chunk = nix::fcntl::fcntl(&pipe_in, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as libc::c_int)).map_or(64 * 1024, |n| n as usize);
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut total = 0u64;
     loop {
         // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
-        let n = from.async_io(Interest::READABLE, || Ok(splice(from, None, &pipe_in, None, chunk, flags)?)).await?;
+        let n = optimistic(from, Interest::READABLE, || splice(from, None, &pipe_in, None, CHUNK, flags)).await?;
         if n == 0 {
             // The peer finished sending: so do we, on the other side (ENOTCONN: it is gone).
             match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
@@ -38,9 +36,33 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         }
         let mut in_pipe = n;
         while in_pipe > 0 {
-            in_pipe -= to.async_io(Interest::WRITABLE, || Ok(splice(&pipe_out, None, to, None, in_pipe, flags)?)).await?;
+            in_pipe -= optimistic(to, Interest::WRITABLE, || splice(&pipe_out, None, to, None, in_pipe, flags)).await?;
         }
         total += n as u64;
+    }
+}
+
+/// Runs `op` at once, and waits for `interest` on `sock` only when it would block: the data of
+/// a request is usually there already when its connection is joined, and waiting for the
+/// reactor's first report first would cost a turn of it (a wake-up) per direction.
+async fn optimistic(sock: &TcpStream, interest: Interest, mut op: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
+    let mut cleared = false;
+    loop {
+        match op() {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EAGAIN) if !cleared => {
+                // Tell tokio the readiness it may hold is used up, then try once more: what
+                // arrived before the clearing is read now, what arrives after it is reported.
+                let _ = sock.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                cleared = true;
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                sock.ready(interest).await?;
+                cleared = false;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
