@@ -35,7 +35,7 @@ use sessiond_client::loopback::{loopback_for, sid_for_loopback};
 use sessiond_client::ports::{Forwarded, Place, PortEntry, Proto, SessionBridge};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -370,13 +370,36 @@ async fn connect_inside(shared: &Shared, t: &Target, port: u16) -> io::Result<Tc
             sock.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
         }
         sock.set_nonblocking(true)?;
-        match TcpSocket::from_std_stream(sock.into()).connect(target).await {
+        match connect_loopback(sock, target).await {
             Ok(s) => return Ok(s),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::ConnectionRefused)))
+}
+
+/// A non-blocking connect over loopback. The kernel has usually finished the handshake (or the
+/// refusal) by the time connect() returns EINPROGRESS, so the outcome is read at once; only
+/// otherwise does it wait for the reactor (a turn of it is a wake-up on the connection's path).
+async fn connect_loopback(sock: Socket, target: SocketAddr) -> io::Result<TcpStream> {
+    match sock.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    if sock.peer_addr().is_ok() {
+        return TcpStream::from_std(sock.into());
+    }
+    let stream = TcpStream::from_std(sock.into())?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
 }
 
 /// One datagram from the transparent UDP socket: its length, its sender, and where it was sent.
