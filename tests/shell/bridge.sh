@@ -400,7 +400,6 @@ status_shows_the_bridge() {
 bridge_metrics() {
     local m; m=$(python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9737/metrics", timeout=5).read().decode())') || return 1
     grep '^sessiond_bridge' <<<"$m"
-    local v
     v() { awk -v s="$1" '$1 == s {print $2}' <<<"$m"; }
     (( $(v 'sessiond_bridge_connections_total{direction="host_to_session"}') >= 10 )) &&
     (( $(v 'sessiond_bridge_connections_total{direction="session_to_host"}') >= 4 )) &&
