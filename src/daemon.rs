@@ -105,11 +105,17 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(mgr.clone().defend_adopted());
     // The loopback bridge: without it (nft missing, say) the daemon still serves sessions.
     let (reach, host_services) = (mgr.settings().loopback_reach, mgr.settings().host_services.clone());
-    let bridge = crate::bridge::start(mgr.clone(), reach, host_services)
-        .await
-        .inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback, nor sessions the host services"))
-        .ok()
-        .flatten();
+    // Started beside the control socket's server, not before it: a restart answers at once.
+    let bridge = tokio::spawn({
+        let mgr = mgr.clone();
+        async move {
+            crate::bridge::start(mgr, reach, host_services)
+                .await
+                .inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback, nor sessions the host services"))
+                .ok()
+                .flatten()
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();
@@ -119,7 +125,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
     }
     notify(&format!("STOPPING=1\nSTATUS=exiting; {} keep running", sessions(*running.borrow())));
-    if let Some(b) = bridge {
+    if let Ok(Some(b)) = bridge.await {
         b.stop().await;
     }
     let _ = std::fs::remove_file(&socket);
