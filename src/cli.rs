@@ -11,7 +11,7 @@ use crate::daemon::BootError;
 use crate::proto::{ErrorKind, Request, Response};
 use crate::sid::Sid;
 use crate::state::SessionRecord;
-use sessiond_client::ports::{Place, PortEntry};
+use sessiond_client::ports::{Place, PortEntry, SessionBridge};
 
 #[derive(Parser, Debug)]
 #[command(name = "sessiond", version, about = "A network identity (netns, uplink, address, loopback) per login session")]
@@ -203,7 +203,13 @@ fn run(cli: Cli) -> Result<i32, Exit> {
         }
         Cmd::Status { session, json, watch: false, socket } => {
             let sessions = expect_sessions(call(&socket, &Request::Status { session }, Duration::from_secs(30))?)?;
-            print_sessions(&sessions, json, session.is_some());
+            // Each session's loopback bridge (the daemon reads the sessions' listeners for it);
+            // without an answer, status shows the sessions alone.
+            let bridges = match call(&socket, &Request::Bridge { session }, Duration::from_secs(30)) {
+                Ok(Response::Bridge { sessions }) => sessions,
+                _ => vec![],
+            };
+            print_status(&sessions, &bridges, json, session.is_some());
             Ok(())
         }
         Cmd::Ports { session, listening, json, socket } => match call(&socket, &Request::Ports { session, listening }, Duration::from_secs(30))? {
@@ -271,6 +277,52 @@ fn print_sessions(sessions: &[SessionRecord], json: bool, single: bool) {
         return;
     }
     print!("{}", table(sessions));
+}
+
+/// `status`: the sessions, each with its loopback bridge (JSON key `bridge`; in text, a line
+/// per session under the table).
+fn print_status(sessions: &[SessionRecord], bridges: &[SessionBridge], json: bool, single: bool) {
+    let of = |sid| bridges.iter().find(|b| b.session == sid);
+    if !json {
+        print!("{}", table(sessions));
+        print!("{}", bridge_lines(sessions, bridges));
+        return;
+    }
+    let values: Vec<serde_json::Value> = sessions
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).expect("records serialize");
+            if let (Some(obj), Some(b)) = (v.as_object_mut(), of(r.session)) {
+                obj.insert("bridge".into(), serde_json::json!({ "from_host": b.from_host, "host_services": b.host_services }));
+            }
+            v
+        })
+        .collect();
+    let text = if single && values.len() == 1 { serde_json::to_string_pretty(&values[0]) } else { serde_json::to_string_pretty(&values) };
+    println!("{}", text.expect("records serialize"));
+}
+
+/// One line per session with a bridge to show: what the host reaches at its loopback (with the
+/// program), and the host services it reaches at its 127.0.0.1.
+pub(crate) fn bridge_lines(sessions: &[SessionRecord], bridges: &[SessionBridge]) -> String {
+    let mut out = String::new();
+    for r in sessions {
+        let Some(b) = bridges.iter().find(|b| b.session == r.session) else { continue };
+        if b.from_host.is_empty() && b.host_services.is_empty() {
+            continue;
+        }
+        let from: Vec<String> = b.from_host.iter().map(|f| format!("{}:{} ({})", f.proto, f.port, f.program.as_deref().unwrap_or("-"))).collect();
+        let to: Vec<String> = b.host_services.iter().map(|h| h.to_string()).collect();
+        let none = || "-".to_string();
+        out += &format!(
+            "bridge {}: the host reaches {} at {}; it reaches the host's {}\n",
+            r.session,
+            if from.is_empty() { none() } else { from.join(", ") },
+            r.loopback,
+            if to.is_empty() { none() } else { to.join(", ") }
+        );
+    }
+    out
 }
 
 /// The sockets as `ports` shows them, one line each under a header; COLLIDES names the other

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pool::{Pool, PoolError};
+pub use sessiond_client::ports::HostService;
 /// Shared with the clients (the session record names them; they find the socket by them).
 pub use sessiond_client::{
     Addressing, DEFAULT_DHCP_TIMEOUT_SECS, DEFAULT_SOCKET, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, Mode, SOCKET_ENV, Virtualize, WaitFor,
@@ -97,8 +98,7 @@ pub struct RawSettings {
     #[arg(long = "acd-probe-ms", value_name = "MS")]
     pub acd_probe_ms: Option<u64>,
     /// Who on the host may connect to 127.0.0.(sid+1):P, forwarded to what session sid listens
-    /// on at P (owner: root and the session's owner; all; default none: no bridge, until its
-    /// listener discovery is cheap at scale)
+    /// on at P (default owner: root and the session's owner; all; none: no bridge)
     #[arg(long, value_parser = one_of::<LoopbackReach>(LoopbackReach::NAMES))]
     pub loopback_reach: Option<LoopbackReach>,
     /// How sessions get their network identity: namespace (their own network namespace; the
@@ -124,6 +124,11 @@ pub struct RawSettings {
     /// background), ipv6 or both (also a usable global IPv6 address, within the DHCP timeout)
     #[arg(long, value_parser = one_of::<WaitFor>(WaitFor::NAMES))]
     pub wait_for: Option<WaitFor>,
+    /// A host service every session reaches at its own 127.0.0.1:PORT (the host's
+    /// 127.0.0.1:PORT, connected from the session's loopback); the port is reserved in
+    /// sessions (repeatable; e.g. tcp:631, udp:1947)
+    #[arg(long = "host-service", value_name = "PROTO:PORT")]
+    pub host_services: Option<Vec<HostService>>,
 }
 
 /// The config file is one layer of `RawSettings` (the name the tests know it by).
@@ -220,6 +225,7 @@ impl RawSettings {
             ipv6: self.ipv6.or(under.ipv6),
             ipv6_privacy: self.ipv6_privacy.or(under.ipv6_privacy),
             wait_for: self.wait_for.or(under.wait_for),
+            host_services: self.host_services.or(under.host_services),
         }
     }
 }
@@ -256,6 +262,8 @@ pub struct Settings {
     /// RFC 8981 temporary addresses beside the stable one.
     pub ipv6_privacy: bool,
     pub wait_for: WaitFor,
+    /// Sorted, each once.
+    pub host_services: Vec<HostService>,
 }
 
 /// Allowed `dhcp_min_lease_secs`: at least 2 s, so the renewal floor (half of it) is at least
@@ -303,6 +311,7 @@ impl Settings {
             ipv6,
             ipv6_privacy,
             wait_for,
+            host_services,
         } = flags.over(file);
         let uplink = uplink.ok_or(ConfigError::NoUplink)?;
         check_ifname(&uplink)?;
@@ -381,13 +390,14 @@ impl Settings {
             dhcp_min_lease_secs,
             metrics_listen,
             acd_probe_ms,
-            loopback_reach: loopback_reach.unwrap_or(LoopbackReach::None),
+            loopback_reach: loopback_reach.unwrap_or(LoopbackReach::Owner),
             mode: mode.unwrap_or(Mode::Namespace),
             programs,
             virtualize,
             ipv6,
             ipv6_privacy: ipv6_privacy.unwrap_or(false),
             wait_for,
+            host_services: host_services.unwrap_or_default().into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
         })
     }
 }
@@ -429,6 +439,20 @@ state_dir = "/tmp/state"
         assert_eq!(Settings::merge(RawSettings::default(), f).unwrap().metrics_listen, Some("127.0.0.1:9737".parse().unwrap()));
         let e = parse("metrics_listen = \"localhost\"\n").unwrap_err().to_string();
         assert!(e.contains("metrics_listen") && e.contains("socket address"), "{e}");
+    }
+
+    #[test]
+    fn host_services_come_from_the_file_or_the_flags_sorted_once_each_and_bad_ones_are_named() {
+        use sessiond_client::ports::Proto;
+        let f = parse("uplink = \"br0\"\nhost_services = [\"udp:1947\", \"tcp:631\", \"tcp:631\"]\n").unwrap();
+        let s = Settings::merge(RawSettings::default(), f.clone()).unwrap();
+        assert_eq!(s.host_services, vec![HostService { proto: Proto::Tcp, port: 631 }, HostService { proto: Proto::Udp, port: 1947 }]);
+        let flags = RawSettings { host_services: Some(vec!["tcp:27000".parse().unwrap()]), ..Default::default() };
+        assert_eq!(Settings::merge(flags, f).unwrap().host_services, vec![HostService { proto: Proto::Tcp, port: 27000 }]);
+        let none = Settings::merge(RawSettings { uplink: Some("br0".into()), ..Default::default() }, RawSettings::default()).unwrap();
+        assert!(none.host_services.is_empty());
+        let e = parse("host_services = [\"tcp:70000\"]\n").unwrap_err().to_string();
+        assert!(e.contains("tcp:70000") && e.contains("from 1 to 65535") && e.contains("test.toml"), "{e}");
     }
 
     #[test]

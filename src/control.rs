@@ -233,6 +233,7 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
                 Err(e) => from_manager(e),
             },
             Request::Ports { session, listening } => ports(mgr, uid, session, listening).await,
+            Request::Bridge { session } => bridge(mgr, uid, session).await,
             other => Response::error(ErrorKind::PermissionDenied, format!("permission denied: {} needs root (caller uid {uid})", op_name(&other))),
         };
     }
@@ -263,6 +264,37 @@ async fn answer<P: Platform>(mgr: &Manager<P>, req: Request, uid: u32, conn: Opt
         },
         Request::Watch => Response::error(ErrorKind::BadRequest, "watch is answered by a stream, on a connection of its own"),
         Request::Ports { session, listening } => ports(mgr, uid, session, listening).await,
+        Request::Bridge { session } => bridge(mgr, uid, session).await,
+    }
+}
+
+/// `bridge`: for each session `uid` may see (or the one asked for), the ports the host reaches
+/// through the loopback bridge, with their programs (read as `ports` reads them, on a blocking
+/// thread), and the host services.
+async fn bridge<P: Platform>(mgr: &Manager<P>, uid: u32, session: Option<crate::sid::Sid>) -> Response {
+    let viewer = crate::events::Viewer::from_uid(uid);
+    let records: Vec<SessionRecord> = match mgr.status(session) {
+        Ok(r) => r.into_iter().filter(|r| viewer.may_see(r.owner_uid)).collect(),
+        Err(e) => return from_manager(e),
+    };
+    if let Some(s) = session
+        && records.is_empty()
+    {
+        return Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"));
+    }
+    let (reach, services) = (mgr.settings().loopback_reach, mgr.settings().host_services.clone());
+    let targets: Vec<Target> = records.iter().map(|r| Target { place: Place::Session(r.session), netns: crate::ns::netns_path(&r.netns) }).collect();
+    let listening = if reach == crate::config::LoopbackReach::None || targets.is_empty() {
+        Ok(vec![])
+    } else {
+        match tokio::task::spawn_blocking(move || crate::ports::list(&targets, |_| true, true, Path::new("/proc"))).await {
+            Ok(r) => r,
+            Err(e) => return Response::error(ErrorKind::Failed, format!("bridge: the reading thread failed: {e}")),
+        }
+    };
+    match listening {
+        Ok(ports) => Response::Bridge { sessions: records.iter().map(|r| crate::bridge::view(r.session, &ports, &services)).collect() },
+        Err(e) => Response::error(ErrorKind::Failed, format!("bridge: {e}")),
     }
 }
 
@@ -318,6 +350,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::StopAll => "stop --all",
         Request::Watch => "watch",
         Request::Ports { .. } => "ports",
+        Request::Bridge { .. } => "bridge",
     }
 }
 

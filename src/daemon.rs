@@ -104,10 +104,19 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(mgr.clone().watch_conflicts());
     tokio::spawn(mgr.clone().defend_adopted());
     tokio::spawn(mgr.clone().start_ipv6_adopted());
-    match mgr.settings().loopback_reach {
-        crate::config::LoopbackReach::None => {}
-        reach => drop(tokio::spawn(crate::bridge::run(mgr.clone(), reach))),
-    }
+    // The loopback bridge: without it (nft missing, say) the daemon still serves sessions.
+    let (reach, host_services) = (mgr.settings().loopback_reach, mgr.settings().host_services.clone());
+    // Started beside the control socket's server, not before it: a restart answers at once.
+    let bridge = tokio::spawn({
+        let mgr = mgr.clone();
+        async move {
+            crate::bridge::start(mgr, reach, host_services)
+                .await
+                .inspect_err(|e| tracing::error!("{e}; the host cannot reach sessions at their loopback, nor sessions the host services"))
+                .ok()
+                .flatten()
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();
@@ -117,6 +126,9 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
     }
     notify(&format!("STOPPING=1\nSTATUS=exiting; {} keep running", sessions(*running.borrow())));
+    if let Ok(Some(b)) = bridge.await {
+        b.stop().await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -186,6 +186,29 @@ impl From<&RejectReason> for RejectLabel {
     }
 }
 
+label! {
+    /// `sessiond_bridge_*{direction}`: host -> session (a session's loopback), or session ->
+    /// host (a host service).
+    BridgeDirection { HostToSession = "host_to_session", SessionToHost = "session_to_host" }
+}
+
+label! {
+    /// `sessiond_bridge_refused_total{reason}`: `not_allowed` (loopback_reach), or
+    /// `nothing_listening` (the connection was reset: nothing took it on the other side).
+    RefusedReason { NotAllowed = "not_allowed", NothingListening = "nothing_listening" }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BridgeLabels {
+    direction: BridgeDirection,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    direction: BridgeDirection,
+    reason: RefusedReason,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabels {
     state: StateLabel,
@@ -258,6 +281,8 @@ struct Inner {
     dhcp_messages: Family<MessageLabels, Counter>,
     dhcp_rejected: Family<RejectLabels, Counter>,
     dhcp_renewals: Family<RenewalLabels, Counter>,
+    bridge_connections: Family<BridgeLabels, Counter>,
+    bridge_refused: Family<RefusedLabels, Counter>,
 }
 
 /// Upper bounds (s) of the start-duration buckets: a static start takes milliseconds, a DHCP
@@ -282,6 +307,8 @@ impl Metrics {
             dhcp_messages: Family::default(),
             dhcp_rejected: Family::default(),
             dhcp_renewals: Family::default(),
+            bridge_connections: Family::default(),
+            bridge_refused: Family::default(),
         };
         {
             // Counters are registered without `_total`: the encoder adds it.
@@ -294,6 +321,12 @@ impl Metrics {
             r.register("sessiond_dhcp_messages", "DHCP messages sent and received by the sessions' clients", inner.dhcp_messages.clone());
             r.register("sessiond_dhcp_rejected", "Received DHCP packets the sessions' clients ignored, by reason", inner.dhcp_rejected.clone());
             r.register("sessiond_dhcp_renewals", "Lease renewals (RENEWING or REBINDING) ended, by result", inner.dhcp_renewals.clone());
+            r.register(
+                "sessiond_bridge_connections",
+                "Loopback bridge connections (TCP) and flows (UDP) that arrived, by direction",
+                inner.bridge_connections.clone(),
+            );
+            r.register("sessiond_bridge_refused", "Loopback bridge connections and flows refused, by direction and reason", inner.bridge_refused.clone());
         }
         // Every label value of the small, fixed families from the first scrape on: a series that
         // appears only once it is non-zero defeats rate() and alert rules.
@@ -302,6 +335,12 @@ impl Metrics {
         }
         for r in RenewalResult::ALL {
             let _ = inner.dhcp_renewals.get_or_create(&RenewalLabels { result: *r });
+        }
+        for direction in BridgeDirection::ALL {
+            let _ = inner.bridge_connections.get_or_create(&BridgeLabels { direction: *direction });
+            for reason in RefusedReason::ALL {
+                let _ = inner.bridge_refused.get_or_create(&RefusedLabels { direction: *direction, reason: *reason });
+            }
         }
         for r in RejectLabel::ALL {
             let _ = inner.dhcp_rejected.get_or_create(&RejectLabels { reason: *r });
@@ -318,6 +357,16 @@ impl Metrics {
             let _ = inner.dhcp_messages.get_or_create(&MessageLabels { r#type: t, direction });
         }
         Metrics { inner: Arc::new(inner) }
+    }
+
+    /// A connection or UDP flow arrived at the loopback bridge.
+    pub fn bridge_connection(&self, direction: BridgeDirection) {
+        self.inner.bridge_connections.get_or_create(&BridgeLabels { direction }).inc();
+    }
+
+    /// The loopback bridge refused one.
+    pub fn bridge_refused(&self, direction: BridgeDirection, reason: RefusedReason) {
+        self.inner.bridge_refused.get_or_create(&RefusedLabels { direction, reason }).inc();
     }
 
     /// A start request ended; `elapsed` counts only for a start that made a session.
@@ -554,6 +603,31 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name} is a {kind}");
         }
         assert!(!text.contains("# EOF"), "the Prometheus text format, not OpenMetrics");
+    }
+
+    #[test]
+    fn bridge_connections_and_refusals_are_counted_by_direction_and_reason() {
+        let m = Metrics::new();
+        let fresh = m.render(&Census::default());
+        assert_eq!(
+            sample(&fresh, "sessiond_bridge_refused_total{direction=\"session_to_host\",reason=\"nothing_listening\"}"),
+            Some(0.0),
+            "there from the start"
+        );
+        m.bridge_connection(BridgeDirection::HostToSession);
+        m.bridge_connection(BridgeDirection::HostToSession);
+        m.bridge_connection(BridgeDirection::SessionToHost);
+        m.bridge_refused(BridgeDirection::HostToSession, RefusedReason::NotAllowed);
+        let text = m.render(&Census::default());
+        assert!(text.contains("# TYPE sessiond_bridge_connections_total counter\n") && text.contains("# TYPE sessiond_bridge_refused_total counter\n"));
+        for (series, want) in [
+            ("sessiond_bridge_connections_total{direction=\"host_to_session\"}", 2.0),
+            ("sessiond_bridge_connections_total{direction=\"session_to_host\"}", 1.0),
+            ("sessiond_bridge_refused_total{direction=\"host_to_session\",reason=\"not_allowed\"}", 1.0),
+            ("sessiond_bridge_refused_total{direction=\"host_to_session\",reason=\"nothing_listening\"}", 0.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(want), "{series}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! one place anything calls `setns`: `enter_netns`. The daemon enters a namespace only through
 //! `spawn_in_netns`, on a fresh thread, because setns changes only the calling thread and a
 //! socket stays in the namespace it was made in: a thread that enters and then exits means no
-//! tokio worker or pooled thread is ever left in a session's namespace, and nothing forks.
+//! tokio worker or pooled thread is ever left in a session's namespace, and nothing forks. The
+//! one exception is the loopback bridge's `ns_socket`: the calling thread enters for a single
+//! `socket()` call and goes straight back, with nothing else run in between.
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

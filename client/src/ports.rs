@@ -67,6 +67,82 @@ impl fmt::Display for Proto {
     }
 }
 
+/// A host service every session reaches at its own 127.0.0.1:`port` (`host_services`,
+/// `--host-service PROTO:PORT`): written `tcp:631`, `udp:1947`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostService {
+    pub proto: Proto,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostServiceError {
+    #[error("host service {0:?}: expected PROTO:PORT, e.g. tcp:631 or udp:1947")]
+    Form(String),
+    #[error("host service {0:?}: unknown protocol (tcp or udp)")]
+    Proto(String),
+    #[error("host service {0:?}: the port must be a number from 1 to 65535")]
+    Port(String),
+}
+
+impl std::str::FromStr for HostService {
+    type Err = HostServiceError;
+    fn from_str(s: &str) -> Result<HostService, HostServiceError> {
+        let (proto, port) = s.split_once(':').ok_or_else(|| HostServiceError::Form(s.into()))?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(HostServiceError::Proto(s.into())),
+        };
+        // Digits only: `u16::from_str` would take "+1".
+        match port.parse::<u16>() {
+            Ok(n) if n != 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(HostService { proto, port: n }),
+            _ => Err(HostServiceError::Port(s.into())),
+        }
+    }
+}
+
+impl TryFrom<String> for HostService {
+    type Error = HostServiceError;
+    fn try_from(s: String) -> Result<HostService, HostServiceError> {
+        s.parse()
+    }
+}
+
+impl From<HostService> for String {
+    fn from(h: HostService) -> String {
+        h.to_string()
+    }
+}
+
+impl fmt::Display for HostService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.proto, self.port)
+    }
+}
+
+/// One session's loopback bridge, as `status` shows it (key `bridge`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionBridge {
+    pub session: Sid,
+    /// What the host reaches at the session's loopback: the session's TCP listeners and bound
+    /// UDP sockets that a connection from the bridge reaches (on 127.0.0.1, the session
+    /// loopback, 0.0.0.0 or [::]); empty when loopback_reach is none.
+    pub from_host: Vec<Forwarded>,
+    /// The host services the session reaches at its own 127.0.0.1.
+    pub host_services: Vec<HostService>,
+}
+
+/// A port of a session the host reaches through the bridge, and the program listening on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub proto: Proto,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub program: Option<String>,
+}
+
 /// The kernel's socket state (include/net/tcp_states.h). A UDP socket is `Unconnected`
 /// (the kernel's TCP_CLOSE) or `Established` (connected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,6 +251,22 @@ mod tests {
         assert!("16777215".parse::<Place>().is_err());
         assert!("x".parse::<Place>().unwrap_err().to_string().contains("not a number"));
         assert!(serde_json::from_str::<Place>("-1").is_err());
+    }
+
+    #[test]
+    fn host_services_read_proto_colon_port_and_name_what_is_wrong() {
+        let h: HostService = "tcp:631".parse().unwrap();
+        assert_eq!(h, HostService { proto: Proto::Tcp, port: 631 });
+        assert_eq!(h.to_string(), "tcp:631");
+        assert_eq!(serde_json::to_string(&h).unwrap(), "\"tcp:631\"");
+        assert_eq!(serde_json::from_str::<HostService>("\"udp:1947\"").unwrap(), HostService { proto: Proto::Udp, port: 1947 });
+        assert_eq!("631".parse::<HostService>(), Err(HostServiceError::Form("631".into())));
+        assert_eq!("sctp:631".parse::<HostService>(), Err(HostServiceError::Proto("sctp:631".into())));
+        for bad in ["tcp:0", "tcp:65536", "tcp:", "tcp:x", "tcp:+1", "tcp: 1"] {
+            assert_eq!(bad.parse::<HostService>(), Err(HostServiceError::Port(bad.into())), "{bad}");
+        }
+        let e = serde_json::from_str::<HostService>("\"tcp:0\"").unwrap_err().to_string();
+        assert!(e.contains("from 1 to 65535"), "{e}");
     }
 
     #[test]

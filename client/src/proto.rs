@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 
 use ipnet::Ipv4Net;
 
-use crate::ports::{Place, PortEntry};
+use crate::ports::{Place, PortEntry, SessionBridge};
 use crate::record::{SessionRecord, SessionState};
 use crate::sid::Sid;
 
@@ -44,6 +44,11 @@ pub enum Request {
         #[serde(default)]
         listening: bool,
     },
+    /// The loopback bridge of the sessions the caller may see (or of one): what the host
+    /// reaches in each, and the host services each reaches (`status` shows it).
+    Bridge {
+        session: Option<Sid>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +76,9 @@ pub enum Response {
     },
     Ports {
         ports: Vec<PortEntry>,
+    },
+    Bridge {
+        sessions: Vec<SessionBridge>,
     },
     Error {
         kind: ErrorKind,

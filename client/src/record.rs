@@ -68,11 +68,11 @@ named! {
     /// Who on the host may connect to a session's loopback 127.0.0.(sid+1):P, which the
     /// loopback bridge forwards to what the session listens on at P.
     pub enum LoopbackReach {
-        /// Root and the session's owner.
+        /// Root and the session's owner (the default).
         Owner = "owner",
         /// Anyone on the host (as on a Windows terminal server).
         All = "all",
-        /// Nobody: no bridge (the default until listener discovery is cheap at scale).
+        /// Nobody: no bridge.
         None = "none",
     }
 }

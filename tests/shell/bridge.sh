@@ -10,6 +10,15 @@
 # connect, another user is refused; a new listener is reachable within 1 s and gone after it
 # closes; session 1 cannot reach session 2 at 127.0.0.3; nothing listens off loopback and no
 # routing sysctl changes; `stop` leaves no bridge socket.
+# The TPROXY table `inet sessiond` holds exactly the running sessions' loopbacks and diverts to
+# listeners on 127.0.0.1; a port nothing takes inside is reset; the host's other 127/8
+# addresses stay the host's; `stop` empties the set and the daemon's exit removes the table.
+# Session -> host: with --host-service tcp:9631 / udp:9947, 127.0.0.1:P in each session reaches
+# the host's 127.0.0.1:P, which sees the session's loopback as the peer; the port is taken in
+# the session (EADDRINUSE); nothing listening on the host: the session's client is reset; bad
+# --host-service values are named. `status` shows each session's bridge (JSON key bridge).
+# 200 sessions, each with a listener on 127.0.0.1:8080, are all reachable at their loopback,
+# and again after a daemon restart.
 # Usage: tests/shell/bridge.sh
 # shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
 source "$(dirname "$0")/lib.sh"
@@ -55,7 +64,8 @@ users_and_daemon() {
     BOB=(setpriv --reuid="$(id -u bob)" --regid="$(id -g bob)" --init-groups --)
     rm -rf "$STATE"
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
-        --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner
+        --state-dir "$STATE" --socket-group "$GROUP" --loopback-reach owner \
+        --host-service tcp:9631 --host-service udp:9947 --host-service tcp:9632 --metrics-listen 127.0.0.1:9737
 }
 
 sessions_for_alice_and_bob() {
@@ -300,10 +310,182 @@ stop_leaves_no_bridge_socket() {
     wait_for 3 bash -c "! ss -Hltun | grep -qE '127\.0\.0\.[23]:'" || { ss -ltun; return 1; }
 }
 
+# The table while sessions 1 and 2 run: their loopbacks in the set, both rules to 127.0.0.1.
+nft_table_holds_the_running_sessions() {
+    local j; j=$(nft -j list table inet sessiond) || return 1
+    jq -c '.nftables[] | select(.set or .rule) | (.set.elem // .rule.expr)' <<<"$j"
+    [[ $(jq -c '[.nftables[] | .set? | select(.) | .elem] | .[0] | sort' <<<"$j") == '["127.0.0.2","127.0.0.3"]' ]] &&
+    [[ $(jq -c '[.nftables[] | .rule? | select(.) | .expr[] | .tproxy? | select(.) | .addr] | unique' <<<"$j") == '["127.0.0.1"]' ]] &&
+    [[ $(jq -c '[.nftables[] | .rule? | select(.) | .expr[0].match.right] | unique' <<<"$j") == '["lo"]' ]]
+}
+
+# Nothing listens on 8099 in session 1: the client's SYN was answered by the bridge, so it
+# sees a reset rather than "refused".
+nothing_inside_is_reset() {
+    local out; out=$(hit 127.0.0.2 8099); echo "127.0.0.2:8099 -> $out"
+    [[ $out == *"reset by peer"* ]]
+}
+
+# 127.0.0.9 (sid 8, not running) and 127.0.0.53 (sid 52) are the host's own.
+the_hosts_other_loopbacks_stay_the_hosts() {
+    rm -f "$W/h9.pid"
+    timeout 130 python3 -c "$GREETER_PY" "$W/h9.pid" 127.0.0.9:8097 127.0.0.53:8097 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/h9.pid" || return 1
+    local a b; a=$(hit 127.0.0.9 8097); b=$(hit 127.0.0.53 8097); echo "127.0.0.9:8097 -> $a; 127.0.0.53:8097 -> $b"
+    [[ $a == "8097 127.0.0.1" && $b == "8097 127.0.0.1" ]]
+}
+
+stop_empties_the_set() {
+    nft -j list set inet sessiond sessions | jq -c '.nftables[1].set'
+    [[ $(nft -j list set inet sessiond sessions | jq -c '.nftables[1].set.elem // []') == "[]" ]]
+}
+
+daemon_exit_removes_the_table() {
+    kill_daemon
+    ! nft list table inet sessiond 2>/dev/null || { nft list ruleset; return 1; }
+}
+
+# ------------------------------------------------------------------ session -> host
+host_services_up() {
+    rm -f "$W/hs.pid" "$W/hu.pid"
+    timeout 130 python3 -c "$GREETER_PY" "$W/hs.pid" 127.0.0.1:9631 & LISTENERS+=($!)
+    timeout 130 python3 -c "$ECHO_UDP_PY" "$W/hu.pid" 127.0.0.1:9947 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/hs.pid" && wait_for 10 test -s "$W/hu.pid"
+}
+
+# each session reaches the host's service, which sees the session's own loopback
+sessions_reach_host_services() {
+    local a b u
+    a=$("$SESSIOND" exec --session 1 --user alice -- bash -c "$(declare -f hit); hit 127.0.0.1 9631")
+    b=$("$SESSIOND" exec --session 2 --user bob -- bash -c "$(declare -f hit); hit 127.0.0.1 9631")
+    u=$("$SESSIOND" exec --session 1 --user alice -- bash -c "$(declare -f udp_hit); udp_hit 127.0.0.1 9947")
+    echo "session 1 -> 127.0.0.1:9631: $a; session 2: $b; session 1 udp 9947: $u"
+    [[ $a == "9631 127.0.0.2" && $b == "9631 127.0.0.3" && $u == "9947 127.0.0.2" ]]
+}
+
+host_service_port_is_taken_in_sessions() {
+    local out
+    out=$("$SESSIOND" exec --session 1 --user alice -- python3 -c '
+import socket
+for proto, port in ((socket.SOCK_STREAM, 9631), (socket.SOCK_DGRAM, 9947)):
+    s = socket.socket(socket.AF_INET, proto)
+    try:
+        s.bind(("127.0.0.1", port)); print("bound", port)
+    except OSError as e:
+        print(port, e.strerror)
+' 2>&1); echo "$out"
+    [[ $out == $'9631 Address already in use\n9947 Address already in use' ]]
+}
+
+# 9632 is exposed but nothing listens on the host: the session's client is reset
+absent_host_service_resets() {
+    local out; out=$("$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit 127.0.0.1 9632"); echo "session 1 -> 127.0.0.1:9632: $out"
+    [[ $out == *"reset by peer"* ]]
+}
+
+# status (text and --json key bridge): session 1's ports the host reaches, with the program,
+# and the host services; the daemon's own listeners inside (host services, DHCP) are not shown
+status_shows_the_bridge() {
+    local j t
+    j=$("${ALICE[@]}" "$SESSIOND" status --session 1 --json | jq -c .bridge) || return 1
+    t=$("$SESSIOND" status); echo "$j"; echo "$t"
+    [[ $(jq -c '[.from_host[] | select(.proto == "tcp") | .port]' <<<"$j") == '[8080,8081,8082,8083,8084]' ]] &&
+    [[ $(jq -c '[.from_host[] | select(.proto == "udp") | .port]' <<<"$j") == '[5301,5302,5303,5304,5353]' ]] &&
+    [[ $(jq -c '[.from_host[].program] | unique' <<<"$j") == '["python3"]' ]] &&
+    [[ $(jq -c '.host_services' <<<"$j") == '["tcp:9631","tcp:9632","udp:9947"]' ]] &&
+    grep -q '^bridge 1: the host reaches tcp:8080 (python3), .* at 127.0.0.2; it reaches the host.s tcp:9631, tcp:9632, udp:9947$' <<<"$t"
+}
+
+# the bridge's counters: what the checks above did (bob refused over TCP and UDP; a reset each way)
+bridge_metrics() {
+    local m; m=$(python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9737/metrics", timeout=5).read().decode())') || return 1
+    grep '^sessiond_bridge' <<<"$m"
+    v() { awk -v s="$1" '$1 == s {print $2}' <<<"$m"; }
+    (( $(v 'sessiond_bridge_connections_total{direction="host_to_session"}') >= 10 )) &&
+    (( $(v 'sessiond_bridge_connections_total{direction="session_to_host"}') >= 4 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="host_to_session",reason="not_allowed"}') >= 2 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="host_to_session",reason="nothing_listening"}') >= 1 )) &&
+    (( $(v 'sessiond_bridge_refused_total{direction="session_to_host",reason="nothing_listening"}') == 1 ))
+}
+
+bad_host_service_is_named() {
+    expect_exit 2 "from 1 to 65535" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service tcp:0 &&
+    expect_exit 2 "unknown protocol" "$SESSIOND" daemon --uplink "$SBX_UPLINK" --host-service sctp:9 &&
+    echo 'host_services = ["tcp:631", "631"]' >"$W/bad.toml" &&
+    expect_exit 2 "expected PROTO:PORT" "$SESSIOND" daemon --config "$W/bad.toml" --uplink "$SBX_UPLINK"
+}
+
+# ------------------------------------------------------------------ 200 sessions
+MANY=200
+# One process listens on 127.0.0.1:8080 in each of sessions 1..N (entering each namespace with
+# setns) and answers every connection with its session id; pid to $1, lives at most 120 s.
+MANY_PY='
+import ctypes, os, selectors, socket, sys, time
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+home = os.open("/proc/self/ns/net", os.O_RDONLY)
+sel = selectors.DefaultSelector()
+for sid in range(1, int(sys.argv[2]) + 1):
+    fd = os.open("/run/netns/sessiond-%d" % sid, os.O_RDONLY)
+    if libc.setns(fd, 0x40000000) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+    os.close(fd)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 8080)); s.listen(16); s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ, sid)
+libc.setns(home, 0x40000000)
+open(sys.argv[1], "w").write(str(os.getpid()))
+end = time.time() + 120
+while time.time() < end:
+    for key, _ in sel.select(1):
+        c, _ = key.fileobj.accept(); c.sendall(b"%d\n" % key.data); c.close()
+'
+# From the host: connects to 127.0.0.(sid+1):8080 for sid 1..N; prints how many answered with
+# their own sid, and the first wrong answers.
+MANY_CLIENT_PY='
+import socket, sys
+ok, bad = 0, []
+for sid in range(1, int(sys.argv[1]) + 1):
+    ip = "127.%d.%d.%d" % (((sid + 1) >> 16) & 255, ((sid + 1) >> 8) & 255, (sid + 1) & 255)
+    try:
+        c = socket.create_connection((ip, 8080), timeout=3)
+        got = c.recv(100).decode().strip()
+    except OSError as e:
+        got = str(e)
+    if got == str(sid): ok += 1
+    elif len(bad) < 5: bad.append("%s: %s" % (ip, got))
+print(ok, bad)
+'
+many_sessions_up() {
+    kill_daemon
+    start_daemon --uplink "$SBX_UPLINK" --addressing static --pool 10.77.0.10-10.77.0.250/24 --gateway "$SBX_GATEWAY" \
+        --state-dir "$STATE" --acd-probe-ms 0 --loopback-reach owner || return 1
+    seq 1 $MANY | xargs -P 8 -I{} "$SESSIOND" start --session {} >/dev/null || return 1
+    [[ $("$SESSIOND" status --json | jq length) == "$MANY" ]]
+}
+
+many_listeners() {
+    rm -f "$W/many.pid"
+    timeout 130 python3 -c "$MANY_PY" "$W/many.pid" $MANY & LISTENERS+=($!)
+    wait_for 20 test -s "$W/many.pid"
+}
+
+all_many_reachable() {
+    local out; out=$(timeout 60 python3 -c "$MANY_CLIENT_PY" $MANY); echo "answered with their own sid: $out"
+    [[ $out == "$MANY []" ]]
+}
+
+daemon_restart_keeps_the_bridge() {
+    kill_daemon || return 1
+    start_daemon --uplink "$SBX_UPLINK" --addressing static --pool 10.77.0.10-10.77.0.250/24 --gateway "$SBX_GATEWAY" \
+        --state-dir "$STATE" --acd-probe-ms 0 --loopback-reach owner || return 1
+    wait_for 10 bash -c "[[ \$(nft -j list set inet sessiond sessions | jq '.nftables[1].set.elem | length') == $MANY ]]" || return 1
+    all_many_reachable
+}
+
 cleanup() {
     local p
     for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in s1 s2 host g1 g2 g3 u1; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3 u1 h9 many hs hu; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
     wait_pid 5 "${LISTENERS[@]}"
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
@@ -326,7 +508,23 @@ check "bridge, UDP: alice is answered, bob is not (and logged)" udp_owner_rule
 check "bridge: a new listener is reachable within 1 s, and gone after it closes" new_listener_within_1s_and_gone_after_close
 check "bridge: session 1 cannot reach session 2's service at 127.0.0.3" sessions_do_not_reach_each_other
 check "bridge: nothing listens off loopback; no route_localnet, forwarding unchanged" nothing_off_loopback
+check "bridge: table inet sessiond diverts the running sessions' loopbacks (only) to 127.0.0.1" nft_table_holds_the_running_sessions
+check "bridge: a port nothing takes inside is reset" nothing_inside_is_reset
+check "bridge: the host's other loopbacks (127.0.0.9, 127.0.0.53) stay the host's" the_hosts_other_loopbacks_stay_the_hosts
+check "host services: tcp 127.0.0.1:9631 and udp 127.0.0.1:9947 on the host" host_services_up
+check "host services: each session reaches them at its 127.0.0.1, seen from its own loopback" sessions_reach_host_services
+check "host services: their ports are taken in the sessions (EADDRINUSE)" host_service_port_is_taken_in_sessions
+check "host services: nothing listening on the host: the session's client is reset" absent_host_service_resets
+check "status: key bridge (and a text line): the ports the host reaches with their program, the host services" status_shows_the_bridge
+check "metrics: sessiond_bridge_connections_total and _refused_total count both directions" bridge_metrics
+check "host services: bad --host-service values and config entries are named" bad_host_service_is_named
 check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
+check "bridge: stop empties the set" stop_empties_the_set
+check "bridge: the daemon's exit removes table inet sessiond" daemon_exit_removes_the_table
+check "bridge: $MANY sessions up (a daemon with a wider pool)" many_sessions_up
+check "bridge: a listener on 127.0.0.1:8080 in each of the $MANY sessions" many_listeners
+check "bridge: all $MANY are reachable from the host at their loopback, each its own" all_many_reachable
+check "bridge: after a daemon restart, all $MANY are reachable again" daemon_restart_keeps_the_bridge
 check "stop --all leaves nothing" cleanup
-kill_daemon
+check "bridge: the daemon's exit removes table inet sessiond" daemon_exit_removes_the_table
 finish

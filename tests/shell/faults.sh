@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13, 14 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13, 14, 15 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -35,6 +35,8 @@
 #      refuses a mode=programs login under fail=closed; kill -9 of the daemon with programs-mode
 #      sessions up (their hooks stay pinned and attached; the next daemon adopts them, and tears
 #      down the one whose pins were removed)
+#  15  the loopback bridge across a kill -9 (the table left behind diverts to nobody; the next
+#      daemon replaces it), an admin deleting its table, and an nft that fails
 #
 # Each scenario is one or more rows of the reliability table; each row's expectations are
 # lib.sh checks named "[ROW] what" (the same PASS/FAIL lines and final tally as every suite).
@@ -58,7 +60,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13 14)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13 14 15)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -1705,6 +1707,65 @@ scenario_14() {
 }
 
 # ================================================================== run
+
+# ================================================================== 15: the loopback bridge
+
+# A server in session SID on 127.0.0.1:PORT answering each connection with "ok"; its pid in $W/NAME.pid.
+bridge_server() { # SID PORT NAME
+    rm -f "$W/$3.pid"
+    timeout 120 "$SESSIOND" exec --session "$1" -- python3 -c '
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+open(sys.argv[2], "w").write(str(os.getpid()))
+while True:
+    c, _ = s.accept(); c.sendall(b"ok\n"); c.close()
+' "$2" "$W/$3.pid" >/dev/null 2>&1 &
+    bg_track $!
+    poll 10 test -s "$W/$3.pid"
+}
+two_bridge_servers() { bridge_server 1 7070 b1 && bridge_server 2 7070 b2; }
+reaches() { # ADDR PORT: the host connects and reads "ok"
+    [[ $(timeout 5 python3 -c 'import socket, sys; print(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).recv(10).decode().strip())' "$1" "$2" 2>&1) == ok ]]
+}
+both_reached() { reaches 127.0.0.2 7070 && reaches 127.0.0.3 7070; }
+tproxy_port() { nft -j list table inet sessiond 2>/dev/null | jq -r '[.nftables[] | .rule? | select(.) | .expr[] | .tproxy? | select(.) | .port] | first // empty'; }
+left_by_the_dead() { [[ -n $1 && $(tproxy_port) == "$1" ]] && ! reaches 127.0.0.2 7070; }
+replaced_and_reached() { local p; p=$(tproxy_port); [[ -n $p && $p != "$1" ]] && both_reached; }
+reinstalled_and_reached() { nft list table inet sessiond >/dev/null 2>&1 && both_reached; }
+three_in_the_set() { [[ $(nft -j list set inet sessiond sessions | jq -c '.nftables[1].set.elem | sort') == '["127.0.0.2","127.0.0.3","127.0.0.4"]' ]]; }
+no_table() { ! nft list table inet sessiond >/dev/null 2>&1; }
+bridge_off_logged() { grep -q 'the host cannot reach sessions at their loopback' "$DAEMON_LOG" && no_table; }
+F15_ARGS=(--addressing static --pool "$SBX_POOL_FIRST-$SBX_POOL_LAST/24" --gateway "$SBX_GATEWAY" --acd-probe-ms 0)
+scenario_15() {
+    row_begin 15 "the loopback bridge: kill -9, its table deleted, nft failing" \
+        "sessions 1 and 2 (static) with a server on 127.0.0.1:7070 each, reached from the host (root) at 127.0.0.2/.3 with the default loopback_reach = owner; the daemon killed with -9, then restarted; \`nft delete table inet sessiond\` by an admin, then a session started; a daemon whose \`nft\` fails (a stand-in first in PATH)" \
+        "after kill -9 the table is still there, diverting to the dead daemon's port: a connection to a session loopback is refused, nothing else on the host changes; the restarted daemon replaces it with its own listener's port and both sessions are reachable again; after the admin's delete, the next session change installs the table whole and the set holds all three loopbacks; stop --all and the daemon's exit leave no table; with nft failing the daemon starts, serves sessions, logs that the bridge is off, and there is no table"
+    begin_daemon f15 "${F15_ARGS[@]}" || { fail "daemon did not start"; row_end; return; }
+    "$SESSIOND" start --session 1 >/dev/null && "$SESSIOND" start --session 2 >/dev/null || fail "sessions 1 and 2 did not start"
+    expect "servers on 127.0.0.1:7070 in sessions 1 and 2" two_bridge_servers
+    expect "the host reaches both at 127.0.0.2:7070 and 127.0.0.3:7070" both_reached
+    local port0; port0=$(tproxy_port)
+    kill_daemon 9
+    note "kill -9: the table diverts to port $port0, where nothing listens now"
+    expect "after kill -9 the table is still there, and a connection to 127.0.0.2:7070 is refused" left_by_the_dead "$port0"
+    restart_daemon "${F15_ARGS[@]}" || fail "the restart failed"
+    note "restarted: the table diverts to port $(tproxy_port)"
+    expect "the restarted daemon's table diverts to its own listener; both sessions reachable again" poll 10 replaced_and_reached "$port0"
+    nft delete table inet sessiond
+    "$SESSIOND" start --session 3 >/dev/null || fail "session 3 did not start"
+    expect "after an admin deleted the table, the next session change installs it again" poll 10 reinstalled_and_reached
+    expect "the set holds the three running sessions' loopbacks" three_in_the_set
+    kill "$(cat "$W/b1.pid")" "$(cat "$W/b2.pid")" 2>/dev/null   # the servers (by the PIDs they wrote)
+    end_daemon
+    expect "stop --all and the daemon's exit leave no table" no_table
+    mkdir -p "$W/badnft" && printf '#!/bin/sh\necho "nft: stand-in that fails" >&2\nexit 1\n' >"$W/badnft/nft" && chmod +x "$W/badnft/nft"
+    PATH="$W/badnft:$PATH" begin_daemon f15b "${F15_ARGS[@]}" || fail "the daemon did not start with nft failing"
+    expect "with nft failing: sessions still start" timeout 30 "$SESSIOND" start --session 5
+    expect "with nft failing: the log says the bridge is off, and there is no table" bridge_off_logged
+    end_daemon
+    row_end
+}
 
 for s in "${SELECTED[@]}"; do
     case $s in
