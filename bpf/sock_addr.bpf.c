@@ -105,6 +105,20 @@ static __always_inline int session_listens(struct bpf_sock_addr *ctx, __u32 loop
 	return own;
 }
 
+/* Preferred loopback, for connect and sendmsg: a listed program's 127.0.0.1:P goes to its own
+ * session's socket at 127.0.0.(sid+1):P when there is one, else stays the host's. Returns
+ * whether the destination was 127.0.0.1 under loopback virtualization (nothing else to do). */
+static __always_inline int prefer_own_loopback(struct bpf_sock_addr *ctx, struct config *cfg, __u32 counter)
+{
+	if (!(cfg->flags & VIRT_LOOPBACK) || ctx->user_ip4 != LOCALHOST)
+		return 0;
+	if (session_listens(ctx, cfg->loopback, ctx->user_port)) {
+		ctx->user_ip4 = cfg->loopback;
+		count(counter);
+	}
+	return 1;
+}
+
 SEC("cgroup/bind4")
 int bind4(struct bpf_sock_addr *ctx)
 {
@@ -127,14 +141,9 @@ int connect4(struct bpf_sock_addr *ctx)
 	struct config *cfg = listed();
 	if (!cfg)
 		return 1;
-	__u32 dst = ctx->user_ip4;
-	if ((cfg->flags & VIRT_LOOPBACK) && dst == LOCALHOST) {
-		if (session_listens(ctx, cfg->loopback, ctx->user_port)) {
-			ctx->user_ip4 = cfg->loopback;
-			count(C_CONNECT_LOOPBACK);
-		}
+	if (prefer_own_loopback(ctx, cfg, C_CONNECT_LOOPBACK))
 		return 1;
-	}
+	__u32 dst = ctx->user_ip4;
 	if ((cfg->flags & VIRT_ADDRESS) && cfg->address && !is_loopback_net(dst) && dst != 0) {
 		struct sockaddr_in src = {};
 		src.sin_family = AF_INET;
@@ -153,14 +162,9 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 	struct config *cfg = listed();
 	if (!cfg)
 		return 1;
-	__u32 dst = ctx->user_ip4;
-	if ((cfg->flags & VIRT_LOOPBACK) && dst == LOCALHOST) {
-		if (session_listens(ctx, cfg->loopback, ctx->user_port)) {
-			ctx->user_ip4 = cfg->loopback;
-			count(C_SENDMSG);
-		}
+	if (prefer_own_loopback(ctx, cfg, C_SENDMSG))
 		return 1;
-	}
+	__u32 dst = ctx->user_ip4;
 	if ((cfg->flags & VIRT_ADDRESS) && cfg->address && !is_loopback_net(dst) && ctx->msg_src_ip4 == 0) {
 		ctx->msg_src_ip4 = cfg->address;
 		count(C_SENDMSG);

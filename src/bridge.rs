@@ -274,7 +274,10 @@ pub async fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, reach: LoopbackR
 /// Brings the bridge's view of the running sessions up to date (a session that is gone drops
 /// its `Live`, which ends its connections); the loopbacks the set must hold.
 fn sync_sessions<P: Platform>(mgr: &Manager<P>, shared: &Shared) -> BTreeSet<Ipv4Addr> {
-    let running = mgr.status(None).unwrap_or_default();
+    // A programs-mode session has no namespace: its loopback is on the host's own lo, where
+    // the host reaches it natively, so the bridge must not divert it.
+    let mut running = mgr.status(None).unwrap_or_default();
+    running.retain(|r| r.mode() == crate::config::Mode::Namespace);
     let mut s = shared.sessions.lock().unwrap();
     s.retain(|sid, _| running.iter().any(|r| r.session == *sid));
     for r in &running {

@@ -188,6 +188,14 @@ struct Session {
     hooks: Option<crate::programs::hooks::Hooks>,
 }
 
+impl Session {
+    /// A session with only its record and identity: nothing running for it yet (a start's
+    /// reservation), or nothing left (a teardown that failed, kept for the next try).
+    fn bare(record: SessionRecord, identity: Identity) -> Session {
+        Session { record, identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false, hooks: None }
+    }
+}
+
 /// The task defending a static session's address; aborted when dropped.
 struct Defence(tokio::task::JoinHandle<()>);
 
@@ -810,16 +818,7 @@ impl<P: Platform> Manager<P> {
             dhcp6_state: None,
             programs: None,
         };
-        let session = Session {
-            record: record.clone(),
-            identity: id.clone(),
-            lease: None,
-            netns: None,
-            watches: Vec::new(),
-            defence: None,
-            claiming: false,
-            hooks: None,
-        };
+        let session = Session::bare(record.clone(), id.clone());
         t.insert(session);
         Ok(record)
     }
@@ -1380,16 +1379,7 @@ impl<P: Platform> Manager<P> {
         // kept, so the next stop or restart tries again
         let mut record = rec;
         record.state = SessionState::Stopping;
-        self.table.lock().unwrap().insert(Session {
-            record,
-            identity,
-            lease: None,
-            netns: None,
-            watches: Vec::new(),
-            defence: None,
-            claiming: false,
-            hooks: None,
-        });
+        self.table.lock().unwrap().insert(Session::bare(record, identity));
     }
 
     /// Namespaces named like a session with no record, and /etc/netns entries of sessions that

@@ -82,7 +82,7 @@ impl<P: Platform> Manager<P> {
                 addresses6_detail: vec![],
                 dhcp6_state: None,
             };
-            t.insert(Session { record: record.clone(), identity, lease: None, netns: None, watches: Vec::new(), defence: None, claiming: false, hooks: None });
+            t.insert(Session::bare(record.clone(), identity));
             (plan, record)
         };
         // The intent is on disk before anything is made, so a crash can be cleaned up.
@@ -192,16 +192,7 @@ impl<P: Platform> Manager<P> {
         let mut record = rec;
         record.state = SessionState::Stopping;
         let identity = self.identity(sid);
-        self.table.lock().unwrap().insert(Session {
-            record,
-            identity,
-            lease: None,
-            netns: None,
-            watches: Vec::new(),
-            defence: None,
-            claiming: false,
-            hooks: None,
-        });
+        self.table.lock().unwrap().insert(Session::bare(record, identity));
     }
 
     /// The uplink is back (its sid locked by the caller): a session with its own address gets

@@ -335,9 +335,12 @@ the_hosts_other_loopbacks_stay_the_hosts() {
     [[ $a == "8097 127.0.0.1" && $b == "8097 127.0.0.1" ]]
 }
 
-stop_empties_the_set() {
-    nft -j list set inet sessiond sessions | jq -c '.nftables[1].set'
+set_is_empty() {
     [[ $(nft -j list set inet sessiond sessions | jq -c '.nftables[1].set.elem // []') == "[]" ]]
+}
+stop_empties_the_set() {
+    # The daemon batches set updates (50 ms after a burst of session changes): wait, bounded.
+    wait_for 3 set_is_empty || { nft -j list set inet sessiond sessions | jq -c '.nftables[1].set'; return 1; }
 }
 
 daemon_exit_removes_the_table() {

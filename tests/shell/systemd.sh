@@ -390,12 +390,16 @@ stop_then_restart_within_the_check() {
     ct systemctl stop sessiond@7.service ns7-probe.service
 }
 
+no_state_files_left() {
+    ! ct find /run/sessiond/state/sessions /run/sessiond/state/reaping /run/sessiond/pam -mindepth 1 2>/dev/null | grep -q .
+}
 nothing_left() {
     local out; out=$(ct sessiond status --json)
     [[ $(jq length <<<"$out") == 0 ]] || { echo "$out"; return 1; }
     [[ -z $(ct ip netns list) ]] || { ct ip netns list; return 1; }
-    if ct find /run/sessiond/state/sessions /run/sessiond/state/reaping /run/sessiond/pam -mindepth 1 2>/dev/null | grep -q .; then
-        ct ls -lR /run/sessiond; return 1
+    # (a stop's last files go a moment after its answer: wait a little, bounded)
+    if ! wait_for 5 no_state_files_left; then
+        ct find /run/sessiond/state/sessions /run/sessiond/state/reaping /run/sessiond/pam -mindepth 1; return 1
     fi
     wait_for 5 dnsmasq_leases_all_released || { "$SBX_DHCP_SERVER" dnsmasq leases; return 1; }
 }
