@@ -30,7 +30,7 @@ use netlink_packet_sock_diag::constants::{AF_INET, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::Socket as NlSocket;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
-use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use sessiond_client::loopback::{loopback_for, sid_for_loopback};
 use sessiond_client::ports::{Forwarded, Place, PortEntry, Proto, SessionBridge};
 use socket2::{Domain, SockRef, Socket, Type};
@@ -562,9 +562,6 @@ struct Diag {
 
 /// One sock_diag request; Err when the socket failed (it is then made anew).
 fn ask_uid(sock: &NlSocket, seq: u32, proto: Proto, peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    header.sequence_number = seq;
     let (src, dst, protocol) = match proto {
         Proto::Tcp => (peer, local, IPPROTO_TCP),
         Proto::Udp => (local, peer, IPPROTO_UDP),
@@ -579,10 +576,7 @@ fn ask_uid(sock: &NlSocket, seq: u32, proto: Proto, peer: SocketAddr, local: Soc
     };
     let family = if peer.is_ipv4() { AF_INET } else { netlink_packet_sock_diag::constants::AF_INET6 };
     let req = InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states: StateFlags::all(), socket_id };
-    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
+    let buf = crate::ports::encode_request(NLM_F_REQUEST, seq, req);
     sock.send_to(&buf, &netlink_sys::SocketAddr::new(0, 0), 0)?;
     // The kernel answers at once (the socket, or an error when there is none); an answer to an
     // earlier request (one whose reader gave up) is skipped.

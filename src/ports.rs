@@ -144,10 +144,16 @@ pub fn dump(sock: &Socket, place: Place, protos: &[Proto], states: StateFlags) -
 
 /// A dump request for the sockets of one family and protocol in one of `states`.
 pub fn dump_request(family: u8, protocol: u8, states: StateFlags) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
     let req = InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states, socket_id };
+    encode_request(NLM_F_REQUEST | NLM_F_DUMP, 0, req)
+}
+
+/// One sock_diag request as the bytes to send, with these header flags and sequence number.
+pub fn encode_request(flags: u16, sequence_number: u32, req: InetRequest) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = sequence_number;
     let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
