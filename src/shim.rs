@@ -173,7 +173,11 @@ impl Shim {
             }
             match give(p, self.mac, sid, &s).await {
                 Ok(()) => drop(self.given.insert(sid, s)),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    // Nothing half-given stays (tried again on the next change).
+                    errors.push(e);
+                    errors.extend(withdraw(p, sid, &s, &[]).await);
+                }
             }
         }
         errors
@@ -295,4 +299,205 @@ pub fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, mac: [u8; 6]) -> ShimT
         }
     });
     ShimTask { task, shim }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakePlatform;
+    use crate::mac::format_mac;
+    use crate::state::sample_record;
+
+    const HOST: &str = "10.0.0.2/24";
+    const MAC: [u8; 6] = [0x02, 0x5d, 0, 0, 0, 0x01];
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// A running macvlan session `n` at 10.0.0.(99+n) with MAC 02:00:00:00:00:0n, as `start` makes it.
+    async fn session(p: &FakePlatform, n: u64) -> SessionRecord {
+        let mut r = sample_record(n);
+        r.address = Some(format!("10.0.0.{}/24", 99 + n).parse().unwrap());
+        r.mac = format!("02:00:00:00:00:{n:02x}");
+        p.create_netns(&r.netns, &[]).await.unwrap();
+        p.host().create_macvlan("br-lan", SESSION_IF, parse_mac(&r.mac).unwrap(), &r.netns).await.unwrap();
+        r
+    }
+
+    fn host() -> Vec<Ipv4Net> {
+        vec![HOST.parse().unwrap()]
+    }
+
+    /// What is left but the sessions' namespaces and interfaces and the host's address.
+    fn leftovers(p: &FakePlatform) -> Vec<String> {
+        p.objects().into_iter().filter(|o| !o.starts_with("netns:") && !o.ends_with("/eth0") && !o.starts_with("addr:host/br-lan/")).collect()
+    }
+
+    #[test]
+    fn serves_running_macvlan_sessions_on_the_hosts_subnet_only() {
+        let mut up = sample_record(1);
+        up.mac = "02:00:00:00:00:01".into();
+        let mut veth = sample_record(2);
+        veth.link = LinkKind::Veth;
+        let mut starting = sample_record(3);
+        starting.state = SessionState::Starting;
+        let mut elsewhere = sample_record(4);
+        elsewhere.address = Some("192.168.1.5/24".parse().unwrap());
+        let mut programs = sample_record(5);
+        programs.programs = Some(sessiond_client::record::ProgramsInfo {
+            cgroup: "/sys/fs/cgroup/x".into(),
+            programs: vec![],
+            virtualize: vec![],
+            attached: vec![],
+            rewritten: 0,
+        });
+        let mut no_address = sample_record(6);
+        no_address.address = None;
+        let records = [up, veth, starting, elsewhere, programs, no_address];
+        let s = served(&records, &host());
+        assert_eq!(s.keys().map(|k| k.get()).collect::<Vec<_>>(), vec![1]);
+        let one = &s[&Sid::new(1).unwrap()];
+        assert_eq!((one.address, one.mac, one.host.clone(), one.netns.as_str()), (ip("10.0.0.100"), [2, 0, 0, 0, 0, 1], vec![ip("10.0.0.2")], "sessiond-1"));
+        // no IPv4 address on the uplink: nothing to serve
+        assert!(served(&records, &[]).is_empty());
+        // a session holding the host's own address is not routed to
+        assert!(served(&records, &["10.0.0.100/24".parse().unwrap()]).is_empty());
+    }
+
+    #[test]
+    fn the_shims_mac_is_stable_local_unicast_and_not_a_sessions() {
+        let m = shim_mac("3d1219c7c4c5404aaa1f6d2a48adfda4");
+        assert_eq!(m, shim_mac("3d1219c7c4c5404aaa1f6d2a48adfda4\n"));
+        assert_ne!(m, shim_mac("00000000000000000000000000000000"));
+        assert_eq!(m[0] & 0x03, 0x02);
+        assert!((1..5000).all(|n| crate::mac::stable_mac("3d1219c7c4c5404aaa1f6d2a48adfda4", Sid::new(n).unwrap()) != m));
+    }
+
+    #[tokio::test]
+    async fn made_with_the_first_session_given_in_order_and_removed_in_reverse_after_the_last() {
+        let p = FakePlatform::new();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let (r1, r2) = (session(&p, 1).await, session(&p, 2).await);
+        let mut shim = Shim::new("br-lan", MAC);
+        p.clear_log();
+        let errs = shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await;
+        assert!(errs.is_empty(), "{errs:?}");
+        let m = format_mac(&MAC);
+        assert_eq!(
+            p.log(),
+            vec![
+                "host: link del sd-shim".to_string(),
+                format!("host: shim sd-shim on br-lan mac {m} noarp no-ipv6 up"),
+                "host: neigh static 10.0.0.100 lladdr 02:00:00:00:00:01 dev sd-shim".into(),
+                "host: route 10.0.0.100/32 dev sd-shim src 10.0.0.2".into(),
+                format!("sessiond-1: neigh static 10.0.0.2 lladdr {m} dev eth0"),
+            ]
+        );
+        // idempotent: the same table again changes nothing (one look that the shim is there)
+        p.clear_log();
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await.is_empty());
+        assert!(p.log().is_empty(), "{:?}", p.log());
+        // a second session: only its own entries and route
+        p.clear_log();
+        assert!(shim.sync(&p, served(&[r1.clone(), r2.clone()], &host())).await.is_empty());
+        assert_eq!(p.log().len(), 3, "{:?}", p.log());
+        // session 1 stops (its namespace goes first): its route and the shim's entry go
+        p.delete_netns("sessiond-1").unwrap();
+        p.clear_log();
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r2), &host())).await.is_empty());
+        assert_eq!(p.log(), vec!["host: route del 10.0.0.100/32 dev sd-shim", "host: neigh del 10.0.0.100 dev sd-shim"]);
+        // the last one stops: everything in reverse, then the shim
+        p.delete_netns("sessiond-2").unwrap();
+        p.clear_log();
+        assert!(shim.sync(&p, BTreeMap::new()).await.is_empty());
+        assert_eq!(p.log(), vec!["host: route del 10.0.0.101/32 dev sd-shim", "host: neigh del 10.0.0.101 dev sd-shim", "host: link del sd-shim"]);
+        assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
+        // and nothing more while there is nothing to serve
+        p.clear_log();
+        assert!(shim.sync(&p, BTreeMap::new()).await.is_empty());
+        assert!(p.log().is_empty(), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_leftover_is_replaced_or_removed_at_the_first_look() {
+        let p = FakePlatform::new();
+        p.host().create_shim("br-lan", SHIM_IF, [2, 9, 9, 9, 9, 9]).await.unwrap();
+        let mut shim = Shim::new("br-lan", MAC);
+        assert!(shim.sync(&p, BTreeMap::new()).await.is_empty());
+        assert!(p.objects().is_empty(), "{:?}", p.objects());
+        p.host().create_shim("br-lan", SHIM_IF, [2, 9, 9, 9, 9, 9]).await.unwrap();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let r1 = session(&p, 1).await;
+        let mut shim = Shim::new("br-lan", MAC);
+        p.clear_log();
+        assert!(shim.sync(&p, served(&[r1], &host())).await.is_empty());
+        assert_eq!(p.log()[..2], ["host: link del sd-shim".to_string(), format!("host: shim sd-shim on br-lan mac {} noarp no-ipv6 up", format_mac(&MAC))]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_leaves_nothing_half_given_and_the_others_are_served() {
+        let p = FakePlatform::new();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let (r1, r2) = (session(&p, 1).await, session(&p, 2).await);
+        p.fail_on("sessiond-1: neigh static");
+        let mut shim = Shim::new("br-lan", MAC);
+        let errs = shim.sync(&p, served(&[r1, r2], &host())).await;
+        assert_eq!(errs.iter().map(|e| e.step).collect::<Vec<_>>(), vec!["add the session's entry for the host"]);
+        assert_eq!(shim.serving().map(|(s, _)| s.get()).collect::<Vec<_>>(), vec![2]);
+        let o = p.objects();
+        assert!(!o.iter().any(|o| o.contains("10.0.0.100")), "half-given session 1: {o:?}");
+        assert!(o.contains("route:host/sd-shim/10.0.0.101/32") && o.contains("neigh:sessiond-2/eth0/10.0.0.2"), "{o:?}");
+        // the daemon's exit: the shim goes (its routes and entries with it); the sessions keep theirs
+        assert!(shim.remove(&p, false).await.is_empty());
+        assert_eq!(leftovers(&p), vec!["neigh:sessiond-2/eth0/10.0.0.2"]);
+    }
+
+    #[tokio::test]
+    async fn teardown_keeps_going_past_errors() {
+        let p = FakePlatform::new();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let r1 = session(&p, 1).await;
+        let mut shim = Shim::new("br-lan", MAC);
+        assert!(shim.sync(&p, served(&[r1], &host())).await.is_empty());
+        p.fail_on("host: route del");
+        let errs = shim.sync(&p, BTreeMap::new()).await;
+        assert_eq!(errs.iter().map(|e| e.step).collect::<Vec<_>>(), vec!["delete the route to the session via the shim"]);
+        // the steps after it still ran
+        assert!(p.log().ends_with(&["host: neigh del 10.0.0.100 dev sd-shim".to_string(), "host: link del sd-shim".into()]), "{:?}", p.log());
+        assert!(leftovers(&p).is_empty(), "{:?}", leftovers(&p));
+    }
+
+    #[tokio::test]
+    async fn an_address_change_moves_the_route_and_keeps_the_sessions_entry() {
+        let p = FakePlatform::new();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let mut r1 = session(&p, 1).await;
+        let mut shim = Shim::new("br-lan", MAC);
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await.is_empty());
+        r1.address = Some("10.0.0.150/24".parse().unwrap());
+        p.clear_log();
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await.is_empty());
+        let log = p.log();
+        assert_eq!(log[..2], ["host: route del 10.0.0.100/32 dev sd-shim".to_string(), "host: neigh del 10.0.0.100 dev sd-shim".into()]);
+        assert!(!log.iter().any(|l| l.contains("sessiond-1: neigh del")), "{log:?}");
+        assert!(p.objects().contains("route:host/sd-shim/10.0.0.150/32"));
+    }
+
+    #[tokio::test]
+    async fn after_the_uplink_came_back_the_shim_and_every_entry_are_made_again() {
+        let p = FakePlatform::new();
+        p.host().add_addr("br-lan", HOST.parse().unwrap(), false, None).await.unwrap();
+        let r1 = session(&p, 1).await;
+        let mut shim = Shim::new("br-lan", MAC);
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await.is_empty());
+        // the kernel deletes the macvlans (the shim and the session's) with their parent
+        p.remove_host_link("br-lan");
+        assert!(!p.objects().iter().any(|o| o.contains("sd-shim")), "{:?}", p.objects());
+        p.add_host_link("br-lan");
+        p.host().create_macvlan("br-lan", SESSION_IF, [2, 0, 0, 0, 0, 1], "sessiond-1").await.unwrap(); // the repair
+        assert!(shim.sync(&p, served(std::slice::from_ref(&r1), &host())).await.is_empty());
+        let o = p.objects();
+        assert!(o.contains("link:host/sd-shim") && o.contains("route:host/sd-shim/10.0.0.100/32") && o.contains("neigh:sessiond-1/eth0/10.0.0.2"), "{o:?}");
+    }
 }
