@@ -509,12 +509,12 @@ shim_is_there() {
     local want='["10.77.0.100 src 10.77.0.2 link","10.77.0.101 src 10.77.0.2 link"]'
     wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" ||
         { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    SHIM_MAC=$(cat /sys/class/net/sd-shim/address) || return 1
     local d; d=$(ip -d -j link show sd-shim) || return 1
     jq -c '.[0] | {flags, link, mode: .linkinfo.info_data.mode, addrgenmode: .inet6_addr_gen_mode, address}' <<<"$d"
     jq -e --arg up "$SBX_UPLINK" '.[0] | .link == $up and .linkinfo.info_kind == "macvlan" and .linkinfo.info_data.mode == "bridge"
         and (.flags | index("NOARP")) and (.flags | index("UP")) and .inet6_addr_gen_mode == "none"' <<<"$d" >/dev/null || return 1
     [[ $(ip -j addr show dev sd-shim | jq '.[0].addr_info | length') == 0 ]] || { ip addr show dev sd-shim; return 1; }
-    SHIM_MAC=$(cat /sys/class/net/sd-shim/address)
     # each session's entry for the host names the shim; the shim's for each session its MAC
     ip netns exec sessiond-1 ip neigh show "$HOST_IP" | grep -q "lladdr $SHIM_MAC PERMANENT" &&
     ip neigh show dev sd-shim 10.77.0.100 | grep -q "lladdr $("$SESSIOND" status --session 1 --json | jq -r .mac) PERMANENT"
@@ -575,8 +575,12 @@ host_reaches_the_sessions_lan_address() {
 
 # The LAN peer (lan-srv) asks for the host's address afresh and talks to the host and to session
 # 1 while the shim carries traffic both ways: one answer (the uplink's), one MAC in its table.
+# With rp_filter off (0, the kernel's default; Docker and Kubernetes hosts run so): under strict
+# or loose rp_filter an address-less interface fails the reverse-path check of every ARP request
+# it gets, so even a shim with ARP on would keep quiet and hide the flux.
 no_arp_flux() {
     local uplink_mac out a b; uplink_mac=$(cat "/sys/class/net/$SBX_UPLINK/address")
+    sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.sd-shim.rp_filter=0 || return 1
     ip -n "$SBX_SERVER_NS" neigh flush all
     a=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit $HOST_IP 7777")
     b=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit 10.77.0.100 7778")
