@@ -267,38 +267,108 @@ impl ShimTask {
     }
 }
 
-/// Starts following the sessions: after every change in the session table, the shim is brought
-/// in line with the running sessions and the uplink's addresses (read each time: cheap, one
-/// netlink dump of one link's addresses).
+/// Starts following the sessions and the host: after every change in the session table, every
+/// change of the host's IPv4 addresses (one the uplink gets after the sessions started, by
+/// DHCP at boot, say) and the shim's deletion, the shim is brought in line with the running
+/// sessions and the uplink's addresses (read each time: one dump of one link's addresses).
 pub fn start<P: Platform + 'static>(mgr: Arc<Manager<P>>, mac: [u8; 6]) -> ShimTask {
-    let shim = Arc::new(tokio::sync::Mutex::new(Shim::new(&mgr.settings().uplink, mac)));
+    let uplink = mgr.settings().uplink.clone();
+    let shim = Arc::new(tokio::sync::Mutex::new(Shim::new(&uplink, mac)));
     // Subscribed before the first look at the sessions: no change falls in between.
     let (_, mut changes) = mgr.events().subscribe(crate::events::Viewer::Root);
+    let mut host = match host_changes() {
+        Ok(h) => {
+            debug!("shim: following the host's link and address changes");
+            Some(h)
+        }
+        Err(e) => {
+            warn!("shim: cannot follow the host's address changes ({e}): it follows the sessions only");
+            None
+        }
+    };
     let task = tokio::spawn({
         let shim = shim.clone();
         async move {
             loop {
-                let host = match mgr.platform().host().addrs(&mgr.settings().uplink).await {
+                let addrs = match mgr.platform().host().addrs(&uplink).await {
                     Ok(a) => a,
                     Err(e) => {
                         debug!("shim: the uplink's addresses: {e}");
                         Vec::new()
                     }
                 };
-                let want = served(&mgr.status(None).unwrap_or_default(), &host);
+                let want = served(&mgr.status(None).unwrap_or_default(), &addrs);
                 for e in shim.lock().await.sync(mgr.platform(), want).await {
                     warn!("shim: {e}");
                 }
-                match changes.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                loop {
+                    tokio::select! {
+                        r = changes.recv() => match r {
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        Some((m, _)) = next_change(&mut host) => if concerns_the_shim(&m.payload) { break },
+                    }
                 }
                 // A burst of changes (a mass start) becomes one pass.
                 while changes.try_recv().is_ok() {}
+                if let Some(h) = &mut host {
+                    while h.1.try_recv().is_ok() {}
+                }
             }
         }
     });
     ShimTask { task, shim }
+}
+
+type HostChanges = (rtnetlink::Handle, futures::channel::mpsc::UnboundedReceiver<(NlMessage, netlink_sys::SocketAddr)>);
+type NlMessage = rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>;
+
+/// A netlink connection in the host namespace that receives the kernel's link and IPv4
+/// address notifications (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR). The handle keeps it open.
+fn host_changes() -> std::io::Result<HostChanges> {
+    use netlink_sys::AsyncSocket;
+    const RTNLGRP_LINK: u32 = 1;
+    const RTNLGRP_IPV4_IFADDR: u32 = 5;
+    let (mut conn, handle, messages) = rtnetlink::new_connection()?;
+    let sock = conn.socket_mut().socket_mut();
+    // Bound first: the kernel skips, in a broadcast, the sockets whose port id is the sender's,
+    // and an unbound socket's is 0, the kernel's own.
+    sock.bind_auto()?;
+    sock.add_membership(RTNLGRP_LINK)?;
+    sock.add_membership(RTNLGRP_IPV4_IFADDR)?;
+    tokio::spawn(conn);
+    Ok((handle, messages))
+}
+
+async fn next_change(host: &mut Option<HostChanges>) -> Option<(NlMessage, netlink_sys::SocketAddr)> {
+    use futures::StreamExt;
+    match host {
+        Some((_, messages)) => match messages.next().await {
+            Some(m) => Some(m),
+            None => {
+                warn!("shim: the host's change notifications ended: it follows the sessions only");
+                *host = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// An IPv4 address added or removed (on any link: cheap to check, and rare), or the shim deleted
+/// (by hand, say). The uplink's own comings and goings reach the shim through the sessions'
+/// faults and repairs; its other link changes (one per macvlan made on it) are left out.
+fn concerns_the_shim(payload: &rtnetlink::packet_core::NetlinkPayload<rtnetlink::packet_route::RouteNetlinkMessage>) -> bool {
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::link::LinkAttribute;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    match payload {
+        NetlinkPayload::InnerMessage(M::NewAddress(a) | M::DelAddress(a)) => a.header.family == AddressFamily::Inet,
+        NetlinkPayload::InnerMessage(M::DelLink(l)) => l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == SHIM_IF)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

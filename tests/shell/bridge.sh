@@ -19,7 +19,8 @@
 # --host-service values are named. `status` shows each session's bridge (JSON key bridge).
 # 200 sessions, each with a listener on 127.0.0.1:8080, are all reachable at their loopback,
 # and again after a daemon restart.
-# Over the LAN address (macvlan, the shim sd-shim): with 10.77.0.2/24 on the uplink and strict
+# Over the LAN address (macvlan, the shim sd-shim): the host gets 10.77.0.2/24 on the uplink after
+# the sessions started, and the shim follows (and follows its removal and return); under strict
 # rp_filter, a session reaches the host's 10.77.0.2 (seen from the session's address) and the
 # host a session's address (seen from 10.77.0.2); the shim is a bridge-mode macvlan without ARP,
 # IPv6 or any address, with a /32 route per session; the LAN peer's neighbour table has only the
@@ -520,6 +521,20 @@ shim_is_there() {
     ip neigh show dev sd-shim 10.77.0.100 | grep -q "lladdr $("$SESSIOND" status --session 1 --json | jq -r .mac) PERMANENT"
 }
 
+shim_follows_the_hosts_address() {
+    local want; want=$(shim_routes)
+    ip addr del "$HOST_IP/24" dev "$SBX_UPLINK" || return 1
+    wait_for 3 bash -c "! ip link show sd-shim" || { echo "sd-shim stays without the host's address"; return 1; }
+    [[ -z $(ip netns exec sessiond-1 ip neigh show "$HOST_IP" nud permanent) ]] || { ip netns exec sessiond-1 ip neigh; return 1; }
+    ip addr add "$HOST_IP/24" dev "$SBX_UPLINK" || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" || { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    [[ $(cat /sys/class/net/sd-shim/address) == "$SHIM_MAC" ]] &&   # the same MAC again
+    ip netns exec sessiond-1 ip neigh show "$HOST_IP" | grep -q "lladdr $SHIM_MAC PERMANENT" || return 1
+    # deleted by hand: made again
+    ip link del sd-shim || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" || { echo "after ip link del sd-shim: $(shim_routes)"; return 1; }
+}
+
 RP_BEFORE=$(sysctl -n net.ipv4.conf.all.rp_filter)
 lan_greeters_up() {
     sysctl -qw net.ipv4.conf.all.rp_filter=1 || return 1   # strict: the replies must pass it
@@ -635,9 +650,9 @@ cleanup() {
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
 
-check "the host has $HOST_IP/24 on the uplink $SBX_UPLINK" host_address_on_the_uplink
 check "users alice and bob; daemon up (socket group $GROUP)" users_and_daemon
 check "root starts session 1 for alice, 2 for bob" sessions_for_alice_and_bob
+check "the host gets $HOST_IP/24 on the uplink $SBX_UPLINK (after the sessions started)" host_address_on_the_uplink
 check "listeners: session 1 tcp 127.0.0.1:8080, session 2 tcp [::]:8080, host tcp 9099" listeners_up
 check "ports: every socket of both sessions and the host, with pid, program and user" root_sees_every_socket_with_its_process
 check "ports --json: a list of sockets with the documented keys" json_shape
@@ -665,6 +680,7 @@ check "status: key bridge (and a text line): the ports the host reaches with the
 check "metrics: sessiond_bridge_connections_total and _refused_total count both directions" bridge_metrics
 check "host services: bad --host-service values and config entries are named" bad_host_service_is_named
 check "shim: sd-shim is a bridge-mode macvlan on $SBX_UPLINK without ARP, IPv6 or address; a /32 route per session" shim_is_there
+check "shim: follows the host's address (gone when it goes, entries in the sessions too; back when it returns) and its own deletion" shim_follows_the_hosts_address
 check "shim: greeters on the host's $HOST_IP:7777 and session 1's 0.0.0.0:7778 (strict rp_filter)" lan_greeters_up
 check "shim: session 1 reaches the host's $HOST_IP, which sees the session's address" session_reaches_the_hosts_lan_address
 check "shim: the host reaches session 1's address, which sees $HOST_IP" host_reaches_the_sessions_lan_address
