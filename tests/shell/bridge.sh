@@ -613,6 +613,12 @@ no_arp_flux() {
     return $ok
 }
 
+shim_withdraws_a_stopped_session() {
+    "$SESSIOND" stop --session 2 >/dev/null || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '[\"10.77.0.100 src $HOST_IP link\"]' ]]" || { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    [[ -z $(ip neigh show dev sd-shim 10.77.0.101) ]] || { ip neigh show dev sd-shim; return 1; }
+}
+
 shim_gone_with_the_last_session() {
     wait_for 3 bash -c "! ip link show sd-shim" || { ip -d link show sd-shim; return 1; }
     [[ -z $(ip route show 10.77.0.100/32) && -z $(ip route show 10.77.0.101/32) ]] || { ip route; return 1; }
@@ -685,6 +691,7 @@ check "shim: greeters on the host's $HOST_IP:7777 and session 1's 0.0.0.0:7778 (
 check "shim: session 1 reaches the host's $HOST_IP, which sees the session's address" session_reaches_the_hosts_lan_address
 check "shim: the host reaches session 1's address, which sees $HOST_IP" host_reaches_the_sessions_lan_address
 check "shim: the LAN peer knows only the uplink's MAC for $HOST_IP; the shim's MAC never reaches the LAN" no_arp_flux
+check "shim: stopping session 2 withdraws its route and entry; session 1's stay" shim_withdraws_a_stopped_session
 check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
 check "shim: gone after the last session stopped, with its routes" shim_gone_with_the_last_session
 check "bridge: stop empties the set" stop_empties_the_set
