@@ -597,9 +597,13 @@ no_arp_flux() {
     local uplink_mac out a b; uplink_mac=$(cat "/sys/class/net/$SBX_UPLINK/address")
     sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.sd-shim.rp_filter=0 || return 1
     ip -n "$SBX_SERVER_NS" neigh flush all
+    # (bounded retries: on a loaded machine one connect of the LAN peer once timed out)
+    wait_for 10 ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); [[ \$(hit $HOST_IP 7777) == 7777* ]]"
     a=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit $HOST_IP 7777")
+    wait_for 10 ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); [[ \$(hit 10.77.0.100 7778) == 7778* ]]"
     b=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit 10.77.0.100 7778")
     echo "LAN peer -> host: $a; -> session 1: $b"
+    [[ $a == 7777* && $b == 7778* ]] || { ip -n "$SBX_SERVER_NS" -br link; ip -br link; bridge link; }
     "$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit $HOST_IP 7777" >/dev/null
     hit 10.77.0.100 7778 >/dev/null
     out=$(stop_sniffer); echo "$out"
