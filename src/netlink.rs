@@ -128,6 +128,17 @@ pub trait NetOps: Send + Sync {
     fn peer_link_mac(&self, nsid: i32, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NetError>> + Send;
     /// Deletes link `name` in the peer namespace `nsid` (absent is fine).
     fn del_peer_link(&self, nsid: i32, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The host-side shim (`shim`): a bridge-mode macvlan `name` on `parent` in this
+    /// namespace, with `mac`, ARP off (IFF_NOARP) and no IPv6 address (address generation
+    /// none), then up. It sends nothing by itself.
+    fn create_shim(&self, parent: &str, name: &str, mac: [u8; 6]) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// An on-link route to `dest` via `name` whose source is `src` (replaces one to `dest`).
+    fn add_route_from(&self, name: &str, dest: Ipv4Net, src: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// A permanent (static, never resolved nor changed by ARP) neighbour entry `ip` -> `mac` on
+    /// `name` (replaces one).
+    fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Deletes the neighbour entry for `ip` on `name` (absent, or no such link, is fine).
+    fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
 /// The positive errno of a netlink error reply, if it is one.
@@ -512,7 +523,10 @@ impl NetOps for RtNet {
 
     async fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         let Some(idx) = self.link_index(name).await? else { return Ok(()) };
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx);
+        // Scope "nowhere" matches a route of any scope: the builder's default (universe) would
+        // miss an on-link route (scope link), and the kernel answers ESRCH, taken for "absent".
+        let mut b =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).scope(RouteScope::NoWhere);
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         }
@@ -587,6 +601,60 @@ impl NetOps for RtNet {
         match self.handle.link().del(idx).execute().await {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             r => r.map_err(nl(format!("delete link {name}"))),
+        }
+    }
+
+    async fn create_shim(&self, parent: &str, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
+        let parent_idx = self.index_or_err(parent).await?;
+        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge).address(mac.to_vec()).arp(false).build();
+        self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent}")))?;
+        // Before it is up: an IPv6 link-local address would send DAD, router solicitations and
+        // MLD reports to the LAN from the shim's MAC.
+        let idx = self.index_or_err(name).await?;
+        let no_ipv6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
+        let msg = LinkUnspec::new_with_index(idx).append_extra_attribute(no_ipv6).build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("turn IPv6 address generation off on {name}")))?;
+        let msg = LinkUnspec::new_with_index(idx).up().build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))
+    }
+
+    async fn add_route_from(&self, name: &str, dest: Ipv4Net, src: Ipv4Addr) -> Result<(), NetError> {
+        self.with_index(name, |idx| async move {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix_len())
+                .output_interface(idx)
+                .pref_source(src)
+                .scope(RouteScope::Link)
+                .protocol(RouteProtocol::Static)
+                .build();
+            self.handle.route().add(msg).replace().execute().await.map_err(nl(format!("add route {dest} dev {name} src {src}")))
+        })
+        .await
+    }
+
+    async fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
+        use netlink_packet_route::neighbour::NeighbourState;
+        self.with_index(name, |idx| async move {
+            let req = self.handle.neighbours().add(idx, IpAddr::V4(ip)).link_layer_address(&mac).state(NeighbourState::Permanent).replace();
+            req.execute().await.map_err(nl(format!("add neighbour {ip} lladdr {} dev {name}", crate::mac::format_mac(&mac))))
+        })
+        .await
+    }
+
+    async fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let mut del = NeighbourMessage::default();
+        del.header.family = AddressFamily::Inet;
+        del.header.ifindex = idx;
+        del.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let op = format!("delete neighbour {ip} dev {name}");
+        match self.exchange(RouteNetlinkMessage::DelNeighbour(del), NLM_F_REQUEST | NLM_F_ACK, &op, Some(libc::ENOENT)).await {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => r.map(|_| ()),
         }
     }
 }
