@@ -371,6 +371,94 @@ missing_pins_torn_down() {
     ((had_pins)) || { echo "the session had no pins to remove"; return 1; }
 }
 check "a session whose pins are gone after kill -9: the next daemon tears it down, leaving nothing" missing_pins_torn_down
+
+# --------------------------------------------------------------------- address virtualization, DHCP
+# The same, with each session's address leased from the sandbox LAN's dnsmasq by sessiond's own
+# client on the session's link in the host namespace (port 68 bound to sdpN).
+kill_daemon
+start_dhcp_address_daemon() {
+    start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --virtualize address,loopback \
+        --state-dir /run/sessiond-programs-state-dhcp "$@"
+}
+S7= S8= CG7= CG8= A7= A8= M7= M8=
+"$REPO/scripts/dhcp-server" dnsmasq start >/dev/null || { echo "FAIL: dnsmasq did not start"; exit 1; }
+start_dhcp_address_daemon || exit 1
+
+dhcp_sessions() {
+    S7=$("$SESSIOND" start --session 7 --json) && S8=$("$SESSIOND" start --session 8 --json) || return 1
+    CG7=$(json .programs.cgroup <<<"$S7"); CG8=$(json .programs.cgroup <<<"$S8")
+    A7=$(json .address <<<"$S7" | cut -d/ -f1); A8=$(json .address <<<"$S8" | cut -d/ -f1)
+    M7=$(json .mac <<<"$S7"); M8=$(json .mac <<<"$S8")
+    echo "session 7: $A7 ($M7) on $(json .interface <<<"$S7"), lease $(jq -c .lease <<<"$S7"); session 8: $A8 ($M8)"
+    echo "the server's leases:"; "$REPO/scripts/dhcp-server" dnsmasq leases
+    ip -4 -o addr show dev sdp7; ip rule | grep -E "from ($A7|$A8) "; ip route show table all | grep -E "sdp[78]"
+    [[ $A7 == 10.77.0.1[0-9][0-9] && $A8 == 10.77.0.1[0-9][0-9] && $A7 != "$A8" ]] || return 1
+    [[ $(json .lease.dhcp_state <<<"$S7") == bound && $(json .lease.server <<<"$S7") == "$SBX_SERVER_IP" ]] || return 1
+    "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$A7 $M7" && "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$A8 $M8" || return 1
+    ip -4 -o addr show dev sdp7 | grep "inet $A7/24" | grep -c noprefixroute >/dev/null && ip rule | grep -c "from $A7 lookup" >/dev/null &&
+        ip rule | grep -c "from $A8 lookup" >/dev/null || return 1
+    ip route show table all | grep -c "default via $SBX_GATEWAY dev sdp7 table 268435463 proto static src $A7" >/dev/null || return 1
+    ! ip route show table main | grep -c sdp >/dev/null || { echo "a session link in the main table"; return 1; }
+    # The login shares the host's files: nothing under /etc/netns.
+    [[ ! -e /etc/netns/sessiond-7 ]] || { echo "/etc/netns/sessiond-7 written"; return 1; }
+    # Both sessions' DHCP sockets on port 68, each bound to its own link.
+    ss -Hlunp "sport = :68"
+    [[ $(ss -Hlun "sport = :68" | grep -cE "%sdp[78]:68") == 2 ]]
+}
+check "DHCP: two programs-mode sessions lease distinct addresses on their own links (port 68 on each), rule and table, no files" dhcp_sessions
+
+dhcp_peer_sees_leased_addresses() {
+    local c7 c8 other
+    c7=$(in_session "$CG7" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); c8=$(in_session "$CG8" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    other=$(in_session "$CG7" "$WORK/bin/pyother" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    sleep 0.3
+    echo "session 7 listed: $c7; session 8 listed: $c8; session 7 unlisted: $other"; echo "the peer saw:"; tail -3 "$WORK/peer.log"
+    [[ $(tail -3 "$WORK/peer.log" | tr '\n' ' ') == "$A7 $A8 $HOST_LAN " ]]
+}
+check "DHCP: a LAN peer sees a listed program's connection from its session's leased address, an unlisted one's from the host's" dhcp_peer_sees_leased_addresses
+
+dhcp_readopted() {
+    local log0 s
+    kill_daemon KILL
+    log0=$(log_mark)
+    start_dhcp_address_daemon || return 1
+    wait_for 15 bash -c "[[ \$('$SESSIOND' status --session 7 --json | jq -r .lease.dhcp_state) == bound ]]" || { "$SESSIOND" status --session 7 --json; return 1; }
+    s=$("$SESSIOND" status --session 7 --json); jq -c '{state, address, lease}' <<<"$s"
+    log_since "$log0" | grep -E "adopting|DHCP state" | head -4
+    [[ $(json .state <<<"$s") == up && $(json .address <<<"$s" | cut -d/ -f1) == "$A7" ]] || return 1
+    log_since "$log0" | grep -q "init-reboot" || { echo "no INIT-REBOOT after the restart"; return 1; }
+    local c; c=$(in_session "$CG7" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); echo "after the restart: $c"
+    [[ $c == "from $A7" ]]
+}
+check "DHCP: a restarted daemon (kill -9) re-adopts the session and its lease (INIT-REBOOT), the same address goes on" dhcp_readopted
+
+dhcp_stop_releases_and_leaves_nothing() {
+    "$SESSIOND" stop --session 7 && "$SESSIOND" stop --session 8 || return 1
+    "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$M7" --timeout 5 && "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$M8" --timeout 5 ||
+        { echo "the server still lists:"; "$REPO/scripts/dhcp-server" dnsmasq leases; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
+    [[ $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { echo "ip link changed:"; ip -o link; return 1; }
+    [[ -z $(ip route show table all | grep -E "sdp|$A7 |$A8 ") ]] || { ip route show table all | grep -E "sdp|$A7|$A8"; return 1; }
+    [[ -z $(ip neigh show | grep sdp) ]] || { ip neigh show; return 1; }
+    [[ ! -e /run/sessiond-programs-state-dhcp/leases/7.json ]] || { echo "lease file left"; return 1; }
+    ! ip -4 addr | grep -Ec "$A7|$A8|127\.0\.0\.(8|9)/32" >/dev/null && [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]]
+}
+check "DHCP: stop releases the leases (gone from dnsmasq's DB) and leaves no address, rule, route, link or neighbour" dhcp_stop_releases_and_leaves_nothing
+
+port_68_taken() {
+    local holder
+    "$PY" -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 68)); print("held", flush=True); time.sleep(30)' >"$WORK/p68.log" 2>&1 &
+    holder=$!
+    wait_for 10 grep -q held "$WORK/p68.log" || { kill "$holder"; return 1; }
+    expect_exit 1 "port 68" "$SESSIOND" start --session 9; local rc=$?
+    kill "$holder"; wait "$holder" 2>/dev/null
+    echo "$OUT"
+    ((rc == 0)) && ! ip link show sdp9 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq length) == 0 ]] && [[ $(ip rule) == "$RULES_BEFORE" ]]
+}
+check "DHCP: a host socket on 0.0.0.0:68 bound to no interface: the start fails naming port 68, nothing is left" port_68_taken
+kill_daemon
+"$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null
+
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
