@@ -426,7 +426,7 @@ dhcp_readopted() {
     s=$("$SESSIOND" status --session 7 --json); jq -c '{state, address, lease}' <<<"$s"
     log_since "$log0" | grep -E "adopting|DHCP state" | head -4
     [[ $(json .state <<<"$s") == up && $(json .address <<<"$s" | cut -d/ -f1) == "$A7" ]] || return 1
-    log_since "$log0" | grep -q "init-reboot" || { echo "no INIT-REBOOT after the restart"; return 1; }
+    log_since "$log0" | grep -q "dhcp{sid=7}: DHCP state rebooting -> bound" || { echo "no INIT-REBOOT (rebooting -> bound) after the restart"; return 1; }
     local c; c=$(in_session "$CG7" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); echo "after the restart: $c"
     [[ $c == "from $A7" ]]
 }
