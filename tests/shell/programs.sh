@@ -129,6 +129,20 @@ host_reaches_both() {
 }
 check "the host reaches both sessions' services at 127.0.0.2:8080 and 127.0.0.3:8080" host_reaches_both
 
+ports_shows_rewritten() {
+    local p1 host
+    p1=$("$SESSIOND" ports --session 1 --listening --json) || return 1
+    jq -c '.[] | {session, local, program, rewritten}' <<<"$p1"
+    "$SESSIOND" ports --session 1 --listening
+    [[ $(jq -c '[.[] | select(.local == "127.0.0.2:8080")] | map({session, program, rewritten})' <<<"$p1") == '[{"session":1,"program":"python3","rewritten":true}]' ]] || return 1
+    # Attributed to its session, not to the host; session 2's own is its own.
+    host=$("$SESSIOND" ports --session 0 --listening --json) || return 1
+    [[ -z $(jq -r '.[] | select(.local | test("^127\\.0\\.0\\.[23]:8080$")) | .local' <<<"$host") ]] || { echo "on the host's list too"; return 1; }
+    [[ $("$SESSIOND" ports --session 2 --listening --json | jq -r '.[] | select(.rewritten) | .local') == 127.0.0.3:8080 ]] &&
+        "$SESSIOND" ports --session 1 --listening | head -1 | grep -q REWRITTEN
+}
+check "ports: a listed program's 127.0.0.1:8080 shows in its session as 127.0.0.2:8080, rewritten (not the host's)" ports_shows_rewritten
+
 "$PY" -c "$SERVE" 127.0.0.1 9090 "$WORK/wwwhost" >"$WORK/srvhost.log" 2>&1 & PIDS+=($!)
 wait_for 20 bash -c 'ss -Hltn "sport = :9090" | grep -c 127.0.0.1:9090' >/dev/null
 
