@@ -391,7 +391,12 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             r.addressing,
             state,
             holders_summary(r, now),
-            r.programs.as_ref().map_or_else(|| lease_summary(r, now), programs_summary)
+            match (&r.programs, &r.lease) {
+                // A programs-mode session with a leased address: both.
+                (Some(p), Some(_)) => format!("{}; {}", lease_summary(r, now), programs_summary(p)),
+                (Some(p), None) => programs_summary(p),
+                (None, _) => lease_summary(r, now),
+            }
         );
         // IPv6 on lines of its own under the session's: "ipv6 slaac", then one per address.
         if let Some(state) = r.ipv6 {
@@ -416,7 +421,7 @@ fn holders_summary(r: &SessionRecord, now: u64) -> String {
     }
 }
 
-/// A programs-mode session (no lease): "programs mode (python3): 6 hooks on CGROUP, 12
+/// A programs-mode session: "programs mode (python3): 6 hooks on CGROUP, 12
 /// addresses rewritten".
 fn programs_summary(p: &sessiond_client::record::ProgramsInfo) -> String {
     let listed = if p.programs.is_empty() { "every program".to_string() } else { p.programs.join(",") };

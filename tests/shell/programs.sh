@@ -6,6 +6,11 @@
 # UDP both ways, getsockname, an unlisted program left alone, bad settings refused by name,
 # and stop leaving nothing (bpftool cgroup, cgroups, ip addr/rule/link); the hooks survive a
 # daemon restart (kill -9 and SIGTERM: pinned in bpffs) and the next daemon adopts the session.
+# `ports` lists a listed program's 127.0.0.1:8080 under its session as 127.0.0.2:8080, rewritten.
+# Address virtualization with a static pool and with DHCP (the sandbox's dnsmasq): two leases
+# on the sessions' own links, a LAN peer sees the leased addresses, a kill -9 restart re-adopts
+# (INIT-REBOOT), stop releases (gone from dnsmasq's DB) and leaves no address, rule, route, link
+# or neighbour; a host socket on 0.0.0.0:68 makes the start fail naming port 68.
 #
 # The suite moves itself into a cgroup of its own (under the cgroup v2 root) before it starts
 # the daemon: the daemon makes the sessions' cgroups inside its own, so every cgroup and hook
@@ -396,7 +401,7 @@ start_dhcp_address_daemon() {
 }
 S7= S8= CG7= CG8= A7= A8= M7= M8=
 "$REPO/scripts/dhcp-server" dnsmasq start >/dev/null || { echo "FAIL: dnsmasq did not start"; exit 1; }
-start_dhcp_address_daemon || exit 1
+check "DHCP: the daemon starts with virtualize = address and addressing = dhcp (the default)" start_dhcp_address_daemon
 
 dhcp_sessions() {
     S7=$("$SESSIOND" start --session 7 --json) && S8=$("$SESSIOND" start --session 8 --json) || return 1
