@@ -241,6 +241,21 @@ impl Dhcp {
         crate::lease_driver::release_orphan(self.context(p, id, inside, LeaseTarget::Namespace).await, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
     }
 
+    /// `release_orphan` for a programs-mode session, on its link `at` in the host namespace;
+    /// none goes out if the link is gone (a crash before it was made).
+    pub async fn release_orphan_on_host<P: Platform>(&self, p: &P, id: &Identity, at: &HostLink) -> Result<bool, DhcpError> {
+        let Some(lease) = self.state.load_blob::<Option<Lease>>(&lease_file(id.sid))? else { return Ok(false) };
+        if p.host().link_index(&at.link).await?.is_none() {
+            return Ok(false);
+        }
+        if !lease.has_ended(now_ms()) {
+            at.add_address(p.host(), &lease).await?;
+        }
+        let socket = p.host_dhcp_socket(&at.link, id.mac).await?;
+        let ctx = self.context(p, id, p.host().clone(), LeaseTarget::HostLink(at.clone())).await;
+        crate::lease_driver::release_orphan(ctx, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
+    }
+
     /// Forgets the session's persisted lease (after it was released or the session is gone).
     pub fn forget(&self, sid: Sid) -> Result<(), StateError> {
         self.state.remove_blob(&lease_file(sid))

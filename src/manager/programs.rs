@@ -246,6 +246,14 @@ impl<P: Platform> Manager<P> {
     async fn undo_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
         let sid = rec.session;
         info!(state = ?rec.state, "removing a programs-mode session of the last run");
+        if is_leased(&rec) {
+            // Its lease, if it got one, is given back as `stop` would, before its link goes.
+            match self.dhcp.release_orphan_on_host(&self.platform, &self.identity(sid), &HostLink::of(sid)).await {
+                Ok(true) => info!("released its lease"),
+                Ok(false) => {}
+                Err(e) => warn!("could not release its lease: {e}"),
+            }
+        }
         let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), None).await;
         let _ = self.dhcp.forget(sid);
         if errors.is_empty() {

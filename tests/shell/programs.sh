@@ -464,6 +464,21 @@ dhcp_stop_releases_and_leaves_nothing() {
 }
 check "DHCP: stop releases the leases (gone from dnsmasq's DB) and leaves no address, rule, route, link or neighbour" dhcp_stop_releases_and_leaves_nothing
 
+dhcp_orphan_released() {
+    local s10 m10 a10
+    s10=$("$SESSIOND" start --session 10 --json) || return 1
+    m10=$(json .mac <<<"$s10"); a10=$(json .address <<<"$s10" | cut -d/ -f1)
+    kill_daemon KILL
+    rm -r /sys/fs/bpf/sessiond/10 || return 1   # its hooks are lost: the next daemon cannot adopt it
+    "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$a10 $m10" || { echo "no lease for $m10 before the restart"; return 1; }
+    start_dhcp_address_daemon || return 1
+    grep -E "released its lease|removing a programs-mode" "$DAEMON_LOG" | tail -2
+    "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$m10" --timeout 5 || { echo "the server still lists:"; "$REPO/scripts/dhcp-server" dnsmasq leases; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
+    [[ $("$SESSIOND" status --json | jq length) == 0 && ! -e /run/sessiond-programs-state-dhcp/leases/10.json ]]
+}
+check "DHCP: a session the restarted daemon cannot adopt (pins gone) has its lease released before it is torn down" dhcp_orphan_released
+
 port_68_taken() {
     local holder
     "$PY" -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 68)); print("held", flush=True); time.sleep(30)' >"$WORK/p68.log" 2>&1 &
