@@ -12,10 +12,10 @@ use crate::dhcp::{ClientConfig, Event, Lease, State};
 use crate::events::Events;
 use crate::identity::Identity;
 use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, LeaseTarget, Stopped, WaitError, lease_file, now_ms};
-use crate::programs::lease::HostLink;
 use crate::metrics::Metrics;
 use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
+use crate::programs::lease::HostLink;
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
 use crate::state::{HeldLease, LeaseInfo, SessionRecord, StateDir, StateError};
@@ -238,7 +238,9 @@ impl Dhcp {
             put_on_link(&inside, &lease).await?;
         }
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
-        crate::lease_driver::release_orphan(self.context(p, id, inside, LeaseTarget::Namespace).await, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
+        crate::lease_driver::release_orphan(self.context(p, id, inside, LeaseTarget::Namespace).await, &socket, self.client_config(id), lease)
+            .await
+            .map_err(DhcpError::Release)
     }
 
     /// `release_orphan` for a programs-mode session, on its link `at` in the host namespace;

@@ -134,7 +134,14 @@ pub trait NetOps: Send + Sync {
     fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
     /// A route in routing table `table` out of `name`, preferring source `src` (`gateway`
     /// None: on-link). Replaces one to `dest` there.
-    fn add_table_route(&self, name: &str, table: u32, dest: Ipv4Net, gateway: Option<Ipv4Addr>, src: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    fn add_table_route(
+        &self,
+        name: &str,
+        table: u32,
+        dest: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        src: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Removes the route to `dest` in `table` out of `name` (absent is fine).
     fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
     /// The rule `from src lookup table` at `priority` (present is fine).

@@ -268,8 +268,8 @@ impl Platform for LinuxPlatform {
 async fn dhcp_client_socket(netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
     let ns = crate::ns::open_netns(netns)?;
     let sock = crate::ns::run_in_netns_async(&ns, move || dhcp_socket_on(crate::session::SESSION_IF, mac))
-    .await?
-    .map_err(io_err(format!("DHCP socket in {netns}")))?;
+        .await?
+        .map_err(io_err(format!("DHCP socket in {netns}")))?;
     tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
 }
 

@@ -125,7 +125,10 @@ pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: b
     if !programs.is_empty() {
         let host = match per_place.iter().position(|(place, _)| *place == Place::Host) {
             Some(i) => per_place.remove(i).1,
-            None => dump_all(&open_in(&File::open(HOST_NETNS).map_err(|source| PortsError::Io { place: Place::Host, op: "open namespace", source })?, Place::Host)?, Place::Host)?,
+            None => dump_all(
+                &open_in(&File::open(HOST_NETNS).map_err(|source| PortsError::Io { place: Place::Host, op: "open namespace", source })?, Place::Host)?,
+                Place::Host,
+            )?,
         };
         let host_listed = targets.iter().any(|t| t.place == Place::Host);
         let (claimed, rest) = claim_programs_sockets(host, &programs);
@@ -401,7 +404,16 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                DiagSocket { proto: Proto::Tcp, local: sa("127.0.0.1:8080"), remote: None, state: SockState::Listen, uid: 1000, inode: 4242, interface: None, cgroup: None },
+                DiagSocket {
+                    proto: Proto::Tcp,
+                    local: sa("127.0.0.1:8080"),
+                    remote: None,
+                    state: SockState::Listen,
+                    uid: 1000,
+                    inode: 4242,
+                    interface: None,
+                    cgroup: None
+                },
                 DiagSocket {
                     proto: Proto::Tcp,
                     local: sa("127.0.0.1:8080"),
@@ -463,12 +475,12 @@ mod tests {
         };
         let programs = [(s(2), session([127, 0, 0, 3], Some([10, 0, 0, 57])), Some(77)), (s(3), session([127, 0, 0, 4], None), Some(78))];
         let host = vec![
-            diag("127.0.0.3:8080", 77),  // session 2's listed program, rewritten from 127.0.0.1
-            diag("10.0.0.57:9000", 77),  // ... and from 0.0.0.0
-            diag("127.0.0.1:5000", 77),  // an unlisted program of session 2: its cgroup's, not rewritten
-            diag("127.0.0.4:8080", 1),   // session 3's loopback, from a process that left its cgroup
-            diag("0.0.0.0:22", 1),       // the host's own
-            diag("127.0.0.2:8080", 1),   // another session's loopback (the bridge's host end): the host's
+            diag("127.0.0.3:8080", 77), // session 2's listed program, rewritten from 127.0.0.1
+            diag("10.0.0.57:9000", 77), // ... and from 0.0.0.0
+            diag("127.0.0.1:5000", 77), // an unlisted program of session 2: its cgroup's, not rewritten
+            diag("127.0.0.4:8080", 1),  // session 3's loopback, from a process that left its cgroup
+            diag("0.0.0.0:22", 1),      // the host's own
+            diag("127.0.0.2:8080", 1),  // another session's loopback (the bridge's host end): the host's
         ];
         let (claimed, rest) = claim_programs_sockets(host, &programs);
         let locals = |v: &[DiagSocket]| v.iter().map(|d| d.local.to_string()).collect::<Vec<_>>();
@@ -510,7 +522,19 @@ mod tests {
     }
 
     fn entry(place: Place, proto: Proto, local: &str, state: SockState) -> PortEntry {
-        PortEntry { session: place, proto, local: sa(local), remote: None, state, pid: None, program: None, uid: 0, user: None, also_in: vec![], rewritten: false }
+        PortEntry {
+            session: place,
+            proto,
+            local: sa(local),
+            remote: None,
+            state,
+            pid: None,
+            program: None,
+            uid: 0,
+            user: None,
+            also_in: vec![],
+            rewritten: false,
+        }
     }
 
     #[test]

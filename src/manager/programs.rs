@@ -135,7 +135,11 @@ impl<P: Platform> Manager<P> {
     /// on it (the same client as a namespace session of the sid: `dhcp_session`), then the
     /// hooks, configured with the leased address. On failure the lease is given back and the
     /// session torn down, its record gone.
-    async fn start_programs_leased(&self, id: &crate::identity::Identity, mut plan: ProgramsPlan) -> Result<(programs::hooks::Hooks, Option<DhcpSession>), StartError> {
+    async fn start_programs_leased(
+        &self,
+        id: &crate::identity::Identity,
+        mut plan: ProgramsPlan,
+    ) -> Result<(programs::hooks::Hooks, Option<DhcpSession>), StartError> {
         let sid = id.sid;
         let undo = |e: StartError| {
             self.forget(sid);
@@ -227,16 +231,7 @@ impl<P: Platform> Manager<P> {
         }
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
-        self.table.lock().unwrap().insert(Session {
-            record: rec,
-            identity,
-            lease,
-            netns: None,
-            watches,
-            defence: None,
-            claiming: false,
-            hooks: Some(hooks),
-        });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns: None, watches, defence: None, claiming: false, hooks: Some(hooks) });
         report.adopted.push(sid);
     }
 
