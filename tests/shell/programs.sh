@@ -493,6 +493,15 @@ check "DHCP: a host socket on 0.0.0.0:68 bound to no interface: the start fails 
 kill_daemon
 "$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null
 
+no_dhcp_answer() {
+    start_dhcp_address_daemon --dhcp-timeout 2 || return 1
+    expect_exit 1 "no DHCP lease" "$SESSIOND" start --session 11 || return 1
+    ! ip link show sdp11 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq length) == 0 && $(ip rule) == "$RULES_BEFORE" ]] &&
+        [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]] && ! ip -4 addr show dev lo | grep -c "127.0.0.12/32" >/dev/null
+}
+check "DHCP: no server answers: the start fails after --dhcp-timeout naming it; no link, cgroup, loopback or rule is left" no_dhcp_answer
+kill_daemon
+
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
