@@ -96,7 +96,7 @@ impl<P: Platform> Manager<P> {
             return Err(not_started(StartError::Record(e)));
         }
         let (hooks, lease) = if leased {
-            self.start_programs_leased(&identity, plan.clone()).await.map_err(not_started)?
+            self.start_programs_leased(&identity, plan.clone()).await.map(|(hooks, lease)| (hooks, Some(lease))).map_err(not_started)?
         } else {
             match programs::build(&Kernel, self.platform.host(), &plan).await {
                 Ok(h) => (h, None),
@@ -139,13 +139,15 @@ impl<P: Platform> Manager<P> {
         &self,
         id: &crate::identity::Identity,
         mut plan: ProgramsPlan,
-    ) -> Result<(programs::hooks::Hooks, Option<DhcpSession>), StartError> {
+    ) -> Result<(programs::hooks::Hooks, DhcpSession), StartError> {
         let sid = id.sid;
         let undo = |e: StartError| {
             self.forget(sid);
             let _ = self.state.remove(sid);
             e
         };
+        let rp_filter = address::check_rp_filter().map_err(|e| ProgramsStepError { step: "check the host's reverse-path filter", source: e.into() });
+        rp_filter.map_err(|e| undo(StartError::Programs(e)))?;
         programs::build_before_hooks(&Kernel, self.platform.host(), &plan).await.map_err(|e| undo(StartError::Programs(e)))?;
         let lease = match self.dhcp.start_on_host(&self.platform, id, &HostLink::of(sid)).await {
             Ok(l) => l,
@@ -156,7 +158,7 @@ impl<P: Platform> Manager<P> {
         };
         plan.hooks.address = lease.view().lease.map(|l| l.address);
         match programs::attach_hooks(&Kernel, &plan) {
-            Ok(hooks) => Ok((hooks, Some(lease))),
+            Ok(hooks) => Ok((hooks, lease)),
             Err(e) => {
                 lease.release(true).await;
                 let _ = self.dhcp.forget(sid);

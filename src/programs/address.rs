@@ -57,8 +57,30 @@ const TABLE_BASE: u32 = 0x1000_0000;
 pub(crate) const RULE_PRIORITY: u32 = 1000;
 
 /// sysctls of the session's link: answer ARP only for its own address, announce only it,
-/// and answer only where the route back goes out of it.
-const ARP_SYSCTLS: [(&str, &str); 3] = [("arp_ignore", "1"), ("arp_announce", "2"), ("arp_filter", "1")];
+/// and answer only where the route back goes out of it. No reverse-path filtering on it (a
+/// new link inherits `default`, 2 under systemd): the DHCP server's replies arrive on the
+/// link while the route back to the server is the host's uplink, and before the link has an
+/// address the kernel drops them under either filter (see `check_rp_filter`).
+const LINK_SYSCTLS: [(&str, &str); 4] = [("arp_ignore", "1"), ("arp_announce", "2"), ("arp_filter", "1"), ("rp_filter", "0")];
+
+const RP_FILTER_ALL: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
+
+/// A DHCP lease on a session link needs `net.ipv4.conf.all.rp_filter` 0: the kernel filters
+/// with the higher of `all` and the link's own value, and under either filter it drops a
+/// packet that arrives on a link with no address yet when the route back to its sender goes
+/// out of another one (the DHCP server's OFFER and ACK, whose sender the host reaches through
+/// its uplink). Links keep their own settings (the uplink's filter stays).
+pub fn check_rp_filter() -> Result<(), NetError> {
+    let v = std::fs::read_to_string(RP_FILTER_ALL).map_err(|source| NetError::Io { op: format!("read {RP_FILTER_ALL}"), source })?;
+    match v.trim() {
+        "0" => Ok(()),
+        v => Err(NetError::Other(format!(
+            "net.ipv4.conf.all.rp_filter is {v}: the kernel would drop the DHCP server's replies on the session's own link before it has an address \
+             (the route back to the server is the uplink's); programs-mode DHCP needs it 0 (each link keeps its own rp_filter, the uplink's too), \
+             or use addressing = \"static\""
+        ))),
+    }
+}
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let op = op.into();
@@ -94,7 +116,7 @@ pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
         let msg = LinkMacVlan::new(&plan.link, parent, MacVlanMode::Bridge).address(plan.mac.to_vec()).build();
         h.link().add(msg).execute().await.map_err(nl(format!("create macvlan {} on {}", plan.link, plan.uplink)))?;
     }
-    for (key, value) in ARP_SYSCTLS {
+    for (key, value) in LINK_SYSCTLS {
         let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", plan.link);
         std::fs::write(&path, value).map_err(|source| NetError::Io { op: format!("write {path}"), source })?;
     }

@@ -266,7 +266,8 @@ address_sessions() {
     ip -4 -o addr show dev sdp3 | grep -c "inet $A3/24" >/dev/null && ip rule | grep -c "from $A3 lookup" >/dev/null && ip rule | grep -c "from $A4 lookup" >/dev/null || return 1
     # No prefix route in the main table: the host's own traffic to the LAN keeps its own address.
     ! ip route show table main | grep -c sdp >/dev/null || { echo "a session link in the main table"; return 1; }
-    [[ $(cat /proc/sys/net/ipv4/conf/sdp3/arp_ignore) == 1 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_announce) == 2 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_filter) == 1 ]]
+    [[ $(cat /proc/sys/net/ipv4/conf/sdp3/arp_ignore) == 1 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_announce) == 2 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_filter) == 1 &&
+        $(cat /proc/sys/net/ipv4/conf/sdp3/rp_filter) == 0 ]]
 }
 check "address virtualization: each session's pool address on its own macvlan, with its rule and table and ARP scoped to it" address_sessions
 
@@ -401,6 +402,11 @@ start_dhcp_address_daemon() {
 }
 S7= S8= CG7= CG8= A7= A8= M7= M8=
 "$REPO/scripts/dhcp-server" dnsmasq start >/dev/null || { echo "FAIL: dnsmasq did not start"; exit 1; }
+# Reverse-path filtering as systemd sets it (default 2, all 0): new links inherit 2, under
+# which the server's replies on an address-less sdpN, whose sender the host reaches through
+# the uplink (it has an address there), would be dropped.
+RP_BEFORE=$(sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.default.rp_filter | paste -sd' ')
+sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=2
 check "DHCP: the daemon starts with virtualize = address and addressing = dhcp (the default)" start_dhcp_address_daemon
 
 dhcp_sessions() {
@@ -425,6 +431,16 @@ dhcp_sessions() {
     [[ $(ss -Hlun "sport = :68" | grep -cE "%sdp[78]:68") == 2 ]]
 }
 check "DHCP: two programs-mode sessions lease distinct addresses on their own links (port 68 on each), rule and table, no files" dhcp_sessions
+
+strict_rp_filter_refused() {
+    sysctl -qw net.ipv4.conf.all.rp_filter=1
+    expect_exit 1 "rp_filter" "$SESSIOND" start --session 12; local rc=$?
+    sysctl -qw net.ipv4.conf.all.rp_filter=0
+    ((rc == 0)) && ! ip link show sdp12 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq 'map(.session) | index(12)') == null ]]
+}
+check "DHCP: net.ipv4.conf.all.rp_filter 1 (the replies would be dropped): the start is refused naming it, nothing is made" strict_rp_filter_refused
+read -r rp_all rp_default <<<"$RP_BEFORE"
+sysctl -qw net.ipv4.conf.all.rp_filter="$rp_all" net.ipv4.conf.default.rp_filter="$rp_default"
 
 dhcp_peer_sees_leased_addresses() {
     local c7 c8 other
