@@ -135,11 +135,7 @@ impl<P: Platform> Manager<P> {
     /// on it (the same client as a namespace session of the sid: `dhcp_session`), then the
     /// hooks, configured with the leased address. On failure the lease is given back and the
     /// session torn down, its record gone.
-    async fn start_programs_leased(
-        &self,
-        id: &crate::identity::Identity,
-        mut plan: ProgramsPlan,
-    ) -> Result<(programs::hooks::Hooks, DhcpSession), StartError> {
+    async fn start_programs_leased(&self, id: &crate::identity::Identity, mut plan: ProgramsPlan) -> Result<(programs::hooks::Hooks, DhcpSession), StartError> {
         let sid = id.sid;
         let undo = |e: StartError| {
             self.forget(sid);
