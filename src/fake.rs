@@ -347,6 +347,44 @@ impl NetOps for FakeNet {
             Ok(())
         })
     }
+    async fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> Result<(), NetError> {
+        let life = life.map(|l| format!(" valid {} preferred {}", l.valid_secs, l.preferred_secs)).unwrap_or_default();
+        let key = format!("addr:{}/{name}/{addr}", self.ns);
+        op(&self.world, self.line(format!("addr add {addr} dev {name} noprefixroute{life}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn add_table_route(&self, name: &str, table: u32, dest: Ipv4Net, gateway: Option<Ipv4Addr>, src: Ipv4Addr) -> Result<(), NetError> {
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        let key = format!("route:{}/{name}/{table}/{dest}", self.ns);
+        op(&self.world, self.line(format!("route {dest}{via} dev {name} src {src} table {table}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> Result<(), NetError> {
+        let key = format!("route:{}/{name}/{table}/{dest}", self.ns);
+        op(&self.world, self.line(format!("route del {dest} dev {name} table {table}")), |w| {
+            w.objects.remove(&key);
+            Ok(())
+        })
+    }
+    async fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> Result<(), NetError> {
+        let key = format!("rule:{}/{priority}/{table}/{src}", self.ns);
+        op(&self.world, self.line(format!("rule add from {src} lookup {table} pref {priority}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> Result<(), NetError> {
+        let from = src.map(|a| format!(" from {a}")).unwrap_or_default();
+        let prefix = format!("rule:{}/{priority}/{table}/", self.ns);
+        op(&self.world, self.line(format!("rule del{from} lookup {table} pref {priority}")), |w| {
+            w.objects.retain(|o| !(o.starts_with(&prefix) && src.is_none_or(|a| o.ends_with(&format!("/{a}")))));
+            Ok(())
+        })
+    }
 }
 
 /// The MAC of every uplink on the fake host.
@@ -485,6 +523,9 @@ impl Platform for FakePlatform {
     }
     async fn dhcp_socket(&self, netns: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
+    }
+    async fn host_dhcp_socket(&self, link: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+        Err(NetError::Other(format!("the fake platform has no sockets ({link})")))
     }
     async fn dhcp6_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))

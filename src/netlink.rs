@@ -139,6 +139,27 @@ pub trait NetOps: Send + Sync {
     fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> impl Future<Output = Result<(), NetError>> + Send;
     /// Deletes the neighbour entry for `ip` on `name` (absent, or no such link, is fine).
     fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Programs mode (a session's own link in the host namespace): `addr` on `name` with no
+    /// prefix route (IFA_F_NOPREFIXROUTE), so that none of the host's own traffic moves to
+    /// it; what leaves from it is routed by the session's own table (`add_table_route`).
+    fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// A route in routing table `table` out of `name`, preferring source `src` (`gateway`
+    /// None: on-link). Replaces one to `dest` there.
+    fn add_table_route(
+        &self,
+        name: &str,
+        table: u32,
+        dest: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        src: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Removes the route to `dest` in `table` out of `name` (absent is fine).
+    fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The rule `from src lookup table` at `priority` (present is fine).
+    fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Removes the rules at `priority` that look up `table`: from `src` only, or (None)
+    /// whatever their source (absent is fine).
+    fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
 /// The positive errno of a netlink error reply, if it is one.
@@ -633,6 +654,40 @@ impl NetOps for RtNet {
         .await
     }
 
+    async fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> Result<(), NetError> {
+        use netlink_packet_route::address::AddressFlags;
+        self.with_index(name, |idx| async move {
+            let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            if let Some(l) = life {
+                let mut ci = CacheInfo::default();
+                ci.ifa_preferred = l.preferred_secs;
+                ci.ifa_valid = l.valid_secs;
+                req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
+            }
+            req.execute().await.map_err(nl(format!("add address {addr} (no prefix route) to {name}")))
+        })
+        .await
+    }
+
+    async fn add_table_route(&self, name: &str, table: u32, dest: Ipv4Net, gateway: Option<Ipv4Addr>, src: Ipv4Addr) -> Result<(), NetError> {
+        self.with_index(name, |idx| async move {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix_len())
+                .output_interface(idx)
+                .pref_source(src)
+                .protocol(RouteProtocol::Static)
+                .table_id(table);
+            b = match gateway {
+                Some(gw) => b.gateway(gw),
+                None => b.scope(RouteScope::Link),
+            };
+            let via = gateway.map_or_else(|| "on-link".to_string(), |g| format!("via {g}"));
+            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} {via} dev {name} to table {table}")))
+        })
+        .await
+    }
+
     async fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
         use netlink_packet_route::neighbour::NeighbourState;
         self.with_index(name, |idx| async move {
@@ -656,5 +711,42 @@ impl NetOps for RtNet {
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
             r => r.map(|_| ()),
         }
+    }
+    async fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> Result<(), NetError> {
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).table_id(table);
+        match self.handle.route().del(b.build()).execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            r => r.map_err(nl(format!("delete route {dest} dev {name} from table {table}"))),
+        }
+    }
+
+    async fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> Result<(), NetError> {
+        use netlink_packet_route::rule::RuleAction;
+        // The action must be said: a rule without one (FR_ACT_UNSPEC) fails every lookup (EINVAL).
+        let req = self.handle.rule().add().v4().source_prefix(src, 32).table_id(table).action(RuleAction::ToTable).priority(priority);
+        match req.execute().await {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.map_err(nl(format!("add rule from {src} lookup {table}"))),
+        }
+    }
+
+    async fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> Result<(), NetError> {
+        use netlink_packet_route::rule::RuleAction;
+        // One rule per request; a session has one (two for a moment while its address
+        // changes): bounded.
+        for _ in 0..8 {
+            let mut req = self.handle.rule().add().v4().table_id(table).action(RuleAction::ToTable).priority(priority);
+            if let Some(a) = src {
+                req = req.source_prefix(a, 32);
+            }
+            let msg = req.message_mut().clone();
+            match self.handle.rule().del(msg).execute().await {
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH)) => return Ok(()),
+                Err(e) => return Err(nl(format!("delete the rules to table {table}"))(e)),
+                Ok(()) => {}
+            }
+        }
+        Ok(())
     }
 }
