@@ -282,18 +282,20 @@ owner_rule() {
     [[ $("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.3 8091") == "8091 127.0.0.1" ]]
 }
 
+# No discovery step exists (TPROXY diverts every connect to 127.0.0.(sid+1)), so "within 1 s of
+# listen()" is checked as: the very first connect after listen() returned is served, with no
+# retry. (A timed check would measure process start-up on a loaded machine, not the bridge.)
 new_listener_within_1s_and_gone_after_close() {
-    local t0 pid
+    local pid out ok=0
     rm -f "$W/g3.pid"
     timeout 130 "$SESSIOND" exec --session 1 -- python3 -c "$GREETER_PY" "$W/g3.pid" 127.0.0.1:8085 & LISTENERS+=($!)
     wait_for 10 test -s "$W/g3.pid" || return 1
-    t0=$(now_ms)
-    wait_until_ms $((t0 + 5000)) bash -c "[[ \$(hit 127.0.0.2 8085) == '8085 127.0.0.1' ]]"
-    local took=$(($(now_ms) - t0)); echo "reachable after $took ms"
-    ((took <= 1000)) || { echo "not reachable within 1 s"; return 1; }
+    out=$(hit 127.0.0.2 8085); echo "first connect after listen(): $out"
+    [[ $out == '8085 127.0.0.1' ]] || ok=1
     pid=$(cat "$W/g3.pid"); kill "$pid"
     wait_for 3 bash -c "! ss -Hltn 'sport = :8085' | grep -q ." || { ss -ltn; return 1; }
-    [[ $(hit 127.0.0.2 8085) == error* ]]
+    out=$(hit 127.0.0.2 8085); echo "after close: $out"
+    [[ $out == error* ]] && return $ok
 }
 
 # (127.0.0.3 inside session 1 is session 1's own loopback range: nothing listens there)
