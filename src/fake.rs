@@ -30,6 +30,8 @@ struct World {
     lan_hosts: std::collections::BTreeMap<Ipv4Addr, [u8; 6]>,
     /// Every ARP socket made, by namespace.
     arp_sockets: Vec<FakeArp>,
+    /// The /64 an IPv6 router advertises on the LAN (SLAAC), if one does.
+    ipv6_prefix: Option<std::net::Ipv6Addr>,
 }
 
 impl World {
@@ -58,6 +60,11 @@ impl FakePlatform {
         let world = Arc::new(Mutex::new(World::default()));
         world.lock().unwrap().host_links.insert("br-lan".into());
         FakePlatform { host: FakeNet { ns: "host".into(), world: world.clone() }, world }
+    }
+    /// From now on a router advertises `prefix` (a /64): each session's uplink shows a
+    /// usable SLAAC address in it, `prefix` + its namespace's number.
+    pub fn advertise_ipv6(&self, prefix: &str) {
+        self.world.lock().unwrap().ipv6_prefix = Some(prefix.parse().expect("an IPv6 prefix"));
     }
     pub fn log(&self) -> Vec<String> {
         self.world.lock().unwrap().log.clone()
@@ -220,8 +227,24 @@ impl NetOps for FakeNet {
         let w = self.world.lock().unwrap();
         Ok(w.objects.iter().filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()).collect())
     }
-    async fn addrs6(&self, _name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
-        Ok(Vec::new()) // no router advertises on the fake LAN
+    async fn addrs6(&self, name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
+        let w = self.world.lock().unwrap();
+        // No router advertises on the fake LAN unless a test says so.
+        let Some(prefix) = w.ipv6_prefix.filter(|_| w.objects.contains(&format!("link:{}/{name}", self.ns))) else { return Ok(Vec::new()) };
+        let n: u16 = self.ns.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        let mut segments = prefix.segments();
+        segments[7] = n;
+        let net = ipnet::Ipv6Net::new(segments.into(), 64).expect("a /64");
+        Ok(vec![crate::netlink::Addr6 {
+            net,
+            from_ra: true,
+            temporary: false,
+            tentative: false,
+            dad_failed: false,
+            from_dhcpv6: false,
+            valid_secs: Some(600),
+            preferred_secs: Some(300),
+        }])
     }
     async fn add_addr6(&self, name: &str, addr: std::net::Ipv6Addr, life: Lifetimes) -> Result<(), NetError> {
         op(&self.world, self.line(format!("addr add {addr}/128 dev {name} valid {} preferred {}", life.valid_secs, life.preferred_secs)), |_| Ok(()))

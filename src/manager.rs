@@ -50,6 +50,9 @@ pub enum ManagerError {
     OtherMode { sid: Sid, running: crate::config::Mode, wanted: crate::config::Mode },
     #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
     RequesterGone(Sid),
+    /// A login's `mode=programs` on a daemon with `addressing = "none"`.
+    #[error("session not started: programs mode was asked for, but addressing = \"none\" (IPv6-only sessions) needs a network namespace per session")]
+    ProgramsWithoutAddressing,
     /// `stop --all`: every session that could not be stopped.
     #[error("{}", join(.0))]
     Several(Vec<ManagerError>),
@@ -434,6 +437,9 @@ impl<P: Platform> Manager<P> {
         mode: Option<crate::config::Mode>,
     ) -> Result<SessionRecord, ManagerError> {
         let mode = mode.unwrap_or(self.settings.mode);
+        if mode == crate::config::Mode::Programs && self.settings.addressing == Addressing::None {
+            return Err(ManagerError::ProgramsWithoutAddressing);
+        }
         let sid = match sid {
             Some(s) => {
                 self.set_reserved(s, true);
@@ -470,6 +476,7 @@ impl<P: Platform> Manager<P> {
         }
         .instrument(span)
         .await;
+        let result = self.with_ipv6_facts(result).await;
         self.set_reserved(sid, false);
         self.publish_sessions_up();
         let (outcome, result) = match result {
@@ -479,6 +486,27 @@ impl<P: Platform> Manager<P> {
         };
         self.metrics.start_finished(outcome, began.elapsed());
         result
+    }
+
+    /// The start's answer with the session's IPv6 facts (`addresses6`: the PAM module's
+    /// `SESSIOND_ADDRESS6`) when the daemon waits for IPv6 (`wait_for` ipv6 or both). Waiting
+    /// for IPv4 only, a new session is answered before IPv6 completes: reading its namespace
+    /// then would cost every start a netlink round trip for nothing.
+    async fn with_ipv6_facts(&self, started: Result<Started, ManagerError>) -> Result<Started, ManagerError> {
+        if self.settings.wait_for == crate::config::WaitFor::Ipv4 {
+            return started;
+        }
+        match started {
+            Ok(Started::New(mut r)) => {
+                self.fill_ipv6(std::slice::from_mut(&mut r)).await;
+                Ok(Started::New(r))
+            }
+            Ok(Started::AlreadyUp(mut r)) => {
+                self.fill_ipv6(std::slice::from_mut(&mut r)).await;
+                Ok(Started::AlreadyUp(r))
+            }
+            other => other,
+        }
     }
 
     async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>, mode: crate::config::Mode) -> Result<Started, ManagerError> {
@@ -535,6 +563,15 @@ impl<P: Platform> Manager<P> {
                 }
             },
             Addressing::Static => None,
+            // IPv6-only: the files IPv6 merges its part into (no IPv4 name server; the host
+            // name on the session loopback until IPv6 adds its address).
+            Addressing::None => match self.write_files(&plan) {
+                Ok(()) => None,
+                Err(e) => {
+                    self.abandon(sid, &plan.teardown_spec()).await;
+                    return Err(not_started(e.into()));
+                }
+            },
             Addressing::Dhcp => match self.dhcp.start(&self.platform, &identity, inside).await {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -603,9 +640,15 @@ impl<P: Platform> Manager<P> {
         }
         let plan = self.plan_for(&SessionRecord { address: Some(address), ..rec.clone() }, id);
         session::apply_address(inside, address, plan.gateway, None).await?;
-        self.platform.write_netns_file(&id.netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
-        self.platform.write_netns_file(&id.netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })?;
+        self.write_files(&plan)?;
         Ok((address, link))
+    }
+
+    /// Writes the session's resolv.conf and hosts as `plan` has them.
+    fn write_files(&self, plan: &SessionPlan) -> Result<(), StepError> {
+        let netns = plan.netns();
+        self.platform.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
+        self.platform.write_netns_file(&netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })
     }
 
     /// Notes `conflicting` as used by another host and allocates the sid another address
@@ -785,7 +828,7 @@ impl<P: Platform> Manager<P> {
     fn reserve(&self, id: &Identity, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<SessionRecord, StartError> {
         let mut t = self.table.lock().unwrap();
         let (address, gateway, dns) = match self.settings.addressing {
-            Addressing::Dhcp => (None, None, Vec::new()),
+            Addressing::Dhcp | Addressing::None => (None, None, Vec::new()),
             Addressing::Static => {
                 let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
                 let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
@@ -1337,6 +1380,13 @@ impl<P: Platform> Manager<P> {
                     self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
                 }
             }
+            // IPv6-only: the files again (this daemon merges IPv6's part into them, once its
+            // DHCPv6 task runs).
+            Addressing::None => {
+                if let Err(e) = self.write_files(&self.plan_for(&rec, &identity)) {
+                    warn!("rewriting the session's files: {e}");
+                }
+            }
             Addressing::Dhcp => {
                 // Sessions built by an older daemon may lack it (see session::build).
                 let _ = session::enable_promote_secondaries(&self.platform, &rec.netns);
@@ -1473,6 +1523,72 @@ mod tests {
         assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::WasAbsent);
         assert!(p.is_empty(), "{:?}", p.objects());
         assert!(m.state.load_all().0.is_empty());
+    }
+
+    /// `addressing = "none"`: IPv6-only sessions (wait_for is ipv6 there).
+    fn ipv6_only_manager(p: FakePlatform, dir: &std::path::Path) -> Manager<FakePlatform> {
+        let file = FileConfig { uplink: Some("br-lan".into()), addressing: Some(Addressing::None), dhcp_timeout_secs: Some(2), ..Default::default() };
+        let s = Settings::merge(FileConfig::default(), file).unwrap();
+        assert_eq!(s.wait_for, crate::config::WaitFor::Ipv6);
+        Manager::new(p, s, StateDir::open(dir).unwrap(), "mid".into(), "host1".into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_session_gets_no_ipv4_and_answers_once_ipv6_is_usable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.advertise_ipv6("2001:db8:77::");
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let r = m.start(Some(sid(3)), Some(1000)).await.unwrap();
+        assert_eq!((r.address, r.gateway, r.lease.as_ref(), r.addressing), (None, None, None, Addressing::None));
+        assert!(r.dns.is_empty());
+        assert_eq!(r.address6(), Some("2001:db8:77::3".parse().unwrap()), "the answer carries the IPv6 address it waited for");
+        assert_eq!(r.ipv6, Some(crate::config::Ipv6State::Slaac));
+        let log = p.log();
+        let on_eth0: Vec<_> = log.iter().filter(|l| l.starts_with("sessiond-3: addr add") && l.contains("dev eth0")).collect();
+        assert!(on_eth0.is_empty(), "no IPv4 on eth0: {on_eth0:?}");
+        assert!(!log.iter().any(|l| l.contains("route 0.0.0.0/0") || l.contains("arp")), "no IPv4 route, no ACD: {log:?}");
+        assert!(log.contains(&"sessiond-3: addr add 127.0.0.4/32 dev lo scope host".to_string()), "the loopbacks stay: {log:?}");
+        for f in ["resolv.conf", "hosts"] {
+            assert!(log.contains(&format!("write sessiond-3/{f}")), "{f}, for IPv6 to merge into: {log:?}");
+        }
+        assert_eq!(m.status(Some(sid(3))).unwrap()[0].address, None);
+        assert_eq!(m.state.load_all().0[0].addressing, Addressing::None, "recorded");
+        // a second login's start of the running session answers with the IPv6 facts too
+        assert_eq!(m.start(Some(sid(3)), Some(1000)).await.unwrap().address6(), r.address6());
+        // the next daemon re-adopts it and writes its files again (it merges IPv6 into them)
+        drop(m);
+        p.clear_log();
+        let m2 = ipv6_only_manager(p.clone(), d.path());
+        assert_eq!(m2.recover().await.adopted, vec![sid(3)]);
+        assert!(p.log().contains(&"write sessiond-3/hosts".to_string()), "{:?}", p.log());
+        assert!(!p.log().iter().any(|l| l.contains("dev eth0")), "nothing done to eth0: {:?}", p.log());
+        let after = m2.status_live(Some(sid(3))).await.unwrap().remove(0);
+        assert_eq!((after.address, after.address6()), (None, r.address6()));
+        assert_eq!(m2.stop(sid(3)).await.unwrap(), Stopped::Stopped);
+        assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_only_start_without_a_router_fails_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let e = m.start(Some(sid(1)), None).await.unwrap_err();
+        assert!(e.to_string().contains("no usable global IPv6 address within 2 s"), "{e}");
+        assert!(p.is_empty(), "{:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_daemon_refuses_a_programs_mode_start() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let e = m.start_in_mode(Some(sid(1)), Some(1000), None, &|| false, Some(crate::config::Mode::Programs)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::ProgramsWithoutAddressing), "{e}");
+        assert!(e.to_string().contains("programs mode") && e.to_string().contains("addressing = \"none\""), "{e}");
+        assert!(p.log().is_empty(), "nothing was made: {:?}", p.log());
     }
 
     #[tokio::test]
