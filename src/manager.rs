@@ -316,6 +316,11 @@ pub struct Manager<P: Platform> {
     sessions_up: tokio::sync::watch::Sender<usize>,
     /// The sessions' DHCPv6 tasks (IPv6 completes beside `start`, never holding it up).
     dhcp6: crate::dhcp6_driver::Dhcp6Sessions,
+    /// Each session's netlink connection inside its namespace, opened once (by its start, or
+    /// by the recovery that found it) and shared by its DHCPv6 task and every `status` read
+    /// of its IPv6: opening one per read (a thread entering the namespace) made `status` with
+    /// 500 sessions cost seconds. Dropped before the session's namespace goes (it holds it).
+    nets: Mutex<std::collections::HashMap<Sid, P::Net>>,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -347,7 +352,22 @@ impl<P: Platform> Manager<P> {
             table: Mutex::new(Table { slots: BTreeMap::new(), history, events, conflicts: Conflicts::default() }),
             metrics,
             sessions_up: tokio::sync::watch::Sender::new(0),
+            nets: Mutex::default(),
         })
+    }
+
+    /// The session's netlink connection in `netns` (see `nets`), opened if it has none yet.
+    async fn net_of(&self, sid: Sid, netns: &str) -> Result<P::Net, crate::netlink::NetError> {
+        if let Some(net) = self.nets.lock().unwrap().get(&sid) {
+            return Ok(net.clone());
+        }
+        let net = self.platform.inside(netns).await?;
+        Ok(self.nets.lock().unwrap().entry(sid).or_insert(net).clone())
+    }
+
+    /// Lets the session's netlink connection go (once its other users, which hold clones, end).
+    fn drop_net(&self, sid: Sid) {
+        self.nets.lock().unwrap().remove(&sid);
     }
 
     /// The number of sessions up, updated when a start, a stop or the recovery changed it.
@@ -548,6 +568,7 @@ impl<P: Platform> Manager<P> {
                 return Err(not_started(e.into()));
             }
         };
+        self.nets.lock().unwrap().insert(sid, inside.clone());
         let mut rec = rec;
         let mut defence = None;
         let lease = match rec.addressing {
@@ -580,9 +601,11 @@ impl<P: Platform> Manager<P> {
                 }
             },
         };
-        self.dhcp6.start(&self.platform, &identity).await;
+        if let Ok(net) = self.net_of(sid, &identity.netns).await {
+            self.dhcp6.start(&self.platform, &identity, net).await;
+        }
         if self.settings.wait_for != crate::config::WaitFor::Ipv4
-            && let Err(e) = self.wait_for_ipv6(&identity.netns).await
+            && let Err(e) = self.wait_for_ipv6(sid, &identity.netns).await
         {
             self.dhcp6.release(sid).await;
             if let Some(l) = lease {
@@ -716,7 +739,10 @@ impl<P: Platform> Manager<P> {
             if let Some(id) = id
                 && !self.dhcp6.has(sid)
             {
-                self.dhcp6.start(&self.platform, &id).instrument(info_span!("adopt", sid = %sid)).await;
+                match self.net_of(sid, &id.netns).await {
+                    Ok(net) => self.dhcp6.start(&self.platform, &id, net).instrument(info_span!("adopt", sid = %sid)).await,
+                    Err(e) => warn!(sid = %sid, "DHCPv6 not started: {e}"),
+                }
             }
         }
     }
@@ -875,11 +901,13 @@ impl<P: Platform> Manager<P> {
 
     /// Drops the sid's session from the table (its namespace handle with it).
     fn forget(&self, sid: Sid) {
+        self.drop_net(sid);
         self.table.lock().unwrap().remove(sid);
     }
 
     /// Rolls a half-made session back completely.
     async fn abandon(&self, sid: Sid, spec: &TeardownSpec) {
+        self.drop_net(sid);
         for e in session::teardown(&self.platform, spec).await {
             warn!(sid = %sid, step = e.step, "cleanup: {e}");
         }
@@ -990,6 +1018,7 @@ impl<P: Platform> Manager<P> {
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
         self.dhcp6.release(sid).await;
+        self.drop_net(sid);
         if let Some(l) = lease {
             // DHCPRELEASE from the bound address, before anything goes. The address itself goes
             // with the namespace when the kernel frees the interface.
@@ -1049,10 +1078,10 @@ impl<P: Platform> Manager<P> {
 
     /// `wait_for` ipv6/both: waits (within the DHCP timeout) until the session's uplink has a
     /// usable global IPv6 address, SLAAC or DHCPv6.
-    async fn wait_for_ipv6(&self, netns: &str) -> Result<(), StartError> {
+    async fn wait_for_ipv6(&self, sid: Sid, netns: &str) -> Result<(), StartError> {
         let secs = self.settings.dhcp_timeout_secs;
         let no_ipv6 = || StartError::NoIpv6 { secs, wait_for: self.settings.wait_for };
-        let inside = self.platform.inside(netns).await.map_err(|_| no_ipv6())?;
+        let inside = self.net_of(sid, netns).await.map_err(|_| no_ipv6())?;
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             if let Ok((crate::config::Ipv6State::Slaac | crate::config::Ipv6State::Dhcpv6, _)) =
@@ -1075,7 +1104,7 @@ impl<P: Platform> Manager<P> {
             if r.mode() == crate::config::Mode::Programs {
                 return None;
             }
-            let inside = match self.platform.inside(&r.netns).await {
+            let inside = match self.net_of(r.session, &r.netns).await {
                 Ok(inside) => inside,
                 Err(e) => return Some(Err(e)),
             };
@@ -1344,7 +1373,10 @@ impl<P: Platform> Manager<P> {
             async {
                 if rec.programs.is_some() {
                     self.recover_programs(rec, &mut report).await;
-                } else if rec.state == SessionState::Up && self.is_live(&rec).await {
+                } else if rec.state == SessionState::Up
+                    && let Some(net) = self.live_net(&rec).await
+                {
+                    self.nets.lock().unwrap().insert(rec.session, net);
                     self.adopt(rec, &mut report).await;
                 } else {
                     self.undo_half_made(rec, &mut report).await;
@@ -1461,13 +1493,16 @@ impl<P: Platform> Manager<P> {
 
     /// A session is live when its namespace and its interface still exist.
     async fn is_live(&self, rec: &SessionRecord) -> bool {
+        self.live_net(rec).await.is_some()
+    }
+
+    /// `is_live`, with the netlink connection that found the session live.
+    async fn live_net(&self, rec: &SessionRecord) -> Option<P::Net> {
         if !self.platform.netns_exists(&rec.netns) {
-            return false;
+            return None;
         }
-        match self.platform.inside(&rec.netns).await {
-            Ok(inside) => matches!(inside.link_index(SESSION_IF).await, Ok(Some(_))),
-            Err(_) => false,
-        }
+        let inside = self.platform.inside(&rec.netns).await.ok()?;
+        matches!(inside.link_index(SESSION_IF).await, Ok(Some(_))).then_some(inside)
     }
 }
 
