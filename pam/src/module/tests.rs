@@ -130,8 +130,10 @@ struct Daemon {
     /// Refuse every start, like a daemon whose pool is exhausted.
     refuse: Arc<Mutex<bool>>,
     /// Shapes each new session's record (what the daemon's configuration would make of it).
-    shape: Arc<Mutex<Option<fn(&mut SessionRecord)>>>,
+    shape: Arc<Mutex<Option<Shape>>>,
 }
+
+type Shape = fn(&mut SessionRecord);
 
 fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
     SessionRecord {
