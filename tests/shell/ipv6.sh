@@ -15,8 +15,8 @@
 #      with a usable IPv6 address, and fails (leaving nothing) without a router
 #   5c. an IPv6-only session (addressing = "none"): start answers with its usable SLAAC
 #      address, eth0 has no IPv4 (nor routes), it reaches session 1 over IPv6; exec and a PAM
-#      login (pamtester) get SESSIOND_ADDRESS6 and no SESSIOND_ADDRESS; hosts has it; a kill -9
-#      and a new daemon re-adopt it
+#      login (pamtester) get SESSIOND_ADDRESS6 and no SESSIOND_ADDRESS; hosts has it; the host
+#      reaches it at its loopback (the bridge); a kill -9 and a new daemon re-adopt it
 #   6. DHCPv6 against kea-dhcp6 (radvd now sets M, no autonomous prefix): two sessions lease
 #      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, get Kea's DNS
 #      and search list merged into resolv.conf after IPv4's (hosts, SESSIOND_ADDRESS6: the
@@ -239,6 +239,23 @@ ipv6_only_session_works() {
     wait_for 5 grep -qP "^${A11%/*}\t$(hostname)" /etc/netns/sessiond-11/hosts || { cat /etc/netns/sessiond-11/hosts; return 1; }
 }
 
+# The loopback bridge does not need IPv4 on eth0: the host reaches 127.0.0.1:8000 in the
+# IPv6-only session at its loopback 127.0.0.12:8000.
+greet() { timeout 5 python3 -c 'import socket; print(socket.create_connection(("127.0.0.12", 8000), timeout=3).recv(16).decode())' 2>/dev/null; }
+greets() { [[ $(greet) == hello ]]; }
+ipv6_only_session_bridged() {
+    ip netns exec sessiond-11 timeout 20 python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 8000)); s.listen()
+while True:
+    c, _ = s.accept(); c.sendall(b"hello"); c.close()' &
+    local pid=$! got
+    wait_for 5 greets
+    got=$(greet); kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    echo "from the host, 127.0.0.12:8000 said: $got"
+    [[ $got == hello ]]
+}
+
 # The pam_exec probe after pam_sessiond in the pamtester stack: what the login sees.
 V6PROBE=/run/v6probe.sh V6PROBE_OUT=/run/v6probe.out
 cat >"$V6PROBE" <<'EOF'
@@ -249,7 +266,7 @@ EOF
 chmod 755 "$V6PROBE"
 v6_pam_login_gets_address6() {
     getent passwd v6user >/dev/null || sandbox_user v6user /run/v6user || return 1
-    PROBE=$V6PROBE pam_service
+    PROBE=$V6PROBE pam_service debug
     rm -f "$V6PROBE_OUT"
     timeout 30 pamtester -v "$SERVICE" v6user open_session close_session || return 1
     local p; p=$(cat "$V6PROBE_OUT"); echo "$p"
@@ -454,6 +471,7 @@ check "ipv6 = off: no address on the uplink, lo keeps ::1" off_leaves_no_address
 check "ipv6_privacy: a temporary address beside the stable one" privacy_adds_a_temporary_address
 check "wait_for = both: start answers once the IPv6 address is usable" wait_for_both_answers_with_ipv6
 check "an IPv6-only session works: start answers with its SLAAC address, no IPv4, ping -6 to another session, exec's env, hosts" ipv6_only_session_works
+check "an IPv6-only session: the host reaches it at its loopback (the bridge needs no IPv4)" ipv6_only_session_bridged
 check "an IPv6-only session: a PAM login gets SESSIOND_ADDRESS6 (eth0's address) and no SESSIOND_ADDRESS" v6_pam_login_gets_address6
 check "an IPv6-only session: kill -9 and a new daemon re-adopt it (status, exec, hosts, reachability)" ipv6_only_session_readopted
 check "wait_for = both without a router: start fails naming IPv6 and leaves nothing" wait_for_fails_without_a_router
