@@ -32,6 +32,8 @@ struct World {
     arp_sockets: Vec<FakeArp>,
     /// The /64 an IPv6 router advertises on the LAN (SLAAC), if one does.
     ipv6_prefix: Option<std::net::Ipv6Addr>,
+    /// How many netlink connections were opened inside namespaces (`inside`).
+    opened: usize,
 }
 
 impl World {
@@ -65,6 +67,10 @@ impl FakePlatform {
     /// usable SLAAC address in it, `prefix` + its namespace's number.
     pub fn advertise_ipv6(&self, prefix: &str) {
         self.world.lock().unwrap().ipv6_prefix = Some(prefix.parse().expect("an IPv6 prefix"));
+    }
+    /// How many netlink connections were opened inside namespaces so far.
+    pub fn netlink_opened(&self) -> usize {
+        self.world.lock().unwrap().opened
     }
     pub fn log(&self) -> Vec<String> {
         self.world.lock().unwrap().log.clone()
@@ -399,6 +405,7 @@ impl Platform for FakePlatform {
         if !self.netns_exists(netns) {
             return Err(NetError::Other(format!("no netns {netns}")));
         }
+        self.world.lock().unwrap().opened += 1;
         Ok(FakeNet { ns: netns.into(), world: self.world.clone() })
     }
     async fn create_netns(&self, name: &str, sysctls: &[(&str, &str)]) -> Result<(), NetError> {

@@ -1400,7 +1400,7 @@ impl<P: Platform> Manager<P> {
         match rec.addressing {
             Addressing::Static => {
                 let plan = self.plan_for(&rec, &identity);
-                if let Ok(inside) = self.platform.inside(&rec.netns).await
+                if let Ok(inside) = self.net_of(sid, &rec.netns).await
                     && let Some(addr) = rec.address
                     && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
                 {
@@ -1602,6 +1602,36 @@ mod tests {
         assert_eq!((after.address, after.address6()), (None, r.address6()));
         assert_eq!(m2.stop(sid(3)).await.unwrap(), Stopped::Stopped);
         assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    /// `status` reads each session's IPv6 through the session's one kept netlink connection:
+    /// opening one per session per call made it cost seconds with 500 sessions.
+    #[tokio::test]
+    async fn status_reads_ipv6_through_each_sessions_kept_connection() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.advertise_ipv6("2001:db8:77::");
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        for n in 1..=3 {
+            m.start(Some(sid(n)), None).await.unwrap();
+        }
+        let opened = p.netlink_opened();
+        assert_eq!(opened, 3, "one per start (session::build's), shared with the DHCPv6 task");
+        for _ in 0..3 {
+            let all = m.status_live(None).await.unwrap();
+            assert!(all.iter().all(|r| r.address6().is_some()), "{all:?}");
+        }
+        assert_eq!(p.netlink_opened(), opened, "status opened none");
+        m.stop(sid(1)).await.unwrap();
+        assert!(!m.nets.lock().unwrap().contains_key(&sid(1)), "dropped with its session");
+        // the next daemon keeps the connection its recovery checked each session with
+        drop(m);
+        let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m2.recover().await;
+        let after_recovery = p.netlink_opened();
+        assert_eq!(after_recovery, opened + 2, "one per adopted session");
+        assert_eq!(m2.status_live(None).await.unwrap().len(), 2);
+        assert_eq!(p.netlink_opened(), after_recovery);
     }
 
     #[tokio::test(start_paused = true)]
