@@ -45,7 +45,7 @@ pub struct RawSettings {
     /// Bridge the host end of each veth joins (--link veth)
     #[arg(long)]
     pub bridge: Option<String>,
-    /// Where sessions' addresses come from (default dhcp)
+    /// Where sessions' IPv4 addresses come from (default dhcp; none: IPv6-only sessions)
     #[arg(long, value_parser = one_of::<Addressing>(Addressing::NAMES))]
     pub addressing: Option<Addressing>,
     /// Static pool FIRST-LAST/PREFIX
@@ -121,7 +121,8 @@ pub struct RawSettings {
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub ipv6_privacy: Option<bool>,
     /// What start waits for before it answers: ipv4 (default: IPv6 completes in the
-    /// background), ipv6 or both (also a usable global IPv6 address, within the DHCP timeout)
+    /// background), ipv6 or both (also a usable global IPv6 address, within the DHCP timeout;
+    /// with --addressing none, ipv6 is the default and the only choice)
     #[arg(long, value_parser = one_of::<WaitFor>(WaitFor::NAMES))]
     pub wait_for: Option<WaitFor>,
     /// A host service every session reaches at its own 127.0.0.1:PORT (the host's
@@ -172,6 +173,12 @@ pub enum ConfigError {
     NothingToVirtualize,
     #[error("wait_for = \"{0}\" waits for an IPv6 address, but ipv6 = \"off\" gives none")]
     WaitForIpv6Off(WaitFor),
+    #[error("addressing = \"none\" makes IPv6-only sessions, but ipv6 = \"off\" gives them no IPv6: they would have no address at all")]
+    NoAddressing,
+    #[error("addressing = \"none\" gives sessions no IPv4 address, so wait_for = \"{0}\" would never be met: use wait_for = \"ipv6\" (its default there)")]
+    WaitForIpv4WithoutIpv4(WaitFor),
+    #[error("addressing = \"none\" (IPv6-only sessions) needs mode = \"namespace\": programs mode gives sessions no network of their own")]
+    NoAddressingInProgramsMode,
 }
 
 impl ConfigError {
@@ -279,6 +286,24 @@ pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     if ok { Ok(()) } else { Err(ConfigError::BadIfName(name.to_string())) }
 }
 
+/// `addressing = "none"` (IPv6-only sessions) needs IPv6, has only IPv6 to wait for (the
+/// default `wait_for` there), and needs a namespace; returns the `wait_for` to use.
+fn check_ipv6_only(addressing: Addressing, ipv6: Ipv6Mode, wait_for: Option<WaitFor>, mode: Mode) -> Result<WaitFor, ConfigError> {
+    if addressing != Addressing::None {
+        return Ok(wait_for.unwrap_or(WaitFor::Ipv4));
+    }
+    if ipv6 == Ipv6Mode::Off {
+        return Err(ConfigError::NoAddressing);
+    }
+    if mode == Mode::Programs {
+        return Err(ConfigError::NoAddressingInProgramsMode);
+    }
+    match wait_for.unwrap_or(WaitFor::Ipv6) {
+        WaitFor::Ipv6 => Ok(WaitFor::Ipv6),
+        other => Err(ConfigError::WaitForIpv4WithoutIpv4(other)),
+    }
+}
+
 impl Settings {
     /// `flags` wins over `file`; the result is checked as a whole.
     pub fn merge(flags: RawSettings, file: RawSettings) -> Result<Settings, ConfigError> {
@@ -349,7 +374,8 @@ impl Settings {
             return Err(ConfigError::BadMinLease(dhcp_min_lease_secs));
         }
         let ipv6 = ipv6.unwrap_or(Ipv6Mode::Auto);
-        let wait_for = wait_for.unwrap_or(WaitFor::Ipv4);
+        let mode = mode.unwrap_or(Mode::Namespace);
+        let wait_for = check_ipv6_only(addressing, ipv6, wait_for, mode)?;
         if wait_for != WaitFor::Ipv4 && ipv6 == Ipv6Mode::Off {
             return Err(ConfigError::WaitForIpv6Off(wait_for));
         }
@@ -386,7 +412,7 @@ impl Settings {
             metrics_listen,
             acd_probe_ms,
             loopback_reach: loopback_reach.unwrap_or(LoopbackReach::Owner),
-            mode: mode.unwrap_or(Mode::Namespace),
+            mode,
             programs,
             virtualize,
             ipv6,
@@ -590,6 +616,28 @@ state_dir = "/tmp/state"
         let e = Settings::merge(off, f).unwrap_err();
         assert!(matches!(e, ConfigError::WaitForIpv6Off(WaitFor::Both)) && e.to_string().contains("ipv6 = \"off\""), "{e}");
         assert!(parse("wait_for = \"ipv5\"\n").unwrap_err().to_string().contains("ipv5"));
+    }
+
+    #[test]
+    fn addressing_none_is_ipv6_only_waits_for_ipv6_and_refuses_what_cannot_work() {
+        let base = || RawSettings { uplink: Some("br0".into()), ..Default::default() };
+        let f = parse("addressing = \"none\"\n").unwrap();
+        let s = Settings::merge(base(), f.clone()).unwrap();
+        assert_eq!((s.addressing, s.wait_for, s.ipv6), (Addressing::None, WaitFor::Ipv6, Ipv6Mode::Auto), "wait_for defaults to ipv6 there");
+        let flags = RawSettings { addressing: Some(Addressing::None), wait_for: Some(WaitFor::Ipv6), ipv6: Some(Ipv6Mode::Dhcpv6), ..base() };
+        assert_eq!(Settings::merge(flags, RawSettings::default()).unwrap().wait_for, WaitFor::Ipv6);
+        for w in [WaitFor::Ipv4, WaitFor::Both] {
+            let e = Settings::merge(RawSettings { wait_for: Some(w), ..base() }, f.clone()).unwrap_err();
+            assert!(matches!(e, ConfigError::WaitForIpv4WithoutIpv4(x) if x == w), "{e}");
+            assert!(e.to_string().contains(&format!("wait_for = \"{w}\"")) && e.to_string().contains("addressing = \"none\""), "{e}");
+        }
+        let e = Settings::merge(RawSettings { ipv6: Some(Ipv6Mode::Off), ..base() }, f.clone()).unwrap_err();
+        assert!(matches!(e, ConfigError::NoAddressing) && e.to_string().contains("ipv6 = \"off\""), "{e}");
+        let e = Settings::merge(RawSettings { mode: Some(Mode::Programs), ..base() }, f).unwrap_err();
+        assert!(matches!(e, ConfigError::NoAddressingInProgramsMode) && e.to_string().contains("programs"), "{e}");
+        assert!(e.is_usage());
+        // the other addressings keep wait_for's default
+        assert_eq!(Settings::merge(base(), RawSettings::default()).unwrap().wait_for, WaitFor::Ipv4);
     }
 
     #[test]

@@ -73,16 +73,16 @@ impl Dhcp6Sessions {
         Dhcp6Sessions { mode, duid: crate::dhcp::duid(machine_id), min_renew_secs: (min_lease_secs / 2).max(1), state, tasks: Mutex::new(HashMap::new()) }
     }
 
-    /// Starts the session's DHCPv6 in the background; with a persisted lease (a daemon
-    /// restart) it Rebinds that one. In `slaac` mode the task only waits for the RA to put the
-    /// SLAAC address into hosts; nothing in `off` mode. A failure is logged: IPv6 never fails
-    /// a start.
-    pub async fn start<P: Platform>(&self, p: &P, id: &Identity) {
+    /// Starts the session's DHCPv6 in the background, on `inside` (the session's netlink
+    /// connection, shared with the manager's); with a persisted lease (a daemon restart) it
+    /// Rebinds that one. In `slaac` mode the task only waits for the RA to put the SLAAC
+    /// address into hosts; nothing in `off` mode. A failure is logged: IPv6 never fails a start.
+    pub async fn start<P: Platform>(&self, p: &P, id: &Identity, inside: P::Net) {
         if self.mode == Ipv6Mode::Off {
             return;
         }
         let span = info_span!("dhcp6", sid = %id.sid);
-        let (sock, inside) = match futures::future::try_join(p.dhcp6_socket(&id.netns), p.inside(&id.netns)).await {
+        let sock = match p.dhcp6_socket(&id.netns).await {
             Ok(x) => x,
             Err(e) => {
                 span.in_scope(|| warn!("DHCPv6 not started: {e}"));

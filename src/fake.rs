@@ -32,6 +32,10 @@ struct World {
     arp_sockets: Vec<FakeArp>,
     /// The parent of each macvlan made in the host namespace (the shim), by name.
     host_macvlan_parents: std::collections::BTreeMap<String, String>,
+    /// The /64 an IPv6 router advertises on the LAN (SLAAC), if one does.
+    ipv6_prefix: Option<std::net::Ipv6Addr>,
+    /// How many netlink connections were opened inside namespaces (`inside`).
+    opened: usize,
 }
 
 impl World {
@@ -61,6 +65,15 @@ impl FakePlatform {
         let world = Arc::new(Mutex::new(World::default()));
         world.lock().unwrap().host_links.insert("br-lan".into());
         FakePlatform { host: FakeNet { ns: "host".into(), world: world.clone() }, world }
+    }
+    /// From now on a router advertises `prefix` (a /64): each session's uplink shows a
+    /// usable SLAAC address in it, `prefix` + its namespace's number.
+    pub fn advertise_ipv6(&self, prefix: &str) {
+        self.world.lock().unwrap().ipv6_prefix = Some(prefix.parse().expect("an IPv6 prefix"));
+    }
+    /// How many netlink connections were opened inside namespaces so far.
+    pub fn netlink_opened(&self) -> usize {
+        self.world.lock().unwrap().opened
     }
     pub fn log(&self) -> Vec<String> {
         self.world.lock().unwrap().log.clone()
@@ -229,8 +242,24 @@ impl NetOps for FakeNet {
         let w = self.world.lock().unwrap();
         Ok(w.objects.iter().filter_map(|o| o.strip_prefix(&prefix)?.parse().ok()).collect())
     }
-    async fn addrs6(&self, _name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
-        Ok(Vec::new()) // no router advertises on the fake LAN
+    async fn addrs6(&self, name: &str) -> Result<Vec<crate::netlink::Addr6>, NetError> {
+        let w = self.world.lock().unwrap();
+        // No router advertises on the fake LAN unless a test says so.
+        let Some(prefix) = w.ipv6_prefix.filter(|_| w.objects.contains(&format!("link:{}/{name}", self.ns))) else { return Ok(Vec::new()) };
+        let n: u16 = self.ns.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+        let mut segments = prefix.segments();
+        segments[7] = n;
+        let net = ipnet::Ipv6Net::new(segments.into(), 64).expect("a /64");
+        Ok(vec![crate::netlink::Addr6 {
+            net,
+            from_ra: true,
+            temporary: false,
+            tentative: false,
+            dad_failed: false,
+            from_dhcpv6: false,
+            valid_secs: Some(600),
+            preferred_secs: Some(300),
+        }])
     }
     async fn add_addr6(&self, name: &str, addr: std::net::Ipv6Addr, life: Lifetimes) -> Result<(), NetError> {
         op(&self.world, self.line(format!("addr add {addr}/128 dev {name} valid {} preferred {}", life.valid_secs, life.preferred_secs)), |_| Ok(()))
@@ -473,6 +502,7 @@ impl Platform for FakePlatform {
         if !self.netns_exists(netns) {
             return Err(NetError::Other(format!("no netns {netns}")));
         }
+        self.world.lock().unwrap().opened += 1;
         Ok(FakeNet { ns: netns.into(), world: self.world.clone() })
     }
     async fn create_netns(&self, name: &str, sysctls: &[(&str, &str)]) -> Result<(), NetError> {

@@ -50,6 +50,9 @@ pub enum ManagerError {
     OtherMode { sid: Sid, running: crate::config::Mode, wanted: crate::config::Mode },
     #[error("session {0} not started: the requester hung up before the answer (nothing of it is left)")]
     RequesterGone(Sid),
+    /// A login's `mode=programs` on a daemon with `addressing = "none"`.
+    #[error("session not started: programs mode was asked for, but addressing = \"none\" (IPv6-only sessions) needs a network namespace per session")]
+    ProgramsWithoutAddressing,
     /// `stop --all`: every session that could not be stopped.
     #[error("{}", join(.0))]
     Several(Vec<ManagerError>),
@@ -313,6 +316,11 @@ pub struct Manager<P: Platform> {
     sessions_up: tokio::sync::watch::Sender<usize>,
     /// The sessions' DHCPv6 tasks (IPv6 completes beside `start`, never holding it up).
     dhcp6: crate::dhcp6_driver::Dhcp6Sessions,
+    /// Each session's netlink connection inside its namespace, opened once (by its start, or
+    /// by the recovery that found it) and shared by its DHCPv6 task and every `status` read
+    /// of its IPv6: opening one per read (a thread entering the namespace) made `status` with
+    /// 500 sessions cost seconds. Dropped before the session's namespace goes (it holds it).
+    nets: Mutex<std::collections::HashMap<Sid, P::Net>>,
 }
 
 /// Where the holder watches report exits, and the loop (`reap_vanished`) that reads them.
@@ -344,7 +352,22 @@ impl<P: Platform> Manager<P> {
             table: Mutex::new(Table { slots: BTreeMap::new(), history, events, conflicts: Conflicts::default() }),
             metrics,
             sessions_up: tokio::sync::watch::Sender::new(0),
+            nets: Mutex::default(),
         })
+    }
+
+    /// The session's netlink connection in `netns` (see `nets`), opened if it has none yet.
+    async fn net_of(&self, sid: Sid, netns: &str) -> Result<P::Net, crate::netlink::NetError> {
+        if let Some(net) = self.nets.lock().unwrap().get(&sid) {
+            return Ok(net.clone());
+        }
+        let net = self.platform.inside(netns).await?;
+        Ok(self.nets.lock().unwrap().entry(sid).or_insert(net).clone())
+    }
+
+    /// Lets the session's netlink connection go (once its other users, which hold clones, end).
+    fn drop_net(&self, sid: Sid) {
+        self.nets.lock().unwrap().remove(&sid);
     }
 
     /// The number of sessions up, updated when a start, a stop or the recovery changed it.
@@ -439,6 +462,9 @@ impl<P: Platform> Manager<P> {
         mode: Option<crate::config::Mode>,
     ) -> Result<SessionRecord, ManagerError> {
         let mode = mode.unwrap_or(self.settings.mode);
+        if mode == crate::config::Mode::Programs && self.settings.addressing == Addressing::None {
+            return Err(ManagerError::ProgramsWithoutAddressing);
+        }
         let sid = match sid {
             Some(s) => {
                 self.set_reserved(s, true);
@@ -475,6 +501,7 @@ impl<P: Platform> Manager<P> {
         }
         .instrument(span)
         .await;
+        let result = self.with_ipv6_facts(result).await;
         self.set_reserved(sid, false);
         self.publish_sessions_up();
         let (outcome, result) = match result {
@@ -484,6 +511,27 @@ impl<P: Platform> Manager<P> {
         };
         self.metrics.start_finished(outcome, began.elapsed());
         result
+    }
+
+    /// The start's answer with the session's IPv6 facts (`addresses6`: the PAM module's
+    /// `SESSIOND_ADDRESS6`) when the daemon waits for IPv6 (`wait_for` ipv6 or both). Waiting
+    /// for IPv4 only, a new session is answered before IPv6 completes: reading its namespace
+    /// then would cost every start a netlink round trip for nothing.
+    async fn with_ipv6_facts(&self, started: Result<Started, ManagerError>) -> Result<Started, ManagerError> {
+        if self.settings.wait_for == crate::config::WaitFor::Ipv4 {
+            return started;
+        }
+        match started {
+            Ok(Started::New(mut r)) => {
+                self.fill_ipv6(std::slice::from_mut(&mut r)).await;
+                Ok(Started::New(r))
+            }
+            Ok(Started::AlreadyUp(mut r)) => {
+                self.fill_ipv6(std::slice::from_mut(&mut r)).await;
+                Ok(Started::AlreadyUp(r))
+            }
+            other => other,
+        }
     }
 
     async fn start_locked(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<Holder>, mode: crate::config::Mode) -> Result<Started, ManagerError> {
@@ -525,6 +573,7 @@ impl<P: Platform> Manager<P> {
                 return Err(not_started(e.into()));
             }
         };
+        self.nets.lock().unwrap().insert(sid, inside.clone());
         let mut rec = rec;
         let mut defence = None;
         let lease = match rec.addressing {
@@ -540,6 +589,15 @@ impl<P: Platform> Manager<P> {
                 }
             },
             Addressing::Static => None,
+            // IPv6-only: the files IPv6 merges its part into (no IPv4 name server; the host
+            // name on the session loopback until IPv6 adds its address).
+            Addressing::None => match self.write_files(&plan) {
+                Ok(()) => None,
+                Err(e) => {
+                    self.abandon(sid, &plan.teardown_spec()).await;
+                    return Err(not_started(e.into()));
+                }
+            },
             Addressing::Dhcp => match self.dhcp.start(&self.platform, &identity, inside).await {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -548,9 +606,11 @@ impl<P: Platform> Manager<P> {
                 }
             },
         };
-        self.dhcp6.start(&self.platform, &identity).await;
+        if let Ok(net) = self.net_of(sid, &identity.netns).await {
+            self.dhcp6.start(&self.platform, &identity, net).await;
+        }
         if self.settings.wait_for != crate::config::WaitFor::Ipv4
-            && let Err(e) = self.wait_for_ipv6(&identity.netns).await
+            && let Err(e) = self.wait_for_ipv6(sid, &identity.netns).await
         {
             self.dhcp6.release(sid).await;
             if let Some(l) = lease {
@@ -608,9 +668,15 @@ impl<P: Platform> Manager<P> {
         }
         let plan = self.plan_for(&SessionRecord { address: Some(address), ..rec.clone() }, id);
         session::apply_address(inside, address, plan.gateway, None).await?;
-        self.platform.write_netns_file(&id.netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
-        self.platform.write_netns_file(&id.netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })?;
+        self.write_files(&plan)?;
         Ok((address, link))
+    }
+
+    /// Writes the session's resolv.conf and hosts as `plan` has them.
+    fn write_files(&self, plan: &SessionPlan) -> Result<(), StepError> {
+        let netns = plan.netns();
+        self.platform.write_netns_file(&netns, "resolv.conf", &plan.resolv_conf).map_err(|source| StepError { step: "write resolv.conf", source })?;
+        self.platform.write_netns_file(&netns, "hosts", &plan.hosts).map_err(|source| StepError { step: "write hosts", source })
     }
 
     /// Notes `conflicting` as used by another host and allocates the sid another address
@@ -678,7 +744,10 @@ impl<P: Platform> Manager<P> {
             if let Some(id) = id
                 && !self.dhcp6.has(sid)
             {
-                self.dhcp6.start(&self.platform, &id).instrument(info_span!("adopt", sid = %sid)).await;
+                match self.net_of(sid, &id.netns).await {
+                    Ok(net) => self.dhcp6.start(&self.platform, &id, net).instrument(info_span!("adopt", sid = %sid)).await,
+                    Err(e) => warn!(sid = %sid, "DHCPv6 not started: {e}"),
+                }
             }
         }
     }
@@ -790,7 +859,7 @@ impl<P: Platform> Manager<P> {
     fn reserve(&self, id: &Identity, owner_uid: Option<u32>, holder: Option<Holder>) -> Result<SessionRecord, StartError> {
         let mut t = self.table.lock().unwrap();
         let (address, gateway, dns) = match self.settings.addressing {
-            Addressing::Dhcp => (None, None, Vec::new()),
+            Addressing::Dhcp | Addressing::None => (None, None, Vec::new()),
             Addressing::Static => {
                 let pool = self.settings.pool.as_ref().expect("static addressing has a pool (checked at config time)");
                 let mut in_use: BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
@@ -837,11 +906,13 @@ impl<P: Platform> Manager<P> {
 
     /// Drops the sid's session from the table (its namespace handle with it).
     fn forget(&self, sid: Sid) {
+        self.drop_net(sid);
         self.table.lock().unwrap().remove(sid);
     }
 
     /// Rolls a half-made session back completely.
     async fn abandon(&self, sid: Sid, spec: &TeardownSpec) {
+        self.drop_net(sid);
         for e in session::teardown(&self.platform, spec).await {
             warn!(sid = %sid, step = e.step, "cleanup: {e}");
         }
@@ -952,6 +1023,7 @@ impl<P: Platform> Manager<P> {
         let spec = TeardownSpec::for_sid(sid, Some(rec.link), rec.address);
         let leave_link = spec.host_link.is_none();
         self.dhcp6.release(sid).await;
+        self.drop_net(sid);
         if let Some(l) = lease {
             // DHCPRELEASE from the bound address, before anything goes. The address itself goes
             // with the namespace when the kernel frees the interface.
@@ -1011,10 +1083,10 @@ impl<P: Platform> Manager<P> {
 
     /// `wait_for` ipv6/both: waits (within the DHCP timeout) until the session's uplink has a
     /// usable global IPv6 address, SLAAC or DHCPv6.
-    async fn wait_for_ipv6(&self, netns: &str) -> Result<(), StartError> {
+    async fn wait_for_ipv6(&self, sid: Sid, netns: &str) -> Result<(), StartError> {
         let secs = self.settings.dhcp_timeout_secs;
         let no_ipv6 = || StartError::NoIpv6 { secs, wait_for: self.settings.wait_for };
-        let inside = self.platform.inside(netns).await.map_err(|_| no_ipv6())?;
+        let inside = self.net_of(sid, netns).await.map_err(|_| no_ipv6())?;
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             if let Ok((crate::config::Ipv6State::Slaac | crate::config::Ipv6State::Dhcpv6, _)) =
@@ -1037,7 +1109,7 @@ impl<P: Platform> Manager<P> {
             if r.mode() == crate::config::Mode::Programs {
                 return None;
             }
-            let inside = match self.platform.inside(&r.netns).await {
+            let inside = match self.net_of(r.session, &r.netns).await {
                 Ok(inside) => inside,
                 Err(e) => return Some(Err(e)),
             };
@@ -1306,7 +1378,10 @@ impl<P: Platform> Manager<P> {
             async {
                 if rec.programs.is_some() {
                     self.recover_programs(rec, &mut report).await;
-                } else if rec.state == SessionState::Up && self.is_live(&rec).await {
+                } else if rec.state == SessionState::Up
+                    && let Some(net) = self.live_net(&rec).await
+                {
+                    self.nets.lock().unwrap().insert(rec.session, net);
                     self.adopt(rec, &mut report).await;
                 } else {
                     self.undo_half_made(rec, &mut report).await;
@@ -1330,7 +1405,7 @@ impl<P: Platform> Manager<P> {
         match rec.addressing {
             Addressing::Static => {
                 let plan = self.plan_for(&rec, &identity);
-                if let Ok(inside) = self.platform.inside(&rec.netns).await
+                if let Ok(inside) = self.net_of(sid, &rec.netns).await
                     && let Some(addr) = rec.address
                     && let Err(e) = session::apply_address(&inside, addr, rec.gateway, None).await
                 {
@@ -1340,6 +1415,13 @@ impl<P: Platform> Manager<P> {
                 let _ = self.platform.write_netns_file(&rec.netns, "hosts", &plan.hosts);
                 if let Some(a) = rec.address {
                     self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
+                }
+            }
+            // IPv6-only: the files again (this daemon merges IPv6's part into them, once its
+            // DHCPv6 task runs).
+            Addressing::None => {
+                if let Err(e) = self.write_files(&self.plan_for(&rec, &identity)) {
+                    warn!("rewriting the session's files: {e}");
                 }
             }
             Addressing::Dhcp => {
@@ -1416,13 +1498,16 @@ impl<P: Platform> Manager<P> {
 
     /// A session is live when its namespace and its interface still exist.
     async fn is_live(&self, rec: &SessionRecord) -> bool {
+        self.live_net(rec).await.is_some()
+    }
+
+    /// `is_live`, with the netlink connection that found the session live.
+    async fn live_net(&self, rec: &SessionRecord) -> Option<P::Net> {
         if !self.platform.netns_exists(&rec.netns) {
-            return false;
+            return None;
         }
-        match self.platform.inside(&rec.netns).await {
-            Ok(inside) => matches!(inside.link_index(SESSION_IF).await, Ok(Some(_))),
-            Err(_) => false,
-        }
+        let inside = self.platform.inside(&rec.netns).await.ok()?;
+        matches!(inside.link_index(SESSION_IF).await, Ok(Some(_))).then_some(inside)
     }
 }
 
@@ -1478,6 +1563,102 @@ mod tests {
         assert_eq!(m.stop(sid(1)).await.unwrap(), Stopped::WasAbsent);
         assert!(p.is_empty(), "{:?}", p.objects());
         assert!(m.state.load_all().0.is_empty());
+    }
+
+    /// `addressing = "none"`: IPv6-only sessions (wait_for is ipv6 there).
+    fn ipv6_only_manager(p: FakePlatform, dir: &std::path::Path) -> Manager<FakePlatform> {
+        let file = FileConfig { uplink: Some("br-lan".into()), addressing: Some(Addressing::None), dhcp_timeout_secs: Some(2), ..Default::default() };
+        let s = Settings::merge(FileConfig::default(), file).unwrap();
+        assert_eq!(s.wait_for, crate::config::WaitFor::Ipv6);
+        Manager::new(p, s, StateDir::open(dir).unwrap(), "mid".into(), "host1".into()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_session_gets_no_ipv4_and_answers_once_ipv6_is_usable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.advertise_ipv6("2001:db8:77::");
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let r = m.start(Some(sid(3)), Some(1000)).await.unwrap();
+        assert_eq!((r.address, r.gateway, r.lease.as_ref(), r.addressing), (None, None, None, Addressing::None));
+        assert!(r.dns.is_empty());
+        assert_eq!(r.address6(), Some("2001:db8:77::3".parse().unwrap()), "the answer carries the IPv6 address it waited for");
+        assert_eq!(r.ipv6, Some(crate::config::Ipv6State::Slaac));
+        let log = p.log();
+        let on_eth0: Vec<_> = log.iter().filter(|l| l.starts_with("sessiond-3: addr add") && l.contains("dev eth0")).collect();
+        assert!(on_eth0.is_empty(), "no IPv4 on eth0: {on_eth0:?}");
+        assert!(!log.iter().any(|l| l.contains("route 0.0.0.0/0") || l.contains("arp")), "no IPv4 route, no ACD: {log:?}");
+        assert!(log.contains(&"sessiond-3: addr add 127.0.0.4/32 dev lo scope host".to_string()), "the loopbacks stay: {log:?}");
+        for f in ["resolv.conf", "hosts"] {
+            assert!(log.contains(&format!("write sessiond-3/{f}")), "{f}, for IPv6 to merge into: {log:?}");
+        }
+        assert_eq!(m.status(Some(sid(3))).unwrap()[0].address, None);
+        assert_eq!(m.state.load_all().0[0].addressing, Addressing::None, "recorded");
+        // a second login's start of the running session answers with the IPv6 facts too
+        assert_eq!(m.start(Some(sid(3)), Some(1000)).await.unwrap().address6(), r.address6());
+        // the next daemon re-adopts it and writes its files again (it merges IPv6 into them)
+        drop(m);
+        p.clear_log();
+        let m2 = ipv6_only_manager(p.clone(), d.path());
+        assert_eq!(m2.recover().await.adopted, vec![sid(3)]);
+        assert!(p.log().contains(&"write sessiond-3/hosts".to_string()), "{:?}", p.log());
+        assert!(!p.log().iter().any(|l| l.contains("dev eth0")), "nothing done to eth0: {:?}", p.log());
+        let after = m2.status_live(Some(sid(3))).await.unwrap().remove(0);
+        assert_eq!((after.address, after.address6()), (None, r.address6()));
+        assert_eq!(m2.stop(sid(3)).await.unwrap(), Stopped::Stopped);
+        assert!(p.is_empty(), "{:?}", p.objects());
+    }
+
+    /// `status` reads each session's IPv6 through the session's one kept netlink connection:
+    /// opening one per session per call made it cost seconds with 500 sessions.
+    #[tokio::test]
+    async fn status_reads_ipv6_through_each_sessions_kept_connection() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.advertise_ipv6("2001:db8:77::");
+        let m = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        for n in 1..=3 {
+            m.start(Some(sid(n)), None).await.unwrap();
+        }
+        let opened = p.netlink_opened();
+        assert_eq!(opened, 3, "one per start (session::build's), shared with the DHCPv6 task");
+        for _ in 0..3 {
+            let all = m.status_live(None).await.unwrap();
+            assert!(all.iter().all(|r| r.address6().is_some()), "{all:?}");
+        }
+        assert_eq!(p.netlink_opened(), opened, "status opened none");
+        m.stop(sid(1)).await.unwrap();
+        assert!(!m.nets.lock().unwrap().contains_key(&sid(1)), "dropped with its session");
+        // the next daemon keeps the connection its recovery checked each session with
+        drop(m);
+        let m2 = manager(p.clone(), d.path(), "10.0.0.100-10.0.0.110/24");
+        m2.recover().await;
+        let after_recovery = p.netlink_opened();
+        assert_eq!(after_recovery, opened + 2, "one per adopted session");
+        assert_eq!(m2.status_live(None).await.unwrap().len(), 2);
+        assert_eq!(p.netlink_opened(), after_recovery);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_only_start_without_a_router_fails_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let e = m.start(Some(sid(1)), None).await.unwrap_err();
+        assert!(e.to_string().contains("no usable global IPv6 address within 2 s"), "{e}");
+        assert!(p.is_empty(), "{:?}", p.objects());
+        assert!(m.state.load_all().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_only_daemon_refuses_a_programs_mode_start() {
+        let d = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        let m = ipv6_only_manager(p.clone(), d.path());
+        let e = m.start_in_mode(Some(sid(1)), Some(1000), None, &|| false, Some(crate::config::Mode::Programs)).await.unwrap_err();
+        assert!(matches!(e, ManagerError::ProgramsWithoutAddressing), "{e}");
+        assert!(e.to_string().contains("programs mode") && e.to_string().contains("addressing = \"none\""), "{e}");
+        assert!(p.log().is_empty(), "nothing was made: {:?}", p.log());
     }
 
     #[tokio::test]

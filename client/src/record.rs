@@ -78,8 +78,13 @@ named! {
 }
 
 named! {
-    /// Where a session's address comes from.
-    pub enum Addressing { Dhcp = "dhcp", Static = "static" }
+    /// Where a session's IPv4 address comes from.
+    pub enum Addressing {
+        Dhcp = "dhcp",
+        Static = "static",
+        /// No IPv4 address at all: an IPv6-only session (its loopbacks stay).
+        None = "none",
+    }
 }
 
 named! {
@@ -154,7 +159,8 @@ named! {
     pub enum WaitFor {
         /// The IPv4 address (IPv6 completes in the background).
         Ipv4 = "ipv4",
-        /// A usable global IPv6 address too (IPv4 is still required while every session has one).
+        /// A usable global IPv6 address: with `addressing = "none"` (IPv6-only sessions) the
+        /// only address; otherwise the IPv4 one is still required, as with `both`.
         Ipv6 = "ipv6",
         Both = "both",
     }
@@ -349,7 +355,7 @@ mod tests {
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str(), "serde and the name table agree");
         }
         assert_eq!(LinkKind::NAMES, ["macvlan", "veth"]);
-        assert_eq!(Addressing::NAMES, ["dhcp", "static"]);
+        assert_eq!(Addressing::NAMES, ["dhcp", "static", "none"]);
     }
 
     #[test]

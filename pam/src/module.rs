@@ -297,6 +297,12 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
     if let Some(a) = rec.address {
         vars.push(("SESSIOND_ADDRESS", a.addr().to_string()));
     }
+    // The start's answer has the IPv6 facts when the daemon waited for them (wait_for ipv6
+    // or both) or the session was up already; otherwise IPv6 completes after the answer.
+    let address6 = rec.address6();
+    if let Some(a) = address6 {
+        vars.push(("SESSIOND_ADDRESS6", a.to_string()));
+    }
     for (k, v) in vars {
         if let Err(e) = env.putenv(k, &v) {
             env.log(Level::Warning, &format!("session {sid}: {e}"));
@@ -307,7 +313,8 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
         Some(p) => format!("programs mode, cgroup {}", p.cgroup),
         None => format!("netns {}", rec.netns),
     };
-    env.log(Level::Notice, &format!("user {user} (uid {uid}): session {sid} {place} address {addr} loopback {}", rec.loopback));
+    let addr6 = address6.map(|a| format!(" address6 {a}")).unwrap_or_default();
+    env.log(Level::Notice, &format!("user {user} (uid {uid}): session {sid} {place} address {addr}{addr6} loopback {}", rec.loopback));
     PAM_SUCCESS
 }
 

@@ -82,6 +82,12 @@ pool_empty() { bad_daemon 2 "empty" --uplink "$SBX_UPLINK" --addressing static -
 gateway_in_range() { bad_daemon 2 "conflicts with the pool range" --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway "$NET.150"; }
 gateway_outside() { bad_daemon 2 "not inside the pool's network" --uplink "$SBX_UPLINK" --addressing static --pool "$POOL" --gateway 192.0.2.1; }
 static_without_pool() { bad_daemon 2 "--pool" --uplink "$SBX_UPLINK" --addressing static --gateway "$SBX_GATEWAY"; }
+# addressing none (IPv6-only sessions) with what cannot work there
+ipv6_only_refusals() {
+    bad_daemon 2 'wait_for = "both" would never be met' --uplink "$SBX_UPLINK" --addressing none --wait-for both &&
+        bad_daemon 2 'ipv6 = "off" gives them no IPv6' --uplink "$SBX_UPLINK" --addressing none --ipv6 off &&
+        bad_daemon 2 'needs mode = "namespace"' --uplink "$SBX_UPLINK" --addressing none --mode programs
+}
 
 config_syntax_error() {
     mkdir -p "$BAD_CONF"
@@ -195,6 +201,7 @@ check "daemon: pool last < first: exit 2, empty" pool_empty
 check "daemon: gateway inside the pool range: exit 2" gateway_in_range
 check "daemon: gateway outside the subnet: exit 2" gateway_outside
 check "daemon: static without a pool: exit 2" static_without_pool
+check "daemon: addressing none with wait_for both, ipv6 off or programs mode: exit 2, each named" ipv6_only_refusals
 check "daemon: config syntax error: exit 2, names the file" config_syntax_error
 check "daemon: config unknown key: exit 2, names the key" config_unknown_key
 check "daemon: default config file with a syntax error: exit 2, names it" default_config_syntax_error

@@ -13,6 +13,10 @@
 #      the router keeps advertising; the session's loopback keeps ::1
 #   5. ipv6_privacy: a temporary address beside the stable one; wait_for = both: start answers
 #      with a usable IPv6 address, and fails (leaving nothing) without a router
+#   5c. an IPv6-only session (addressing = "none"): start answers with its usable SLAAC
+#      address, eth0 has no IPv4 (nor routes), it reaches session 1 over IPv6; exec and a PAM
+#      login (pamtester) get SESSIOND_ADDRESS6 and no SESSIOND_ADDRESS; hosts has it; the host
+#      reaches it at its loopback (the bridge); a kill -9 and a new daemon re-adopt it
 #   6. DHCPv6 against kea-dhcp6 (radvd now sets M, no autonomous prefix): two sessions lease
 #      distinct /128s (status, eth0 and Kea's memfile agree), reach each other, get Kea's DNS
 #      and search list merged into resolv.conf after IPv4's (hosts, SESSIOND_ADDRESS6: the
@@ -26,6 +30,7 @@
 # shellcheck source-path=SCRIPTDIR disable=SC2015,SC2317
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"
+source "$(dirname "$0")/pam_lib.sh"
 
 exec 3>&1
 info() { echo "    info: $*" >&3; }
@@ -206,6 +211,80 @@ wait_for_fails_without_a_router() {
     expect_exit 1 "no usable global IPv6 address within 3 s" "$SESSIOND" start --session 9 || return 1
     [[ ! -e /run/netns/sessiond-9 && ! -e /etc/netns/sessiond-9 ]] || { echo "the failed start left its namespace"; return 1; }
     [[ $("$SESSIOND" status --json | jq 'map(select(.session == 9)) | length') == 0 ]]
+}
+
+# ------------------------------------------------------------------ 5c. IPv6-only
+# addressing = "none" (wait_for is ipv6 there): no IPv4 on eth0 at all; start answers once
+# the SLAAC address is usable, with it; the session reaches session 1 over IPv6; exec and a
+# PAM login (pamtester) get SESSIOND_ADDRESS6 and no SESSIOND_ADDRESS; hosts maps the host
+# name to it; a kill -9 and a new daemon re-adopt it.
+
+A11=''
+V6ONLY=(--uplink "$SBX_UPLINK" --state-dir "$STATE" --addressing none --dhcp-timeout 5)
+ipv6_only_session_works() {
+    kill_daemon
+    start_daemon "${V6ONLY[@]}" || return 1
+    local j; j=$("$SESSIOND" start --session 11 --json) || { tail -5 "$DAEMON_LOG"; return 1; }
+    echo "start: $j"
+    # no polling: start answered once the address was usable, and with it
+    A11=$(jq -r --arg p "$PREFIX:" '.addresses6[] | select(startswith($p))' <<<"$j")
+    [[ -n $A11 ]] || { echo "the start's answer has no address in $PREFIX::/64"; return 1; }
+    jq -e '.address == null and .gateway == null and .addressing == "none" and .ipv6 == "slaac"' <<<"$j" >/dev/null || return 1
+    [[ -z $(ip -n sessiond-11 -4 addr show dev eth0) ]] || { echo "IPv4 on eth0:"; ip -n sessiond-11 -4 addr show dev eth0; return 1; }
+    [[ -z $(ip -n sessiond-11 -4 route show) ]] || { echo "IPv4 routes:"; ip -n sessiond-11 -4 route show; return 1; }
+    grep -q "inet 127.0.0.12/32" <<<"$(ip -n sessiond-11 -4 addr show dev lo)" || { echo "no session loopback"; return 1; }
+    ping6 11 "${G1%/*}" && ping6 1 "${A11%/*}" || return 1
+    local env; env=$("$SESSIOND" exec --session 11 -- env); grep SESSIOND_ <<<"$env"
+    grep -qx "SESSIOND_ADDRESS6=${A11%/*}" <<<"$env" && ! grep -q "^SESSIOND_ADDRESS=" <<<"$env" || { echo "exec's environment is wrong"; return 1; }
+    wait_for 5 grep -qP "^${A11%/*}\t$(hostname)" /etc/netns/sessiond-11/hosts || { cat /etc/netns/sessiond-11/hosts; return 1; }
+}
+
+# The loopback bridge does not need IPv4 on eth0: the host reaches 127.0.0.1:8000 in the
+# IPv6-only session at its loopback 127.0.0.12:8000.
+greet() { timeout 5 python3 -c 'import socket; print(socket.create_connection(("127.0.0.12", 8000), timeout=3).recv(16).decode())' 2>/dev/null; }
+greets() { [[ $(greet) == hello ]]; }
+ipv6_only_session_bridged() {
+    ip netns exec sessiond-11 timeout 20 python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", 8000)); s.listen()
+while True:
+    c, _ = s.accept(); c.sendall(b"hello"); c.close()' &
+    local pid=$! got
+    wait_for 5 greets
+    got=$(greet); kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    echo "from the host, 127.0.0.12:8000 said: $got"
+    [[ $got == hello ]]
+}
+
+# The pam_exec probe after pam_sessiond in the pamtester stack: what the login sees.
+V6PROBE=/run/v6probe.sh V6PROBE_OUT=/run/v6probe.out
+cat >"$V6PROBE" <<'EOF'
+#!/bin/sh
+[ "$PAM_TYPE" = open_session ] || exit 0
+echo "address=${SESSIOND_ADDRESS:-} address6=${SESSIOND_ADDRESS6:-} eth0=$(ip -6 -o addr show dev eth0 scope global | awk '{print $4}')" >/run/v6probe.out
+EOF
+chmod 755 "$V6PROBE"
+v6_pam_login_gets_address6() {
+    getent passwd v6user >/dev/null || sandbox_user v6user /run/v6user || return 1
+    PROBE=$V6PROBE pam_service debug
+    rm -f "$V6PROBE_OUT"
+    timeout 30 pamtester -v "$SERVICE" v6user open_session close_session || return 1
+    local p; p=$(cat "$V6PROBE_OUT"); echo "$p"
+    local a6; a6=$(sed -n 's/.*address6=\([^ ]*\).*/\1/p' <<<"$p")
+    [[ -n $a6 && $p == "address= "* && $p == *"eth0=$a6/64"* ]] || { echo "the login's SESSIOND_ADDRESS6 is not eth0's global address, or SESSIOND_ADDRESS is set"; return 1; }
+}
+
+ipv6_only_session_readopted() {
+    kill_daemon 9
+    start_daemon "${V6ONLY[@]}" || return 1
+    local s; s=$(status_of 11); echo "$s"
+    jq -e --arg a "$A11" '.address == null and .addressing == "none" and .ipv6 == "slaac" and (.addresses6 | index($a)) != null' <<<"$s" >/dev/null || return 1
+    [[ $("$SESSIOND" exec --session 11 -- printenv SESSIOND_ADDRESS6) == "${A11%/*}" ]] || return 1
+    wait_for 5 grep -qP "^${A11%/*}\t$(hostname)" /etc/netns/sessiond-11/hosts || { echo "the new daemon lost the IPv6 line of hosts"; cat /etc/netns/sessiond-11/hosts; return 1; }
+    ping6 11 "${G1%/*}" || return 1
+    # back to the daemon the next checks expect
+    kill_daemon
+    start_v6_daemon --wait-for both --dhcp-timeout 3
 }
 
 # ------------------------------------------------------------------ 6. DHCPv6 (Kea)
@@ -391,6 +470,10 @@ check "same sid, same address after kill -9 and a new daemon" same_address_after
 check "ipv6 = off: no address on the uplink, lo keeps ::1" off_leaves_no_address
 check "ipv6_privacy: a temporary address beside the stable one" privacy_adds_a_temporary_address
 check "wait_for = both: start answers once the IPv6 address is usable" wait_for_both_answers_with_ipv6
+check "an IPv6-only session works: start answers with its SLAAC address, no IPv4, ping -6 to another session, exec's env, hosts" ipv6_only_session_works
+check "an IPv6-only session: the host reaches it at its loopback (the bridge needs no IPv4)" ipv6_only_session_bridged
+check "an IPv6-only session: a PAM login gets SESSIOND_ADDRESS6 (eth0's address) and no SESSIOND_ADDRESS" v6_pam_login_gets_address6
+check "an IPv6-only session: kill -9 and a new daemon re-adopt it (status, exec, hosts, reachability)" ipv6_only_session_readopted
 check "wait_for = both without a router: start fails naming IPv6 and leaves nothing" wait_for_fails_without_a_router
 check "radvd sets M, kea-dhcp6 serves $PREFIX::1:0/112" dhcp6_servers
 check "kea: two sessions lease distinct addresses, shown in status and in Kea's lease DB" two_sessions_lease_from_kea

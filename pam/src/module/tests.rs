@@ -129,7 +129,11 @@ struct Daemon {
     requests: Arc<Mutex<Vec<Request>>>,
     /// Refuse every start, like a daemon whose pool is exhausted.
     refuse: Arc<Mutex<bool>>,
+    /// Shapes each new session's record (what the daemon's configuration would make of it).
+    shape: Arc<Mutex<Option<Shape>>>,
 }
+
+type Shape = fn(&mut SessionRecord);
 
 fn record(sid: Sid, owner: Option<u32>) -> SessionRecord {
     SessionRecord {
@@ -165,7 +169,17 @@ impl Daemon {
             Request::Start { .. } if *self.refuse.lock().unwrap() => Response::error(ErrorKind::Failed, "session 1 not started: the pool is exhausted"),
             Request::Start { session, owner_uid, mode, .. } => {
                 let sid = session.unwrap_or_else(|| Sid::new((1..).find(|n| !s.contains_key(n)).unwrap() as u64).unwrap());
-                let mut rec = s.entry(sid.get()).or_insert_with(|| record(sid, owner_uid)).clone();
+                let shape = *self.shape.lock().unwrap();
+                let mut rec = s
+                    .entry(sid.get())
+                    .or_insert_with(|| {
+                        let mut r = record(sid, owner_uid);
+                        if let Some(f) = shape {
+                            f(&mut r);
+                        }
+                        r
+                    })
+                    .clone();
                 if mode == Some(sessiond_client::Mode::Programs) {
                     rec.netns = String::new();
                     rec.programs = Some(sessiond_client::record::ProgramsInfo {
@@ -266,6 +280,48 @@ fn open_enters_and_exports_close_stops() {
     assert!(!r.daemon.has(1));
     assert_eq!(refcount(&r, 1), None);
     assert_eq!(close_session(&f, &r.args), PAM_IGNORE, "a second close does nothing");
+}
+
+/// The daemon answers a start with the session's IPv6 facts when it waited for them
+/// (`wait_for` ipv6 or both): the login gets SESSIOND_ADDRESS6 (the stable SLAAC address, not
+/// the temporary or link-local one), and an IPv6-only session (`addressing = "none"`) no
+/// SESSIOND_ADDRESS.
+#[test]
+fn open_exports_the_ipv6_address_of_the_answer() {
+    use sessiond_client::Ipv6State;
+    use sessiond_client::record::{Address6, Address6Origin};
+    fn with_ipv6(r: &mut SessionRecord) {
+        let a =
+            |address: &str, origin| Address6 { address: address.parse().unwrap(), origin, valid_secs: Some(600), preferred_secs: Some(300), tentative: false };
+        r.set_ipv6(
+            Ipv6State::Slaac,
+            vec![a("fe80::1/64", Address6Origin::LinkLocal), a("2001:db8:77::9/64", Address6Origin::Temporary), a("2001:db8:77::5/64", Address6Origin::Slaac)],
+        );
+    }
+    let r = rig(&[]);
+    *r.daemon.shape.lock().unwrap() = Some(with_ipv6);
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(f.var("SESSIOND_ADDRESS6").as_deref(), Some("2001:db8:77::5"), "the stable address, no prefix length");
+    assert_eq!(f.var("SESSIOND_ADDRESS").as_deref(), Some("10.77.0.100"));
+    assert!(f.logged("address 10.77.0.100 address6 2001:db8:77::5 loopback"), "{:?}", f.logs.borrow());
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+
+    *r.daemon.shape.lock().unwrap() = Some(|r| {
+        with_ipv6(r);
+        (r.address, r.gateway, r.addressing) = (None, None, Addressing::None);
+    });
+    let f = Fake::new("bob");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!((f.var("SESSIOND_ADDRESS"), f.var("SESSIOND_ADDRESS6").as_deref()), (None, Some("2001:db8:77::5")), "IPv6-only");
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+
+    // an answer without IPv6 facts (wait_for ipv4: IPv6 completes after it) sets none
+    *r.daemon.shape.lock().unwrap() = None;
+    let f = Fake::new("alice");
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(f.var("SESSIOND_ADDRESS6"), None);
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
 }
 
 #[test]
