@@ -2,16 +2,17 @@
 # Root suite: a small session-host farm (issue 16), 3 hosts x 20 sessions against a Kea
 # hot-standby pair, through scripts/farm: login storm (no failed start, no address twice on
 # eth0 or in Kea's lease files), failover (primary SIGKILLed mid-storm: standby takes over,
-# every start completes, no duplicates, the primary resyncs), host reboot (every session gets its
-# old address back), a stale lease in the restarted primary (an expired lease it committed for
-# a client that never got it, next to the one synced from the standby: the rebooted client must
-# not be handed it; Kea's reclaim + flush settings remove it), renewals through a primary outage longer than a lease (16 s leases, T2 at
-# half of them, 20 s without the primary: every session must renew through the standby, and
-# nothing expires), cloned machine-id (a probe from the second host's uplink MAC gets the answer
-# from the first host's session, with the MAC of the second host's own session; sessiond's start
-# probes from the uplink too, so the second host's start fails naming the machine-id). Each row
-# of scripts/farm's results.tsv is one check here. About 55 s (on 2 cores, under load); in plain
-# scripts/test. The full 10 x 100 farm runs from `scripts/farm --record` (docs/farm.md).
+# every start completes, no duplicates, the primary resyncs), host reboot (every session gets
+# its old address back), a stale lease in the restarted primary (an expired lease it committed
+# for a client that never got it, next to the one synced from the standby: the rebooted client
+# must not be handed it; Kea's reclaim + flush settings remove it), renewals through a primary
+# outage longer than a lease (16 s leases, T2 at half of them, 20 s without the primary: every
+# session must renew through the standby, and nothing expires), cloned machine-id (a probe from
+# the second host's uplink MAC gets the answer from the first host's session, with the MAC of
+# the second host's own session; sessiond's start probes from the uplink too, so the second
+# host's start fails naming the machine-id). Each row of scripts/farm's results.tsv is one check
+# here. About 60 s (on 2 cores, under load); in plain scripts/test. The full 10 x 100 farm runs
+# from `scripts/farm --record` (docs/farm.md).
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "$0")/lib.sh"
 enter_sandbox "$@"
