@@ -40,6 +40,8 @@ pub struct LeaseStatus {
     pub lost: Option<String>,
     /// Why the client stopped trying for good (a persistent conflict, a cloned machine).
     pub stopped: Option<Stopped>,
+    /// When the held lease is renewed: its T1 with the client's fuzz (RFC 2131 §4.4.5).
+    pub next_renewal: Option<crate::dhcp::Millis>,
 }
 
 /// Why a DHCP client stopped trying for good.
@@ -59,7 +61,7 @@ pub enum Stopped {
 
 impl Default for LeaseStatus {
     fn default() -> Self {
-        LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None, lost: None, stopped: None }
+        LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None, lost: None, stopped: None, next_renewal: None }
     }
 }
 
@@ -369,6 +371,7 @@ async fn run<N: NetOps, A: ArpIo>(
                 unapplied: task.done.unapplied.clone(),
                 lost: lost.clone(),
                 stopped: stopped.clone(),
+                next_renewal: client.lease_deadlines().map(|(renew, ..)| renew),
             },
         );
         if client.state() == State::Released {

@@ -38,9 +38,85 @@ pub fn lease_retry_at(now: Millis, start: Millis, deadline: Millis) -> Millis {
     now.saturating_add(wait).min(deadline).max(now)
 }
 
+/// RFC 2131 §4.4.5: "Times T1 and T2 SHOULD be chosen with some random fuzz around a fixed
+/// value, to avoid synchronization of client reallocation." Without it every session bound in
+/// one log-in storm renews in the same second of every T1 (issue 16's farm: 1000 of them against
+/// one HA pair). Each deadline moves either way by up to this fraction of the shorter of the two
+/// phases it separates: T1 of (bound..T1, T1..T2), T2 of (T1..T2, T2..expiry). That keeps
+/// bound <= T1 <= T2 <= expiry, and a deadline the server set close to the next one close to it.
+pub const LEASE_FUZZ_DIVISOR: u64 = 8;
+
+/// The random part of one lease's T1 and T2 (see [`LEASE_FUZZ_DIVISOR`]), drawn once per bound
+/// lease: parts per thousand of each deadline's span, in -1000..=1000.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseFuzz {
+    renew: i64,
+    rebind: i64,
+}
+
+impl LeaseFuzz {
+    /// No fuzz: the server's T1 and T2 exactly.
+    pub const NONE: LeaseFuzz = LeaseFuzz { renew: 0, rebind: 0 };
+
+    pub fn draw(rng: &mut SplitMix64) -> Self {
+        Self { renew: rng.jitter(1000), rebind: rng.jitter(1000) }
+    }
+
+    /// (renew, rebind): a lease's T1 and T2 deadlines (absolute) moved by this fuzz, given when
+    /// it was `bound` and its `expiry`: bound <= renew <= rebind <= expiry, and each is before
+    /// the next one if it was.
+    pub fn apply(self, bound: Millis, renew: Millis, rebind: Millis, expiry: Millis) -> (Millis, Millis) {
+        let held = renew.saturating_sub(bound);
+        let renewing = rebind.saturating_sub(renew);
+        let rebinding = expiry.saturating_sub(rebind);
+        let renew_span = held.min(renewing) / LEASE_FUZZ_DIVISOR;
+        let rebind_span = renewing.min(rebinding) / LEASE_FUZZ_DIVISOR;
+        (shift(renew, renew_span, self.renew), shift(rebind, rebind_span, self.rebind))
+    }
+}
+
+/// `t` moved by `permille` thousandths of `span`.
+fn shift(t: Millis, span: Millis, permille: i64) -> Millis {
+    let by = i128::from(span) * i128::from(permille) / 1000;
+    (i128::from(t) + by).clamp(0, i128::from(Millis::MAX)) as Millis
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_fuzz_stays_in_its_phase_and_spreads() {
+        // A 60 s lease bound at 0, T1 15 s, T2 30 s (the farm's --t2 50).
+        let (t1, t2, exp) = (15_000, 30_000, 60_000);
+        assert_eq!(LeaseFuzz::NONE.apply(0, t1, t2, exp), (t1, t2));
+        let mut rng = SplitMix64::new(9);
+        let mut renews = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let (r, b) = LeaseFuzz::draw(&mut rng).apply(0, t1, t2, exp);
+            assert!((13_125..=16_875).contains(&r), "T1 {r}");
+            assert!((28_125..=31_875).contains(&b), "T2 {b}");
+            renews.insert(r / 100);
+        }
+        // 1000 leases bound in one second renew over ~3.75 s, not in one instant.
+        assert!(renews.len() > 30, "{renews:?}");
+        // An hour's lease with the default T1 (30 min) and T2 (52.5 min): T1 +- 2.8 min, T2 +- 56 s.
+        let (r, b) = LeaseFuzz { renew: 1000, rebind: -1000 }.apply(0, 1_800_000, 3_150_000, 3_600_000);
+        assert_eq!((r, b), (1_968_750, 3_093_750));
+        // A T1 the server set close to the start moves by little (not by an eighth of T1..T2).
+        assert_eq!(LeaseFuzz { renew: 1000, rebind: 0 }.apply(0, 2_000, 3_150_000, 3_600_000).0, 2_250);
+        // Extremes keep the order, whatever the phases: bound <= T1 <= T2 <= expiry, strictly
+        // where it was strict.
+        for (t0, t1, t2, exp) in
+            [(0, 0, 0, 1), (5, 1_000, 1_000, 1_000), (0, 10, 20, 20), (0, 1_800_000, 3_150_000, 3_600_000), (0, 0, 1, u64::MAX), (7, 9, 11, 13)]
+        {
+            for (r, b) in [(-1000, 1000), (1000, -1000), (1000, 1000), (-1000, -1000)] {
+                let (fr, fb) = LeaseFuzz { renew: r, rebind: b }.apply(t0, t1, t2, exp);
+                assert!(t0 <= fr && fr <= fb && fb <= exp, "{t0} {t1} {t2} {exp} {r} {b}: {fr} {fb}");
+                assert!((t0 == t1 || t0 < fr) && (t1 == t2 || fr < fb) && (t2 == exp || fb < exp), "{t0} {t1} {t2} {exp} {r} {b}: {fr} {fb}");
+            }
+        }
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::Millis;
-use super::backoff::{lease_retry_at, retransmit_delay};
+use super::backoff::{LeaseFuzz, lease_retry_at, retransmit_delay};
 use super::decode::{self, ACK, NAK, OFFER, Reply};
 use super::encode::{self, Kind, Outgoing};
 use super::lease::{Lease, renewal_floor_secs};
@@ -140,6 +140,10 @@ pub struct Client {
     declines: u32,
     /// The REQUESTING exchange given up last (back to DISCOVER), whose late ACK still binds.
     abandoned: Option<Abandoned>,
+    /// Fuzz T1 and T2 of each bound lease (RFC 2131 §4.4.5); on unless turned off.
+    timer_fuzz: bool,
+    /// The held lease's fuzz, drawn when it was bound.
+    fuzz: LeaseFuzz,
 }
 
 /// A REQUESTING exchange the client gave up on after MAX_SELECTING_REQUESTS unanswered
@@ -176,7 +180,25 @@ impl Client {
             checking: None,
             declines: 0,
             abandoned: None,
+            timer_fuzz: true,
+            fuzz: LeaseFuzz::NONE,
         }
+    }
+
+    /// Renew and rebind at the server's exact T1 and T2 instead of RFC 2131 §4.4.5's fuzzed
+    /// ones (`false`; for tests that check the schedule to the millisecond).
+    pub fn with_timer_fuzz(mut self, on: bool) -> Self {
+        self.timer_fuzz = on;
+        self
+    }
+
+    /// When the held lease is renewed, rebound and ends: (T1, T2, expiry) as absolute times,
+    /// T1 and T2 with this lease's fuzz; `None` without a lease or for an infinite one.
+    pub fn lease_deadlines(&self) -> Option<(Millis, Millis, Millis)> {
+        let lease = self.lease.as_ref()?;
+        let (renew, rebind, expiry) = (lease.renew_at()?, lease.rebind_at()?, lease.expires_at()?);
+        let (renew, rebind) = self.fuzz.apply(lease.acquired_at, renew, rebind, expiry);
+        Some((renew, rebind, expiry))
     }
 
     /// Probe each newly offered address before applying it (RFC 2131 §4.4.1, RFC 5227): an
@@ -404,9 +426,8 @@ impl Client {
     /// T1/T2/expiry handling; works out the phase from `now` so a wall-clock
     /// jump past several deadlines lands in the right state.
     fn lease_timer(&mut self, now: Millis, out: &mut Vec<Action>) {
-        let Some(lease) = self.lease.as_ref() else { return };
-        let (Some(renew), Some(rebind), Some(expiry)) = (lease.renew_at(), lease.rebind_at(), lease.expires_at()) else {
-            return; // infinite lease: nothing to do
+        let Some((renew, rebind, expiry)) = self.lease_deadlines() else {
+            return; // no lease, or an infinite one: nothing to do
         };
         if now >= expiry {
             self.expire(now, out);
@@ -545,14 +566,15 @@ impl Client {
         self.state = State::Bound;
         out.push(Action::ApplyLease { lease: lease.clone(), previous });
         out.push(Action::PersistLease(Some(lease.clone())));
+        self.fuzz = if self.timer_fuzz { LeaseFuzz::draw(&mut self.rng) } else { LeaseFuzz::NONE };
+        self.lease = Some(lease);
         // Never a zero gap: an ACK that came later than T1 after its request (a slow server,
         // a clock step) would otherwise start the next renewal at once.
         let floor_ms = u64::from(renewal_floor_secs(self.cfg.min_lease_secs)) * 1000;
-        match lease.renew_at() {
-            Some(t) => self.arm(t.max(now.saturating_add(floor_ms)), now, out),
+        match self.lease_deadlines() {
+            Some((renew, ..)) => self.arm(renew.max(now.saturating_add(floor_ms)), now, out),
             None => self.timer = None,
         }
-        self.lease = Some(lease);
     }
 
     /// RFC 2131 §4.4.1: the client SHOULD check the offered address before using it. Later

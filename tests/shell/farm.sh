@@ -2,9 +2,9 @@
 # Root suite: a small session-host farm (issue 16), 3 hosts x 20 sessions against a Kea
 # hot-standby pair, through scripts/farm: login storm (no failed start, no address twice on
 # eth0 or in Kea's lease files), failover (primary SIGKILLed mid-storm: standby takes over,
-# every start completes, no duplicates, the primary resyncs), host reboot (every session gets its
-# old address back), renewals through a primary outage longer than a lease (16 s leases, T2 at
-# half of them, 20 s without the primary: every session must renew through the standby, and
+# every start completes, no duplicates, the primary resyncs), host reboot (every session gets
+# its old address back), renewals through a primary outage longer than a lease (16 s leases, T2
+# at half of them, 20 s without the primary: every session must renew through the standby, and
 # nothing expires), cloned machine-id (a probe from the second host's uplink MAC gets the answer
 # from the first host's session, with the MAC of the second host's own session; sessiond's start
 # probes from the uplink too, so the second host's start fails naming the machine-id). Each row

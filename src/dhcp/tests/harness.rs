@@ -22,8 +22,10 @@ pub fn cfg() -> ClientConfig {
     }
 }
 
+/// A client without T1/T2 fuzz: these tests check the schedule to the millisecond (the fuzz
+/// has its own tests).
 pub fn client() -> Client {
-    Client::new(cfg())
+    Client::new(cfg()).with_timer_fuzz(false)
 }
 
 /// The sends in `actions`, decoded.

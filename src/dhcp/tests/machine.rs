@@ -860,3 +860,54 @@ fn what_a_late_reply_of_the_abandoned_exchange_does_not_do() {
     assert!(matches!(&a[..], [Action::Reject { .. }]), "{a:?}");
     assert_eq!(c.state(), State::Init);
 }
+
+/// Binds a client with timer fuzz on (seed `seed`) to the default server's hour lease.
+fn bound_fuzzed(seed: u64) -> (Client, Lease) {
+    let p = ServerParams::default();
+    let mut c = Client::new(ClientConfig { seed, ..cfg() });
+    let discover = one_send(&c.on_event(Event::Start, T0)).1;
+    let request = one_send(&c.on_event(Event::Packet { bytes: srv::offer(&discover, &p) }, T0 + 100)).1;
+    c.on_event(Event::Packet { bytes: srv::ack(&request, &p) }, T0 + 200);
+    assert_eq!(c.state(), State::Bound);
+    let l = c.lease().unwrap().clone();
+    (c, l)
+}
+
+#[test]
+fn t1_and_t2_are_fuzzed_per_lease_and_the_phases_follow_them() {
+    // RFC 2131 §4.4.5: clients bound together do not renew together. An hour's lease (T1 30 min,
+    // T2 52.5 min): each client's T1 within +- 2.8 min (an eighth of T1..T2), T2 within +- 56 s.
+    let mut renews = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let (mut c, lease) = bound_fuzzed(seed);
+        let (t1, t2, exp) = c.lease_deadlines().unwrap();
+        assert_eq!(exp, lease.expires_at().unwrap());
+        let (n1, n2) = (lease.renew_at().unwrap(), lease.rebind_at().unwrap());
+        assert!(t1.abs_diff(n1) <= 168_750 && t2.abs_diff(n2) <= 56_250, "{seed}: {} {}", t1 as i64 - n1 as i64, t2 as i64 - n2 as i64);
+        assert_eq!(c.next_timer(), Some(t1));
+        renews.insert(t1);
+        // Nothing before this lease's own T1, then RENEWING; REBINDING from its own T2.
+        assert_eq!(c.on_event(Event::Timer, t1 - 1), vec![Action::SetTimer(t1)]);
+        assert_eq!(c.state(), State::Bound);
+        let a = c.on_event(Event::Timer, t1);
+        assert_eq!((c.state(), one_send(&a).2), (State::Renewing, Dest::Unicast(srv::SERVER)));
+        assert!(c.next_timer().unwrap() <= t2);
+        c.on_event(Event::Timer, t2 - 1);
+        assert_eq!(c.state(), State::Renewing, "{seed}");
+        let a = c.on_event(Event::Timer, t2);
+        assert_eq!((c.state(), one_send(&a).2), (State::Rebinding, Dest::Broadcast));
+        assert!(c.next_timer().unwrap() <= exp);
+    }
+    assert!(renews.len() > 150, "{} distinct T1s of 200", renews.len()); // 2001 steps: some coincide
+    // A renewal draws a new fuzz for the renewed lease.
+    let offset = |c: &Client| c.lease_deadlines().unwrap().0 as i64 - c.lease().unwrap().renew_at().unwrap() as i64;
+    let (mut c, _) = bound_fuzzed(3);
+    let first = offset(&c);
+    let (t1, a) = fire(&mut c);
+    c.on_event(Event::Packet { bytes: srv::ack(&one_send(&a).1, &ServerParams::default()) }, t1 + 10);
+    assert_eq!(c.state(), State::Bound);
+    assert_ne!(offset(&c), first, "the renewed lease's fuzz is drawn anew");
+    // Off: the server's T1 and T2 exactly.
+    let (c, lease) = bound(&ServerParams::default());
+    assert_eq!(c.lease_deadlines(), Some((lease.renew_at().unwrap(), lease.rebind_at().unwrap(), lease.expires_at().unwrap())));
+}
