@@ -2,11 +2,13 @@
 //! the host's own stack (`crate::programs` builds and tears it down). It shares the session
 //! table, the per-sid locks, the state dir and the holders with namespace mode; what it
 //! builds is its own.
-use tracing::{info, warn};
+use std::path::Path;
+
+use tracing::{debug, info, warn};
 
 use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
 use crate::platform::Platform;
-use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
+use crate::programs::{self, CgroupOwner, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
 use crate::sid::Sid;
 use crate::state::{Holding, SessionRecord, SessionState};
 use sessiond_client::record::ProgramsInfo;
@@ -15,14 +17,32 @@ impl<P: Platform> Manager<P> {
     /// Starts `sid` in programs mode (its lock held, not running yet).
     pub(super) async fn start_programs(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<crate::holders::Holder>) -> Result<Started, ManagerError> {
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
-        let dir = cgroup::session_dir_here(sid)
-            .map_err(|e| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() })))?;
+        let no_cgroup =
+            |e: cgroup::CgroupError| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() }));
+        let root = cgroup::unified_root().map_err(no_cgroup)?;
+        // The login's logind scope if it is in one, read from /proc by the requester's pid;
+        // else (or if another session's hooks are on it) a cgroup of sessiond's own.
+        let scope = programs::scope::of_requester(&root, holder, owner_uid);
         let identity = self.identity(sid);
         let virtualize_address = self.settings.virtualize.contains(&Virtualize::Address);
         // The address is taken from the pool and the session entered in the table at once, so
         // that no concurrent start takes the same address.
         let (plan, record) = {
             let mut t = self.table.lock().unwrap();
+            let scope = scope.and_then(|dir| match t.sessions().find(|o| o.record.programs.as_ref().is_some_and(|p| Path::new(&p.cgroup) == dir)) {
+                Some(other) => Err(programs::scope::NotAScope::Taken(dir, other.record.session.get() as u32)),
+                None => Ok(dir),
+            });
+            let (dir, cgroup_owner) = match scope {
+                Ok(dir) => (dir, CgroupOwner::Logind),
+                Err(why) => {
+                    match why {
+                        programs::scope::NotAScope::NoRequester | programs::scope::NotAScope::NoOwner => debug!("no logind scope: {why}"),
+                        _ => info!("not attaching to a logind scope ({why}): using a cgroup of sessiond's own"),
+                    }
+                    (cgroup::session_dir(&root, &cgroup::own_cgroup().map_err(no_cgroup)?, sid), CgroupOwner::Sessiond)
+                }
+            };
             let address = if virtualize_address {
                 let pool = self.settings.pool.as_ref().expect("address virtualization has a pool (checked at config time)");
                 let mut in_use: std::collections::BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
@@ -36,6 +56,7 @@ impl<P: Platform> Manager<P> {
             let plan = ProgramsPlan {
                 sid,
                 cgroup: dir.clone(),
+                cgroup_owner,
                 pins: pins::session_dir(sid),
                 hooks: HookConfig {
                     loopback: identity.loopback,
@@ -76,6 +97,7 @@ impl<P: Platform> Manager<P> {
                     virtualize: plan.hooks.virtualize.clone(),
                     attached: Vec::new(),
                     rewritten: 0,
+                    cgroup_owner,
                 }),
                 ipv6: None,
                 addresses6: vec![],
@@ -110,7 +132,7 @@ impl<P: Platform> Manager<P> {
         let mut t = self.table.lock().unwrap();
         let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
         (s.record, s.hooks) = (up, Some(hooks));
-        info!(cgroup = %dir.display(), "programs-mode session up");
+        info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session up");
         Ok(Started::New(s.view()))
     }
 
@@ -250,13 +272,14 @@ impl<P: Platform> Manager<P> {
 /// What a programs-mode record says to remove.
 fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
     let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
+    let cgroup_owner = rec.programs.as_ref().map(|p| p.cgroup_owner).unwrap_or_default();
     let address = match (&rec.programs, rec.address) {
         (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => {
             Some(address::AddressTeardown { link: address::link_name(rec.session), address: a.addr(), table: address::table(rec.session) })
         }
         _ => None,
     };
-    ProgramsTeardown { cgroup: cgroup.into(), pins: pins::session_dir(rec.session), loopback: rec.loopback, address }
+    ProgramsTeardown { cgroup: cgroup.into(), cgroup_owner, pins: pins::session_dir(rec.session), loopback: rec.loopback, address }
 }
 
 #[cfg(test)]

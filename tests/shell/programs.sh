@@ -343,7 +343,8 @@ check "the restarted daemon adopts it (kill -9, then SIGTERM): it stays up, its 
 
 stop_after_restart_leaves_nothing() {
     echo "pins before the stop: $(ls "$PINS5" 2>/dev/null | paste -sd' ')"
-    [[ $(ls "$PINS5" 2>/dev/null | wc -l) == 7 ]] || { echo "no pins (six links, the counters map) to remove"; return 1; }
+    [[ $(ls "$PINS5" 2>/dev/null | wc -l) == 8 ]] || { echo "no pins (six links, the counters map, the cgroup link) to remove"; return 1; }
+    [[ $(readlink "$PINS5/cgroup") == "$CG5" ]] || { echo "the pins do not name the cgroup: $(readlink "$PINS5/cgroup")"; return 1; }
     "$SESSIOND" stop --session 5 || return 1
     [[ ! -e $CG5 && ! -e $PINS5 ]] || { echo "left: $(ls -d "$CG5" "$PINS5" 2>/dev/null)"; ls "$PINS5" 2>/dev/null; return 1; }
     [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
