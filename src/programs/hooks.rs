@@ -218,6 +218,19 @@ mod tests {
     }
 
     #[test]
+    fn pins_that_name_another_cgroup_are_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cgroup, other, pins) = (dir.path().join("session-3.scope"), dir.path().join("session-4.scope"), dir.path().join("pins"));
+        for d in [&cgroup, &other, &pins] {
+            std::fs::create_dir(d).unwrap();
+        }
+        pins::record_cgroup(&pins, &other).unwrap();
+        let e = Hooks::adopt(&cgroup, &pins).unwrap_err();
+        assert!(matches!(&e, HookError::OtherCgroup { recorded, .. } if recorded == &other), "{e}");
+        assert!(e.to_string().contains("session-4.scope") && e.to_string().contains("session-3.scope"), "{e}");
+    }
+
+    #[test]
     fn the_object_holds_every_hook() {
         let obj = aya_obj::Object::parse(OBJECT).expect("build.rs made a valid object");
         for h in HOOKS {

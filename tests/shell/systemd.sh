@@ -24,8 +24,8 @@
 #      session-N.scope, sessiond attaches its six hooks to that scope (bpf links, next to
 #      systemd's own IP accounting programs there) and makes no cgroup of its own; the listed
 #      program's bind(127.0.0.1:8080) lands on 127.0.0.(sid+1):8080 and its connect to
-#      127.0.0.1:8080 reaches it; log-out detaches our hooks only, and the scope (systemd's)
-#      stays while a process of the login is left in it.
+#      127.0.0.1:8080 reaches it; a daemon restart adopts the pinned hooks; log-out detaches our
+#      hooks only, and the scope (systemd's) stays while a process of the login is left in it.
 #
 # The container's uplink is one end of a veth on the sandbox's test LAN (--network-bridge=
 # br-lan; nspawn's --private-network otherwise): the sessions' macvlans sit on it and lease
@@ -508,6 +508,13 @@ programs_login_on_logind_scope() {
     # 127.0.0.1:8080 reached it there; the container's host reaches it too.
     [[ $(field "$u" bound) == "$lb:8080" && $(field "$u" own) == "$u" ]] || return 1
     [[ $(ct busybox wget -qO- "http://$lb:8080/who") == "$u" ]] || { echo "the host does not reach $lb:8080"; return 1; }
+    # A daemon restart: the pins (which name the scope) keep the same hooks on it, and the new
+    # daemon adopts them.
+    ct systemctl restart sessiond || return 1
+    [[ $(ct sessiond status --session "$sid" --json | jq -r '"\(.state) \(.programs.cgroup_owner) \(.programs.attached | length)"') == "up logind 6" ]] || return 1
+    ct journalctl -u sessiond -o cat --no-pager | grep -q "adopting the programs-mode session" || { echo "not adopted"; return 1; }
+    [[ $(our_hooks | awk '{print $1}') == "$P_IDS" && $(ct readlink "/sys/fs/bpf/sessiond/$sid/cgroup") == "$CT_CG$P_SCOPE" ]] ||
+        { echo "hooks after the restart: $(our_hooks | paste -sd' ')"; return 1; }
 }
 
 programs_session_gone() { ! ct sessiond status --session "$1" >/dev/null 2>&1; }
@@ -564,7 +571,7 @@ check "8: journal lines carry no timestamp of their own" journal_lines_have_no_t
 check "8: journalctl -u sessiond SESSIOND_SID=N shows one session's life (up, stopped)" journal_one_sessions_life
 t9=$(now_ms)
 check "9: programs mode set up: busybox listed, pam_sessiond.so mode=programs in /etc/pam.d/sshd" setup_programs_logins &&
-    check "9: ssh log-in, mode=programs: stays in session-N.scope; six hooks on it next to systemd's; busybox's 127.0.0.1:8080 at 127.0.0.(sid+1)" programs_login_on_logind_scope &&
+    check "9: ssh log-in, mode=programs: stays in session-N.scope; six hooks on it next to systemd's; busybox's 127.0.0.1:8080 at 127.0.0.(sid+1); a restart adopts them" programs_login_on_logind_scope &&
     check "9: log-out: our hooks detached and unloaded, pins gone; the scope and systemd's programs stay" programs_logout_detaches_only_ours
 echo "check 9 (programs mode on logind's scope) took $(($(now_ms) - t9)) ms"
 ct journalctl -u sessiond -o short-precise --no-pager >"$RESULTS/systemd-journal-sessiond.log" 2>&1
