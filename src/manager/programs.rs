@@ -30,7 +30,7 @@ impl<P: Platform> Manager<P> {
         let (plan, record) = {
             let mut t = self.table.lock().unwrap();
             let scope = scope.and_then(|dir| match t.sessions().find(|o| o.record.programs.as_ref().is_some_and(|p| Path::new(&p.cgroup) == dir)) {
-                Some(other) => Err(programs::scope::NotAScope::Taken(dir, other.record.session.get() as u32)),
+                Some(other) => Err(programs::scope::NotAScope::Taken(dir, other.record.session)),
                 None => Ok(dir),
             });
             let (dir, cgroup_owner) = match scope {

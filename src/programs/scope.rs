@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::holders::Holder;
+use crate::sid::Sid;
 
 /// Why the requester's cgroup is not a logind scope the session may use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub enum NotAScope {
     #[error("the requester's scope {0} is not a directory under the cgroup v2 root")]
     Missing(PathBuf),
     #[error("the requester's scope {0} already carries session {1}'s hooks")]
-    Taken(PathBuf, u32),
+    Taken(PathBuf, Sid),
 }
 
 /// The logind scope in `proc_cgroup` (the text of /proc/PID/cgroup), as a path relative to
