@@ -632,6 +632,7 @@ mod tests {
             uid: 1000,
             user: None,
             also_in: vec![],
+            rewritten: false,
         };
         let ports = [
             entry("127.0.0.1:8888", Proto::Tcp, SockState::Listen, Some(10)),

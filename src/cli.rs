@@ -330,10 +330,15 @@ pub(crate) fn bridge_lines(sessions: &[SessionRecord], bridges: &[SessionBridge]
 pub(crate) fn ports_table(ports: &[PortEntry]) -> String {
     use std::fmt::Write;
     let dash = || "-".to_string();
-    let mut rows = vec![["SESSION", "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROGRAM", "USER", "COLLIDES"].map(String::from)];
+    // A REWRITTEN column only where a programs-mode session's hooks rewrote some socket.
+    let rewritten = ports.iter().any(|p| p.rewritten);
+    let mut rows = vec![["SESSION", "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROGRAM", "USER", "COLLIDES"].map(String::from).to_vec()];
+    if rewritten {
+        rows[0].push("REWRITTEN".into());
+    }
     for p in ports {
         let also: Vec<String> = p.also_in.iter().map(|s| s.to_string()).collect();
-        rows.push([
+        let mut row = vec![
             p.session.to_string(),
             p.proto.to_string(),
             p.local.to_string(),
@@ -343,7 +348,11 @@ pub(crate) fn ports_table(ports: &[PortEntry]) -> String {
             p.program.clone().unwrap_or_else(dash),
             p.user.clone().unwrap_or_else(|| p.uid.to_string()),
             if also.is_empty() { dash() } else { format!("with {}", also.join(",")) },
-        ]);
+        ];
+        if rewritten {
+            row.push(if p.rewritten { "yes".into() } else { dash() });
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -382,7 +391,12 @@ pub(crate) fn table(sessions: &[SessionRecord]) -> String {
             r.addressing,
             state,
             holders_summary(r, now),
-            r.programs.as_ref().map_or_else(|| lease_summary(r, now), programs_summary)
+            match (&r.programs, &r.lease) {
+                // A programs-mode session with a leased address: both.
+                (Some(p), Some(_)) => format!("{}; {}", lease_summary(r, now), programs_summary(p)),
+                (Some(p), None) => programs_summary(p),
+                (None, _) => lease_summary(r, now),
+            }
         );
         // IPv6 on lines of its own under the session's: "ipv6 slaac", then one per address.
         if let Some(state) = r.ipv6 {
@@ -407,8 +421,8 @@ fn holders_summary(r: &SessionRecord, now: u64) -> String {
     }
 }
 
-/// A programs-mode session (no lease): "programs mode (python3): 6 hooks on CGROUP, 12
-/// addresses rewritten" ("on CGROUP (logind's scope)" for a login's session-N.scope).
+/// A programs-mode session: "programs mode (python3): 6 hooks on CGROUP, 12 addresses
+/// rewritten" ("on CGROUP (logind's scope)" for a login's session-N.scope).
 fn programs_summary(p: &sessiond_client::record::ProgramsInfo) -> String {
     let listed = if p.programs.is_empty() { "every program".to_string() } else { p.programs.join(",") };
     let whose = if p.cgroup_owner == sessiond_client::CgroupOwner::Logind { " (logind's scope)" } else { "" };
@@ -455,6 +469,28 @@ mod tests {
 
     use super::*;
     use crate::config::{Addressing, LinkKind};
+
+    #[test]
+    fn ports_shows_a_rewritten_column_only_when_some_socket_was_rewritten() {
+        use sessiond_client::ports::{Place, Proto, SockState};
+        let entry = |local: &str, rewritten| PortEntry {
+            session: Place::Session(crate::sid::Sid::new(2).unwrap()),
+            proto: Proto::Tcp,
+            local: local.parse().unwrap(),
+            remote: None,
+            state: SockState::Listen,
+            pid: Some(10),
+            program: Some("python3".into()),
+            uid: 0,
+            user: Some("root".into()),
+            also_in: vec![],
+            rewritten,
+        };
+        let t = ports_table(&[entry("127.0.0.3:8080", true), entry("127.0.0.1:5000", false)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("COLLIDES  REWRITTEN") && lines[1].ends_with("yes") && lines[2].ends_with("-"), "{t}");
+        assert!(!ports_table(&[entry("127.0.0.1:5000", false)]).contains("REWRITTEN"));
+    }
 
     fn daemon(args: &[&str]) -> Result<DaemonArgs, clap::Error> {
         let argv = ["sessiond", "daemon"].iter().chain(args);

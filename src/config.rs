@@ -170,8 +170,6 @@ pub enum ConfigError {
     BadAcdProbe(u64),
     #[error("virtualize is empty: give address, loopback or both")]
     NothingToVirtualize,
-    #[error("virtualize = address needs addressing = \"static\" (a pool) for now: programs mode has no DHCP yet")]
-    AddressNeedsStatic,
     #[error("wait_for = \"{0}\" waits for an IPv6 address, but ipv6 = \"off\" gives none")]
     WaitForIpv6Off(WaitFor),
 }
@@ -368,9 +366,6 @@ impl Settings {
         if virtualize.is_empty() {
             return Err(ConfigError::NothingToVirtualize);
         }
-        if virtualize.contains(&Virtualize::Address) && addressing != Addressing::Static {
-            return Err(ConfigError::AddressNeedsStatic);
-        }
         Ok(Settings {
             uplink,
             link,
@@ -557,8 +552,9 @@ state_dir = "/tmp/state"
         assert!(e.contains("container") && e.contains("programs"), "{e}");
         let e = Settings::merge(RawSettings { virtualize: Some(vec![]), ..base() }, RawSettings::default()).unwrap_err();
         assert!(matches!(e, ConfigError::NothingToVirtualize), "{e}");
-        let e = Settings::merge(RawSettings { virtualize: Some(vec![Virtualize::Address]), ..base() }, RawSettings::default()).unwrap_err();
-        assert!(matches!(e, ConfigError::AddressNeedsStatic), "{e}");
+        // Address virtualization with DHCP (the default addressing): a lease on the session's own link.
+        let s = Settings::merge(RawSettings { virtualize: Some(vec![Virtualize::Address]), ..base() }, RawSettings::default()).unwrap();
+        assert_eq!((s.addressing, s.virtualize.as_slice()), (Addressing::Dhcp, &[Virtualize::Address][..]));
         let st = RawSettings {
             virtualize: Some(vec![Virtualize::Loopback, Virtualize::Address]),
             addressing: Some(Addressing::Static),

@@ -283,7 +283,7 @@ async fn bridge<P: Platform>(mgr: &Manager<P>, uid: u32, session: Option<crate::
         return Response::error(ErrorKind::PermissionDenied, format!("permission denied: session {s} does not belong to uid {uid}"));
     }
     let (reach, services) = (mgr.settings().loopback_reach, mgr.settings().host_services.clone());
-    let targets: Vec<Target> = records.iter().map(|r| Target { place: Place::Session(r.session), netns: crate::ns::netns_path(&r.netns) }).collect();
+    let targets: Vec<Target> = records.iter().map(|r| Target::namespace(Place::Session(r.session), crate::ns::netns_path(&r.netns))).collect();
     let listening = if reach == crate::config::LoopbackReach::None || targets.is_empty() {
         Ok(vec![])
     } else {
@@ -323,13 +323,18 @@ pub fn ports_targets(records: &[SessionRecord], uid: u32, scope: Option<Place>) 
     let denied = |what: String| Err(Response::error(ErrorKind::PermissionDenied, format!("permission denied: {what}")));
     let mut targets = Vec::new();
     if uid == 0 {
-        targets.push(Target { place: Place::Host, netns: PathBuf::from(crate::ports::HOST_NETNS) });
+        targets.push(Target::namespace(Place::Host, PathBuf::from(crate::ports::HOST_NETNS)));
     } else if scope == Some(Place::Host) {
         return denied(format!("the host's sockets (session 0) are shown to root only (caller uid {uid})"));
     }
     let viewer = crate::events::Viewer::from_uid(uid);
     let visible = records.iter().filter(|r| r.state == SessionState::Up && viewer.may_see(r.owner_uid));
-    targets.extend(visible.map(|r| Target { place: Place::Session(r.session), netns: crate::ns::netns_path(&r.netns) }));
+    targets.extend(visible.map(|r| match &r.programs {
+        // No namespace: the session's sockets are the host's that its cgroup made or that
+        // sit on its addresses (`ports::ProgramsSession`).
+        Some(p) => Target::programs(r.session, p.cgroup.clone().into(), r.loopback, r.address.map(|a| a.addr())),
+        None => Target::namespace(Place::Session(r.session), crate::ns::netns_path(&r.netns)),
+    }));
     match scope {
         Some(place) if !targets.iter().any(|t| t.place == place) => {
             if uid == 0 {

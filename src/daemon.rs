@@ -47,6 +47,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     let machine_id = crate::mac::read_machine_id().context("reading the machine-id")?;
     let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
     let socket = settings.socket.clone();
+    let shim_mac = crate::shim::shim_mac(&machine_id);
     let mgr = Arc::new(Manager::new(platform, settings, state, machine_id, hostname)?);
     // The check every start makes: the uplink is up (and the bridge, for veth, exists).
     mgr.check_uplink().await?;
@@ -117,11 +118,13 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
                 .flatten()
         }
     });
+    // Host <-> session over the LAN address, for macvlan sessions (issue 12 item 8).
+    let shim = crate::shim::start(mgr.clone(), shim_mac);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let running = mgr.sessions_up();
     tokio::select! {
-        _ = crate::control::serve(listener, mgr) => {}
+        _ = crate::control::serve(listener, mgr.clone()) => {}
         _ = term.recv() => tracing::info!("SIGTERM: exiting; sessions keep running"),
         _ = int.recv() => tracing::info!("SIGINT: exiting; sessions keep running"),
     }
@@ -129,6 +132,7 @@ async fn live(settings: Settings) -> anyhow::Result<()> {
     if let Ok(Some(b)) = bridge.await {
         b.stop().await;
     }
+    shim.stop(mgr.platform()).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

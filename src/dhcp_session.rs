@@ -11,10 +11,11 @@ use crate::config::{LinkKind, Settings};
 use crate::dhcp::{ClientConfig, Event, Lease, State};
 use crate::events::Events;
 use crate::identity::Identity;
-use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, Stopped, WaitError, lease_file, now_ms};
+use crate::lease_driver::{DriverContext, LanNeighbours, LeaseDriver, LeaseTarget, Stopped, WaitError, lease_file, now_ms};
 use crate::metrics::Metrics;
 use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::platform::Platform;
+use crate::programs::lease::HostLink;
 use crate::session::SESSION_IF;
 use crate::sid::Sid;
 use crate::state::{HeldLease, LeaseInfo, SessionRecord, StateDir, StateError};
@@ -87,7 +88,7 @@ impl Dhcp {
         ClientConfig { mac: id.mac, client_id: id.client_id.clone(), hostname: Some(name), fqdn: self.fqdn, seed: 0, min_lease_secs: self.min_lease_secs }
     }
 
-    async fn context<N: NetOps>(&self, p: &impl Platform, id: &Identity, inside: N) -> DriverContext<N> {
+    async fn context<N: NetOps>(&self, p: &impl Platform, id: &Identity, inside: N, target: LeaseTarget) -> DriverContext<N> {
         // Read once per task: a changed uplink MTU is seen when the uplink comes back (restore).
         let uplink_mtu = p.host().link_mtu(&self.uplink).await.ok().flatten();
         DriverContext {
@@ -102,6 +103,7 @@ impl Dhcp {
             uplink_mtu,
             events: self.events.clone(),
             metrics: self.metrics.clone(),
+            target,
         }
     }
 
@@ -118,7 +120,45 @@ impl Dhcp {
             Some(n) => n,
             None => p.inside(&id.netns).await?,
         };
-        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside).await, socket, acd, self.client_config(id), first) })
+        Ok(DhcpSession { driver: LeaseDriver::spawn(self.context(p, id, inside, LeaseTarget::Namespace).await, socket, acd, self.client_config(id), first) })
+    }
+
+    /// Programs mode: the task on the session's own link in the host namespace (`at`), with
+    /// the same client (MAC, client id, host name) as a namespace session of the sid.
+    async fn spawn_on_host<P: Platform>(&self, p: &P, id: &Identity, at: &HostLink, first: Event, new: bool) -> Result<DhcpSession, DhcpError> {
+        let socket = p.host_dhcp_socket(&at.link, id.mac).await?;
+        let acd = match self.acd_probe_ms {
+            0 => None,
+            ms => {
+                let (arp, _) = p.uplink_arp_socket(&at.link).await?;
+                let link = AcdLink::new(arp, id.mac, ms);
+                if new {
+                    // The link is a macvlan on the uplink: the clone check, as for a namespace
+                    // session's (see `acd_driver`).
+                    let (arp, mac) = p.uplink_arp_socket(&self.uplink).await?;
+                    Some(link.with_uplink(arp, mac))
+                } else {
+                    Some(link)
+                }
+            }
+        };
+        let ctx = self.context(p, id, p.host().clone(), LeaseTarget::HostLink(at.clone())).await;
+        Ok(DhcpSession { driver: LeaseDriver::spawn(ctx, socket, acd, self.client_config(id), first) })
+    }
+
+    /// A new programs-mode session: as `start`, on its link `at` in the host namespace.
+    pub async fn start_on_host<P: Platform>(&self, p: &P, id: &Identity, at: &HostLink) -> Result<DhcpSession, DhcpError> {
+        let s = self.spawn_on_host(p, id, at, self.fresh_start(id.sid), true).await?;
+        self.until_bound(s).await
+    }
+
+    /// A live programs-mode session the daemon re-adopts: as `resume`, on its link `at`.
+    pub async fn resume_on_host<P: Platform>(&self, p: &P, id: &Identity, at: &HostLink) -> Result<DhcpSession, DhcpError> {
+        let first = match self.persisted(id.sid) {
+            Some(l) => Event::StartWithLease(l),
+            None => self.fresh_start(id.sid),
+        };
+        self.spawn_on_host(p, id, at, first, false).await
     }
 
     /// The first event of a session with no lease to INIT-REBOOT: DISCOVER, asking for the
@@ -133,7 +173,13 @@ impl Dhcp {
     /// A new session: DHCP from INIT, waiting until bound (with the lease on the interface) or
     /// the configured timeout (then the task is ended and nothing is left running).
     pub async fn start<P: Platform>(&self, p: &P, id: &Identity, inside: P::Net) -> Result<DhcpSession, DhcpError> {
-        let mut s = self.spawn(p, id, self.fresh_start(id.sid), Some(inside), true).await?;
+        let s = self.spawn(p, id, self.fresh_start(id.sid), Some(inside), true).await?;
+        self.until_bound(s).await
+    }
+
+    /// Waits until the new session's task is bound (with the lease on the interface) or the
+    /// configured timeout (then the task is ended and nothing is left running).
+    async fn until_bound(&self, mut s: DhcpSession) -> Result<DhcpSession, DhcpError> {
         match s.driver.wait_bound(Duration::from_secs(self.timeout_secs)).await {
             Ok(_) => Ok(s),
             Err(WaitError::NotApplied(why)) => {
@@ -192,7 +238,24 @@ impl Dhcp {
             put_on_link(&inside, &lease).await?;
         }
         let socket = p.dhcp_socket(&id.netns, id.mac).await?;
-        crate::lease_driver::release_orphan(self.context(p, id, inside).await, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
+        crate::lease_driver::release_orphan(self.context(p, id, inside, LeaseTarget::Namespace).await, &socket, self.client_config(id), lease)
+            .await
+            .map_err(DhcpError::Release)
+    }
+
+    /// `release_orphan` for a programs-mode session, on its link `at` in the host namespace;
+    /// none goes out if the link is gone (a crash before it was made).
+    pub async fn release_orphan_on_host<P: Platform>(&self, p: &P, id: &Identity, at: &HostLink) -> Result<bool, DhcpError> {
+        let Some(lease) = self.state.load_blob::<Option<Lease>>(&lease_file(id.sid))? else { return Ok(false) };
+        if p.host().link_index(&at.link).await?.is_none() {
+            return Ok(false);
+        }
+        if !lease.has_ended(now_ms()) {
+            at.add_address(p.host(), &lease).await?;
+        }
+        let socket = p.host_dhcp_socket(&at.link, id.mac).await?;
+        let ctx = self.context(p, id, p.host().clone(), LeaseTarget::HostLink(at.clone())).await;
+        crate::lease_driver::release_orphan(ctx, &socket, self.client_config(id), lease).await.map_err(DhcpError::Release)
     }
 
     /// Forgets the session's persisted lease (after it was released or the session is gone).

@@ -30,14 +30,17 @@ struct World {
     lan_hosts: std::collections::BTreeMap<Ipv4Addr, [u8; 6]>,
     /// Every ARP socket made, by namespace.
     arp_sockets: Vec<FakeArp>,
+    /// The parent of each macvlan made in the host namespace (the shim), by name.
+    host_macvlan_parents: std::collections::BTreeMap<String, String>,
 }
 
 impl World {
     /// A link and the addresses on it.
     fn remove_link(&mut self, ns: &str, name: &str) {
         self.objects.remove(&format!("link:{ns}/{name}"));
-        let addr_prefix = format!("addr:{ns}/{name}/");
-        self.objects.retain(|o| !o.starts_with(&addr_prefix));
+        // its addresses, routes and neighbour entries go with it
+        let on_it = [format!("addr:{ns}/{name}/"), format!("route:{ns}/{name}/"), format!("neigh:{ns}/{name}/")];
+        self.objects.retain(|o| !on_it.iter().any(|p| o.starts_with(p.as_str())));
     }
 }
 
@@ -81,6 +84,12 @@ impl FakePlatform {
         w.host_links.remove(name);
         w.objects.retain(|o| !(o.starts_with("link:sessiond-") && o.ends_with("/eth0") && !o.contains("veth")));
         w.objects.retain(|o| !(o.starts_with("addr:sessiond-") && o.contains("/eth0/")));
+        let children: Vec<String> = w.host_macvlan_parents.iter().filter(|(_, p)| *p == name).map(|(c, _)| c.clone()).collect();
+        for c in children {
+            w.remove_link("host", &c);
+            w.host_links.remove(&c);
+            w.host_macvlan_parents.remove(&c);
+        }
     }
     /// Something outside the daemon (a process left in it) keeps the namespace alive.
     pub fn hold_outside(&self, netns: &str) {
@@ -237,7 +246,11 @@ impl NetOps for FakeNet {
         op(&self.world, self.line(format!("route {dest}{via} dev {name}")), |_| Ok(()))
     }
     async fn del_route(&self, name: &str, dest: Ipv4Net, _gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
-        op(&self.world, self.line(format!("route del {dest} dev {name}")), |_| Ok(()))
+        let key = format!("route:{}/{name}/{dest}", self.ns);
+        op(&self.world, self.line(format!("route del {dest} dev {name}")), |w| {
+            w.objects.remove(&key);
+            Ok(())
+        })
     }
     async fn set_master(&self, name: &str, bridge: &str) -> Result<(), NetError> {
         op(&self.world, self.line(format!("master {name} {bridge}")), |_| Ok(()))
@@ -285,6 +298,90 @@ impl NetOps for FakeNet {
                 w.objects.remove(&format!("link:host/sdv{sid}"));
                 w.host_links.remove(&format!("sdv{sid}"));
             }
+            w.host_macvlan_parents.remove(name);
+            Ok(())
+        })
+    }
+    async fn create_shim(&self, parent: &str, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        let ns = self.ns.clone();
+        op(&self.world, self.line(format!("shim {name} on {parent} mac {} noarp no-ipv6 up", format_mac(&mac))), |w| {
+            if !w.host_links.contains(parent) {
+                return Err(NetError::NoSuchLink(parent.into()));
+            }
+            if w.host_links.contains(name) {
+                return Err(NetError::Other(format!("{name} exists")));
+            }
+            w.host_links.insert(name.into());
+            w.host_macvlan_parents.insert(name.into(), parent.into());
+            w.objects.insert(format!("link:{ns}/{name}"));
+            w.macs.insert(format!("link:{ns}/{name}"), mac);
+            Ok(())
+        })
+    }
+    async fn add_route_from(&self, name: &str, dest: Ipv4Net, src: Ipv4Addr) -> Result<(), NetError> {
+        let key = format!("route:{}/{name}/{dest}", self.ns);
+        let exists = self.has_link(&self.world.lock().unwrap(), name);
+        op(&self.world, self.line(format!("route {dest} dev {name} src {src}")), |w| {
+            if !exists {
+                return Err(NetError::NoSuchLink(name.into()));
+            }
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
+        let key = format!("neigh:{}/{name}/{ip}", self.ns);
+        let exists = self.has_link(&self.world.lock().unwrap(), name);
+        op(&self.world, self.line(format!("neigh static {ip} lladdr {} dev {name}", format_mac(&mac))), |w| {
+            if !exists {
+                return Err(NetError::NoSuchLink(name.into()));
+            }
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+        let key = format!("neigh:{}/{name}/{ip}", self.ns);
+        op(&self.world, self.line(format!("neigh del {ip} dev {name}")), |w| {
+            w.objects.remove(&key);
+            Ok(())
+        })
+    }
+    async fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> Result<(), NetError> {
+        let life = life.map(|l| format!(" valid {} preferred {}", l.valid_secs, l.preferred_secs)).unwrap_or_default();
+        let key = format!("addr:{}/{name}/{addr}", self.ns);
+        op(&self.world, self.line(format!("addr add {addr} dev {name} noprefixroute{life}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn add_table_route(&self, name: &str, table: u32, dest: Ipv4Net, gateway: Option<Ipv4Addr>, src: Ipv4Addr) -> Result<(), NetError> {
+        let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+        let key = format!("route:{}/{name}/{table}/{dest}", self.ns);
+        op(&self.world, self.line(format!("route {dest}{via} dev {name} src {src} table {table}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> Result<(), NetError> {
+        let key = format!("route:{}/{name}/{table}/{dest}", self.ns);
+        op(&self.world, self.line(format!("route del {dest} dev {name} table {table}")), |w| {
+            w.objects.remove(&key);
+            Ok(())
+        })
+    }
+    async fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> Result<(), NetError> {
+        let key = format!("rule:{}/{priority}/{table}/{src}", self.ns);
+        op(&self.world, self.line(format!("rule add from {src} lookup {table} pref {priority}")), |w| {
+            w.objects.insert(key);
+            Ok(())
+        })
+    }
+    async fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> Result<(), NetError> {
+        let from = src.map(|a| format!(" from {a}")).unwrap_or_default();
+        let prefix = format!("rule:{}/{priority}/{table}/", self.ns);
+        op(&self.world, self.line(format!("rule del{from} lookup {table} pref {priority}")), |w| {
+            w.objects.retain(|o| !(o.starts_with(&prefix) && src.is_none_or(|a| o.ends_with(&format!("/{a}")))));
             Ok(())
         })
     }
@@ -426,6 +523,9 @@ impl Platform for FakePlatform {
     }
     async fn dhcp_socket(&self, netns: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))
+    }
+    async fn host_dhcp_socket(&self, link: &str, _mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+        Err(NetError::Other(format!("the fake platform has no sockets ({link})")))
     }
     async fn dhcp6_socket(&self, netns: &str) -> Result<tokio::net::UdpSocket, NetError> {
         Err(NetError::Other(format!("the fake platform has no sockets ({netns})")))

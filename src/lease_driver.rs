@@ -92,6 +92,55 @@ pub struct DriverContext<N: NetOps> {
     /// Told each lease status (watchers see address changes); counts messages and renewals.
     pub events: crate::events::Events,
     pub metrics: crate::metrics::Metrics,
+    /// Where the lease goes (`inside` is that namespace's netlink).
+    pub target: LeaseTarget,
+}
+
+/// Where a session's lease goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseTarget {
+    /// `eth0` in the session's namespace, with resolv.conf and hosts under /etc/netns.
+    Namespace,
+    /// A programs-mode session's own link in the host namespace (`programs::lease`).
+    HostLink(crate::programs::lease::HostLink),
+}
+
+impl<N: NetOps> DriverContext<N> {
+    /// The link the lease goes on.
+    fn link(&self) -> &str {
+        match &self.target {
+            LeaseTarget::Namespace => SESSION_IF,
+            LeaseTarget::HostLink(at) => &at.link,
+        }
+    }
+
+    async fn add_address(&self, lease: &Lease) -> Result<(), NetError> {
+        match &self.target {
+            LeaseTarget::Namespace => self.inside.add_addr(SESSION_IF, lease.network(), false, lifetimes(lease)).await,
+            LeaseTarget::HostLink(at) => at.add_address(&self.inside, lease).await,
+        }
+    }
+
+    async fn del_address(&self, lease: &Lease) -> Result<(), NetError> {
+        match &self.target {
+            LeaseTarget::Namespace => self.inside.del_addr(SESSION_IF, lease.network()).await,
+            LeaseTarget::HostLink(at) => at.del_address(&self.inside, lease).await,
+        }
+    }
+
+    async fn add_route(&self, lease: &Lease, dest: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetError> {
+        match &self.target {
+            LeaseTarget::Namespace => self.inside.add_route(SESSION_IF, dest, next_hop(gw)).await,
+            LeaseTarget::HostLink(at) => at.add_route(&self.inside, lease, dest, next_hop(gw)).await,
+        }
+    }
+
+    async fn del_route(&self, dest: Ipv4Net, gw: Ipv4Addr) -> Result<(), NetError> {
+        match &self.target {
+            LeaseTarget::Namespace => self.inside.del_route(SESSION_IF, dest, next_hop(gw)).await,
+            LeaseTarget::HostLink(at) => at.del_route(&self.inside, dest).await,
+        }
+    }
 }
 
 /// The task's memory of what it already did, so that a renewal that changes nothing costs
@@ -531,9 +580,9 @@ impl<N: NetOps> Task<N> {
             },
             Action::RemoveLease(lease) => {
                 for (dest, gw) in lease.routes() {
-                    let _ = ctx.inside.del_route(SESSION_IF, dest, next_hop(gw)).await;
+                    let _ = ctx.del_route(dest, gw).await;
                 }
-                if let Err(e) = ctx.inside.del_addr(SESSION_IF, lease.network()).await {
+                if let Err(e) = ctx.del_address(&lease).await {
                     warn!("removing address {}: {e}", lease.address);
                 }
                 info!(address = %lease.address, "lease removed");
@@ -601,17 +650,17 @@ async fn keep_neighbours<N: NetOps>(ctx: &DriverContext<N>, pinned: &mut std::co
 /// `keep_neighbours` for one address: pins the kernel's entry if resolved (and remembers its
 /// MAC for other sessions), else seeds it from what other sessions resolved.
 async fn keep_neighbour<N: NetOps>(ctx: &DriverContext<N>, pinned: &mut std::collections::HashSet<Ipv4Addr>, ip: Ipv4Addr) {
-    let entry = ctx.inside.neighbour(SESSION_IF, ip).await;
+    let entry = ctx.inside.neighbour(ctx.link(), ip).await;
     debug!(%ip, ?entry, "neighbour entry");
     let r = match entry {
         Ok(Some(n)) if n.resolved => {
             ctx.lan_neighbours.lock().unwrap().insert(ip, n.mac.clone());
-            if n.pinned { Ok(true) } else { ctx.inside.pin_neighbour(SESSION_IF, ip, &n.mac, n.reachable).await.map(|_| true) }
+            if n.pinned { Ok(true) } else { ctx.inside.pin_neighbour(ctx.link(), ip, &n.mac, n.reachable).await.map(|_| true) }
         }
         Ok(_) => {
             let known = ctx.lan_neighbours.lock().unwrap().get(&ip).cloned();
             match known {
-                Some(mac) => ctx.inside.pin_neighbour(SESSION_IF, ip, &mac, false).await.map(|_| true),
+                Some(mac) => ctx.inside.pin_neighbour(ctx.link(), ip, &mac, false).await.map(|_| true),
                 None => Ok(false),
             }
         }
@@ -629,8 +678,7 @@ async fn keep_neighbour<N: NetOps>(ctx: &DriverContext<N>, pinned: &mut std::col
 /// Applies a lease: the new address first (so a changed address never leaves a gap), routes,
 /// MTU, then the old address goes, then resolv.conf and hosts.
 async fn apply<N: NetOps>(ctx: &DriverContext<N>, done: &mut Done, lease: &Lease, previous: Option<&Lease>) -> Result<(), NetError> {
-    let net: Ipv4Net = lease.network();
-    ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
+    ctx.add_address(lease).await?;
     if done.unapplied.is_none() && previous.is_some_and(|p| same_configuration(p, lease)) {
         // A renewal that changed nothing but the times: the new lifetimes are all the
         // interface needs (routes, MTU and files are as the previous lease left them).
@@ -647,29 +695,33 @@ async fn apply<N: NetOps>(ctx: &DriverContext<N>, done: &mut Done, lease: &Lease
             }
             _ => u32::from(mtu),
         };
-        ctx.inside.set_mtu(SESSION_IF, mtu).await?;
+        ctx.inside.set_mtu(ctx.link(), mtu).await?;
     }
     let routes = lease.routes();
     for (dest, gw) in &routes {
-        ctx.inside.add_route(SESSION_IF, *dest, next_hop(*gw)).await?;
+        ctx.add_route(lease, *dest, *gw).await?;
     }
     if let Some(prev) = previous {
         for (dest, gw) in prev.routes() {
             if !routes.contains(&(dest, gw)) {
-                let _ = ctx.inside.del_route(SESSION_IF, dest, next_hop(gw)).await;
+                let _ = ctx.del_route(dest, gw).await;
             }
         }
         if prev.address != lease.address {
-            ctx.inside.del_addr(SESSION_IF, prev.network()).await?;
+            ctx.del_address(prev).await?;
             // Sessions built before promote_secondaries was set lose the new address with the
-            // old one: put it and its routes back (both idempotent).
-            ctx.inside.add_addr(SESSION_IF, net, false, lifetimes(lease)).await?;
+            // old one (and a host link's subnet route is the old one's too): put it and its
+            // routes back (both idempotent).
+            ctx.add_address(lease).await?;
             for (dest, gw) in &routes {
-                ctx.inside.add_route(SESSION_IF, *dest, next_hop(*gw)).await?;
+                ctx.add_route(lease, *dest, *gw).await?;
             }
         }
     }
     keep_neighbours(ctx, &mut done.pinned, lease).await;
+    if ctx.target != LeaseTarget::Namespace {
+        return Ok(()); // the host's files stay (see `programs::lease`)
+    }
     let resolv = crate::files::resolv_conf(&lease.dns, lease.domain.as_deref(), &lease.search);
     let hosts = crate::files::hosts(&ctx.hostname, Some(lease.address), ctx.loopback);
     let written = &mut done.written;
@@ -714,6 +766,7 @@ mod tests {
             uplink_mtu: Some(1500),
             events: Default::default(),
             metrics: Default::default(),
+            target: LeaseTarget::Namespace,
         }
     }
 
@@ -762,6 +815,39 @@ mod tests {
         moved.dns = vec![Ipv4Addr::new(10, 0, 0, 53)];
         apply(&a, &mut da, &moved, Some(&renewed)).await.unwrap();
         assert!(p.log().iter().any(|l| l.contains("route")) && p.log().iter().any(|l| l.contains("resolv.conf")), "{:?}", p.log());
+    }
+
+    #[tokio::test]
+    async fn a_programs_mode_lease_goes_on_the_session_link_in_the_host_namespace_and_writes_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = FakePlatform::new();
+        p.add_host_link("sdp3");
+        let mut ctx = context(&p, 3, dir.path(), &LanNeighbours::default()).await;
+        ctx.inside = p.host().clone();
+        ctx.target = LeaseTarget::HostLink(crate::programs::lease::HostLink::of(ctx.sid));
+        let mut t = task(ctx);
+        let sock = socket().await;
+        p.clear_log();
+        let first = lease([10, 0, 0, 57], now_ms());
+        t.execute(&sock, Action::ApplyLease { lease: first.clone(), previous: None }).await.unwrap();
+        assert_eq!(t.done.unapplied, None);
+        let log = p.log();
+        assert_eq!(
+            log,
+            [
+                "host: addr add 10.0.0.57/24 dev sdp3 noprefixroute valid 120 preferred 120",
+                "host: route 10.0.0.0/24 dev sdp3 src 10.0.0.57 table 268435459",
+                "host: rule add from 10.0.0.57 lookup 268435459 pref 1000",
+                "host: route 0.0.0.0/0 via 10.0.0.1 dev sdp3 src 10.0.0.57 table 268435459",
+            ],
+            "nothing in the main table, nothing under /etc/netns: {log:?}"
+        );
+        // A new address: the old one's rule goes, the new one has its own; then all of it goes.
+        let moved = lease([10, 0, 0, 58], now_ms());
+        t.execute(&sock, Action::ApplyLease { lease: moved.clone(), previous: Some(first) }).await.unwrap();
+        assert!(p.objects().contains("rule:host/1000/268435459/10.0.0.58") && !p.objects().contains("rule:host/1000/268435459/10.0.0.57"), "{:?}", p.objects());
+        t.execute(&sock, Action::RemoveLease(moved)).await.unwrap();
+        assert!(p.objects().iter().all(|o| !o.contains("sdp3/") && !o.starts_with("rule:")), "{:?}", p.objects());
     }
 
     fn task(ctx: DriverContext<crate::fake::FakeNet>) -> Task<crate::fake::FakeNet> {

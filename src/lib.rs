@@ -41,5 +41,6 @@ pub mod ports;
 pub mod programs;
 pub mod relay;
 pub mod session;
+pub mod shim;
 pub mod splice;
 pub mod state;

@@ -357,6 +357,11 @@ impl<P: Platform> Manager<P> {
         self.sessions_up.send_if_modified(|up| std::mem::replace(up, n) != n);
     }
 
+    /// What the sessions are built with (the host-side shim, `shim`, uses it too).
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -128,6 +128,38 @@ pub trait NetOps: Send + Sync {
     fn peer_link_mac(&self, nsid: i32, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>, NetError>> + Send;
     /// Deletes link `name` in the peer namespace `nsid` (absent is fine).
     fn del_peer_link(&self, nsid: i32, name: &str) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The host-side shim (`shim`): a bridge-mode macvlan `name` on `parent` in this
+    /// namespace, with `mac`, ARP off (IFF_NOARP) and no IPv6 address (address generation
+    /// none), then up. It sends nothing by itself.
+    fn create_shim(&self, parent: &str, name: &str, mac: [u8; 6]) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// An on-link route to `dest` via `name` whose source is `src` (replaces one to `dest`).
+    fn add_route_from(&self, name: &str, dest: Ipv4Net, src: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// A permanent (static, never resolved nor changed by ARP) neighbour entry `ip` -> `mac` on
+    /// `name` (replaces one).
+    fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Deletes the neighbour entry for `ip` on `name` (absent, or no such link, is fine).
+    fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Programs mode (a session's own link in the host namespace): `addr` on `name` with no
+    /// prefix route (IFA_F_NOPREFIXROUTE), so that none of the host's own traffic moves to
+    /// it; what leaves from it is routed by the session's own table (`add_table_route`).
+    fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// A route in routing table `table` out of `name`, preferring source `src` (`gateway`
+    /// None: on-link). Replaces one to `dest` there.
+    fn add_table_route(
+        &self,
+        name: &str,
+        table: u32,
+        dest: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        src: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Removes the route to `dest` in `table` out of `name` (absent is fine).
+    fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// The rule `from src lookup table` at `priority` (present is fine).
+    fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> impl Future<Output = Result<(), NetError>> + Send;
+    /// Removes the rules at `priority` that look up `table`: from `src` only, or (None)
+    /// whatever their source (absent is fine).
+    fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
 /// The positive errno of a netlink error reply, if it is one.
@@ -512,7 +544,10 @@ impl NetOps for RtNet {
 
     async fn del_route(&self, name: &str, dest: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<(), NetError> {
         let Some(idx) = self.link_index(name).await? else { return Ok(()) };
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx);
+        // Scope "nowhere" matches a route of any scope: the builder's default (universe) would
+        // miss an on-link route (scope link), and the kernel answers ESRCH, taken for "absent".
+        let mut b =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).scope(RouteScope::NoWhere);
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         }
@@ -588,5 +623,130 @@ impl NetOps for RtNet {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             r => r.map_err(nl(format!("delete link {name}"))),
         }
+    }
+
+    async fn create_shim(&self, parent: &str, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
+        let parent_idx = self.index_or_err(parent).await?;
+        let msg = LinkMacVlan::new(name, parent_idx, MacVlanMode::Bridge).address(mac.to_vec()).arp(false).build();
+        self.handle.link().add(msg).execute().await.map_err(nl(format!("create macvlan {name} on {parent}")))?;
+        // Before it is up: an IPv6 link-local address would send DAD, router solicitations and
+        // MLD reports to the LAN from the shim's MAC.
+        let idx = self.index_or_err(name).await?;
+        let no_ipv6 = LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]);
+        let msg = LinkUnspec::new_with_index(idx).append_extra_attribute(no_ipv6).build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("turn IPv6 address generation off on {name}")))?;
+        let msg = LinkUnspec::new_with_index(idx).up().build();
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))
+    }
+
+    async fn add_route_from(&self, name: &str, dest: Ipv4Net, src: Ipv4Addr) -> Result<(), NetError> {
+        self.with_index(name, |idx| async move {
+            let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix_len())
+                .output_interface(idx)
+                .pref_source(src)
+                .scope(RouteScope::Link)
+                .protocol(RouteProtocol::Static)
+                .build();
+            self.handle.route().add(msg).replace().execute().await.map_err(nl(format!("add route {dest} dev {name} src {src}")))
+        })
+        .await
+    }
+
+    async fn add_addr_without_prefix_route(&self, name: &str, addr: Ipv4Net, life: Option<Lifetimes>) -> Result<(), NetError> {
+        use netlink_packet_route::address::AddressFlags;
+        self.with_index(name, |idx| async move {
+            let mut req = self.handle.address().add(idx, IpAddr::V4(addr.addr()), addr.prefix_len()).replace();
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            if let Some(l) = life {
+                let mut ci = CacheInfo::default();
+                ci.ifa_preferred = l.preferred_secs;
+                ci.ifa_valid = l.valid_secs;
+                req.message_mut().attributes.push(AddressAttribute::CacheInfo(ci));
+            }
+            req.execute().await.map_err(nl(format!("add address {addr} (no prefix route) to {name}")))
+        })
+        .await
+    }
+
+    async fn add_table_route(&self, name: &str, table: u32, dest: Ipv4Net, gateway: Option<Ipv4Addr>, src: Ipv4Addr) -> Result<(), NetError> {
+        self.with_index(name, |idx| async move {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dest.network(), dest.prefix_len())
+                .output_interface(idx)
+                .pref_source(src)
+                .protocol(RouteProtocol::Static)
+                .table_id(table);
+            b = match gateway {
+                Some(gw) => b.gateway(gw),
+                None => b.scope(RouteScope::Link),
+            };
+            let via = gateway.map_or_else(|| "on-link".to_string(), |g| format!("via {g}"));
+            self.handle.route().add(b.build()).replace().execute().await.map_err(nl(format!("add route {dest} {via} dev {name} to table {table}")))
+        })
+        .await
+    }
+
+    async fn set_static_neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetError> {
+        use netlink_packet_route::neighbour::NeighbourState;
+        self.with_index(name, |idx| async move {
+            let req = self.handle.neighbours().add(idx, IpAddr::V4(ip)).link_layer_address(&mac).state(NeighbourState::Permanent).replace();
+            req.execute().await.map_err(nl(format!("add neighbour {ip} lladdr {} dev {name}", crate::mac::format_mac(&mac))))
+        })
+        .await
+    }
+
+    async fn del_neighbour(&self, name: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let mut del = NeighbourMessage::default();
+        del.header.family = AddressFamily::Inet;
+        del.header.ifindex = idx;
+        del.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let op = format!("delete neighbour {ip} dev {name}");
+        match self.exchange(RouteNetlinkMessage::DelNeighbour(del), NLM_F_REQUEST | NLM_F_ACK, &op, Some(libc::ENOENT)).await {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+    async fn del_table_route(&self, name: &str, table: u32, dest: Ipv4Net) -> Result<(), NetError> {
+        let Some(idx) = self.link_index(name).await? else { return Ok(()) };
+        let b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.network(), dest.prefix_len()).output_interface(idx).table_id(table);
+        match self.handle.route().del(b.build()).execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            r => r.map_err(nl(format!("delete route {dest} dev {name} from table {table}"))),
+        }
+    }
+
+    async fn add_source_rule(&self, src: Ipv4Addr, table: u32, priority: u32) -> Result<(), NetError> {
+        use netlink_packet_route::rule::RuleAction;
+        // The action must be said: a rule without one (FR_ACT_UNSPEC) fails every lookup (EINVAL).
+        let req = self.handle.rule().add().v4().source_prefix(src, 32).table_id(table).action(RuleAction::ToTable).priority(priority);
+        match req.execute().await {
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.map_err(nl(format!("add rule from {src} lookup {table}"))),
+        }
+    }
+
+    async fn del_table_rules(&self, table: u32, priority: u32, src: Option<Ipv4Addr>) -> Result<(), NetError> {
+        use netlink_packet_route::rule::RuleAction;
+        // One rule per request; a session has one (two for a moment while its address
+        // changes): bounded.
+        for _ in 0..8 {
+            let mut req = self.handle.rule().add().v4().table_id(table).action(RuleAction::ToTable).priority(priority);
+            if let Some(a) = src {
+                req = req.source_prefix(a, 32);
+            }
+            let msg = req.message_mut().clone();
+            match self.handle.rule().del(msg).execute().await {
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH)) => return Ok(()),
+                Err(e) => return Err(nl(format!("delete the rules to table {table}"))(e)),
+                Ok(()) => {}
+            }
+        }
+        Ok(())
     }
 }

@@ -41,6 +41,10 @@ pub trait Platform: Send + Sync + 'static {
     /// What the DHCPv6 tasks use to merge their DNS, search list and address into the
     /// session's files (`files::MergedFiles`).
     fn ipv6_names_writer(&self) -> Ipv6NamesWriter;
+    /// Programs mode: the DHCP client socket in the host namespace, on a session's own `link`
+    /// (port 68, bound to that link before the bind, so that sessions and the host's own
+    /// DHCP client do not collide).
+    fn host_dhcp_socket(&self, link: &str, mac: [u8; 6]) -> impl Future<Output = Result<tokio::net::UdpSocket, NetError>> + Send;
     /// Sets /proc/sys/KEY inside the namespace.
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError>;
     /// An open handle on the namespace, so it outlives an accidental `ip netns delete`.
@@ -205,6 +209,21 @@ impl Platform for LinuxPlatform {
         dhcp6_client_socket(netns).await
     }
 
+    async fn host_dhcp_socket(&self, link: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+        // The daemon's own threads are in the host namespace: no setns.
+        let sock = dhcp_socket_on(link, mac).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => NetError::Io {
+                op: format!(
+                    "DHCP socket on {link}: UDP port 68 is taken in the host namespace by a socket bound to no interface \
+                     without SO_REUSEADDR (the host's own DHCP client?); programs-mode DHCP needs port 68 on {link}"
+                ),
+                source: e,
+            },
+            _ => io_err(format!("DHCP socket on {link}"))(e),
+        })?;
+        tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+    }
+
     fn set_sysctl(&self, netns: &str, key: &str, value: &str) -> Result<(), NetError> {
         let ns = crate::ns::open_netns(netns)?;
         let path = crate::ns::sysctl_path(key);
@@ -247,22 +266,28 @@ impl Platform for LinuxPlatform {
 /// broadcast allowed, filtered to this session's replies. Created on a throwaway thread in the
 /// namespace; usable from any thread.
 async fn dhcp_client_socket(netns: &str, mac: [u8; 6]) -> Result<tokio::net::UdpSocket, NetError> {
+    let ns = crate::ns::open_netns(netns)?;
+    let sock = crate::ns::run_in_netns_async(&ns, move || dhcp_socket_on(crate::session::SESSION_IF, mac))
+        .await?
+        .map_err(io_err(format!("DHCP socket in {netns}")))?;
+    tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+}
+
+/// The DHCP client socket on interface `link` of the calling thread's namespace: port 68,
+/// bound to the interface before the bind (the device is part of the port's identity then:
+/// one socket per session link, next to any other's), broadcast allowed, filtered to this
+/// session's replies.
+fn dhcp_socket_on(link: &str, mac: [u8; 6]) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::net::{Ipv4Addr, SocketAddrV4};
-    let ns = crate::ns::open_netns(netns)?;
-    let sock = crate::ns::run_in_netns_async(&ns, move || -> std::io::Result<std::net::UdpSocket> {
-        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_address(true)?;
-        s.set_broadcast(true)?;
-        s.bind_device(Some(crate::session::SESSION_IF.as_bytes()))?;
-        s.attach_filter(&dhcp_reply_filter(mac))?;
-        s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
-        s.set_nonblocking(true)?;
-        Ok(s.into())
-    })
-    .await?
-    .map_err(io_err(format!("DHCP socket in {netns}")))?;
-    tokio::net::UdpSocket::from_std(sock).map_err(io_err("register DHCP socket".into()))
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(link.as_bytes()))?;
+    s.attach_filter(&dhcp_reply_filter(mac))?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Makes the DHCPv6 client socket inside `netns`: UDP [::]:546 bound to the session

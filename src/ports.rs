@@ -10,7 +10,7 @@
 //! another user, through `sessiond exec --user`) runs in the session.
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -43,15 +43,50 @@ pub struct DiagSocket {
     pub inode: u32,
     /// The interface the socket is bound to (SO_BINDTODEVICE); None: any.
     pub interface: Option<u32>,
+    /// The id of the cgroup v2 the socket was made in (INET_DIAG_CGROUP_ID, Linux >= 5.7):
+    /// the inode number of its directory.
+    pub cgroup: Option<u64>,
 }
 
-/// Where one namespace to be listed is: its place and the namespace file (/run/netns/NAME,
-/// or /proc/self/ns/net for the host).
+/// Where one place to be listed is: its place and the namespace file (/run/netns/NAME, or
+/// /proc/self/ns/net for the host); for a programs-mode session, which has no namespace,
+/// how to tell its sockets among the host's.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub place: Place,
     pub netns: PathBuf,
+    pub programs: Option<ProgramsSession>,
 }
+
+/// A programs-mode session's sockets are the host namespace's that were made in its cgroup
+/// or that are bound to its loopback or address; those bound there were put there by its
+/// hooks (`rewritten`).
+#[derive(Clone, Debug)]
+pub struct ProgramsSession {
+    pub cgroup: PathBuf,
+    pub loopback: Ipv4Addr,
+    pub address: Option<Ipv4Addr>,
+}
+
+impl ProgramsSession {
+    /// Whether a socket bound at `ip` sits on one of the session's own addresses.
+    fn owns_address(&self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(v4) if v4 == self.loopback || Some(v4) == self.address)
+    }
+}
+
+impl Target {
+    pub fn namespace(place: Place, netns: PathBuf) -> Target {
+        Target { place, netns, programs: None }
+    }
+
+    pub fn programs(sid: sessiond_client::sid::Sid, cgroup: PathBuf, loopback: Ipv4Addr, address: Option<Ipv4Addr>) -> Target {
+        Target { place: Place::Session(sid), netns: PathBuf::from(HOST_NETNS), programs: Some(ProgramsSession { cgroup, loopback, address }) }
+    }
+}
+
+/// INET_DIAG_CGROUP_ID: the attribute netlink-packet-sock-diag does not name.
+const INET_DIAG_CGROUP_ID: u16 = 21;
 
 /// The daemon's own namespace: the host.
 pub const HOST_NETNS: &str = "/proc/self/ns/net";
@@ -62,7 +97,7 @@ pub const HOST_NETNS: &str = "/proc/self/ns/net";
 pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: bool, proc: &Path) -> Result<Vec<PortEntry>, PortsError> {
     let mut per_place = Vec::new();
     let mut inodes = HashMap::new();
-    for t in targets {
+    for t in targets.iter().filter(|t| t.programs.is_none()) {
         // A session that stopped since the caller listed it has no namespace left to read.
         if !crate::ns::is_ns_mount(&t.netns) {
             continue;
@@ -76,12 +111,46 @@ pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: b
         }
         per_place.push((t.place, sockets));
     }
+    // Programs-mode sessions: their sockets are taken out of the host's (read here if the
+    // host is not listed itself); their processes are the host namespace's.
+    let programs: Vec<(Place, ProgramsSession, Option<u64>)> = targets
+        .iter()
+        .filter_map(|t| Some((t.place, t.programs.clone()?)))
+        .map(|(place, p)| {
+            // A session that stopped since has no cgroup: its addresses still tell.
+            let id = std::fs::metadata(&p.cgroup).ok().map(|m| m.ino());
+            (place, p, id)
+        })
+        .collect();
+    if !programs.is_empty() {
+        let host = match per_place.iter().position(|(place, _)| *place == Place::Host) {
+            Some(i) => per_place.remove(i).1,
+            None => dump_all(
+                &open_in(&File::open(HOST_NETNS).map_err(|source| PortsError::Io { place: Place::Host, op: "open namespace", source })?, Place::Host)?,
+                Place::Host,
+            )?,
+        };
+        let host_listed = targets.iter().any(|t| t.place == Place::Host);
+        let (claimed, rest) = claim_programs_sockets(host, &programs);
+        per_place.extend(claimed);
+        if host_listed {
+            per_place.push((Place::Host, rest));
+        }
+        if programs.iter().any(|(place, ..)| shown(*place)) {
+            let host_ns = std::fs::metadata(HOST_NETNS).map_err(|source| PortsError::Io { place: Place::Host, op: "stat namespace", source })?.ino();
+            inodes.insert(host_ns, Place::Host);
+        }
+    }
     let holders = holders_by_place(proc, &inodes);
+    let on_host: BTreeSet<Place> = programs.iter().map(|(place, ..)| *place).collect();
     let mut users = HashMap::new();
     let mut out = Vec::new();
     for (place, sockets) in per_place {
+        let session = programs.iter().find(|(p, ..)| *p == place).map(|(_, s, _)| s);
         for s in sockets {
-            let holder = holders.get(&(place, s.inode));
+            // A programs-mode session's processes are the host namespace's.
+            let holder = holders.get(&(if on_host.contains(&place) { Place::Host } else { place }, s.inode));
+            let rewritten = session.is_some_and(|p| p.owns_address(s.local.ip()));
             let user = users.entry(s.uid).or_insert_with(|| nix::unistd::User::from_uid(s.uid.into()).ok().flatten().map(|u| u.name)).clone();
             out.push(PortEntry {
                 session: place,
@@ -94,6 +163,7 @@ pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: b
                 uid: s.uid,
                 user,
                 also_in: vec![],
+                rewritten,
             });
         }
     }
@@ -101,6 +171,22 @@ pub fn list(targets: &[Target], shown: impl Fn(Place) -> bool, listening_only: b
     out.retain(|e| shown(e.session) && (!listening_only || e.is_listening()));
     out.sort_by_key(|e| (e.session, e.proto, e.local.port(), e.local));
     Ok(out)
+}
+
+/// Splits the host namespace's sockets: those of each programs-mode session (made in its
+/// cgroup, `id`, or bound to its loopback or address), and the rest, the host's own.
+fn claim_programs_sockets(host: Vec<DiagSocket>, programs: &[(Place, ProgramsSession, Option<u64>)]) -> (Vec<(Place, Vec<DiagSocket>)>, Vec<DiagSocket>) {
+    let mut claimed: Vec<(Place, Vec<DiagSocket>)> = programs.iter().map(|(place, ..)| (*place, Vec::new())).collect();
+    let mut rest = Vec::new();
+    for s in host {
+        let by_address = programs.iter().position(|(_, p, _)| p.owns_address(s.local.ip()));
+        let by_cgroup = || programs.iter().position(|(_, _, id)| id.is_some() && *id == s.cgroup);
+        match by_address.or_else(by_cgroup) {
+            Some(i) => claimed[i].1.push(s),
+            None => rest.push(s),
+        }
+    }
+    (claimed, rest)
 }
 
 /// A sock_diag socket made inside `ns` (on a throwaway thread that entered it): a netlink
@@ -185,6 +271,7 @@ pub fn parse_replies(mut buf: &[u8], proto: Proto, out: &mut Vec<DiagSocket>) ->
                     uid: h.uid,
                     inode: h.inode,
                     interface: (id.interface_id != 0).then_some(id.interface_id),
+                    cgroup: r.nlas.iter().find_map(cgroup_id),
                 });
             }
             _ => {}
@@ -195,6 +282,18 @@ pub fn parse_replies(mut buf: &[u8], proto: Proto, out: &mut Vec<DiagSocket>) ->
         buf = &buf[len.next_multiple_of(4).min(buf.len())..];
     }
     Ok(false)
+}
+
+/// The value of an INET_DIAG_CGROUP_ID attribute.
+fn cgroup_id(nla: &netlink_packet_sock_diag::inet::nlas::Nla) -> Option<u64> {
+    use rtnetlink::packet_core::Nla as _;
+    let netlink_packet_sock_diag::inet::nlas::Nla::Other(o) = nla else { return None };
+    if o.kind() != INET_DIAG_CGROUP_ID || o.value_len() != 8 {
+        return None;
+    }
+    let mut v = [0u8; 8];
+    o.emit_value(&mut v);
+    Some(u64::from_ne_bytes(v))
 }
 
 /// `::ffff:a.b.c.d` (a v4 peer of a dual-stack socket) as the v4 address it is.
@@ -305,7 +404,16 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                DiagSocket { proto: Proto::Tcp, local: sa("127.0.0.1:8080"), remote: None, state: SockState::Listen, uid: 1000, inode: 4242, interface: None },
+                DiagSocket {
+                    proto: Proto::Tcp,
+                    local: sa("127.0.0.1:8080"),
+                    remote: None,
+                    state: SockState::Listen,
+                    uid: 1000,
+                    inode: 4242,
+                    interface: None,
+                    cgroup: None
+                },
                 DiagSocket {
                     proto: Proto::Tcp,
                     local: sa("127.0.0.1:8080"),
@@ -313,7 +421,8 @@ mod tests {
                     state: SockState::Established,
                     uid: 0,
                     inode: 4243,
-                    interface: None
+                    interface: None,
+                    cgroup: None
                 },
                 DiagSocket {
                     proto: Proto::Udp,
@@ -322,7 +431,8 @@ mod tests {
                     state: SockState::Unconnected,
                     uid: 1001,
                     inode: 4244,
-                    interface: None
+                    interface: None,
+                    cgroup: None
                 },
             ]
         );
@@ -331,6 +441,55 @@ mod tests {
         last.extend(done());
         assert_eq!(parse_replies(&last, Proto::Tcp, &mut out), Ok(true));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn the_cgroup_a_socket_was_made_in_is_read() {
+        let id: u64 = 0x1_0000_0042;
+        let mut with = response(10, sa("127.0.0.3:8080"), sa("0.0.0.0:0"), 1000, 7);
+        // The same reply with the kernel's INET_DIAG_CGROUP_ID attribute (and an unrelated one).
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&with).unwrap();
+        let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(mut r)) = msg.payload else { panic!() };
+        r.nlas.push(Nla::Other(rtnetlink::packet_core::DefaultNla::new(INET_DIAG_CGROUP_ID, id.to_ne_bytes().to_vec())));
+        let mut m = NetlinkMessage::new(msg.header, SockDiagMessage::InetResponse(r).into());
+        m.finalize();
+        with = vec![0; m.buffer_len()];
+        m.serialize(&mut with);
+        let mut out = vec![];
+        parse_replies(&with, Proto::Tcp, &mut out).unwrap();
+        parse_replies(&response(10, sa("127.0.0.1:22"), sa("0.0.0.0:0"), 0, 8), Proto::Tcp, &mut out).unwrap();
+        assert_eq!(out.iter().map(|s| s.cgroup).collect::<Vec<_>>(), [Some(id), None]);
+    }
+
+    fn diag(local: &str, cgroup: u64) -> DiagSocket {
+        DiagSocket { proto: Proto::Tcp, local: sa(local), remote: None, state: SockState::Listen, uid: 0, inode: 1, interface: None, cgroup: Some(cgroup) }
+    }
+
+    #[test]
+    fn programs_mode_sessions_get_the_host_sockets_of_their_cgroup_and_addresses() {
+        let s = |n| Place::Session(Sid::new(n).unwrap());
+        let session = |lb: [u8; 4], addr: Option<[u8; 4]>| ProgramsSession {
+            cgroup: PathBuf::from("/cg"),
+            loopback: Ipv4Addr::from(lb),
+            address: addr.map(Ipv4Addr::from),
+        };
+        let programs = [(s(2), session([127, 0, 0, 3], Some([10, 0, 0, 57])), Some(77)), (s(3), session([127, 0, 0, 4], None), Some(78))];
+        let host = vec![
+            diag("127.0.0.3:8080", 77), // session 2's listed program, rewritten from 127.0.0.1
+            diag("10.0.0.57:9000", 77), // ... and from 0.0.0.0
+            diag("127.0.0.1:5000", 77), // an unlisted program of session 2: its cgroup's, not rewritten
+            diag("127.0.0.4:8080", 1),  // session 3's loopback, from a process that left its cgroup
+            diag("0.0.0.0:22", 1),      // the host's own
+            diag("127.0.0.2:8080", 1),  // another session's loopback (the bridge's host end): the host's
+        ];
+        let (claimed, rest) = claim_programs_sockets(host, &programs);
+        let locals = |v: &[DiagSocket]| v.iter().map(|d| d.local.to_string()).collect::<Vec<_>>();
+        assert_eq!(claimed[0].0, s(2));
+        assert_eq!(locals(&claimed[0].1), ["127.0.0.3:8080", "10.0.0.57:9000", "127.0.0.1:5000"]);
+        assert_eq!(locals(&claimed[1].1), ["127.0.0.4:8080"]);
+        assert_eq!(locals(&rest), ["0.0.0.0:22", "127.0.0.2:8080"]);
+        let rewritten: Vec<bool> = claimed[0].1.iter().map(|d| programs[0].1.owns_address(d.local.ip())).collect();
+        assert_eq!(rewritten, [true, true, false]);
     }
 
     #[test]
@@ -363,7 +522,19 @@ mod tests {
     }
 
     fn entry(place: Place, proto: Proto, local: &str, state: SockState) -> PortEntry {
-        PortEntry { session: place, proto, local: sa(local), remote: None, state, pid: None, program: None, uid: 0, user: None, also_in: vec![] }
+        PortEntry {
+            session: place,
+            proto,
+            local: sa(local),
+            remote: None,
+            state,
+            pid: None,
+            program: None,
+            uid: 0,
+            user: None,
+            also_in: vec![],
+            rewritten: false,
+        }
     }
 
     #[test]

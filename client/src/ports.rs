@@ -223,6 +223,10 @@ pub struct PortEntry {
     /// collisions that per-session namespaces prevented. Empty for a socket that is not bound
     /// that way, or bound nowhere else the caller may see.
     pub also_in: Vec<Place>,
+    /// A programs-mode session's socket (on the host's stack) that its hooks rewrote: bound
+    /// to the session's loopback or address where the program asked for 127.0.0.1 or any.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rewritten: bool,
 }
 
 impl PortEntry {

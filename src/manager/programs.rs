@@ -7,7 +7,10 @@ use std::path::Path;
 use tracing::{debug, info, warn};
 
 use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
+use crate::config::Addressing;
+use crate::dhcp_session::DhcpSession;
 use crate::platform::Platform;
+use crate::programs::lease::HostLink;
 use crate::programs::{self, CgroupOwner, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
 use crate::sid::Sid;
 use crate::state::{Holding, SessionRecord, SessionState};
@@ -25,6 +28,8 @@ impl<P: Platform> Manager<P> {
         let scope = programs::scope::of_requester(&root, holder, owner_uid);
         let identity = self.identity(sid);
         let virtualize_address = self.settings.virtualize.contains(&Virtualize::Address);
+        // A leased address comes once the session's link is there (`start_programs_leased`).
+        let leased = virtualize_address && self.settings.addressing == Addressing::Dhcp;
         // The address is taken from the pool and the session entered in the table at once, so
         // that no concurrent start takes the same address.
         let (plan, record) = {
@@ -43,7 +48,7 @@ impl<P: Platform> Manager<P> {
                     (cgroup::session_dir(&root, &cgroup::own_cgroup().map_err(no_cgroup)?, sid), CgroupOwner::Sessiond)
                 }
             };
-            let address = if virtualize_address {
+            let address = if virtualize_address && !leased {
                 let pool = self.settings.pool.as_ref().expect("address virtualization has a pool (checked at config time)");
                 let mut in_use: std::collections::BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
                 in_use.extend(t.conflicts.current(crate::lease_driver::now_ms()));
@@ -64,11 +69,11 @@ impl<P: Platform> Manager<P> {
                     programs: self.settings.programs.clone(),
                     virtualize: self.settings.virtualize.clone(),
                 },
-                address: address.map(|a| address::AddressPlan {
+                address: virtualize_address.then(|| address::AddressPlan {
                     uplink: self.settings.uplink.clone(),
                     link: address::link_name(sid),
                     mac: identity.mac,
-                    address: a,
+                    address,
                     gateway: self.settings.gateway,
                     table: address::table(sid),
                 }),
@@ -77,7 +82,7 @@ impl<P: Platform> Manager<P> {
                 session: sid,
                 // No namespace: the session is on the host's stack.
                 netns: String::new(),
-                interface: if address.is_some() { address::link_name(sid) } else { "lo".into() },
+                interface: if virtualize_address { address::link_name(sid) } else { "lo".into() },
                 mac: identity.mac_text(),
                 address,
                 gateway: address.and(self.settings.gateway),
@@ -104,7 +109,7 @@ impl<P: Platform> Manager<P> {
                 addresses6_detail: vec![],
                 dhcp6_state: None,
             };
-            t.insert(Session::bare(record.clone(), identity));
+            t.insert(Session::bare(record.clone(), identity.clone()));
             (plan, record)
         };
         // The intent is on disk before anything is made, so a crash can be cleaned up.
@@ -112,12 +117,16 @@ impl<P: Platform> Manager<P> {
             self.forget(sid);
             return Err(not_started(StartError::Record(e)));
         }
-        let hooks = match programs::build(&Kernel, self.platform.host(), &plan).await {
-            Ok(h) => h,
-            Err(e) => {
-                self.forget(sid);
-                let _ = self.state.remove(sid);
-                return Err(not_started(StartError::Programs(e)));
+        let (hooks, lease) = if leased {
+            self.start_programs_leased(&identity, plan.clone()).await.map(|(hooks, lease)| (hooks, Some(lease))).map_err(not_started)?
+        } else {
+            match programs::build(&Kernel, self.platform.host(), &plan).await {
+                Ok(h) => (h, None),
+                Err(e) => {
+                    self.forget(sid);
+                    let _ = self.state.remove(sid);
+                    return Err(not_started(StartError::Programs(e)));
+                }
             }
         };
         let mut up = record;
@@ -126,14 +135,55 @@ impl<P: Platform> Manager<P> {
             p.attached = hooks.attached();
         }
         if let Err(e) = self.state.save(&up) {
+            if let Some(l) = lease {
+                l.release(true).await;
+            }
+            let _ = self.dhcp.forget(sid);
             self.programs_abandon(sid, &plan.teardown_spec(), Some(hooks)).await;
             return Err(not_started(StartError::Record(e)));
         }
         let mut t = self.table.lock().unwrap();
         let mut s = t.session_mut(sid).expect("a starting session stays in the table (its sid is locked)");
-        (s.record, s.hooks) = (up, Some(hooks));
-        info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session up");
-        Ok(Started::New(s.view()))
+        (s.record, s.hooks, s.lease) = (up, Some(hooks), lease);
+        let view = s.view();
+        match view.address {
+            Some(a) => info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, address = %a.addr(), "programs-mode session up"),
+            None => info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session up"),
+        }
+        Ok(Started::New(view))
+    }
+
+    /// The build of a programs-mode session with a DHCP lease: its link first, then the lease
+    /// on it (the same client as a namespace session of the sid: `dhcp_session`), then the
+    /// hooks, configured with the leased address. On failure the lease is given back and the
+    /// session torn down, its record gone.
+    async fn start_programs_leased(&self, id: &crate::identity::Identity, mut plan: ProgramsPlan) -> Result<(programs::hooks::Hooks, DhcpSession), StartError> {
+        let sid = id.sid;
+        let undo = |e: StartError| {
+            self.forget(sid);
+            let _ = self.state.remove(sid);
+            e
+        };
+        let rp_filter = address::check_rp_filter().map_err(|e| ProgramsStepError { step: "check the host's reverse-path filter", source: e.into() });
+        rp_filter.map_err(|e| undo(StartError::Programs(e)))?;
+        programs::build_before_hooks(&Kernel, self.platform.host(), &plan).await.map_err(|e| undo(StartError::Programs(e)))?;
+        let lease = match self.dhcp.start_on_host(&self.platform, id, &HostLink::of(sid)).await {
+            Ok(l) => l,
+            Err(e) => {
+                programs::teardown(&Kernel, self.platform.host(), &plan.teardown_spec(), None).await.iter().for_each(|e| warn!(step = e.step, "rollback: {e}"));
+                return Err(undo(e.into()));
+            }
+        };
+        plan.hooks.address = lease.view().lease.map(|l| l.address);
+        match programs::attach_hooks(&Kernel, &plan) {
+            Ok(hooks) => Ok((hooks, lease)),
+            Err(e) => {
+                lease.release(true).await;
+                let _ = self.dhcp.forget(sid);
+                programs::teardown(&Kernel, self.platform.host(), &plan.teardown_spec(), None).await.iter().for_each(|e| warn!(step = e.step, "rollback: {e}"));
+                Err(undo(StartError::Programs(e)))
+            }
+        }
     }
 
     /// Whether the sid's session (if any) is a programs-mode one.
@@ -145,11 +195,18 @@ impl<P: Platform> Manager<P> {
     pub(super) async fn stop_programs(&self, sid: Sid) -> Result<Stopped, ManagerError> {
         let taken = self.table.lock().unwrap().session_mut(sid).map(|mut s| {
             s.record.state = SessionState::Stopping;
-            (s.record.clone(), s.hooks.take())
+            (s.record.clone(), s.hooks.take(), s.lease.take())
         });
-        let Some((rec, hooks)) = taken else { return Ok(Stopped::WasAbsent) };
+        let Some((rec, hooks, lease)) = taken else { return Ok(Stopped::WasAbsent) };
         if let Err(e) = self.state.save(&rec) {
             warn!("cannot record stopping state (tearing down anyway): {e}");
+        }
+        if let Some(l) = lease {
+            // DHCPRELEASE from the leased address, before its link goes.
+            l.release(true).await;
+        }
+        if let Err(e) = self.dhcp.forget(sid) {
+            warn!("removing lease file: {e}");
         }
         let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), hooks).await;
         if !errors.is_empty() {
@@ -183,18 +240,18 @@ impl<P: Platform> Manager<P> {
             self.table.lock().unwrap().history.last_address.insert(sid.get(), a.addr());
         }
         let identity = self.identity(sid);
+        // A leased address: its task again, INIT-REBOOT with the persisted lease (which
+        // stays on the link meanwhile), as for a namespace session.
+        let mut lease = None;
+        if is_leased(&rec) {
+            match self.dhcp.resume_on_host(&self.platform, &identity, &HostLink::of(sid)).await {
+                Ok(l) => lease = Some(l),
+                Err(e) => report.errors.push(format!("session {sid}: restarting DHCP: {e}")),
+            }
+        }
         let mut rec = rec;
         let watches = self.rewatch(&mut rec);
-        self.table.lock().unwrap().insert(Session {
-            record: rec,
-            identity,
-            lease: None,
-            netns: None,
-            watches,
-            defence: None,
-            claiming: false,
-            hooks: Some(hooks),
-        });
+        self.table.lock().unwrap().insert(Session { record: rec, identity, lease, netns: None, watches, defence: None, claiming: false, hooks: Some(hooks) });
         report.adopted.push(sid);
     }
 
@@ -204,7 +261,16 @@ impl<P: Platform> Manager<P> {
     async fn undo_programs(&self, rec: SessionRecord, report: &mut RecoveryReport) {
         let sid = rec.session;
         info!(state = ?rec.state, "removing a programs-mode session of the last run");
+        if is_leased(&rec) {
+            // Its lease, if it got one, is given back as `stop` would, before its link goes.
+            match self.dhcp.release_orphan_on_host(&self.platform, &self.identity(sid), &HostLink::of(sid)).await {
+                Ok(true) => info!("released its lease"),
+                Ok(false) => {}
+                Err(e) => warn!("could not release its lease: {e}"),
+            }
+        }
         let errors = programs::teardown(&Kernel, self.platform.host(), &teardown_spec(&rec), None).await;
+        let _ = self.dhcp.forget(sid);
         if errors.is_empty() {
             let _ = self.state.remove(sid);
             report.cleaned.push(sid);
@@ -229,12 +295,13 @@ impl<P: Platform> Manager<P> {
             .filter(|s| s.record.fault.is_some() && s.record.state == SessionState::Up)
             .map(|s| (s.record.clone(), s.identity.mac));
         let Some((rec, mac)) = taken else { return };
+        let leased = is_leased(&rec);
         let plan = match (&rec.programs, rec.address) {
-            (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => Some(address::AddressPlan {
+            (Some(p), address) if p.virtualize.contains(&Virtualize::Address) && (address.is_some() || leased) => Some(address::AddressPlan {
                 uplink: self.settings.uplink.clone(),
                 link: address::link_name(sid),
                 mac,
-                address: a,
+                address,
                 gateway: rec.gateway,
                 table: address::table(sid),
             }),
@@ -244,7 +311,26 @@ impl<P: Platform> Manager<P> {
             Some(p) => address::build(p).await.map_err(|e| format!("uplink is back but the session's address could not be restored: {e}")),
             None => Ok(()),
         };
+        // A leased address: the link is new and bare; a new task asks for the lease again
+        // (INIT-REBOOT), as a namespace session's does.
+        let mut lease = None;
+        if leased && result.is_ok() {
+            let (old, identity) = match self.table.lock().unwrap().session_mut(sid) {
+                Some(mut s) => (s.lease.take(), s.identity.clone()),
+                None => return,
+            };
+            if let Some(l) = old {
+                l.abandon(); // keep the lease: the new task asks for it again
+            }
+            match self.dhcp.resume_on_host(&self.platform, &identity, &HostLink::of(sid)).await {
+                Ok(l) => lease = Some(l),
+                Err(e) => warn!(sid = %sid, "restarting DHCP after the uplink came back: {e}"),
+            }
+        }
         if let Some(mut s) = self.table.lock().unwrap().session_mut(sid) {
+            if lease.is_some() {
+                s.lease = lease;
+            }
             match result {
                 Ok(()) => {
                     info!(sid = %sid, "uplink back: programs-mode session restored");
@@ -269,13 +355,18 @@ impl<P: Platform> Manager<P> {
     }
 }
 
+/// Whether a programs-mode session's address is leased (DHCP on its own link).
+fn is_leased(rec: &SessionRecord) -> bool {
+    rec.addressing == Addressing::Dhcp && rec.programs.as_ref().is_some_and(|p| p.virtualize.contains(&Virtualize::Address))
+}
+
 /// What a programs-mode record says to remove.
 fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
     let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
     let cgroup_owner = rec.programs.as_ref().map(|p| p.cgroup_owner).unwrap_or_default();
-    let address = match (&rec.programs, rec.address) {
-        (Some(p), Some(a)) if p.virtualize.contains(&Virtualize::Address) => {
-            Some(address::AddressTeardown { link: address::link_name(rec.session), address: a.addr(), table: address::table(rec.session) })
+    let address = match &rec.programs {
+        Some(p) if p.virtualize.contains(&Virtualize::Address) => {
+            Some(address::AddressTeardown { link: address::link_name(rec.session), table: address::table(rec.session) })
         }
         _ => None,
     };
@@ -285,7 +376,7 @@ fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Addressing, FileConfig, Mode, Settings};
+    use crate::config::{FileConfig, Mode, Settings};
     use crate::fake::FakePlatform;
     use crate::state::StateDir;
 

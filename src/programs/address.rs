@@ -14,7 +14,7 @@ use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use netlink_packet_route::rule::RuleAction;
 use rtnetlink::{Handle, LinkMacVlan, RouteMessageBuilder};
 
-use crate::netlink::{NetError, errno};
+use crate::netlink::{NetError, NetOps, RtNet, errno};
 use crate::sid::Sid;
 
 /// What to build for a session's address.
@@ -23,22 +23,23 @@ pub struct AddressPlan {
     pub uplink: String,
     pub link: String,
     pub mac: [u8; 6],
-    pub address: Ipv4Net,
+    /// A pool address; None: the link only, for DHCP to lease one on (`programs::lease`).
+    pub address: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
     pub table: u32,
 }
 
-/// What to remove: derivable from the sid and the address.
+/// What to remove: derivable from the sid (the rules go by their table, whatever address
+/// they are from, so a lease that a crash left needs no record of it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressTeardown {
     pub link: String,
-    pub address: Ipv4Addr,
     pub table: u32,
 }
 
 impl AddressPlan {
     pub fn teardown_spec(&self) -> AddressTeardown {
-        AddressTeardown { link: self.link.clone(), address: self.address.addr(), table: self.table }
+        AddressTeardown { link: self.link.clone(), table: self.table }
     }
 }
 
@@ -53,11 +54,33 @@ pub fn table(sid: Sid) -> u32 {
 }
 const TABLE_BASE: u32 = 0x1000_0000;
 /// Before the main table's rule (32766), after the local one (0).
-const RULE_PRIORITY: u32 = 1000;
+pub(crate) const RULE_PRIORITY: u32 = 1000;
 
 /// sysctls of the session's link: answer ARP only for its own address, announce only it,
-/// and answer only where the route back goes out of it.
-const ARP_SYSCTLS: [(&str, &str); 3] = [("arp_ignore", "1"), ("arp_announce", "2"), ("arp_filter", "1")];
+/// and answer only where the route back goes out of it. No reverse-path filtering on it (a
+/// new link inherits `default`, 2 under systemd): the DHCP server's replies arrive on the
+/// link while the route back to the server is the host's uplink, and before the link has an
+/// address the kernel drops them under either filter (see `check_rp_filter`).
+const LINK_SYSCTLS: [(&str, &str); 4] = [("arp_ignore", "1"), ("arp_announce", "2"), ("arp_filter", "1"), ("rp_filter", "0")];
+
+const RP_FILTER_ALL: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
+
+/// A DHCP lease on a session link needs `net.ipv4.conf.all.rp_filter` 0: the kernel filters
+/// with the higher of `all` and the link's own value, and under either filter it drops a
+/// packet that arrives on a link with no address yet when the route back to its sender goes
+/// out of another one (the DHCP server's OFFER and ACK, whose sender the host reaches through
+/// its uplink). Links keep their own settings (the uplink's filter stays).
+pub fn check_rp_filter() -> Result<(), NetError> {
+    let v = std::fs::read_to_string(RP_FILTER_ALL).map_err(|source| NetError::Io { op: format!("read {RP_FILTER_ALL}"), source })?;
+    match v.trim() {
+        "0" => Ok(()),
+        v => Err(NetError::Other(format!(
+            "net.ipv4.conf.all.rp_filter is {v}: the kernel would drop the DHCP server's replies on the session's own link before it has an address \
+             (the route back to the server is the uplink's); programs-mode DHCP needs it 0 (each link keeps its own rp_filter, the uplink's too), \
+             or use addressing = \"static\""
+        ))),
+    }
+}
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let op = op.into();
@@ -93,20 +116,23 @@ pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
         let msg = LinkMacVlan::new(&plan.link, parent, MacVlanMode::Bridge).address(plan.mac.to_vec()).build();
         h.link().add(msg).execute().await.map_err(nl(format!("create macvlan {} on {}", plan.link, plan.uplink)))?;
     }
-    for (key, value) in ARP_SYSCTLS {
+    for (key, value) in LINK_SYSCTLS {
         let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", plan.link);
         std::fs::write(&path, value).map_err(|source| NetError::Io { op: format!("write {path}"), source })?;
     }
     let idx = index(&h, &plan.link).await?.ok_or_else(|| NetError::NoSuchLink(plan.link.clone()))?;
-    let mut add = h.address().add(idx, plan.address.addr().into(), plan.address.prefix_len()).replace();
-    add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
-    add.execute().await.map_err(nl(format!("add {} to {}", plan.address, plan.link)))?;
+    if let Some(address) = plan.address {
+        let mut add = h.address().add(idx, address.addr().into(), address.prefix_len()).replace();
+        add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        add.execute().await.map_err(nl(format!("add {address} to {}", plan.link)))?;
+    }
     let up = rtnetlink::LinkUnspec::new_with_index(idx).up().build();
     h.link().set(up).execute().await.map_err(nl(format!("set {} up", plan.link)))?;
+    let Some(address) = plan.address else { return Ok(()) };
     let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(plan.address.network(), plan.address.prefix_len())
+        .destination_prefix(address.network(), address.prefix_len())
         .output_interface(idx)
-        .pref_source(plan.address.addr())
+        .pref_source(address.addr())
         .scope(RouteScope::Link)
         .protocol(RouteProtocol::Static)
         .table_id(plan.table)
@@ -116,47 +142,31 @@ pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .output_interface(idx)
             .gateway(gw)
-            .pref_source(plan.address.addr())
+            .pref_source(address.addr())
             .protocol(RouteProtocol::Static)
             .table_id(plan.table)
             .build();
         h.route().add(default).replace().execute().await.map_err(nl(format!("add the default route via {gw} to table {}", plan.table)))?;
     }
-    match rule(&h, plan.address.addr(), plan.table).execute().await {
+    match rule(&h, address.addr(), plan.table).execute().await {
         Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        r => r.map_err(nl(format!("add rule from {} lookup {}", plan.address.addr(), plan.table))),
+        r => r.map_err(nl(format!("add rule from {} lookup {}", address.addr(), plan.table))),
     }
 }
 
-/// Removes the rule and the link (its address and its table's routes go with it). What is
-/// already gone is fine.
+/// Removes the session table's rules (from whatever address) and the link (its addresses,
+/// its table's routes and its neighbour entries go with it). What is already gone is fine.
 pub async fn teardown(spec: &AddressTeardown) -> Vec<NetError> {
-    let h = match connect() {
-        Ok(h) => h,
+    let net = match RtNet::connect_here() {
+        Ok(n) => n,
         Err(e) => return vec![e],
     };
     let mut errors = Vec::new();
-    let mut req = rule(&h, spec.address, spec.table);
-    let msg = req.message_mut().clone();
-    match h.rule().del(msg).execute().await {
-        Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => {}
-        r => {
-            if let Err(e) = r.map_err(nl(format!("delete rule from {} lookup {}", spec.address, spec.table))) {
-                errors.push(e);
-            }
-        }
+    if let Err(e) = net.del_table_rules(spec.table, RULE_PRIORITY, None).await {
+        errors.push(e);
     }
-    match index(&h, &spec.link).await {
-        Ok(None) => {}
-        Ok(Some(idx)) => match h.link().del(idx).execute().await {
-            Err(e) if errno(&e) == Some(libc::ENODEV) => {}
-            r => {
-                if let Err(e) = r.map_err(nl(format!("delete {}", spec.link))) {
-                    errors.push(e);
-                }
-            }
-        },
-        Err(e) => errors.push(e),
+    if let Err(e) = net.del_link(&spec.link).await {
+        errors.push(e);
     }
     errors
 }

@@ -21,6 +21,7 @@ pub mod address;
 pub mod cgroup;
 pub mod hooks;
 pub mod kernel;
+pub mod lease;
 pub mod pins;
 pub mod scope;
 
@@ -243,18 +244,42 @@ async fn on_host_lo<F: Future<Output = Result<(), NetError>>>(op: impl Fn() -> F
 /// Builds the session: its cgroup, its loopback on the host's `lo`, the hooks on the cgroup.
 /// On failure everything made so far is torn down again.
 pub async fn build<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<K::Attached, ProgramsStepError> {
-    match build_steps(kernel, host, plan).await {
+    build_before_hooks(kernel, host, plan).await?;
+    match attach_hooks(kernel, plan) {
         Ok(attached) => Ok(attached),
         Err(e) => {
-            for err in teardown(kernel, host, &plan.teardown_spec(), None).await {
-                warn!(sid = %plan.sid, step = err.step, "rollback: {err}");
-            }
+            roll_back(kernel, host, plan).await;
             Err(e)
         }
     }
 }
 
-async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<K::Attached, ProgramsStepError> {
+/// `build` without its last step, the hooks: for a session whose address is leased on its
+/// link (`lease`) before the hooks, configured with it, go on (`attach_hooks`). On failure
+/// everything made so far is torn down again.
+pub async fn build_before_hooks<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<(), ProgramsStepError> {
+    let r = build_steps(kernel, host, plan).await;
+    if r.is_err() {
+        roll_back(kernel, host, plan).await;
+    }
+    r
+}
+
+/// The last step of `build`. On failure nothing is torn down: the caller gives back what it
+/// holds (a lease) first, then tears the session down.
+pub fn attach_hooks<K: ProgramsKernel>(kernel: &K, plan: &ProgramsPlan) -> Result<K::Attached, ProgramsStepError> {
+    let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks, &plan.pins))?;
+    debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session built");
+    Ok(attached)
+}
+
+async fn roll_back<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) {
+    for err in teardown(kernel, host, &plan.teardown_spec(), None).await {
+        warn!(sid = %plan.sid, step = err.step, "rollback: {err}");
+    }
+}
+
+async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<(), ProgramsStepError> {
     step("check the kernel", kernel.check_kernel())?;
     if plan.cgroup_owner == CgroupOwner::Sessiond {
         step("create the session cgroup", kernel.create_cgroup(&plan.cgroup))?;
@@ -263,11 +288,10 @@ async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &
     // (and go) with the session, as in namespace mode.
     step("add the session loopback to lo", on_host_lo(|| host.add_addr("lo", loopback_net(plan.hooks.loopback), true, None)).await)?;
     if let Some(a) = &plan.address {
-        step("put the session address on its own link", kernel.add_address(a).await)?;
+        let what = if a.address.is_some() { "put the session address on its own link" } else { "make the session's own link (for DHCP)" };
+        step(what, kernel.add_address(a).await)?;
     }
-    let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks, &plan.pins))?;
-    debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session built");
-    Ok(attached)
+    Ok(())
 }
 
 /// Tears the session down in reverse order, going on past errors, and returns them all.

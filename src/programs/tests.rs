@@ -71,14 +71,15 @@ impl ProgramsKernel for FakeKernel {
         Ok(FakeAttached(key))
     }
     async fn add_address(&self, plan: &address::AddressPlan) -> Result<(), NetError> {
-        if !self.op(format!("address {} on {} table {}", plan.address, plan.link, plan.table)) {
+        let address = plan.address.map_or_else(|| "none".to_string(), |a| a.to_string());
+        if !self.op(format!("address {address} on {} table {}", plan.link, plan.table)) {
             return Err(NetError::Other("injected".into()));
         }
         self.objects.lock().unwrap().insert(format!("address {}", plan.link));
         Ok(())
     }
     async fn remove_address(&self, spec: &address::AddressTeardown) -> Vec<NetError> {
-        if !self.op(format!("remove address {} on {}", spec.address, spec.link)) {
+        if !self.op(format!("remove address on {} table {}", spec.link, spec.table)) {
             return vec![NetError::Other("injected".into())];
         }
         self.objects.lock().unwrap().remove(&format!("address {}", spec.link));
@@ -125,7 +126,7 @@ fn plan_with_address() -> ProgramsPlan {
         uplink: "br-lan".into(),
         link: address::link_name(sid),
         mac: [2, 0, 0, 0, 0, 2],
-        address: "10.0.0.100/24".parse().unwrap(),
+        address: Some("10.0.0.100/24".parse().unwrap()),
         gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
         table: address::table(sid),
     });
@@ -138,7 +139,7 @@ async fn the_address_goes_on_before_the_hooks_and_comes_off_after_them() {
     let attached = build(&k, p.host(), &plan_with_address()).await.unwrap();
     assert_eq!(k.log()[2..], ["address 10.0.0.100/24 on sdp2 table 268435458", "attach /cg/sessiond-2 loopback 127.0.0.3 programs [python3]"]);
     assert!(teardown(&k, p.host(), &plan_with_address().teardown_spec(), Some(attached)).await.is_empty());
-    assert_eq!(k.log()[4..], ["detach hooks /cg/sessiond-2", "unpin /bpf/sessiond/2", "remove address 10.0.0.100 on sdp2", "rmdir /cg/sessiond-2"]);
+    assert_eq!(k.log()[4..], ["detach hooks /cg/sessiond-2", "unpin /bpf/sessiond/2", "remove address on sdp2 table 268435458", "rmdir /cg/sessiond-2"]);
     assert!(k.objects().is_empty() && p.is_empty());
     // A failed address rolls back the cgroup and the loopback, and never attaches.
     let (k, p) = (FakeKernel::default(), FakePlatform::new());

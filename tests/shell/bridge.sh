@@ -19,6 +19,14 @@
 # --host-service values are named. `status` shows each session's bridge (JSON key bridge).
 # 200 sessions, each with a listener on 127.0.0.1:8080, are all reachable at their loopback,
 # and again after a daemon restart.
+# Over the LAN address (macvlan, the shim sd-shim): the host gets 10.77.0.2/24 on the uplink after
+# the sessions started, and the shim follows (and follows its removal and return); under strict
+# rp_filter, a session reaches the host's 10.77.0.2 (seen from the session's address) and the
+# host a session's address (seen from 10.77.0.2); the shim is a bridge-mode macvlan without ARP,
+# IPv6 or any address, with a /32 route per session; the LAN peer's neighbour table has only the
+# uplink's MAC for 10.77.0.2, and no frame from or to the shim's MAC reaches the LAN; the shim
+# and its routes go after the last session stops and at the daemon's exit (sessions running),
+# and a restarted daemon makes it again for all 200; with veth sessions there is no shim.
 # Usage: tests/shell/bridge.sh
 # shellcheck source=lib.sh disable=SC2317  # SC2317: functions run through `check`
 source "$(dirname "$0")/lib.sh"
@@ -274,18 +282,20 @@ owner_rule() {
     [[ $("${BOB[@]}" bash -c "$(declare -f hit); hit 127.0.0.3 8091") == "8091 127.0.0.1" ]]
 }
 
+# No discovery step exists (TPROXY diverts every connect to 127.0.0.(sid+1)), so "within 1 s of
+# listen()" is checked as: the very first connect after listen() returned is served, with no
+# retry. (A timed check would measure process start-up on a loaded machine, not the bridge.)
 new_listener_within_1s_and_gone_after_close() {
-    local t0 pid
+    local pid out ok=0
     rm -f "$W/g3.pid"
     timeout 130 "$SESSIOND" exec --session 1 -- python3 -c "$GREETER_PY" "$W/g3.pid" 127.0.0.1:8085 & LISTENERS+=($!)
     wait_for 10 test -s "$W/g3.pid" || return 1
-    t0=$(now_ms)
-    wait_until_ms $((t0 + 5000)) bash -c "[[ \$(hit 127.0.0.2 8085) == '8085 127.0.0.1' ]]"
-    local took=$(($(now_ms) - t0)); echo "reachable after $took ms"
-    ((took <= 1000)) || { echo "not reachable within 1 s"; return 1; }
+    out=$(hit 127.0.0.2 8085); echo "first connect after listen(): $out"
+    [[ $out == '8085 127.0.0.1' ]] || ok=1
     pid=$(cat "$W/g3.pid"); kill "$pid"
     wait_for 3 bash -c "! ss -Hltn 'sport = :8085' | grep -q ." || { ss -ltn; return 1; }
-    [[ $(hit 127.0.0.2 8085) == error* ]]
+    out=$(hit 127.0.0.2 8085); echo "after close: $out"
+    [[ $out == error* ]] && return $ok
 }
 
 # (127.0.0.3 inside session 1 is session 1's own loopback range: nothing listens there)
@@ -479,22 +489,182 @@ all_many_reachable() {
 
 daemon_restart_keeps_the_bridge() {
     kill_daemon || return 1
+    # the daemon's exit removes the shim (and its routes) while the sessions keep running
+    ! ip link show sd-shim 2>/dev/null || { echo "sd-shim left after the daemon's exit"; return 1; }
+    [[ -z $(ip route show 10.77.0.10/32) ]] || { ip route show 10.77.0.10/32; return 1; }
     start_daemon --uplink "$SBX_UPLINK" --addressing static --pool 10.77.0.10-10.77.0.250/24 --gateway "$SBX_GATEWAY" \
         --state-dir "$STATE" --acd-probe-ms 0 --loopback-reach owner || return 1
     wait_for 10 bash -c "[[ \$(nft -j list set inet sessiond sessions | jq '.nftables[1].set.elem | length') == $MANY ]]" || return 1
-    all_many_reachable
+    all_many_reachable && shim_serves_many
+}
+
+# ------------------------------------------------------------------ over the LAN address (the shim)
+HOST_IP=10.77.0.2
+SHIM_MAC=
+
+host_address_on_the_uplink() { ip addr add "$HOST_IP/24" dev "$SBX_UPLINK"; }
+
+# routes NET: the destinations of the routes via sd-shim, sorted, one line
+shim_routes() { ip -j route show dev sd-shim 2>/dev/null | jq -c '[.[] | "\(.dst) src \(.prefsrc) \(.scope)"] | sort'; }
+export -f shim_routes
+
+shim_is_there() {
+    local want='["10.77.0.100 src 10.77.0.2 link","10.77.0.101 src 10.77.0.2 link"]'
+    wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" ||
+        { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    SHIM_MAC=$(cat /sys/class/net/sd-shim/address) || return 1
+    local d; d=$(ip -d -j link show sd-shim) || return 1
+    jq -c '.[0] | {flags, link, mode: .linkinfo.info_data.mode, addrgenmode: .inet6_addr_gen_mode, address}' <<<"$d"
+    jq -e --arg up "$SBX_UPLINK" '.[0] | .link == $up and .linkinfo.info_kind == "macvlan" and .linkinfo.info_data.mode == "bridge"
+        and (.flags | index("NOARP")) and (.flags | index("UP")) and .inet6_addr_gen_mode == "none"' <<<"$d" >/dev/null || return 1
+    [[ $(ip -j addr show dev sd-shim | jq '.[0].addr_info | length') == 0 ]] || { ip addr show dev sd-shim; return 1; }
+    # each session's entry for the host names the shim; the shim's for each session its MAC
+    ip netns exec sessiond-1 ip neigh show "$HOST_IP" | grep -q "lladdr $SHIM_MAC PERMANENT" &&
+    ip neigh show dev sd-shim 10.77.0.100 | grep -q "lladdr $("$SESSIOND" status --session 1 --json | jq -r .mac) PERMANENT"
+}
+
+shim_follows_the_hosts_address() {
+    local want; want=$(shim_routes)
+    ip addr del "$HOST_IP/24" dev "$SBX_UPLINK" || return 1
+    wait_for 3 bash -c "! ip link show sd-shim" || { echo "sd-shim stays without the host's address"; return 1; }
+    [[ -z $(ip netns exec sessiond-1 ip neigh show "$HOST_IP" nud permanent) ]] || { ip netns exec sessiond-1 ip neigh; return 1; }
+    ip addr add "$HOST_IP/24" dev "$SBX_UPLINK" || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" || { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    [[ $(cat /sys/class/net/sd-shim/address) == "$SHIM_MAC" ]] &&   # the same MAC again
+    ip netns exec sessiond-1 ip neigh show "$HOST_IP" | grep -q "lladdr $SHIM_MAC PERMANENT" || return 1
+    # deleted by hand: made again
+    ip link del sd-shim || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '$want' ]]" || { echo "after ip link del sd-shim: $(shim_routes)"; return 1; }
+}
+
+RP_BEFORE=$(sysctl -n net.ipv4.conf.all.rp_filter)
+lan_greeters_up() {
+    sysctl -qw net.ipv4.conf.all.rp_filter=1 || return 1   # strict: the replies must pass it
+    rm -f "$W/lh.pid" "$W/ls.pid"
+    timeout 130 python3 -c "$GREETER_PY" "$W/lh.pid" "$HOST_IP:7777" & LISTENERS+=($!)
+    timeout 130 "$SESSIOND" exec --session 1 --user alice -- python3 -c "$GREETER_PY" "$W/ls.pid" 0.0.0.0:7778 & LISTENERS+=($!)
+    wait_for 10 test -s "$W/lh.pid" && wait_for 10 test -s "$W/ls.pid"
+}
+
+# Counts, on the LAN peer's srv0, the frames from or to the shim's MAC and the MACs that answer
+# ARP for $HOST_IP, until SIGTERM (at most 60 s); JSON to $1 ($1.ready once listening).
+SNIFF_PY='
+import json, signal, socket, sys, time
+out, shim, ifname, host = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3], socket.inet_aton(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); s.bind((ifname, 0)); s.settimeout(0.1)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+n, shim_frames, answers = 0, 0, set()
+open(out + ".ready", "w").write("1")
+end = time.time() + 60
+while not stop and time.time() < end:
+    try:
+        f = s.recv(2048)
+    except OSError:
+        continue
+    n += 1
+    if shim in (f[0:6], f[6:12]): shim_frames += 1
+    if f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02" and f[28:32] == host: answers.add(f[22:28].hex(":"))
+json.dump({"frames": n, "shim_frames": shim_frames, "arp_answers_for_host": sorted(answers)}, open(out, "w"))
+'
+SNIFFER=
+start_sniffer() {
+    rm -f "$W/sniff.json" "$W/sniff.json.ready"
+    ip netns exec "$SBX_SERVER_NS" timeout 70 python3 -c "$SNIFF_PY" "$W/sniff.json" "$SHIM_MAC" "$SBX_SERVER_IF" "$HOST_IP" & SNIFFER=$!
+    wait_for 5 test -e "$W/sniff.json.ready"
+}
+stop_sniffer() {
+    kill -TERM "$SNIFFER" 2>/dev/null; wait_pid 5 "$SNIFFER"
+    cat "$W/sniff.json"; echo
+}
+
+session_reaches_the_hosts_lan_address() {
+    start_sniffer || return 1
+    local out; out=$("$SESSIOND" exec --session 1 --user alice -- bash -c "$(declare -f hit); hit $HOST_IP 7777")
+    echo "session 1 -> $HOST_IP:7777: $out"
+    [[ $out == "7777 10.77.0.100" ]]
+}
+
+host_reaches_the_sessions_lan_address() {
+    local out; out=$(hit 10.77.0.100 7778); echo "host -> 10.77.0.100:7778: $out"
+    [[ $out == "7778 $HOST_IP" ]]
+}
+
+# The LAN peer (lan-srv) asks for the host's address afresh and talks to the host and to session
+# 1 while the shim carries traffic both ways: one answer (the uplink's), one MAC in its table.
+# With rp_filter off (0, the kernel's default; Docker and Kubernetes hosts run so): under strict
+# or loose rp_filter an address-less interface fails the reverse-path check of every ARP request
+# it gets, so even a shim with ARP on would keep quiet and hide the flux.
+no_arp_flux() {
+    local uplink_mac out a b; uplink_mac=$(cat "/sys/class/net/$SBX_UPLINK/address")
+    sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.sd-shim.rp_filter=0 || return 1
+    ip -n "$SBX_SERVER_NS" neigh flush all
+    # (bounded retries: on a loaded machine one connect of the LAN peer once timed out)
+    wait_for 10 ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); [[ \$(hit $HOST_IP 7777) == 7777* ]]"
+    a=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit $HOST_IP 7777")
+    wait_for 10 ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); [[ \$(hit 10.77.0.100 7778) == 7778* ]]"
+    b=$(ip netns exec "$SBX_SERVER_NS" bash -c "$(declare -f hit); hit 10.77.0.100 7778")
+    echo "LAN peer -> host: $a; -> session 1: $b"
+    [[ $a == 7777* && $b == 7778* ]] || { ip -n "$SBX_SERVER_NS" -br link; ip -br link; bridge link; }
+    "$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit $HOST_IP 7777" >/dev/null
+    hit 10.77.0.100 7778 >/dev/null
+    out=$(stop_sniffer); echo "$out"
+    ip -n "$SBX_SERVER_NS" neigh show
+    [[ $a == "7777 $SBX_SERVER_IP" && $b == "7778 $SBX_SERVER_IP" ]] &&
+    [[ $(jq -c '[.shim_frames, .arp_answers_for_host]' <<<"$out") == "[0,[\"$uplink_mac\"]]" ]] &&
+    [[ $(ip -n "$SBX_SERVER_NS" -j neigh show "$HOST_IP" | jq -c 'map(.lladdr)') == "[\"$uplink_mac\"]" ]] &&
+    ! ip -n "$SBX_SERVER_NS" neigh show | grep -qi "$SHIM_MAC"
+    local ok=$?
+    sysctl -qw "net.ipv4.conf.all.rp_filter=$RP_BEFORE"
+    return $ok
+}
+
+shim_withdraws_a_stopped_session() {
+    "$SESSIOND" stop --session 2 >/dev/null || return 1
+    wait_for 3 bash -c "[[ \$(shim_routes) == '[\"10.77.0.100 src $HOST_IP link\"]' ]]" || { echo "routes via sd-shim: $(shim_routes)"; return 1; }
+    [[ -z $(ip neigh show dev sd-shim 10.77.0.101) ]] || { ip neigh show dev sd-shim; return 1; }
+}
+
+shim_gone_with_the_last_session() {
+    wait_for 3 bash -c "! ip link show sd-shim" || { ip -d link show sd-shim; return 1; }
+    [[ -z $(ip route show 10.77.0.100/32) && -z $(ip route show 10.77.0.101/32) ]] || { ip route; return 1; }
+}
+
+shim_serves_many() {
+    wait_for 10 bash -c "[[ \$(ip route show dev sd-shim | wc -l) == $MANY ]]" || { echo "$(ip route show dev sd-shim | wc -l) routes via sd-shim"; return 1; }
+}
+
+# A daemon with veth sessions (on br-lan): session 1 reaches the host's address and back through
+# the bridge itself, and no shim is made.
+veth_has_no_shim() {
+    rm -rf "$STATE"
+    start_daemon --uplink "$SBX_UPLINK" --link veth --bridge "$SBX_BRIDGE" --addressing static --pool "$POOL" --gateway "$SBX_GATEWAY" \
+        --state-dir "$STATE" --acd-probe-ms 0 --loopback-reach none || return 1
+    "$SESSIOND" start --session 1 >/dev/null || return 1
+    rm -f "$W/lv.pid" "$W/lvh.pid"
+    timeout 130 "$SESSIOND" exec --session 1 -- python3 -c "$GREETER_PY" "$W/lv.pid" 0.0.0.0:7779 & LISTENERS+=($!)
+    timeout 130 python3 -c "$GREETER_PY" "$W/lvh.pid" "$HOST_IP:7777" & LISTENERS+=($!)
+    wait_for 10 test -s "$W/lv.pid" && wait_for 10 test -s "$W/lvh.pid" || return 1
+    local a b; a=$("$SESSIOND" exec --session 1 -- bash -c "$(declare -f hit); hit $HOST_IP 7777"); b=$(hit 10.77.0.100 7779)
+    echo "veth session 1 -> host: $a; host -> session 1: $b"
+    [[ $a == "7777 10.77.0.100" && $b == "7779 $HOST_IP" ]] || return 1
+    sleep 0.2   # (the shim would be made within ms of the start)
+    ! ip link show sd-shim 2>/dev/null || { echo "a shim in veth mode"; return 1; }
+    kill "$(cat "$W/lv.pid")" "$(cat "$W/lvh.pid")"
+    "$SESSIOND" stop --all >/dev/null && kill_daemon
 }
 
 cleanup() {
     local p
     for p in "${LISTENERS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in s1 s2 host g1 g2 g3 u1 h9 many hs hu; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
+    for p in s1 s2 host g1 g2 g3 u1 h9 many hs hu lh ls; do [[ -s $W/$p.pid ]] && kill "$(cat "$W/$p.pid")" 2>/dev/null; done
     wait_pid 5 "${LISTENERS[@]}"
     "$SESSIOND" stop --all >/dev/null && no_sessions_left
 }
 
 check "users alice and bob; daemon up (socket group $GROUP)" users_and_daemon
 check "root starts session 1 for alice, 2 for bob" sessions_for_alice_and_bob
+check "the host gets $HOST_IP/24 on the uplink $SBX_UPLINK (after the sessions started)" host_address_on_the_uplink
 check "listeners: session 1 tcp 127.0.0.1:8080, session 2 tcp [::]:8080, host tcp 9099" listeners_up
 check "ports: every socket of both sessions and the host, with pid, program and user" root_sees_every_socket_with_its_process
 check "ports --json: a list of sockets with the documented keys" json_shape
@@ -521,13 +691,23 @@ check "host services: nothing listening on the host: the session's client is res
 check "status: key bridge (and a text line): the ports the host reaches with their program, the host services" status_shows_the_bridge
 check "metrics: sessiond_bridge_connections_total and _refused_total count both directions" bridge_metrics
 check "host services: bad --host-service values and config entries are named" bad_host_service_is_named
+check "shim: sd-shim is a bridge-mode macvlan on $SBX_UPLINK without ARP, IPv6 or address; a /32 route per session" shim_is_there
+check "shim: follows the host's address (gone when it goes, entries in the sessions too; back when it returns) and its own deletion" shim_follows_the_hosts_address
+check "shim: greeters on the host's $HOST_IP:7777 and session 1's 0.0.0.0:7778 (strict rp_filter)" lan_greeters_up
+check "shim: session 1 reaches the host's $HOST_IP, which sees the session's address" session_reaches_the_hosts_lan_address
+check "shim: the host reaches session 1's address, which sees $HOST_IP" host_reaches_the_sessions_lan_address
+check "shim: the LAN peer knows only the uplink's MAC for $HOST_IP; the shim's MAC never reaches the LAN" no_arp_flux
+check "shim: stopping session 2 withdraws its route and entry; session 1's stay" shim_withdraws_a_stopped_session
 check "bridge: stop leaves no bridge socket on the host" stop_leaves_no_bridge_socket
+check "shim: gone after the last session stopped, with its routes" shim_gone_with_the_last_session
 check "bridge: stop empties the set" stop_empties_the_set
 check "bridge: the daemon's exit removes table inet sessiond" daemon_exit_removes_the_table
 check "bridge: $MANY sessions up (a daemon with a wider pool)" many_sessions_up
 check "bridge: a listener on 127.0.0.1:8080 in each of the $MANY sessions" many_listeners
 check "bridge: all $MANY are reachable from the host at their loopback, each its own" all_many_reachable
-check "bridge: after a daemon restart, all $MANY are reachable again" daemon_restart_keeps_the_bridge
+check "shim: a /32 route for each of the $MANY sessions" shim_serves_many
+check "bridge: after a daemon restart, all $MANY are reachable again (the shim: gone at the exit, made again for all)" daemon_restart_keeps_the_bridge
 check "stop --all leaves nothing" cleanup
 check "bridge: the daemon's exit removes table inet sessiond" daemon_exit_removes_the_table
+check "shim: veth sessions reach the host's address through the bridge, and there is no shim" veth_has_no_shim
 finish

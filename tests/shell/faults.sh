@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault-and-abuse root suite for sessiond, run in a private sandbox (scripts/sandbox).
-# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13, 14, 15 (default: all)
+# Usage: tests/shell/faults.sh [SCENARIO...]     SCENARIO: 1..10, 10e, 11a..11c, 12, 12b, 13, 14, 14b, 15 (default: all)
 #
 #   1  kill -9 in the middle of 80 concurrent DHCP starts, restart   (+1b: the crash windows
 #      between DHCP ACK and "up", and between "stopping" and DHCPRELEASE, made deterministic)
@@ -35,6 +35,8 @@
 #      refuses a mode=programs login under fail=closed; kill -9 of the daemon with programs-mode
 #      sessions up (their hooks stay pinned and attached; the next daemon adopts them, and tears
 #      down the one whose pins were removed)
+#  14b programs mode with DHCP: the leased address held by another host (ARP probe from the
+#      session's own link in the host namespace, DHCPDECLINE, another address); stop releases
 #  15  the loopback bridge across a kill -9 (the table left behind diverts to nobody; the next
 #      daemon replaces it), an admin deleting its table, and an nft that fails
 #
@@ -60,7 +62,7 @@ T=$W/pam                         # pam_lib.sh's scratch: users' keys and homes, 
 mkdir -p "$T" && chmod 755 "$T"
 source "$(dirname "$0")/pam_lib.sh"   # sshd and pamtester with pam_sessiond, as pam.sh has them
 SUITE_T0=$(date +%s)
-ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13 14 15)
+ALL_SCENARIOS=(1 2 3 4 5 6 7 8 9 10 10e 11a 11b 11c 12 12b 13 14 14b 15)
 SELECTED=("$@") TABLE=$RESULTS/reliability-partial.md
 [[ $# -eq 0 ]] && SELECTED=("${ALL_SCENARIOS[@]}") TABLE=$RESULTS/reliability.md
 for s in "${SELECTED[@]}"; do
@@ -1703,6 +1705,41 @@ scenario_14() {
     end_daemon
     echo $$ >"$root/cgroup.procs"
     rmdir "$cg14"/* "$cg14" 2>/dev/null
+    row_end
+}
+
+scenario_14b() {
+    row_begin 14b "programs mode with DHCP: the leased address taken by another host" \
+        "host squat on br-lan holds 10.77.0.100 (Kea's first address) without a lease; a programs-mode session with virtualize = address leases from Kea on its own link sdp45 in the host namespace (acd_probe_ms default, 200); then stop" \
+        "the session probes the ACKed address from sdp45 before using it (RFC 5227), finds squat, sends DHCPDECLINE (Kea marks the lease declined), waits 10 s and binds another address, which sdp45 holds alone; 10.77.0.100 is never applied; stop releases the lease (gone from Kea's DB) and leaves no link, rule or route"
+    local root cg a mac sqmac t0
+    root=$(findmnt -n -t cgroup2 -o TARGET | head -1)
+    [[ -n $root ]] || { fail "no cgroup v2 hierarchy"; row_end; return; }
+    cg=$root/sessiond-faults-b.$$
+    mkdir "$cg" && echo $$ >"$cg/cgroup.procs" || { fail "cannot make the scenario's cgroup"; row_end; return; }
+    lan_host_add squat sqh0 sq1 10.77.0.100 || fail "squatter on the LAN"
+    ALLOWED_LINKS="lo br-lan lan0 sqh0 sdp45"
+    srv kea start --lease 600 >/dev/null || fail "kea did not start"
+    begin_daemon f14b --mode programs --programs sleep --virtualize address,loopback || fail "daemon did not start"
+    sqmac=$(ip -n squat link show sq1 | awk '/link\/ether/ {print $2}')
+    t0=$(now_ms)
+    local out; out=$(timeout 40 "$SESSIOND" start --session 45 --json)
+    a=$(jq -r .address <<<"$out"); mac=$(jq -r .mac <<<"$out")
+    note "start took $(( $(now_ms) - t0 )) ms (probe, DECLINE, the RFC's 10 s wait, DISCOVER, probe); got $a on sdp45"
+    expect "the start returns another address than the squatted 10.77.0.100 (got ${a:-none})" bash -c "[[ '$a' =~ ^10\.77\.0\.1[0-9][0-9]/24$ && '$a' != 10.77.0.100/24 ]]"
+    expect "sdp45 holds exactly $a" eq "$(ip -4 -o addr show dev sdp45 | awk '{print $4}' | tr '\n' ' ')" "$a "
+    expect "the daemon log names the conflict and squat's MAC ($sqmac)" grep -q "address 10.77.0.100 in use by another host ($sqmac): sent DHCPDECLINE" "$DAEMON_LOG"
+    expect "10.77.0.100 was never applied to the session" not grep -q "address=10.77.0.100/24.*lease applied\|lease applied.*address=10.77.0.100/" "$DAEMON_LOG"
+    expect "Kea's lease DB marks 10.77.0.100 declined (state 1)" eq "$(kea_lease_state 10.77.0.100)" 1
+    timeout 30 "$SESSIOND" stop --session 45 >/dev/null || fail "stop of session 45"
+    expect "stop releases the lease: Kea no longer lists $mac" srv kea wait --gone "$mac" --timeout 5
+    expect "...and no session link, rule or route is left" bash -c "! ip link show sdp45 >/dev/null 2>&1 && ! ip rule | grep -q 'lookup 268435501' && [[ -z \$(ip route show table 268435501 2>/dev/null) ]]"
+    end_daemon
+    srv kea stop >/dev/null
+    lan_host_del squat sqh0
+    ALLOWED_LINKS="lo br-lan lan0"
+    echo $$ >"$root/cgroup.procs"
+    rmdir "$cg"/* "$cg" 2>/dev/null
     row_end
 }
 

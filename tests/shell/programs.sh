@@ -6,6 +6,11 @@
 # UDP both ways, getsockname, an unlisted program left alone, bad settings refused by name,
 # and stop leaving nothing (bpftool cgroup, cgroups, ip addr/rule/link); the hooks survive a
 # daemon restart (kill -9 and SIGTERM: pinned in bpffs) and the next daemon adopts the session.
+# `ports` lists a listed program's 127.0.0.1:8080 under its session as 127.0.0.2:8080, rewritten.
+# Address virtualization with a static pool and with DHCP (the sandbox's dnsmasq): two leases
+# on the sessions' own links, a LAN peer sees the leased addresses, a kill -9 restart re-adopts
+# (INIT-REBOOT), stop releases (gone from dnsmasq's DB) and leaves no address, rule, route, link
+# or neighbour; a host socket on 0.0.0.0:68 makes the start fail naming port 68.
 #
 # The suite moves itself into a cgroup of its own (under the cgroup v2 root) before it starts
 # the daemon: the daemon makes the sessions' cgroups inside its own, so every cgroup and hook
@@ -129,6 +134,20 @@ host_reaches_both() {
 }
 check "the host reaches both sessions' services at 127.0.0.2:8080 and 127.0.0.3:8080" host_reaches_both
 
+ports_shows_rewritten() {
+    local p1 host
+    p1=$("$SESSIOND" ports --session 1 --listening --json) || return 1
+    jq -c '.[] | {session, local, program, rewritten}' <<<"$p1"
+    "$SESSIOND" ports --session 1 --listening
+    [[ $(jq -c '[.[] | select(.local == "127.0.0.2:8080")] | map({session, program, rewritten})' <<<"$p1") == '[{"session":1,"program":"python3","rewritten":true}]' ]] || return 1
+    # Attributed to its session, not to the host; session 2's own is its own.
+    host=$("$SESSIOND" ports --session 0 --listening --json) || return 1
+    [[ -z $(jq -r '.[] | select(.local | test("^127\\.0\\.0\\.[23]:8080$")) | .local' <<<"$host") ]] || { echo "on the host's list too"; return 1; }
+    [[ $("$SESSIOND" ports --session 2 --listening --json | jq -r '.[] | select(.rewritten) | .local') == 127.0.0.3:8080 ]] &&
+        "$SESSIOND" ports --session 1 --listening | head -1 | grep -q REWRITTEN
+}
+check "ports: a listed program's 127.0.0.1:8080 shows in its session as 127.0.0.2:8080, rewritten (not the host's)" ports_shows_rewritten
+
 "$PY" -c "$SERVE" 127.0.0.1 9090 "$WORK/wwwhost" >"$WORK/srvhost.log" 2>&1 & PIDS+=($!)
 wait_for 20 bash -c 'ss -Hltn "sport = :9090" | grep -c 127.0.0.1:9090' >/dev/null
 
@@ -247,7 +266,8 @@ address_sessions() {
     ip -4 -o addr show dev sdp3 | grep -c "inet $A3/24" >/dev/null && ip rule | grep -c "from $A3 lookup" >/dev/null && ip rule | grep -c "from $A4 lookup" >/dev/null || return 1
     # No prefix route in the main table: the host's own traffic to the LAN keeps its own address.
     ! ip route show table main | grep -c sdp >/dev/null || { echo "a session link in the main table"; return 1; }
-    [[ $(cat /proc/sys/net/ipv4/conf/sdp3/arp_ignore) == 1 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_announce) == 2 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_filter) == 1 ]]
+    [[ $(cat /proc/sys/net/ipv4/conf/sdp3/arp_ignore) == 1 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_announce) == 2 && $(cat /proc/sys/net/ipv4/conf/sdp3/arp_filter) == 1 &&
+        $(cat /proc/sys/net/ipv4/conf/sdp3/rp_filter) == 0 ]]
 }
 check "address virtualization: each session's pool address on its own macvlan, with its rule and table and ARP scoped to it" address_sessions
 
@@ -372,6 +392,133 @@ missing_pins_torn_down() {
     ((had_pins)) || { echo "the session had no pins to remove"; return 1; }
 }
 check "a session whose pins are gone after kill -9: the next daemon tears it down, leaving nothing" missing_pins_torn_down
+
+# --------------------------------------------------------------------- address virtualization, DHCP
+# The same, with each session's address leased from the sandbox LAN's dnsmasq by sessiond's own
+# client on the session's link in the host namespace (port 68 bound to sdpN).
+kill_daemon
+start_dhcp_address_daemon() {
+    start_daemon --uplink "$SBX_UPLINK" --mode programs --programs python3 --virtualize address,loopback \
+        --state-dir /run/sessiond-programs-state-dhcp "$@"
+}
+S7= S8= CG7= CG8= A7= A8= M7= M8=
+"$REPO/scripts/dhcp-server" dnsmasq start >/dev/null || { echo "FAIL: dnsmasq did not start"; exit 1; }
+# Reverse-path filtering as systemd sets it (default 2, all 0): new links inherit 2, under
+# which the server's replies on an address-less sdpN, whose sender the host reaches through
+# the uplink (it has an address there), would be dropped.
+RP_BEFORE=$(sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.default.rp_filter | paste -sd' ')
+sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=2
+check "DHCP: the daemon starts with virtualize = address and addressing = dhcp (the default)" start_dhcp_address_daemon
+
+dhcp_sessions() {
+    S7=$("$SESSIOND" start --session 7 --json) && S8=$("$SESSIOND" start --session 8 --json) || return 1
+    CG7=$(json .programs.cgroup <<<"$S7"); CG8=$(json .programs.cgroup <<<"$S8")
+    A7=$(json .address <<<"$S7" | cut -d/ -f1); A8=$(json .address <<<"$S8" | cut -d/ -f1)
+    M7=$(json .mac <<<"$S7"); M8=$(json .mac <<<"$S8")
+    echo "session 7: $A7 ($M7) on $(json .interface <<<"$S7"), lease $(jq -c .lease <<<"$S7"); session 8: $A8 ($M8)"
+    echo "the server's leases:"; "$REPO/scripts/dhcp-server" dnsmasq leases
+    ip -4 -o addr show dev sdp7; ip rule | grep -E "from ($A7|$A8) "; ip route show table all | grep -E "sdp[78]"
+    [[ $A7 == 10.77.0.1[0-9][0-9] && $A8 == 10.77.0.1[0-9][0-9] && $A7 != "$A8" ]] || return 1
+    [[ $(json .lease.dhcp_state <<<"$S7") == bound && $(json .lease.server <<<"$S7") == "$SBX_SERVER_IP" ]] || return 1
+    "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$A7 $M7" && "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$A8 $M8" || return 1
+    ip -4 -o addr show dev sdp7 | grep "inet $A7/24" | grep -c noprefixroute >/dev/null && ip rule | grep -c "from $A7 lookup" >/dev/null &&
+        ip rule | grep -c "from $A8 lookup" >/dev/null || return 1
+    ip route show table all | grep -c "default via $SBX_GATEWAY dev sdp7 table 268435463 proto static src $A7" >/dev/null || return 1
+    ! ip route show table main | grep -c sdp >/dev/null || { echo "a session link in the main table"; return 1; }
+    # The login shares the host's files: nothing under /etc/netns.
+    [[ ! -e /etc/netns/sessiond-7 ]] || { echo "/etc/netns/sessiond-7 written"; return 1; }
+    # Both sessions' DHCP sockets on port 68, each bound to its own link.
+    ss -Hlunp "sport = :68"
+    [[ $(ss -Hlun "sport = :68" | grep -cE "%sdp[78]:68") == 2 ]]
+}
+check "DHCP: two programs-mode sessions lease distinct addresses on their own links (port 68 on each), rule and table, no files" dhcp_sessions
+
+strict_rp_filter_refused() {
+    sysctl -qw net.ipv4.conf.all.rp_filter=1
+    expect_exit 1 "rp_filter" "$SESSIOND" start --session 12; local rc=$?
+    sysctl -qw net.ipv4.conf.all.rp_filter=0
+    ((rc == 0)) && ! ip link show sdp12 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq 'map(.session) | index(12)') == null ]]
+}
+check "DHCP: net.ipv4.conf.all.rp_filter 1 (the replies would be dropped): the start is refused naming it, nothing is made" strict_rp_filter_refused
+read -r rp_all rp_default <<<"$RP_BEFORE"
+sysctl -qw net.ipv4.conf.all.rp_filter="$rp_all" net.ipv4.conf.default.rp_filter="$rp_default"
+
+dhcp_peer_sees_leased_addresses() {
+    local c7 c8 other
+    c7=$(in_session "$CG7" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); c8=$(in_session "$CG8" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    other=$(in_session "$CG7" "$WORK/bin/pyother" -c "$CONNECT" "$SBX_SERVER_IP" 7000)
+    sleep 0.3
+    echo "session 7 listed: $c7; session 8 listed: $c8; session 7 unlisted: $other"; echo "the peer saw:"; tail -3 "$WORK/peer.log"
+    [[ $(tail -3 "$WORK/peer.log" | tr '\n' ' ') == "$A7 $A8 $HOST_LAN " ]]
+}
+check "DHCP: a LAN peer sees a listed program's connection from its session's leased address, an unlisted one's from the host's" dhcp_peer_sees_leased_addresses
+
+dhcp_readopted() {
+    local log0 s
+    kill_daemon KILL
+    log0=$(log_mark)
+    start_dhcp_address_daemon || return 1
+    wait_for 15 bash -c "[[ \$('$SESSIOND' status --session 7 --json | jq -r .lease.dhcp_state) == bound ]]" || { "$SESSIOND" status --session 7 --json; return 1; }
+    s=$("$SESSIOND" status --session 7 --json); jq -c '{state, address, lease}' <<<"$s"
+    log_since "$log0" | grep -E "adopting|DHCP state" | head -4
+    [[ $(json .state <<<"$s") == up && $(json .address <<<"$s" | cut -d/ -f1) == "$A7" ]] || return 1
+    log_since "$log0" | grep -q "dhcp{sid=7}: DHCP state rebooting -> bound" || { echo "no INIT-REBOOT (rebooting -> bound) after the restart"; return 1; }
+    local c; c=$(in_session "$CG7" "$PY" -c "$CONNECT" "$SBX_SERVER_IP" 7000); echo "after the restart: $c"
+    [[ $c == "from $A7" ]]
+}
+check "DHCP: a restarted daemon (kill -9) re-adopts the session and its lease (INIT-REBOOT), the same address goes on" dhcp_readopted
+
+dhcp_stop_releases_and_leaves_nothing() {
+    "$SESSIOND" stop --session 7 && "$SESSIOND" stop --session 8 || return 1
+    "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$M7" --timeout 5 && "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$M8" --timeout 5 ||
+        { echo "the server still lists:"; "$REPO/scripts/dhcp-server" dnsmasq leases; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" ]] || { echo "ip rule changed:"; ip rule; return 1; }
+    [[ $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { echo "ip link changed:"; ip -o link; return 1; }
+    [[ -z $(ip route show table all | grep -E "sdp|$A7 |$A8 ") ]] || { ip route show table all | grep -E "sdp|$A7|$A8"; return 1; }
+    [[ -z $(ip neigh show | grep sdp) ]] || { ip neigh show; return 1; }
+    [[ ! -e /run/sessiond-programs-state-dhcp/leases/7.json ]] || { echo "lease file left"; return 1; }
+    ! ip -4 addr | grep -Ec "$A7|$A8|127\.0\.0\.(8|9)/32" >/dev/null && [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]]
+}
+check "DHCP: stop releases the leases (gone from dnsmasq's DB) and leaves no address, rule, route, link or neighbour" dhcp_stop_releases_and_leaves_nothing
+
+dhcp_orphan_released() {
+    local s10 m10 a10
+    s10=$("$SESSIOND" start --session 10 --json) || return 1
+    m10=$(json .mac <<<"$s10"); a10=$(json .address <<<"$s10" | cut -d/ -f1)
+    kill_daemon KILL
+    rm -r /sys/fs/bpf/sessiond/10 || return 1   # its hooks are lost: the next daemon cannot adopt it
+    "$REPO/scripts/dhcp-server" dnsmasq leases | grep -qx "$a10 $m10" || { echo "no lease for $m10 before the restart"; return 1; }
+    start_dhcp_address_daemon || return 1
+    grep -E "released its lease|removing a programs-mode" "$DAEMON_LOG" | tail -2
+    "$REPO/scripts/dhcp-server" dnsmasq wait --gone "$m10" --timeout 5 || { echo "the server still lists:"; "$REPO/scripts/dhcp-server" dnsmasq leases; return 1; }
+    [[ $(ip rule) == "$RULES_BEFORE" && $(ip -o link | awk -F': ' '{print $2}' | sort) == "$LINKS_BEFORE" ]] || { ip rule; ip -o link; return 1; }
+    [[ $("$SESSIOND" status --json | jq length) == 0 && ! -e /run/sessiond-programs-state-dhcp/leases/10.json ]]
+}
+check "DHCP: a session the restarted daemon cannot adopt (pins gone) has its lease released before it is torn down" dhcp_orphan_released
+
+port_68_taken() {
+    local holder
+    "$PY" -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 68)); print("held", flush=True); time.sleep(30)' >"$WORK/p68.log" 2>&1 &
+    holder=$!
+    wait_for 10 grep -q held "$WORK/p68.log" || { kill "$holder"; return 1; }
+    expect_exit 1 "port 68" "$SESSIOND" start --session 9; local rc=$?
+    kill "$holder"; wait "$holder" 2>/dev/null
+    echo "$OUT"
+    ((rc == 0)) && ! ip link show sdp9 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq length) == 0 ]] && [[ $(ip rule) == "$RULES_BEFORE" ]]
+}
+check "DHCP: a host socket on 0.0.0.0:68 bound to no interface: the start fails naming port 68, nothing is left" port_68_taken
+kill_daemon
+"$REPO/scripts/dhcp-server" dnsmasq stop >/dev/null
+
+no_dhcp_answer() {
+    start_dhcp_address_daemon --dhcp-timeout 2 || return 1
+    expect_exit 1 "no DHCP lease" "$SESSIOND" start --session 11 || return 1
+    ! ip link show sdp11 >/dev/null 2>&1 && [[ $("$SESSIOND" status --json | jq length) == 0 && $(ip rule) == "$RULES_BEFORE" ]] &&
+        [[ -z $(find "$TEST_CG" -mindepth 1 -type d) ]] && ! ip -4 addr show dev lo | grep -c "127.0.0.12/32" >/dev/null
+}
+check "DHCP: no server answers: the start fails after --dhcp-timeout naming it; no link, cgroup, loopback or rule is left" no_dhcp_answer
+kill_daemon
+
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait_pid 5 "${PIDS[@]}"
 PIDS=()
