@@ -421,11 +421,12 @@ fn holders_summary(r: &SessionRecord, now: u64) -> String {
     }
 }
 
-/// A programs-mode session: "programs mode (python3): 6 hooks on CGROUP, 12
-/// addresses rewritten".
+/// A programs-mode session: "programs mode (python3): 6 hooks on CGROUP, 12 addresses
+/// rewritten" ("on CGROUP (logind's scope)" for a login's session-N.scope).
 fn programs_summary(p: &sessiond_client::record::ProgramsInfo) -> String {
     let listed = if p.programs.is_empty() { "every program".to_string() } else { p.programs.join(",") };
-    format!("programs mode ({listed}): {} hooks on {}, {} addresses rewritten", p.attached.len(), p.cgroup, p.rewritten)
+    let whose = if p.cgroup_owner == sessiond_client::CgroupOwner::Logind { " (logind's scope)" } else { "" };
+    format!("programs mode ({listed}): {} hooks on {}{whose}, {} addresses rewritten", p.attached.len(), p.cgroup, p.rewritten)
 }
 
 /// "bound, server 10.0.0.1, renew in 290 s, expires in 590 s" (or "-" for static sessions).

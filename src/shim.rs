@@ -421,6 +421,7 @@ mod tests {
             virtualize: vec![],
             attached: vec![],
             rewritten: 0,
+            cgroup_owner: Default::default(),
         });
         let mut no_address = sample_record(6);
         no_address.address = None;

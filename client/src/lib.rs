@@ -14,7 +14,7 @@ pub mod proto;
 pub mod record;
 pub mod sid;
 
-pub use record::{Addressing, DhcpState, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, Mode, Virtualize, WaitFor};
+pub use record::{Addressing, CgroupOwner, DhcpState, Ipv6Mode, Ipv6State, LinkKind, LoopbackReach, Mode, Virtualize, WaitFor};
 
 /// The daemon's control socket, unless `--socket` or $SESSIOND_SOCKET says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/sessiond/sessiond.sock";

@@ -139,6 +139,25 @@ named! {
     }
 }
 
+named! {
+    /// Whose cgroup a programs-mode session's hooks are attached to.
+    pub enum CgroupOwner {
+        /// `sessiond-N`, which sessiond makes in its own cgroup and removes at stop; the login
+        /// joins it.
+        Sessiond = "sessiond",
+        /// The login's own `session-N.scope` (pam_systemd's, made by logind): the login is in it
+        /// already, and it stays systemd's (never removed, only our hooks come off it).
+        Logind = "logind",
+    }
+}
+
+impl Default for CgroupOwner {
+    /// Records from before the scope: sessiond's own cgroup.
+    fn default() -> CgroupOwner {
+        CgroupOwner::Sessiond
+    }
+}
+
 /// What `status` shows of a programs-mode session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramsInfo {
@@ -152,6 +171,9 @@ pub struct ProgramsInfo {
     /// Socket addresses the hooks rewrote so far (read when `status` asks).
     #[serde(default)]
     pub rewritten: u64,
+    /// Whose cgroup `cgroup` is: sessiond's own, or logind's scope of the login.
+    #[serde(default)]
+    pub cgroup_owner: CgroupOwner,
 }
 
 named! {

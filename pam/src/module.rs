@@ -2,6 +2,7 @@
 //! without libpam, root or a real daemon.
 use std::ffi::c_int;
 
+use sessiond_client::CgroupOwner;
 use sessiond_client::client::{self, ClientError};
 use sessiond_client::holder::Holder;
 use sessiond_client::proto::{ErrorKind, Request, Response};
@@ -278,8 +279,10 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
         env.log(Level::Err, &format!("user {user}: session {sid}: {e}; refusing the session"));
         return PAM_SESSION_ERR;
     }
-    // Programs mode: no namespace to enter; the login joins the session's cgroup.
+    // Programs mode: no namespace to enter; the login joins the session's cgroup, unless the
+    // hooks are on its logind scope, which the daemon found this very process in.
     let entered = match &rec.programs {
+        Some(p) if p.cgroup_owner == CgroupOwner::Logind => Ok(()),
         Some(p) => env.join_cgroup(&p.cgroup),
         None => env.enter(&rec.netns),
     };
@@ -310,6 +313,7 @@ pub fn open_session(env: &dyn Env, args: &Args) -> c_int {
     }
     let addr = rec.address.map(|a| a.addr().to_string()).unwrap_or_else(|| "-".into());
     let place = match &rec.programs {
+        Some(p) if p.cgroup_owner == CgroupOwner::Logind => format!("programs mode, on its logind scope {}", p.cgroup),
         Some(p) => format!("programs mode, cgroup {}", p.cgroup),
         None => format!("netns {}", rec.netns),
     };

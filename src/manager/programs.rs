@@ -2,14 +2,16 @@
 //! the host's own stack (`crate::programs` builds and tears it down). It shares the session
 //! table, the per-sid locks, the state dir and the holders with namespace mode; what it
 //! builds is its own.
-use tracing::{info, warn};
+use std::path::Path;
+
+use tracing::{debug, info, warn};
 
 use super::{Manager, ManagerError, RecoveryReport, Session, StartError, Started, Stopped};
 use crate::config::Addressing;
 use crate::dhcp_session::DhcpSession;
 use crate::platform::Platform;
 use crate::programs::lease::HostLink;
-use crate::programs::{self, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
+use crate::programs::{self, CgroupOwner, HookConfig, Kernel, ProgramsPlan, ProgramsStepError, ProgramsTeardown, Virtualize, address, cgroup, pins};
 use crate::sid::Sid;
 use crate::state::{Holding, SessionRecord, SessionState};
 use sessiond_client::record::ProgramsInfo;
@@ -18,8 +20,12 @@ impl<P: Platform> Manager<P> {
     /// Starts `sid` in programs mode (its lock held, not running yet).
     pub(super) async fn start_programs(&self, sid: Sid, owner_uid: Option<u32>, holder: Option<crate::holders::Holder>) -> Result<Started, ManagerError> {
         let not_started = |source: StartError| ManagerError::NotStarted { sid, source };
-        let dir = cgroup::session_dir_here(sid)
-            .map_err(|e| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() })))?;
+        let no_cgroup =
+            |e: cgroup::CgroupError| not_started(StartError::Programs(ProgramsStepError { step: "find the cgroup v2 hierarchy", source: e.into() }));
+        let root = cgroup::unified_root().map_err(no_cgroup)?;
+        // The login's logind scope if it is in one, read from /proc by the requester's pid;
+        // else (or if another session's hooks are on it) a cgroup of sessiond's own.
+        let scope = programs::scope::of_requester(&root, holder, owner_uid);
         let identity = self.identity(sid);
         let virtualize_address = self.settings.virtualize.contains(&Virtualize::Address);
         // A leased address comes once the session's link is there (`start_programs_leased`).
@@ -28,6 +34,20 @@ impl<P: Platform> Manager<P> {
         // that no concurrent start takes the same address.
         let (plan, record) = {
             let mut t = self.table.lock().unwrap();
+            let scope = scope.and_then(|dir| match t.sessions().find(|o| o.record.programs.as_ref().is_some_and(|p| Path::new(&p.cgroup) == dir)) {
+                Some(other) => Err(programs::scope::NotAScope::Taken(dir, other.record.session)),
+                None => Ok(dir),
+            });
+            let (dir, cgroup_owner) = match scope {
+                Ok(dir) => (dir, CgroupOwner::Logind),
+                Err(why) => {
+                    match why {
+                        programs::scope::NotAScope::NoRequester | programs::scope::NotAScope::NoOwner => debug!("no logind scope: {why}"),
+                        _ => info!("not attaching to a logind scope ({why}): using a cgroup of sessiond's own"),
+                    }
+                    (cgroup::session_dir(&root, &cgroup::own_cgroup().map_err(no_cgroup)?, sid), CgroupOwner::Sessiond)
+                }
+            };
             let address = if virtualize_address && !leased {
                 let pool = self.settings.pool.as_ref().expect("address virtualization has a pool (checked at config time)");
                 let mut in_use: std::collections::BTreeSet<_> = t.sessions().filter_map(|s| s.record.address.map(|a| a.addr())).collect();
@@ -41,6 +61,7 @@ impl<P: Platform> Manager<P> {
             let plan = ProgramsPlan {
                 sid,
                 cgroup: dir.clone(),
+                cgroup_owner,
                 pins: pins::session_dir(sid),
                 hooks: HookConfig {
                     loopback: identity.loopback,
@@ -81,6 +102,7 @@ impl<P: Platform> Manager<P> {
                     virtualize: plan.hooks.virtualize.clone(),
                     attached: Vec::new(),
                     rewritten: 0,
+                    cgroup_owner,
                 }),
                 ipv6: None,
                 addresses6: vec![],
@@ -125,8 +147,8 @@ impl<P: Platform> Manager<P> {
         (s.record, s.hooks, s.lease) = (up, Some(hooks), lease);
         let view = s.view();
         match view.address {
-            Some(a) => info!(cgroup = %dir.display(), address = %a.addr(), "programs-mode session up"),
-            None => info!(cgroup = %dir.display(), "programs-mode session up"),
+            Some(a) => info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, address = %a.addr(), "programs-mode session up"),
+            None => info!(cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session up"),
         }
         Ok(Started::New(view))
     }
@@ -341,13 +363,14 @@ fn is_leased(rec: &SessionRecord) -> bool {
 /// What a programs-mode record says to remove.
 fn teardown_spec(rec: &SessionRecord) -> ProgramsTeardown {
     let cgroup = rec.programs.as_ref().map(|p| p.cgroup.clone()).unwrap_or_default();
+    let cgroup_owner = rec.programs.as_ref().map(|p| p.cgroup_owner).unwrap_or_default();
     let address = match &rec.programs {
         Some(p) if p.virtualize.contains(&Virtualize::Address) => {
             Some(address::AddressTeardown { link: address::link_name(rec.session), table: address::table(rec.session) })
         }
         _ => None,
     };
-    ProgramsTeardown { cgroup: cgroup.into(), pins: pins::session_dir(rec.session), loopback: rec.loopback, address }
+    ProgramsTeardown { cgroup: cgroup.into(), cgroup_owner, pins: pins::session_dir(rec.session), loopback: rec.loopback, address }
 }
 
 #[cfg(test)]

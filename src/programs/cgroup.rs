@@ -1,6 +1,6 @@
-//! The session's cgroup v2 directory: found under the unified hierarchy (hybrid or pure),
-//! made, and removed again. The hooks are attached to it and the login joins it; it is never
-//! the root cgroup.
+//! The session's cgroup v2 directory of sessiond's own (where the login is in no logind scope:
+//! `scope.rs`): found under the unified hierarchy (hybrid or pure), made, and removed again.
+//! The hooks are attached to it and the login joins it; it is never the root cgroup.
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -73,11 +73,6 @@ pub fn own_cgroup() -> Result<String, CgroupError> {
 /// cgroup (a unit's must allow it: `Delegate=yes`).
 pub fn session_dir(root: &Path, daemon_cgroup: &str, sid: Sid) -> PathBuf {
     root.join(daemon_cgroup.trim_start_matches('/')).join(sid.netns_name())
-}
-
-/// The session's cgroup for the daemon as it runs now.
-pub fn session_dir_here(sid: Sid) -> Result<PathBuf, CgroupError> {
-    Ok(session_dir(&unified_root()?, &own_cgroup()?, sid))
 }
 
 /// Makes `dir`; one that exists is fine (a retry).

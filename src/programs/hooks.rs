@@ -56,6 +56,8 @@ pub enum HookError {
     Adopt { what: &'static str, path: PathBuf, source: LinkError },
     #[error("{0} is not a cgroup link")]
     NotAHook(PathBuf),
+    #[error("the hooks pinned in {pins} are attached to {recorded}, not to the session's cgroup {expected}")]
+    OtherCgroup { pins: PathBuf, recorded: PathBuf, expected: PathBuf },
 }
 
 /// An error with its causes ("`bpf_link_create` failed: Invalid argument"): aya's errors keep
@@ -120,6 +122,7 @@ impl Hooks {
         }
         let dir = std::fs::File::open(cgroup).map_err(|source| HookError::Cgroup { path: cgroup.to_path_buf(), source })?;
         pins::prepare(pins)?;
+        pins::record_cgroup(pins, cgroup)?;
         // Taken out of `ebpf` (its descriptor stays open, which the programs' load below needs).
         let counters = ebpf.take_map("counters").ok_or(HookError::Missing("counters map"))?;
         counters.pin(pins::counters_pin(pins)).map_err(|source| HookError::PinObject { what: "the counters map", source })?;
@@ -143,10 +146,16 @@ impl Hooks {
     }
 
     /// The hooks a previous daemon attached to `cgroup` and pinned in `pins`: every link and
-    /// the counters map must be there, the links cgroup links.
+    /// the counters map must be there, the links cgroup links, and the pins must say they are
+    /// `cgroup`'s (pins from before that record are taken as the session record says).
     pub fn adopt(cgroup: &Path, pins: &Path) -> Result<Hooks, HookError> {
         if !cgroup.is_dir() {
             return Err(HookError::Cgroup { path: cgroup.to_path_buf(), source: std::io::ErrorKind::NotFound.into() });
+        }
+        if let Some(recorded) = pins::recorded_cgroup(pins)?
+            && recorded != cgroup
+        {
+            return Err(HookError::OtherCgroup { pins: pins.to_path_buf(), recorded, expected: cgroup.to_path_buf() });
         }
         let mut links = Vec::new();
         for hook in HOOKS {
@@ -206,6 +215,19 @@ mod tests {
         let v = config_value(&all);
         assert_eq!(&v[4..8], &[0, 0, 0, 0], "no address yet");
         assert_eq!(u32::from_ne_bytes(v[8..12].try_into().unwrap()), VIRT_LOOPBACK | VIRT_ADDRESS | ALL_PROGRAMS);
+    }
+
+    #[test]
+    fn pins_that_name_another_cgroup_are_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cgroup, other, pins) = (dir.path().join("session-3.scope"), dir.path().join("session-4.scope"), dir.path().join("pins"));
+        for d in [&cgroup, &other, &pins] {
+            std::fs::create_dir(d).unwrap();
+        }
+        pins::record_cgroup(&pins, &other).unwrap();
+        let e = Hooks::adopt(&cgroup, &pins).unwrap_err();
+        assert!(matches!(&e, HookError::OtherCgroup { recorded, .. } if recorded == &other), "{e}");
+        assert!(e.to_string().contains("session-4.scope") && e.to_string().contains("session-3.scope"), "{e}");
     }
 
     #[test]

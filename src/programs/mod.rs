@@ -4,8 +4,9 @@
 //! 127.0.0.1 and reach their own session's listeners first (preferred loopback).
 //!
 //! This module builds and tears down one programs-mode session, in order, as `session.rs`
-//! does for a namespace; `cgroup.rs` makes the cgroup, `hooks.rs` loads and attaches the
-//! hooks (`bpf/sock_addr.bpf.c`), `kernel.rs` says whether the kernel can.
+//! does for a namespace; `scope.rs` finds the login's logind scope, `cgroup.rs` makes a cgroup
+//! of sessiond's own where there is none, `hooks.rs` loads and attaches the hooks
+//! (`bpf/sock_addr.bpf.c`), `kernel.rs` says whether the kernel can.
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::netlink::{NetError, NetOps};
 use crate::sid::Sid;
-pub use sessiond_client::{Mode, Virtualize};
+pub use sessiond_client::{CgroupOwner, Mode, Virtualize};
 
 pub mod address;
 pub mod cgroup;
@@ -22,6 +23,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod lease;
 pub mod pins;
+pub mod scope;
 
 /// A process name as the kernel keeps it (`comm`: at most 15 bytes), which is what the hooks
 /// compare. Longer names are refused rather than cut, so that what the admin wrote is what
@@ -102,8 +104,11 @@ pub struct HookConfig {
 #[derive(Clone, Debug)]
 pub struct ProgramsPlan {
     pub sid: Sid,
-    /// The cgroup v2 directory the hooks go on (created by the build).
+    /// The cgroup v2 directory the hooks go on.
     pub cgroup: PathBuf,
+    /// Sessiond: the build makes `cgroup` and the teardown removes it. Logind: the login's
+    /// scope, which is systemd's: only the hooks go on and come off.
+    pub cgroup_owner: CgroupOwner,
     /// The bpffs directory the hooks are pinned in (`pins::session_dir`).
     pub pins: PathBuf,
     pub hooks: HookConfig,
@@ -115,6 +120,7 @@ impl ProgramsPlan {
     pub fn teardown_spec(&self) -> ProgramsTeardown {
         ProgramsTeardown {
             cgroup: self.cgroup.clone(),
+            cgroup_owner: self.cgroup_owner,
             pins: self.pins.clone(),
             loopback: self.hooks.loopback,
             address: self.address.as_ref().map(|a| a.teardown_spec()),
@@ -127,6 +133,7 @@ impl ProgramsPlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramsTeardown {
     pub cgroup: PathBuf,
+    pub cgroup_owner: CgroupOwner,
     pub pins: PathBuf,
     pub loopback: Ipv4Addr,
     pub address: Option<address::AddressTeardown>,
@@ -262,7 +269,7 @@ pub async fn build_before_hooks<K: ProgramsKernel, N: NetOps>(kernel: &K, host: 
 /// holds (a lease) first, then tears the session down.
 pub fn attach_hooks<K: ProgramsKernel>(kernel: &K, plan: &ProgramsPlan) -> Result<K::Attached, ProgramsStepError> {
     let attached = step("attach the hooks", kernel.attach(&plan.cgroup, &plan.hooks, &plan.pins))?;
-    debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), "programs-mode session built");
+    debug!(sid = %plan.sid, cgroup = %plan.cgroup.display(), owner = %plan.cgroup_owner, "programs-mode session built");
     Ok(attached)
 }
 
@@ -274,7 +281,9 @@ async fn roll_back<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &Pr
 
 async fn build_steps<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, plan: &ProgramsPlan) -> Result<(), ProgramsStepError> {
     step("check the kernel", kernel.check_kernel())?;
-    step("create the session cgroup", kernel.create_cgroup(&plan.cgroup))?;
+    if plan.cgroup_owner == CgroupOwner::Sessiond {
+        step("create the session cgroup", kernel.create_cgroup(&plan.cgroup))?;
+    }
     // 127/8 is local on the host's lo already; the address makes the session's loopback show
     // (and go) with the session, as in namespace mode.
     step("add the session loopback to lo", on_host_lo(|| host.add_addr("lo", loopback_net(plan.hooks.loopback), true, None)).await)?;
@@ -302,7 +311,10 @@ pub async fn teardown<K: ProgramsKernel, N: NetOps>(kernel: &K, host: &N, spec: 
     if let Err(e) = step("remove the session loopback from lo", on_host_lo(|| host.del_addr("lo", loopback_net(spec.loopback))).await) {
         errors.push(e);
     }
-    if let Err(e) = step("remove the session cgroup", kernel.remove_cgroup(&spec.cgroup)) {
+    // A logind scope is systemd's: it goes when its login's processes are gone.
+    if spec.cgroup_owner == CgroupOwner::Sessiond
+        && let Err(e) = step("remove the session cgroup", kernel.remove_cgroup(&spec.cgroup))
+    {
         errors.push(e);
     }
     errors

@@ -26,6 +26,30 @@ pub fn link_pin(dir: &Path, hook: &str) -> PathBuf {
     dir.join(hook)
 }
 
+/// A symlink to the cgroup the hooks are attached to: the pins say where they hang, and a next
+/// daemon adopts them only for that cgroup. (bpffs takes symlinks; aya's link info has no
+/// cgroup id to ask the kernel with.)
+pub fn cgroup_link(dir: &Path) -> PathBuf {
+    dir.join("cgroup")
+}
+
+/// Records in `dir` that its hooks are attached to `cgroup`.
+pub fn record_cgroup(dir: &Path, cgroup: &Path) -> Result<(), HookError> {
+    let link = cgroup_link(dir);
+    std::os::unix::fs::symlink(cgroup, &link).map_err(io("record the cgroup in", &link))
+}
+
+/// The cgroup the hooks pinned in `dir` are attached to; None for pins of a daemon from
+/// before this record.
+pub fn recorded_cgroup(dir: &Path) -> Result<Option<PathBuf>, HookError> {
+    let link = cgroup_link(dir);
+    match std::fs::read_link(&link) {
+        Ok(target) => Ok(Some(target)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", &link)(e)),
+    }
+}
+
 /// The pin of the counters map (which `status` reads).
 pub fn counters_pin(dir: &Path) -> PathBuf {
     dir.join("counters")
@@ -77,9 +101,10 @@ pub fn remove(dir: &Path) -> Vec<HookError> {
             errors.push(io("unpin", &pin)(e));
         }
     }
-    let counters = counters_pin(dir);
-    if let Err(e) = gone(std::fs::remove_file(&counters)) {
-        errors.push(io("unpin", &counters)(e));
+    for file in [counters_pin(dir), cgroup_link(dir)] {
+        if let Err(e) = gone(std::fs::remove_file(&file)) {
+            errors.push(io("unpin", &file)(e));
+        }
     }
     if let Err(e) = gone(std::fs::remove_dir(dir)) {
         errors.push(io("remove", dir)(e));
@@ -106,10 +131,14 @@ mod tests {
             std::fs::write(link_pin(&dir, hook), b"").unwrap();
         }
         std::fs::write(counters_pin(&dir), b"").unwrap();
+        record_cgroup(&dir, Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope")).unwrap();
+        assert_eq!(recorded_cgroup(&dir).unwrap().unwrap(), Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope"));
         let errors = remove(&dir);
         assert!(errors.is_empty(), "{errors:?}");
         assert!(!dir.exists());
         assert!(remove(&dir).is_empty(), "a second remove finds nothing and is fine");
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(recorded_cgroup(&dir).unwrap(), None, "pins from before the record");
     }
 
     #[test]

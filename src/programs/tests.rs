@@ -105,6 +105,7 @@ fn plan() -> ProgramsPlan {
     ProgramsPlan {
         sid: Sid::new(2).unwrap(),
         cgroup: PathBuf::from("/cg/sessiond-2"),
+        cgroup_owner: CgroupOwner::Sessiond,
         pins: PathBuf::from("/bpf/sessiond/2"),
         hooks: HookConfig {
             loopback: Ipv4Addr::new(127, 0, 0, 3),
@@ -208,6 +209,32 @@ async fn teardown_goes_on_past_errors_and_reports_each() {
     // A second teardown (a crash's recovery: no hooks held any more) is a no-op that succeeds.
     let (k2, p2) = (FakeKernel::default(), FakePlatform::new());
     assert!(teardown(&k2, p2.host(), &plan().teardown_spec(), None).await.is_empty());
+}
+
+/// A login in logind's session-5.scope: the hooks go onto the scope, which is systemd's.
+fn plan_on_scope() -> ProgramsPlan {
+    ProgramsPlan { cgroup: PathBuf::from("/cg/user.slice/user-1000.slice/session-5.scope"), cgroup_owner: CgroupOwner::Logind, ..plan() }
+}
+
+#[tokio::test]
+async fn on_a_logind_scope_only_the_hooks_go_on_and_come_off_the_scope_stays() {
+    let scope = "cgroup /cg/user.slice/user-1000.slice/session-5.scope".to_string();
+    let (k, p) = (FakeKernel::default(), FakePlatform::new());
+    k.objects.lock().unwrap().insert(scope.clone());
+    let attached = build(&k, p.host(), &plan_on_scope()).await.unwrap();
+    assert_eq!(k.log(), ["check kernel", "attach /cg/user.slice/user-1000.slice/session-5.scope loopback 127.0.0.3 programs [python3]"]);
+    assert!(teardown(&k, p.host(), &plan_on_scope().teardown_spec(), Some(attached)).await.is_empty());
+    assert_eq!(k.log()[2..], ["detach hooks /cg/user.slice/user-1000.slice/session-5.scope", "unpin /bpf/sessiond/2"]);
+    assert_eq!(k.objects(), [scope.clone()].into(), "the scope stays, nothing else does");
+    assert!(p.is_empty());
+    // A failed attach rolls back the loopback and the pins, and leaves the scope alone.
+    let (k, p) = (FakeKernel::default(), FakePlatform::new());
+    k.objects.lock().unwrap().insert(scope.clone());
+    k.fail_on("attach");
+    assert_eq!(build(&k, p.host(), &plan_on_scope()).await.unwrap_err().step, "attach the hooks");
+    assert!(!k.log().iter().any(|l| l.starts_with("mkdir") || l.starts_with("rmdir")), "{:?}", k.log());
+    assert_eq!(k.objects(), [scope].into());
+    assert!(p.is_empty());
 }
 
 #[test]

@@ -363,7 +363,8 @@ check "the restarted daemon adopts it (kill -9, then SIGTERM): it stays up, its 
 
 stop_after_restart_leaves_nothing() {
     echo "pins before the stop: $(ls "$PINS5" 2>/dev/null | paste -sd' ')"
-    [[ $(ls "$PINS5" 2>/dev/null | wc -l) == 7 ]] || { echo "no pins (six links, the counters map) to remove"; return 1; }
+    [[ $(ls "$PINS5" 2>/dev/null | wc -l) == 8 ]] || { echo "no pins (six links, the counters map, the cgroup link) to remove"; return 1; }
+    [[ $(readlink "$PINS5/cgroup") == "$CG5" ]] || { echo "the pins do not name the cgroup: $(readlink "$PINS5/cgroup")"; return 1; }
     "$SESSIOND" stop --session 5 || return 1
     [[ ! -e $CG5 && ! -e $PINS5 ]] || { echo "left: $(ls -d "$CG5" "$PINS5" 2>/dev/null)"; ls "$PINS5" 2>/dev/null; return 1; }
     [[ -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { bpftool cgroup tree "$TEST_CG"; return 1; }
@@ -599,5 +600,37 @@ refused_when_the_cgroup_cannot_be_made() {
     [[ $("$SESSIOND" status --json | jq length) == 0 ]]
 }
 check "PAM fail=closed: a session cgroup that cannot be made refuses the login, naming the step" refused_when_the_cgroup_cannot_be_made
+
+# --------------------------------------------------------------------- a cgroup set-up that cannot attach
+# Another tool holds a hook on the cgroup above the sessions' exclusively (attached with no
+# BPF_F_ALLOW_MULTI or _OVERRIDE flag): the kernel then refuses every attachment of that hook
+# below it (EPERM). Here the other tool is bpftool, attaching alice's own connect4 program.
+EXCL_ID=
+refused_when_the_hooks_cannot_attach() {
+    pam_service mode=programs sid=auto fail=closed debug || return 1
+    rm -f "$T/release-alice" "$T/srv-alice.pid" "$T/env-bob"
+    touch "$T/release-bob"   # bob's probe (pam_exec runs after a failed required module) ends at once
+    local holder rc=0
+    timeout 60 pamtester -v "$SERVICE" alice open_session close_session >"$T/pt-holder.log" 2>&1 & holder=$!
+    wait_for 30 test -s "$T/srv-alice.pid" || { cat "$T/pt-holder.log"; return 1; }
+    PIDS+=("$(cat "$T/srv-alice.pid")")
+    EXCL_ID=$(bpftool cgroup show "$(cgroup_of_login alice)" | awk '$NF == "connect4" {print $1}')
+    [[ -n $EXCL_ID ]] && bpftool cgroup attach "$TEST_CG" connect4 id "$EXCL_ID" || return 1
+    bpftool cgroup show "$TEST_CG"
+    timeout 30 pamtester -v "$SERVICE" bob open_session close_session >"$T/pt-noattach.log" 2>&1 || rc=$?
+    bpftool cgroup detach "$TEST_CG" connect4 id "$EXCL_ID" && EXCL_ID=
+    [[ -s $T/srv-bob.pid ]] && PIDS+=("$(cat "$T/srv-bob.pid")")
+    cat "$T/pt-noattach.log"
+    touch "$T/release-alice"
+    wait "$holder" || { cat "$T/pt-holder.log"; return 1; }
+    ((rc != 0)) || { echo "the login was let through"; return 1; }
+    grep -q "attach the hooks: connect4" "$T/pt-noattach.log" && grep -q "refusing the session (fail=closed)" "$T/pt-noattach.log" || return 1
+    [[ ! -e $T/env-bob || -z $(cut -d' ' -f1 "$T/env-bob") ]] || { echo "bob's probe ran inside a session"; return 1; }
+    # Nothing of bob's half-made session (nor of alice's, logged out) is left.
+    [[ $("$SESSIOND" status --json | jq length) == 0 && -z $(find "$TEST_CG" -mindepth 1 -type d) ]] || { "$SESSIOND" status; return 1; }
+    [[ -z $(ls /sys/fs/bpf/sessiond 2>/dev/null) && -z $(bpftool cgroup tree "$TEST_CG" | tail -n +3) ]] || { ls /sys/fs/bpf/sessiond; bpftool cgroup tree "$TEST_CG"; return 1; }
+}
+check "PAM fail=closed: hooks that cannot attach (an exclusive hook above) refuse the login, naming the hook; nothing left" refused_when_the_hooks_cannot_attach
+[[ -z $EXCL_ID ]] || bpftool cgroup detach "$TEST_CG" connect4 id "$EXCL_ID"
 
 finish

@@ -20,7 +20,12 @@
 #      interface, and sessiond@7 starts again;
 #   8. the journal: WARN lines at priority warning, no second timestamp, SESSIOND_SID=N
 #      selects one session's lines.
-# (9, programs mode, does not exist yet.)
+#   9. programs mode (PAM mode=programs) on logind's scope: an ssh log-in stays in its
+#      session-N.scope, sessiond attaches its six hooks to that scope (bpf links, next to
+#      systemd's own IP accounting programs there) and makes no cgroup of its own; the listed
+#      program's bind(127.0.0.1:8080) lands on 127.0.0.(sid+1):8080 and its connect to
+#      127.0.0.1:8080 reaches it; a daemon restart adopts the pinned hooks; log-out detaches our
+#      hooks only, and the scope (systemd's) stays while a process of the login is left in it.
 #
 # The container's uplink is one end of a veth on the sandbox's test LAN (--network-bridge=
 # br-lan; nspawn's --private-network otherwise): the sessions' macvlans sit on it and lease
@@ -103,8 +108,12 @@ boot() {
     mount -t overlay "$CT_NAME" -o "lowerdir=$SYS_ROOTFS,upperdir=$CT/upper,workdir=$CT/work" "$ROOT" || return 1
     local t0; t0=$(now_ms)
     # --register=no --keep-unit: no machined and no systemd outside (the sandbox has neither).
+    # Programs mode (check 9) loads, attaches and pins its hooks from inside the container:
+    # nspawn's seccomp filter refuses bpf(2) (EPERM) unless allowed, and its /sys has no
+    # /sys/fs/bpf, so the sandbox's bpffs is bound there.
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || return 1
     systemd-nspawn -q -D "$ROOT" -M "$CT_NAME" -b --network-bridge="$SBX_BRIDGE" --register=no --keep-unit \
-        --console=read-only >"$CT/console.log" 2>&1 &
+        --system-call-filter=bpf --bind=/sys/fs/bpf --console=read-only >"$CT/console.log" 2>&1 &
     NSPAWN_PID=$!
     wait_for 20 find_leader || { echo "no container PID 1"; tail -20 "$CT/console.log"; return 1; }
     if ! wait_for 60 booted; then
@@ -424,6 +433,107 @@ journal_one_sessions_life() {
     grep -q 'session up' <<<"$lines" && grep -q 'session stopped' <<<"$lines"
 }
 
+# ------------------------------------------------------------------ programs mode on logind's scope (check 9)
+
+PLOGIN_SCRIPT=/usr/local/bin/sessiond-test-programs-login
+P_SCOPE= P_IDS= CT_CG=
+setup_programs_logins() {
+    # The listed program: busybox (its httpd binds 127.0.0.1:8080, its wget connects there).
+    printf 'uplink = "host0"\nprograms = ["busybox"]\n' >"$ROOT/etc/sessiond/sessiond.toml"
+    sed -i 's/^session    required     pam_sessiond.so$/& mode=programs/' "$ROOT/etc/pam.d/sshd"
+    grep pam_sessiond "$ROOT/etc/pam.d/sshd" | grep -q 'mode=programs' || return 1
+    # KillUserProcesses=no again: the process the log-in leaves keeps its scope after log-out.
+    rm -f "$ROOT/etc/systemd/logind.conf.d/kill-user-processes.conf"
+    ct systemctl restart systemd-logind sessiond || return 1
+    # The container's cgroup v2 hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified (hybrid).
+    CT_CG=$(ct findmnt -n -t cgroup2 -o TARGET | head -1)
+    echo "the container's cgroup v2 hierarchy: $CT_CG"
+    [[ -n $CT_CG ]] || return 1
+    cat >"$ROOT$PLOGIN_SCRIPT" <<EOF
+#!/bin/bash
+u=\$(id -un)
+echo "xdg=\${XDG_SESSION_ID:-} session=\${SESSIOND_SESSION:-} loopback=\${SESSIOND_LOOPBACK:-}"
+echo "cgroup=\$(sed -n 's/^0:://p' /proc/self/cgroup)"
+mkdir -p $SHARE/www-\$u && echo "\$u" >$SHARE/www-\$u/who
+busybox httpd -f -p 127.0.0.1:8080 -h $SHARE/www-\$u </dev/null >/dev/null 2>&1 &
+httpd=\$!
+for i in \$(seq 50); do ss -Hltn 'sport = :8080' | grep -q . && break; sleep 0.1; done
+echo "bound=\$(ss -Hltn 'sport = :8080' | awk '{print \$4}' | paste -sd,)"
+echo "own=\$(busybox wget -qO- http://127.0.0.1:8080/who)"
+setsid sleep 900 </dev/null >/dev/null 2>&1 &
+echo "leftover=\$!"
+echo ready
+for i in \$(seq 1200); do [[ -e $SHARE/release-\$u ]] && break; sleep 0.25; done
+kill \$httpd
+echo released
+EOF
+    chmod 755 "$ROOT$PLOGIN_SCRIPT"
+}
+
+# The login's scope as the sandbox reaches it: the container's cgroup tree, through its PID 1.
+scope_dir() { echo "/proc/$LEADER/root$CT_CG$P_SCOPE"; }
+# our_hooks: the sessiond hooks bpftool lists on the scope ("ID NAME"), each multi-attached.
+our_hooks() {
+    bpftool cgroup show "$(scope_dir)" |
+        awk '$NF ~ /^(bind4|connect4|sendmsg4|recvmsg4|getsockname4|getpeername4)$/ && / multi / {print $1, $NF}'
+}
+# systemds_hooks: how many of systemd's own there are (IPAccounting=: cgroup_skb ingress, egress).
+systemds_hooks() { bpftool cgroup show "$(scope_dir)" | awk '$2 ~ /ingress|egress/' | grep -c .; }
+
+# Check 9.
+programs_login_on_logind_scope() {
+    local u=alice uid sid lb out
+    uid=$(ct id -u "$u")
+    rm -f "$ROOT$SHARE/release-$u"
+    ssh_as "$u" "$PLOGIN_SCRIPT" >"$CT/login-$u.out" 2>&1 &
+    SSH_PID[$u]=$!
+    wait_for 30 grep -q ready "$CT/login-$u.out" || { cat "$CT/login-$u.out"; ct journalctl -u ssh -u sessiond --no-pager | tail -20; return 1; }
+    cat "$CT/login-$u.out"
+    sid=$(field "$u" session); lb=$(field "$u" loopback)
+    P_SCOPE=/user.slice/user-$uid.slice/session-$(field "$u" xdg).scope
+    # The login stays in logind's scope, and the daemon says its hooks are on that scope.
+    [[ -n $sid && $(field "$u" cgroup) == "$P_SCOPE" && $lb == "127.0.0.$((sid + 1))" ]] ||
+        { echo "session $sid, loopback $lb, cgroup $(field "$u" cgroup), not $P_SCOPE"; return 1; }
+    out=$(ct sessiond status --session "$sid" --json) || return 1
+    jq -c .programs <<<"$out"
+    [[ $(jq -r .programs.cgroup <<<"$out") == "$CT_CG$P_SCOPE" && $(jq -r .programs.cgroup_owner <<<"$out") == logind ]] || return 1
+    ct sessiond status | grep -F "(logind's scope)" || return 1
+    [[ -z $(ct find "$CT_CG/system.slice/sessiond.service" -mindepth 1 -type d) ]] || { echo "a cgroup of sessiond's own was made"; return 1; }
+    # systemd's own programs on the scope, next to ours.
+    ct systemctl set-property --runtime "session-$(field "$u" xdg).scope" IPAccounting=yes || return 1
+    bpftool cgroup show "$(scope_dir)"
+    P_IDS=$(our_hooks | awk '{print $1}')
+    [[ $(wc -w <<<"$P_IDS") == 6 && $(systemds_hooks) -ge 2 ]] || { echo "ours: $(our_hooks | paste -sd' '); systemd's: $(systemds_hooks)"; return 1; }
+    # The listed program's bind(127.0.0.1:8080) is at the session loopback; its connect to
+    # 127.0.0.1:8080 reached it there; the container's host reaches it too.
+    [[ $(field "$u" bound) == "$lb:8080" && $(field "$u" own) == "$u" ]] || return 1
+    [[ $(ct busybox wget -qO- "http://$lb:8080/who") == "$u" ]] || { echo "the host does not reach $lb:8080"; return 1; }
+    # A daemon restart: the pins (which name the scope) keep the same hooks on it, and the new
+    # daemon adopts them.
+    ct systemctl restart sessiond || return 1
+    [[ $(ct sessiond status --session "$sid" --json | jq -r '"\(.state) \(.programs.cgroup_owner) \(.programs.attached | length)"') == "up logind 6" ]] || return 1
+    ct journalctl -u sessiond -o cat --no-pager | grep -q "adopting the programs-mode session" || { echo "not adopted"; return 1; }
+    [[ $(our_hooks | awk '{print $1}') == "$P_IDS" && $(ct readlink "/sys/fs/bpf/sessiond/$sid/cgroup") == "$CT_CG$P_SCOPE" ]] ||
+        { echo "hooks after the restart: $(our_hooks | paste -sd' ')"; return 1; }
+}
+
+programs_session_gone() { ! ct sessiond status --session "$1" >/dev/null 2>&1; }
+
+programs_logout_detaches_only_ours() {
+    local u=alice left sid id
+    left=$(field "$u" leftover); sid=$(field "$u" session)
+    is_pid "$left" && log_out "$u" || return 1
+    wait_for 15 programs_session_gone "$sid" || { ct sessiond status; return 1; }
+    bpftool cgroup show "$(scope_dir)"
+    # The scope is systemd's: it stays (alice's leftover process is in it), with systemd's own
+    # programs; ours are detached and unloaded, and their pins are gone.
+    [[ -d $(scope_dir) ]] && ct kill -0 "$left" || { echo "the scope went"; return 1; }
+    [[ -z $(our_hooks) && $(systemds_hooks) -ge 2 ]] || return 1
+    for id in $P_IDS; do ! bpftool prog show id "$id" >/dev/null 2>&1 || { echo "program $id still loaded"; return 1; }; done
+    ! ct test -e "/sys/fs/bpf/sessiond/$sid" || { echo "pins left"; return 1; }
+    ct kill "$left"
+}
+
 # ------------------------------------------------------------------ run
 
 cleanup() {
@@ -459,7 +569,11 @@ check "1: status line after the log-outs and sessiond@7's stop: 0 sessions up" s
 check "8: journalctl -u sessiond -p warning shows sessiond's warnings" journal_warnings_at_warning_priority
 check "8: journal lines carry no timestamp of their own" journal_lines_have_no_timestamp_of_their_own
 check "8: journalctl -u sessiond SESSIOND_SID=N shows one session's life (up, stopped)" journal_one_sessions_life
-echo "NOTE: check 9 (programs mode attaching to logind's session-N.scope) not run: programs mode does not exist yet"
+t9=$(now_ms)
+check "9: programs mode set up: busybox listed, pam_sessiond.so mode=programs in /etc/pam.d/sshd" setup_programs_logins &&
+    check "9: ssh log-in, mode=programs: stays in session-N.scope; six hooks on it next to systemd's; busybox's 127.0.0.1:8080 at 127.0.0.(sid+1); a restart adopts them" programs_login_on_logind_scope &&
+    check "9: log-out: our hooks detached and unloaded, pins gone; the scope and systemd's programs stay" programs_logout_detaches_only_ours
+echo "check 9 (programs mode on logind's scope) took $(($(now_ms) - t9)) ms"
 ct journalctl -u sessiond -o short-precise --no-pager >"$RESULTS/systemd-journal-sessiond.log" 2>&1
 cleanup
 echo "systemd.sh: package ${SYS_PKG_SECS}s, rootfs ${SYS_ROOTFS_SECS}s (outside the sandbox); boot ${BOOT_MS:-?} ms; in the sandbox $(($(date +%s) - suite_start))s (up to a booted container: $boot_secs s)"

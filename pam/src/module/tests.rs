@@ -131,6 +131,9 @@ struct Daemon {
     refuse: Arc<Mutex<bool>>,
     /// Shapes each new session's record (what the daemon's configuration would make of it).
     shape: Arc<Mutex<Option<Shape>>>,
+    /// Put programs-mode hooks on the requester's logind scope, as the daemon does for a login
+    /// that pam_systemd put in one.
+    on_scope: Arc<Mutex<bool>>,
 }
 
 type Shape = fn(&mut SessionRecord);
@@ -182,12 +185,18 @@ impl Daemon {
                     .clone();
                 if mode == Some(sessiond_client::Mode::Programs) {
                     rec.netns = String::new();
+                    let on_scope = *self.on_scope.lock().unwrap();
                     rec.programs = Some(sessiond_client::record::ProgramsInfo {
-                        cgroup: format!("/sys/fs/cgroup/sessiond-{sid}"),
+                        cgroup: if on_scope {
+                            format!("/sys/fs/cgroup/user.slice/user-{}.slice/session-4.scope", owner_uid.unwrap())
+                        } else {
+                            format!("/sys/fs/cgroup/sessiond-{sid}")
+                        },
                         programs: vec!["python3".into()],
                         virtualize: vec![sessiond_client::Virtualize::Loopback],
                         attached: vec![],
                         rewritten: 0,
+                        cgroup_owner: if on_scope { CgroupOwner::Logind } else { CgroupOwner::Sessiond },
                     });
                     s.insert(sid.get(), rec.clone());
                 }
@@ -576,6 +585,20 @@ fn mode_programs_asks_for_a_programs_session_and_joins_its_cgroup() {
     assert_eq!(*f.joined.borrow(), vec!["/sys/fs/cgroup/sessiond-1".to_string()]);
     assert!(f.entered.borrow().is_empty(), "no namespace to enter");
     assert_eq!(f.var("SESSIOND_LOOPBACK").as_deref(), Some("127.0.0.2"));
+    assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
+    assert_eq!(r.daemon.count(), 0);
+}
+
+#[test]
+fn a_login_whose_logind_scope_carries_the_hooks_stays_in_it() {
+    let r = rig(&["mode=programs"]);
+    *r.daemon.on_scope.lock().unwrap() = true;
+    // (joining would fail: it must not be tried)
+    let f = Fake { join_fails: true, ..Fake::new("alice") };
+    assert_eq!(open_session(&f, &r.args), PAM_SUCCESS);
+    assert!(f.joined.borrow().is_empty() && f.entered.borrow().is_empty(), "moved: {:?} {:?}", f.joined.borrow(), f.entered.borrow());
+    assert!(f.logged("on its logind scope /sys/fs/cgroup/user.slice/user-1000.slice/session-4.scope"), "{:?}", f.logs.borrow());
+    assert_eq!(f.var("SESSIOND_SESSION").as_deref(), Some("1"));
     assert_eq!(close_session(&f, &r.args), PAM_SUCCESS);
     assert_eq!(r.daemon.count(), 0);
 }
