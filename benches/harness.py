@@ -443,6 +443,20 @@ class Bench:
             log("  VERIFY FAILED: " + "; ".join(bad))
         return not bad
 
+    def rounds_on_a_new_daemon(self, label, n, section, acd_probe_ms=0, extra=(), check=None):
+        """A daemon of its own (state dir per label), warmed by two starts, then n sessions one
+        at a time (socket, CLI) and n at once (socket), rows suffixed with the label."""
+        self.start_daemon(os.path.join(self.work, f"state-{label}"), label, acd_probe_ms=acd_probe_ms, extra=extra)
+        try:
+            for s in (1, 2):
+                sock_call(self.sock, {"op": "start", "session": s})
+            sock_call(self.sock, {"op": "stop_all"})
+            time.sleep(0.5)
+            for via, mode in (("socket", "seq"), ("cli", "seq"), ("socket", "conc")):
+                self.sessiond_round(n, via, mode, section=section, suffix=f"-{label}", check=check)
+        finally:
+            self.stop_daemon()
+
     def sessiond_round(self, n, via, mode, section="sessiond", soak=None, suffix="", check=None):
         """check: more to verify of the started sessions, (status records) -> a problem or None."""
         sids = list(range(1, n + 1))
@@ -579,16 +593,7 @@ class Bench:
         should keep them from waking the daemon)."""
         a = self.a
         for label, probe in (("acd200", None), ("acd0", 0)):
-            self.start_daemon(os.path.join(self.work, f"state-{label}"), label, acd_probe_ms=probe)
-            try:
-                for s in (1, 2):
-                    sock_call(self.sock, {"op": "start", "session": s})
-                sock_call(self.sock, {"op": "stop_all"})
-                time.sleep(0.5)
-                for via, mode in (("socket", "seq"), ("cli", "seq"), ("socket", "conc")):
-                    self.sessiond_round(a.acd_n, via, mode, section="sessiond-acd", suffix=f"-{label}")
-            finally:
-                self.stop_daemon()
+            self.rounds_on_a_new_daemon(label, a.acd_n, "sessiond-acd", acd_probe_ms=probe)
         n = a.acd_static_n
         pool = "10.77.128.1-10.77.135.254/16"
         for label, probe in (("acd200", None), ("acd0", 0)):
@@ -655,17 +660,8 @@ class Bench:
             for label, wait_for in (("ipv4", "ipv4"), ("dualstack", "both")):
                 # (ipv4 is the default: no flag, so an older binary runs this half too, for comparison)
                 extra = [] if wait_for == "ipv4" else ["--wait-for", wait_for]
-                self.start_daemon(os.path.join(self.work, f"state-{label}"), label, extra=extra)
-                try:
-                    for s in (1, 2):
-                        sock_call(self.sock, {"op": "start", "session": s})
-                    sock_call(self.sock, {"op": "stop_all"})
-                    time.sleep(0.5)
-                    for via, mode in (("socket", "seq"), ("cli", "seq"), ("socket", "conc")):
-                        check = has_ipv6 if wait_for == "both" else None
-                        self.sessiond_round(n, via, mode, section="sessiond-dualstack", suffix=f"-{label}", check=check)
-                finally:
-                    self.stop_daemon()
+                check = has_ipv6 if wait_for == "both" else None
+                self.rounds_on_a_new_daemon(label, n, "sessiond-dualstack", extra=extra, check=check)
         finally:
             self.stop_radvd(radvd)
 

@@ -6,10 +6,20 @@ use crate::sid::Sid;
 
 /// Locally administered (bit 1 of the first octet set), unicast (bit 0 clear).
 pub fn stable_mac(machine_id: &str, sid: Sid) -> [u8; 6] {
+    hashed_mac(b"sessiond-mac\0", machine_id, &sid.get().to_be_bytes())
+}
+
+/// The host-side shim's MAC (`shim`): stable per machine, and never a session's (another label).
+pub fn shim_mac(machine_id: &str) -> [u8; 6] {
+    hashed_mac(b"sessiond-shim\0", machine_id, &[])
+}
+
+/// SHA-256 of (label, machine-id, extra), made locally administered and unicast.
+fn hashed_mac(label: &[u8], machine_id: &str, extra: &[u8]) -> [u8; 6] {
     let mut h = Sha256::new();
-    h.update(b"sessiond-mac\0");
+    h.update(label);
     h.update(machine_id.trim().as_bytes());
-    h.update(sid.get().to_be_bytes());
+    h.update(extra);
     let d = h.finalize();
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&d[..6]);

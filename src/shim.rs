@@ -34,11 +34,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{LinkKind, Mode};
+pub use crate::mac::shim_mac;
 use crate::manager::Manager;
 use crate::netlink::{NetError, NetOps};
 use crate::platform::Platform;
@@ -84,19 +84,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
-}
-
-/// The shim's MAC: stable per machine (the sessions' static entries name it), locally
-/// administered, unicast, and never a session's (another hash label than `mac::stable_mac`).
-pub fn shim_mac(machine_id: &str) -> [u8; 6] {
-    let mut h = Sha256::new();
-    h.update(b"sessiond-shim\0");
-    h.update(machine_id.trim().as_bytes());
-    let d = h.finalize();
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&d[..6]);
-    mac[0] = (mac[0] & 0xfc) | 0x02;
-    mac
 }
 
 fn step(step: &'static str, r: Result<(), NetError>) -> Result<(), StepError> {
