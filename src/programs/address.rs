@@ -6,15 +6,12 @@
 //! (arp_ignore 1, arp_announce 2, arp_filter 1): several addresses on one LAN without ARP flux.
 use std::net::Ipv4Addr;
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::MacVlanMode;
-use netlink_packet_route::route::{RouteProtocol, RouteScope};
-use netlink_packet_route::rule::RuleAction;
-use rtnetlink::{Handle, LinkMacVlan, RouteMessageBuilder};
+use rtnetlink::LinkMacVlan;
 
-use crate::netlink::{NetError, NetOps, RtNet, errno};
+use super::lease::HostLink;
+use crate::netlink::{NetError, NetOps, RtNet};
 use crate::sid::Sid;
 
 /// What to build for a session's address.
@@ -87,32 +84,14 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| NetError::Netlink { op, source }
 }
 
-async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
-    let mut links = h.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(m)) => Ok(Some(m.header.index)),
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(nl(format!("look up {name}"))(e)),
-    }
-}
-
-fn connect() -> Result<Handle, NetError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io { op: "open netlink socket".into(), source })?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-fn rule(h: &Handle, address: Ipv4Addr, table: u32) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
-    // The action must be said: a rule without one (FR_ACT_UNSPEC) fails every lookup (EINVAL).
-    h.rule().add().v4().source_prefix(address, 32).table_id(table).action(RuleAction::ToTable).priority(RULE_PRIORITY)
-}
-
 /// Builds it all; idempotent (what exists is kept), so a retry or a rollback is safe.
 pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
-    let h = connect()?;
-    let parent = index(&h, &plan.uplink).await?.ok_or_else(|| NetError::NoSuchLink(plan.uplink.clone()))?;
-    if index(&h, &plan.link).await?.is_none() {
+    let net = RtNet::connect_here()?;
+    let parent = net.link_index(&plan.uplink).await?.ok_or_else(|| NetError::NoSuchLink(plan.uplink.clone()))?;
+    if net.link_index(&plan.link).await?.is_none() {
+        // (NetOps::create_macvlan makes one inside a session namespace; this one stays here)
+        let (conn, h, _) = rtnetlink::new_connection().map_err(|source| NetError::Io { op: "open netlink socket".into(), source })?;
+        tokio::spawn(conn);
         let msg = LinkMacVlan::new(&plan.link, parent, MacVlanMode::Bridge).address(plan.mac.to_vec()).build();
         h.link().add(msg).execute().await.map_err(nl(format!("create macvlan {} on {}", plan.link, plan.uplink)))?;
     }
@@ -120,37 +99,13 @@ pub async fn build(plan: &AddressPlan) -> Result<(), NetError> {
         let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", plan.link);
         std::fs::write(&path, value).map_err(|source| NetError::Io { op: format!("write {path}"), source })?;
     }
-    let idx = index(&h, &plan.link).await?.ok_or_else(|| NetError::NoSuchLink(plan.link.clone()))?;
-    if let Some(address) = plan.address {
-        let mut add = h.address().add(idx, address.addr().into(), address.prefix_len()).replace();
-        add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
-        add.execute().await.map_err(nl(format!("add {address} to {}", plan.link)))?;
-    }
-    let up = rtnetlink::LinkUnspec::new_with_index(idx).up().build();
-    h.link().set(up).execute().await.map_err(nl(format!("set {} up", plan.link)))?;
+    net.set_up(&plan.link).await?;
     let Some(address) = plan.address else { return Ok(()) };
-    let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(address.network(), address.prefix_len())
-        .output_interface(idx)
-        .pref_source(address.addr())
-        .scope(RouteScope::Link)
-        .protocol(RouteProtocol::Static)
-        .table_id(plan.table)
-        .build();
-    h.route().add(subnet).replace().execute().await.map_err(nl(format!("add the subnet route to table {}", plan.table)))?;
-    if let Some(gw) = plan.gateway {
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .output_interface(idx)
-            .gateway(gw)
-            .pref_source(address.addr())
-            .protocol(RouteProtocol::Static)
-            .table_id(plan.table)
-            .build();
-        h.route().add(default).replace().execute().await.map_err(nl(format!("add the default route via {gw} to table {}", plan.table)))?;
-    }
-    match rule(&h, address.addr(), plan.table).execute().await {
-        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-        r => r.map_err(nl(format!("add rule from {} lookup {}", address.addr(), plan.table))),
+    let at = HostLink { link: plan.link.clone(), table: plan.table };
+    at.put_address(&net, address, None).await?;
+    match plan.gateway {
+        Some(gw) => net.add_table_route(&plan.link, plan.table, Ipv4Net::default(), Some(gw), address.addr()).await,
+        None => Ok(()),
     }
 }
 

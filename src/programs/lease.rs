@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use super::address;
 use crate::dhcp::Lease;
 use crate::dhcp_session::lifetimes;
-use crate::netlink::{NetError, NetOps};
+use crate::netlink::{Lifetimes, NetError, NetOps};
 use crate::sid::Sid;
 
 /// Where a programs-mode session's lease goes.
@@ -32,11 +32,17 @@ impl HostLink {
     /// The lease's address (with its lifetimes), its subnet on-link in the session's table,
     /// and the rule from the address to that table; idempotent, so a renewal refreshes it.
     pub async fn add_address<N: NetOps>(&self, net: &N, lease: &Lease) -> Result<(), NetError> {
-        let addr = lease.network();
-        net.add_addr_without_prefix_route(&self.link, addr, lifetimes(lease)).await?;
+        self.put_address(net, lease.network(), lifetimes(lease)).await
+    }
+
+    /// `addr` on the link (no prefix route), its subnet on-link in the session's table, and
+    /// the rule from it to that table: a lease's (`add_address`) or a pool address
+    /// (`address::build`).
+    pub async fn put_address<N: NetOps>(&self, net: &N, addr: Ipv4Net, life: Option<Lifetimes>) -> Result<(), NetError> {
+        net.add_addr_without_prefix_route(&self.link, addr, life).await?;
         // Before any route via a gateway: the kernel checks a gateway against the table.
-        net.add_table_route(&self.link, self.table, subnet(addr), None, lease.address).await?;
-        net.add_source_rule(lease.address, self.table, address::RULE_PRIORITY).await
+        net.add_table_route(&self.link, self.table, subnet(addr), None, addr.addr()).await?;
+        net.add_source_rule(addr.addr(), self.table, address::RULE_PRIORITY).await
     }
 
     /// One of the lease's routes (`gateway` None: on-link), from its address.
