@@ -322,6 +322,8 @@ pub struct LeaseView {
     pub trouble: Option<String>,
     /// The fuzzed T1 the client renews at (`None`: the lease's own T1).
     pub next_renewal: Option<crate::dhcp::Millis>,
+    /// The fuzzed T2 the client rebinds at (`None`: the lease's own T2).
+    pub next_rebinding: Option<crate::dhcp::Millis>,
 }
 
 impl LeaseView {
@@ -333,6 +335,7 @@ impl LeaseView {
             unapplied: s.unapplied.clone(),
             trouble: s.stopped.as_ref().map(ToString::to_string).or_else(|| s.lost.clone()),
             next_renewal: s.next_renewal,
+            next_rebinding: s.next_rebinding,
         }
     }
 
@@ -350,8 +353,13 @@ impl LeaseView {
         r.address = Some(l.network());
         r.gateway = l.routes().into_iter().find(|(d, _)| d.prefix_len() == 0).map(|(_, g)| g);
         r.dns = l.dns.clone();
-        let held =
-            HeldLease { server: l.server_id, lease_start: l.acquired_at, expires: l.expires_at(), next_renewal: self.next_renewal.or_else(|| l.renew_at()) };
+        let held = HeldLease {
+            server: l.server_id,
+            lease_start: l.acquired_at,
+            expires: l.expires_at(),
+            next_renewal: self.next_renewal.or_else(|| l.renew_at()),
+            next_rebinding: self.next_rebinding.or_else(|| l.rebind_at()),
+        };
         r.lease = Some(LeaseInfo { held: Some(held), dhcp_state });
     }
 }
@@ -366,20 +374,24 @@ mod tests {
         let why = "the lease of 10.0.0.10/24 from 10.0.0.1 could not be applied: add route".to_string();
         let mut r = crate::state::sample_record(1);
         r.fault = None;
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some(why.clone()), trouble: None, next_renewal: None }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some(why.clone()), trouble: None, next_renewal: None, next_rebinding: None }
+            .fill(&mut r);
         assert_eq!(r.fault, Some(why));
         // An uplink fault is not hidden by it; a fully applied lease adds none.
         let mut r = crate::state::sample_record(1);
         r.fault = Some("uplink br-lan does not exist".into());
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some("x".into()), trouble: None, next_renewal: None }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: Some("x".into()), trouble: None, next_renewal: None, next_rebinding: None }
+            .fill(&mut r);
         assert_eq!(r.fault.as_deref(), Some("uplink br-lan does not exist"));
         let mut r = crate::state::sample_record(1);
         r.fault = None;
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: None, trouble: None, next_renewal: None }.fill(&mut r);
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: None, trouble: None, next_renewal: None, next_rebinding: None }.fill(&mut r);
         assert_eq!(r.fault, None);
         // The renewal time shown is the client's (T1 with its fuzz), else the lease's T1.
         assert_eq!(r.lease.as_ref().and_then(|l| l.held.as_ref()).and_then(|h| h.next_renewal), lease.renew_at());
-        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: None, trouble: None, next_renewal: Some(59_000) }.fill(&mut r);
+        assert_eq!(r.lease.as_ref().and_then(|l| l.held.as_ref()).and_then(|h| h.next_rebinding), lease.rebind_at());
+        LeaseView { state: State::Bound, lease: Some(lease.clone()), unapplied: None, trouble: None, next_renewal: Some(59_000), next_rebinding: None }
+            .fill(&mut r);
         assert_eq!(r.lease.as_ref().and_then(|l| l.held.as_ref()).and_then(|h| h.next_renewal), Some(59_000));
     }
 }

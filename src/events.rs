@@ -285,13 +285,22 @@ mod tests {
         ev.record(&starting, false); // touched, not changed: nothing
         // the lease task binds while the session is still starting: not shown until the table
         // holds the task (as `status` would)
-        ev.lease(starting.session, LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 50])), unapplied: None, trouble: None, next_renewal: None });
+        ev.lease(
+            starting.session,
+            LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 50])), unapplied: None, trouble: None, next_renewal: None, next_rebinding: None },
+        );
         let mut up = starting.clone();
         up.state = SessionState::Up;
         ev.record(&up, true);
         // a renewal that keeps the address: quiet
-        ev.lease(up.session, LeaseView { state: State::Renewing, lease: Some(lease([10, 0, 0, 50])), unapplied: None, trouble: None, next_renewal: None });
-        ev.lease(up.session, LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 51])), unapplied: None, trouble: None, next_renewal: None });
+        ev.lease(
+            up.session,
+            LeaseView { state: State::Renewing, lease: Some(lease([10, 0, 0, 50])), unapplied: None, trouble: None, next_renewal: None, next_rebinding: None },
+        );
+        ev.lease(
+            up.session,
+            LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 51])), unapplied: None, trouble: None, next_renewal: None, next_rebinding: None },
+        );
         let mut faulted = up.clone();
         faulted.fault = Some("uplink br-lan is down".into());
         ev.record(&faulted, true);
@@ -322,7 +331,10 @@ mod tests {
         let ev = Events::new();
         let starting = record(3, None, SessionState::Starting);
         ev.record(&starting, false);
-        ev.lease(starting.session, LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 9])), unapplied: None, trouble: None, next_renewal: None });
+        ev.lease(
+            starting.session,
+            LeaseView { state: State::Bound, lease: Some(lease([10, 0, 0, 9])), unapplied: None, trouble: None, next_renewal: None, next_rebinding: None },
+        );
         let (snap, mut rx) = ev.subscribe(Viewer::Root);
         assert_eq!(snap, vec![starting.clone()], "a starting session shows, without the lease its table does not hold yet");
         let mut up = starting;

@@ -42,6 +42,8 @@ pub struct LeaseStatus {
     pub stopped: Option<Stopped>,
     /// When the held lease is renewed: its T1 with the client's fuzz (RFC 2131 §4.4.5).
     pub next_renewal: Option<crate::dhcp::Millis>,
+    /// When the held lease is rebound: its T2 with the client's fuzz.
+    pub next_rebinding: Option<crate::dhcp::Millis>,
 }
 
 /// Why a DHCP client stopped trying for good.
@@ -61,7 +63,17 @@ pub enum Stopped {
 
 impl Default for LeaseStatus {
     fn default() -> Self {
-        LeaseStatus { state: State::Init, lease: None, discovers: 0, failed: None, unapplied: None, lost: None, stopped: None, next_renewal: None }
+        LeaseStatus {
+            state: State::Init,
+            lease: None,
+            discovers: 0,
+            failed: None,
+            unapplied: None,
+            lost: None,
+            stopped: None,
+            next_renewal: None,
+            next_rebinding: None,
+        }
     }
 }
 
@@ -372,6 +384,7 @@ async fn run<N: NetOps, A: ArpIo>(
                 lost: lost.clone(),
                 stopped: stopped.clone(),
                 next_renewal: client.lease_deadlines().map(|(renew, ..)| renew),
+                next_rebinding: client.lease_deadlines().map(|(_, rebind, _)| rebind),
             },
         );
         if client.state() == State::Released {

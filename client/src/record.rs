@@ -280,6 +280,10 @@ pub struct HeldLease {
     pub expires: Option<u64>,
     /// None: an infinite lease.
     pub next_renewal: Option<u64>,
+    /// When it is rebound (T2, fuzzed like T1). None: an infinite lease, or a daemon from
+    /// before this field.
+    #[serde(default)]
+    pub next_rebinding: Option<u64>,
 }
 
 /// The logins holding a session that the PAM module started.
@@ -385,11 +389,11 @@ mod tests {
         let looking = LeaseInfo { held: None, dhcp_state: DhcpState::Selecting };
         assert_eq!(serde_json::to_string(&looking).unwrap(), r#"{"dhcp_state":"selecting"}"#);
         let held = LeaseInfo {
-            held: Some(HeldLease { server: Ipv4Addr::new(10, 0, 0, 1), lease_start: 5, expires: Some(9), next_renewal: None }),
+            held: Some(HeldLease { server: Ipv4Addr::new(10, 0, 0, 1), lease_start: 5, expires: Some(9), next_renewal: None, next_rebinding: None }),
             dhcp_state: DhcpState::InitReboot,
         };
         let text = serde_json::to_string(&held).unwrap();
-        assert_eq!(text, r#"{"server":"10.0.0.1","lease_start":5,"expires":9,"next_renewal":null,"dhcp_state":"init-reboot"}"#);
+        assert_eq!(text, r#"{"server":"10.0.0.1","lease_start":5,"expires":9,"next_renewal":null,"next_rebinding":null,"dhcp_state":"init-reboot"}"#);
         for l in [looking, held] {
             assert_eq!(serde_json::from_str::<LeaseInfo>(&serde_json::to_string(&l).unwrap()).unwrap(), l);
         }
